@@ -1,0 +1,72 @@
+"""The `mixer-ft` command line. Each command is a thin layer over the library."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Optional
+
+import typer
+
+from mixer_ft.errors import MixerFtError
+
+app = typer.Typer(
+    help="Fine-tune pretrained MLP-Mixer checkpoints.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+@app.callback()
+def _root() -> None:
+    """Fine-tune pretrained MLP-Mixer checkpoints."""
+
+
+@app.command()
+def inspect(
+    source: Annotated[str, typer.Argument(help="A variant (B/16), a weight source (file, folder, URL, "
+                                                "hf-hub:..., timm:...) or an upstream name (in1k, in21k).")],
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Variant, needed with in1k/in21k.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Show the architecture, parameter count, GELU flavour and classes of a variant or checkpoint."""
+    import torch
+
+    from mixer_ft.model import MixerConfig, MlpMixer, num_params
+    from mixer_ft.weights import load_checkpoint
+
+    try:
+        cfg, path = MixerConfig.from_variant(source), None
+        where = "variant definition (no weights)"
+    except MixerFtError:
+        ckpt = load_checkpoint(source, variant=model)
+        cfg, path = ckpt.config(), ckpt.path
+        where = path or source
+    with torch.device("meta"):  # counting parameters needs no memory
+        net = MlpMixer(cfg)
+    cfg = net.config
+    info = {"source": source, "path": path, "variant": cfg.variant, **cfg.to_dict(),
+            "num_tokens": cfg.num_tokens, "num_params": num_params(net)}
+    if as_json:
+        typer.echo(json.dumps(info))
+        return
+    rows = [
+        ("source", source), ("read from", where),
+        ("architecture", cfg.describe()),
+        ("input", f"{cfg.img_size}x{cfg.img_size}, {cfg.num_tokens} tokens, mean {cfg.mean}, std {cfg.std}"),
+        ("classes", f"{cfg.num_classes}"),
+        ("parameters", f"{info['num_params']:,}"),
+        ("gelu", cfg.gelu),
+    ]
+    for k, v in rows:
+        typer.echo(f"{k:<13} {v}")
+
+
+def main() -> None:
+    """Entry point: run the app; a user error prints its message and exits 2, no traceback."""
+    try:
+        app()
+    except MixerFtError as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(2)
