@@ -63,6 +63,37 @@ def inspect(
         typer.echo(f"{k:<13} {v}")
 
 
+@app.command()
+def data(
+    source: Annotated[str, typer.Argument(help="cifar10, cifar100, hf:owner/name, an image folder or its "
+                                                ".tar/.tar.gz, or a CIFAR python-version archive.")],
+    image_column: Annotated[Optional[str], typer.Option(help="Image column of a Hub data set.")] = None,
+    label_column: Annotated[Optional[str], typer.Option(help="Label column of a Hub data set.")] = None,
+    val_fraction: Annotated[float, typer.Option(help="Share of train held out as minival.")] = 0.02,
+    seed: Annotated[int, typer.Option(help="Seed of the train/minival cut.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Show a data set's splits, classes and image size (decoding it into the cache on first use)."""
+    import logging
+
+    from mixer_ft.data import load_data
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    info = load_data(source, image_column=image_column, label_column=label_column).summary(val_fraction, seed)
+    if as_json:
+        typer.echo(json.dumps(info))
+        return
+    h, w = info["image_size"]
+    typer.echo(f"{'source':<11} {info['source']}")
+    typer.echo(f"{'read from':<11} {info['location']}")
+    for split, n in info["splits"].items():
+        typer.echo(f"{split:<11} {n:,} images")
+    typer.echo(f"{'image size':<11} {h}x{w}")
+    typer.echo(f"{'classes':<11} {len(info['classes'])}: {' '.join(info['classes'])}")
+    if info["skipped"]:
+        typer.echo(f"{'skipped':<11} {info['skipped']} image(s) that could not be decoded")
+
+
 def main() -> None:
     """Entry point: run the app; a user error prints its message and exits 2, no traceback."""
     try:

@@ -1,0 +1,443 @@
+"""Image classification data behind one ``--dataset`` value, decoded once into a uint8 cache.
+
+Sources: ``cifar10`` / ``cifar100`` (the Hub copies through ``datasets``), ``hf:owner/name``
+(any Hub image-classification set, or a local folder ``datasets`` can read), an image folder
+(``train/<class>/*``, ``test/<class>/*``) or that folder as .tar/.tar.gz, and the official
+CIFAR "python version" archives or folders.
+
+Every image is decoded once into ``(N, H, W, 3)`` uint8 arrays stored as memory-mapped files in
+the cache, so host RAM stays bounded whatever the data set's size and later runs start at once.
+Cropping, resizing, flipping and scaling happen later, in batches, on the training device
+(:mod:`mixer_ft.preprocess`). A corrupt image is skipped, counted and named in the log; a
+source where nothing decodes is an error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import logging
+import os
+import pickle
+import re
+import shutil
+import tarfile
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mixer_ft.errors import ConfigError, MixerFtError
+
+log = logging.getLogger(__name__)
+
+HUB_DATASETS = {  # --dataset name -> (Hub id, label column)
+    "cifar10": ("uoft-cs/cifar10", "label"),
+    "cifar100": ("uoft-cs/cifar100", "fine_label"),
+}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
+_CACHE_FORMAT = 1  # bump when the cache layout changes
+
+
+class DataError(MixerFtError):
+    """A data source that cannot be read as an image classification set."""
+
+
+@dataclass
+class ImageData:
+    """Decoded images of one source.
+
+    Attributes:
+        images: split name ("train", "test") -> uint8 array (N, H, W, 3), memory-mapped.
+        labels: split name -> int64 array (N,).
+        classes: class names, index = label.
+        location: where the images were read from.
+        skipped: images that could not be decoded.
+    """
+
+    source: str
+    location: str
+    classes: list[str]
+    images: dict[str, np.ndarray]
+    labels: dict[str, np.ndarray]
+    skipped: int = 0
+    skipped_names: list[str] = field(default_factory=list)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(height, width) of the stored images."""
+        return tuple(self.images["train"].shape[1:3])  # type: ignore[return-value]
+
+    def splits(self, val_fraction: float = 0.02, seed: int = 0) -> dict[str, tuple[str, np.ndarray]]:
+        """The upstream splits as (array name, indices): train[:98%], minival train[98%:], test.
+
+        The train split is shuffled with ``seed`` before it is cut, so the minival holds every
+        class even when the source is sorted by class; the same seed gives the same cut.
+        """
+        if not 0 <= val_fraction < 1:
+            raise ConfigError(f"--val-fraction must be in [0, 1), got {val_fraction}.")
+        n = len(self.labels["train"])
+        order = np.random.default_rng(seed).permutation(n)
+        n_val = int(round(n * val_fraction))
+        return {
+            "train": ("train", np.sort(order[: n - n_val])),
+            "minival": ("train", np.sort(order[n - n_val:])),
+            "test": ("test", np.arange(len(self.labels["test"]))),
+        }
+
+    def summary(self, val_fraction: float = 0.02, seed: int = 0) -> dict[str, Any]:
+        """What ``mixer-ft data --json`` prints."""
+        sizes = {k: len(idx) for k, (_, idx) in self.splits(val_fraction, seed).items()}
+        h, w = self.image_size
+        return {"source": self.source, "location": self.location, "splits": sizes, "classes": self.classes,
+                "image_size": [h, w], "skipped": self.skipped}
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def load_data(
+    source: str,
+    *,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    store_size: int | None = None,
+) -> ImageData:
+    """Read ``source`` (see the module docstring), decoding into the cache on first use.
+
+    Args:
+        image_column, label_column: for Hub sets whose columns are not found automatically.
+        store_size: resize every image to this square size when caching; by default images keep
+            the size of the first one (others are resized to it, with a count in the log).
+    """
+    reader = _reader(source, image_column, label_column)
+    key = hashlib.sha1(json.dumps([_CACHE_FORMAT, reader.fingerprint(), store_size]).encode()).hexdigest()[:16]
+    from mixer_ft.weights import cache_dir
+
+    folder = cache_dir() / "data" / key
+    if not (folder / "meta.json").is_file():
+        _build_cache(reader, folder, store_size)
+    return _open_cache(folder, source)
+
+
+def _reader(source: str, image_column: str | None, label_column: str | None) -> _Reader:
+    if source in HUB_DATASETS:
+        repo, label = HUB_DATASETS[source]
+        return _HubReader(repo, image_column or "img", label_column or label, alias=source)
+    if source.startswith("hf:"):
+        return _HubReader(source[3:], image_column, label_column)
+    path = Path(source).expanduser()
+    if not path.exists():
+        raise DataError(
+            f"No data set {source!r}: not a file or folder, and not one of {', '.join(HUB_DATASETS)} or "
+            "'hf:owner/name'. Give an image folder (train/<class>/*, test/<class>/*), its .tar/.tar.gz, or a "
+            "CIFAR python-version archive (cifar-10-python.tar.gz)."
+        )
+    if _is_cifar_python(path):
+        return _CifarPythonReader(path)
+    if path.is_dir() or tarfile.is_tarfile(path):
+        return _FolderReader(path)
+    raise DataError(f"{path} is neither a folder nor a .tar/.tar.gz archive of an image folder.")
+
+
+# --------------------------------------------------------------------------- readers
+
+
+class _Reader:
+    """Yields (split, class name or index, image) and knows the class names."""
+
+    location: str
+    classes: list[str] | None = None  # known up front, or collected while reading
+
+    def fingerprint(self) -> list[Any]:
+        raise NotImplementedError
+
+    def items(self) -> Iterator[tuple[str, str | int, Any]]:
+        raise NotImplementedError
+
+
+def _file_fingerprint(path: Path) -> list[Any]:
+    st = path.stat()
+    return [str(path.resolve()), st.st_size, st.st_mtime_ns]
+
+
+def _split_of(parts: tuple[str, ...]) -> tuple[str, str] | None:
+    """('.../train/cat/001.jpg') -> ('train', 'cat'); None if not in the image-folder layout."""
+    if len(parts) >= 3 and parts[-3] in ("train", "test") and Path(parts[-1]).suffix.lower() in IMAGE_SUFFIXES:
+        return parts[-3], parts[-2]
+    return None
+
+
+class _FolderReader(_Reader):
+    def __init__(self, path: Path) -> None:
+        self.path, self.location = path, str(path)
+
+    def fingerprint(self) -> list[Any]:
+        if self.path.is_file():
+            return ["folder-archive", *_file_fingerprint(self.path)]
+        files = sorted(p for p in self.path.rglob("*") if p.is_file())
+        h = hashlib.sha1()
+        for p in files:
+            st = p.stat()
+            h.update(f"{p.relative_to(self.path)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        return ["folder", str(self.path.resolve()), h.hexdigest()]
+
+    def items(self) -> Iterator[tuple[str, str | int, Any]]:
+        if self.path.is_dir():
+            for p in sorted(self.path.rglob("*")):
+                where = _split_of(p.relative_to(self.path).parts)
+                if where and p.is_file():
+                    yield where[0], where[1], (str(p), p.read_bytes)
+            return
+        with tarfile.open(self.path) as tar:  # streamed: a .tar.gz is read once, in order
+            for member in tar:
+                where = _split_of(Path(member.name).parts)
+                if where and member.isfile():
+                    data = tar.extractfile(member).read()  # type: ignore[union-attr]
+                    yield where[0], where[1], (member.name, lambda d=data: d)
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    """Admits only what the CIFAR python-version pickles hold: dicts, lists, strings, numbers,
+    bytes and numpy arrays. Any other global (os.system, eval, ...) is refused before it runs."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if module == "numpy" and name in ("ndarray", "dtype"):
+            return getattr(np, name)
+        if (module, name) == ("_codecs", "encode"):  # how protocol 2 spells bytes under Python 3
+            import codecs
+
+            return codecs.encode
+        if name == "_reconstruct" and module in ("numpy.core.multiarray", "numpy._core.multiarray"):
+            try:
+                from numpy._core.multiarray import _reconstruct  # numpy >= 2
+            except ImportError:
+                from numpy.core.multiarray import _reconstruct
+            return _reconstruct
+        raise pickle.UnpicklingError(f"global {module}.{name} is not allowed")
+
+
+def _is_cifar_python(path: Path) -> bool:
+    name = path.name
+    return bool(re.fullmatch(r"cifar-(10|100)-(python\.tar\.gz|batches-py|python)", name))
+
+
+class _CifarPythonReader(_Reader):
+    """The CIFAR-10/100 "python version" (pickled batches), as an archive or unpacked."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.location = path, str(path)
+        self.cifar100 = "cifar-100" in path.name
+        self.files = ({"train": ["train"], "test": ["test"], "meta": "meta"} if self.cifar100 else
+                      {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"],
+                       "meta": "batches.meta"})
+
+    def fingerprint(self) -> list[Any]:
+        if self.path.is_file():
+            return ["cifar-python", *_file_fingerprint(self.path)]
+        return ["cifar-python", *[_file_fingerprint(p) for p in sorted(self.path.iterdir())]]
+
+    def _load(self, name: str, blobs: dict[str, bytes]) -> dict[str, Any]:
+        data = blobs.get(name)
+        if data is None:
+            raise DataError(f"{self.path} lacks {name!r}: not a complete CIFAR python-version archive.")
+        try:
+            obj = _SafeUnpickler(io.BytesIO(data), encoding="latin1").load()
+        except pickle.UnpicklingError as e:
+            raise DataError(
+                f"Refusing {self.path} ({name}): its pickle asks for something other than plain arrays and "
+                f"lists ({e}), which could run code. Download the archive again from the CIFAR page."
+            ) from None
+        except Exception as e:  # noqa: BLE001 - truncated or garbled pickle data
+            raise DataError(f"{self.path} ({name}) is corrupt ({type(e).__name__}: {e}).") from None
+        return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
+
+    def _blobs(self) -> dict[str, bytes]:
+        wanted = {*self.files["train"], *self.files["test"], self.files["meta"]}
+        if self.path.is_dir():
+            return {n: (self.path / n).read_bytes() for n in wanted if (self.path / n).is_file()}
+        try:
+            with tarfile.open(self.path) as tar:
+                return {Path(m.name).name: tar.extractfile(m).read() for m in tar  # type: ignore[union-attr]
+                        if m.isfile() and Path(m.name).name in wanted}
+        except (tarfile.TarError, EOFError, OSError) as e:
+            raise DataError(f"{self.path} is truncated or not a tar.gz archive ({e}).") from None
+
+    def items(self) -> Iterator[tuple[str, str | int, Any]]:
+        blobs = self._blobs()
+        meta = self._load(self.files["meta"], blobs)
+        names = meta["fine_label_names" if self.cifar100 else "label_names"]
+        self.classes = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
+        for split in ("train", "test"):
+            for name in self.files[split]:
+                batch = self._load(name, blobs)
+                labels = batch["fine_labels" if self.cifar100 else "labels"]
+                data = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
+                for img, label in zip(data, labels):
+                    yield split, int(label), img
+
+
+class _HubReader(_Reader):
+    """A Hugging Face ``datasets`` image classification set (Hub id or local folder)."""
+
+    def __init__(self, repo: str, image_column: str | None, label_column: str | None, alias: str = "") -> None:
+        self.repo, self.image_column, self.label_column, self.alias = repo, image_column, label_column, alias
+        self.location = f"hf:{repo}"
+        self._ds: Any = None
+
+    def _dataset(self) -> Any:
+        if self._ds is None:
+            import datasets
+
+            try:
+                self._ds = datasets.load_dataset(self.repo)
+            except Exception as e:  # noqa: BLE001 - offline, not found, bad format: all say the same
+                raise self._unavailable(e) from None
+        return self._ds
+
+    def _unavailable(self, e: Exception) -> DataError:
+        from datasets import config
+
+        alt = ""
+        if self.alias:
+            n = self.alias.removeprefix("cifar")
+            alt = (f" Or download cifar-{n}-python.tar.gz from the CIFAR page "
+                   f"(https://www.cs.toronto.edu/~kriz/cifar.html) and pass --dataset path/to/cifar-{n}-python.tar.gz.")
+        return DataError(
+            f"Could not load {self.repo} through `datasets` ({type(e).__name__}: {e}). If this machine is "
+            f"offline, run `python -c \"import datasets; datasets.load_dataset('{self.repo}')\"` on one with "
+            f"internet and copy its datasets cache into {config.HF_DATASETS_CACHE} (HF_DATASETS_CACHE).{alt}"
+        )
+
+    def fingerprint(self) -> list[Any]:
+        ds = self._dataset()
+        return ["hf", self.repo, self.image_column, self.label_column,
+                {k: v._fingerprint for k, v in sorted(ds.items())}]
+
+    def _columns(self, features: Any) -> tuple[str, str]:
+        from datasets import ClassLabel, Image, Value
+
+        image = self.image_column or next((k for k, f in features.items() if isinstance(f, Image)), None)
+        label = self.label_column or next((k for k, f in features.items() if isinstance(f, ClassLabel)), None)
+        label = label or next((k for k in ("label", "labels", "fine_label") if k in features), None)
+        cols = ", ".join(f"{k} ({type(f).__name__})" for k, f in features.items())
+        if image not in features or not isinstance(features[image], Image):
+            raise DataError(f"{self.repo}: no image column found (columns: {cols}); pass --image-column.")
+        if label not in features:
+            raise DataError(f"{self.repo}: no label column found (columns: {cols}); pass --label-column.")
+        f = features[label]
+        if not (isinstance(f, ClassLabel) or (isinstance(f, Value) and f.dtype.startswith(("int", "uint")))):
+            raise DataError(
+                f"{self.repo}: label column {label!r} is {f}, not an integer or class label. Pass "
+                f"--label-column naming an integer or ClassLabel column (columns: {cols})."
+            )
+        return image, label
+
+    def items(self) -> Iterator[tuple[str, str | int, Any]]:
+        ds = self._dataset()
+        test = "test" if "test" in ds else "validation" if "validation" in ds else None
+        if "train" not in ds or test is None:
+            raise DataError(f"{self.repo} needs a train split and a test (or validation) split; it has "
+                            f"{', '.join(ds)}.")
+        image, label = self._columns(ds["train"].features)
+        f = ds["train"].features[label]
+        if hasattr(f, "names"):
+            self.classes = list(f.names)
+        else:
+            n = max(int(max(ds[s][label])) for s in ("train", test)) + 1
+            self.classes = [str(i) for i in range(n)]
+        for split, name in (("train", "train"), ("test", test)):
+            for i, row in enumerate(ds[name].select_columns([image, label])):
+                yield split, int(row[label]), (f"{name}[{i}]", lambda im=row[image]: im)
+
+
+# --------------------------------------------------------------------------- the cache
+
+
+def _to_array(item: Any, size: tuple[int, int] | None) -> np.ndarray:
+    """Decode (name, bytes-or-PIL getter) or pass through a uint8 array; RGB, optionally resized."""
+    from PIL import Image
+
+    if isinstance(item, np.ndarray):
+        img = Image.fromarray(item) if size and item.shape[:2] != size else None
+        return item if img is None else np.asarray(img.resize(size[::-1], Image.BILINEAR))
+    _, get = item
+    obj = get()
+    img = obj if isinstance(obj, Image.Image) else Image.open(io.BytesIO(obj))
+    img = img.convert("RGB")
+    if size and img.size != size[::-1]:
+        img = img.resize(size[::-1], Image.BILINEAR)
+    return np.asarray(img, dtype=np.uint8)
+
+
+def _build_cache(reader: _Reader, folder: Path, store_size: int | None) -> None:
+    """Decode every image once into raw uint8 files, written beside and renamed into place."""
+    from PIL import UnidentifiedImageError
+
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    try:
+        size = (store_size, store_size) if store_size else None
+        outs = {s: open(tmp / f"{s}.u8", "wb") for s in ("train", "test")}
+        labels: dict[str, list] = {"train": [], "test": []}
+        skipped, resized = [], 0
+        for split, label, item in reader.items():
+            try:
+                arr = _to_array(item, size)
+            except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
+                skipped.append(f"{item[0]} ({type(e).__name__})")
+                continue
+            if size is None:
+                size = arr.shape[:2]
+            elif arr.shape[:2] != size:
+                arr, resized = _to_array(arr, size), resized + 1
+            outs[split].write(arr.tobytes())
+            labels[split].append(label)
+        for f in outs.values():
+            f.close()
+        if skipped:
+            log.warning("skipped %d image(s) that could not be decoded: %s%s", len(skipped),
+                        ", ".join(skipped[:5]), ", ..." if len(skipped) > 5 else "")
+        if resized:
+            log.warning("resized %d image(s) to the stored size %dx%d", resized, *size)  # type: ignore[misc]
+        for split in ("train", "test"):
+            if not labels[split]:
+                bad = f" ({len(skipped)} could not be decoded)" if skipped else ""
+                raise DataError(
+                    f"{reader.location} has no {split} images{bad}. Expected the image-folder layout "
+                    f"{split}/<class>/<image> (e.g. {split}/cat/0001.jpg), a CIFAR python-version archive, "
+                    f"or a Hub data set with train and test splits."
+                )
+        classes = reader.classes or sorted(set(labels["train"]))
+        index = {c: i for i, c in enumerate(classes)}
+        for split in ("train", "test"):
+            unknown = {c for c in labels[split] if isinstance(c, str) and c not in index}
+            if unknown:
+                raise DataError(f"{reader.location}: {split} has classes missing from train: {sorted(unknown)}.")
+            ids = np.array([index[c] if isinstance(c, str) else c for c in labels[split]], dtype=np.int64)
+            if ids.min() < 0 or ids.max() >= len(classes):
+                raise DataError(f"{reader.location}: {split} labels outside 0..{len(classes) - 1}.")
+            np.save(tmp / f"{split}_labels.npy", ids)
+        meta = {"format": _CACHE_FORMAT, "location": reader.location, "classes": classes,
+                "size": list(size), "counts": {s: len(labels[s]) for s in labels},  # type: ignore[arg-type]
+                "skipped": len(skipped), "skipped_names": skipped[:20]}
+        (tmp / "meta.json").write_text(json.dumps(meta))  # written last: its presence marks a whole cache
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _open_cache(folder: Path, source: str) -> ImageData:
+    meta = json.loads((folder / "meta.json").read_text())
+    h, w = meta["size"]
+    images = {s: np.memmap(folder / f"{s}.u8", dtype=np.uint8, mode="r", shape=(n, h, w, 3))
+              for s, n in meta["counts"].items()}
+    labels = {s: np.load(folder / f"{s}_labels.npy") for s in meta["counts"]}
+    return ImageData(source, meta["location"], meta["classes"], images, labels,  # type: ignore[arg-type]
+                     meta["skipped"], meta["skipped_names"])

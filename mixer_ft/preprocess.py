@@ -1,0 +1,151 @@
+"""Upstream preprocessing (vit_jax input_pipeline), batched on the training device.
+
+Train: Inception crop (random area 5%-100%, aspect 3/4-4/3, integer pixel box, as
+``tf.image.sample_distorted_bounding_box``), resize to the model's input size, random
+horizontal flip. Eval: resize the whole image. Then pixels are normalised with the model's
+``mean``/``std`` (0.5/0.5 for Google's weights: [-1, 1]).
+
+Crop, resize and flip are two batched matrix products per batch: each image gets a row and a
+column interpolation matrix mapping output pixel centres into its crop box (half-pixel
+centres, as TF's bilinear resize); a flipped image's column matrix is reversed. The random boxes come from a CPU generator seeded per batch,
+so a batch's augmentation depends only on (seed, epoch, batch index), whatever the device.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+AREA_RANGE = (0.05, 1.0)
+ASPECT_RANGE = (3 / 4, 4 / 3)
+MAX_ATTEMPTS = 10  # TF's default; after that the whole image is used
+
+
+def inception_boxes(n: int, height: int, width: int, generator: torch.Generator) -> torch.Tensor:
+    """Random crop boxes (n, 4) as integer (x0, y0, w, h), Inception style."""
+    area = height * width * torch.empty(n, MAX_ATTEMPTS).uniform_(*AREA_RANGE, generator=generator)
+    log_r = torch.empty(n, MAX_ATTEMPTS).uniform_(math.log(ASPECT_RANGE[0]), math.log(ASPECT_RANGE[1]),
+                                                  generator=generator)
+    ratio = torch.exp(log_r)
+    w = torch.round(torch.sqrt(area * ratio)).long()
+    h = torch.round(torch.sqrt(area / ratio)).long()
+    ok = (w >= 1) & (h >= 1) & (w <= width) & (h <= height)
+    first = torch.where(ok.any(1), ok.float().argmax(1), torch.full((n,), -1))
+    rows = torch.arange(n)
+    w = torch.where(first >= 0, w[rows, first.clamp(min=0)], torch.full((n,), width))
+    h = torch.where(first >= 0, h[rows, first.clamp(min=0)], torch.full((n,), height))
+    u = torch.rand(n, 2, generator=generator)
+    x0 = torch.floor(u[:, 0] * (width - w + 1)).long()
+    y0 = torch.floor(u[:, 1] * (height - h + 1)).long()
+    return torch.stack([x0, y0, w, h], 1)
+
+
+def _interp_matrix(start: torch.Tensor, length: torch.Tensor, size: int, extent: int, flip: torch.Tensor | None,
+                   device: torch.device) -> torch.Tensor:
+    """(n, size, extent) bilinear weights taking ``extent`` pixels to ``size`` over a box."""
+    n = start.shape[0]
+    t = torch.arange(size, device=device, dtype=torch.float32) + 0.5
+    # Source coordinate of each output pixel centre (half-pixel centres, as TF's bilinear resize),
+    # clamped to the image like grid_sample's border padding.
+    src = (start[:, None] + t * (length[:, None] / size) - 0.5).clamp(0, extent - 1)
+    if flip is not None:
+        src = torch.where(flip[:, None], src.flip(1), src)
+    lo = src.floor()
+    frac = src - lo
+    lo = lo.long()
+    hi = (lo + 1).clamp(max=extent - 1)
+    m = torch.zeros(n, size, extent, device=device)
+    m.scatter_add_(2, lo[..., None], (1 - frac)[..., None])
+    return m.scatter_add_(2, hi[..., None], frac[..., None])
+
+
+def crop_resize(images: torch.Tensor, boxes: torch.Tensor, size: int, flip: torch.Tensor | None = None,
+                dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Crop each NHWC image to its box (x0, y0, w, h), resize to ``size`` (bilinear), optionally flip.
+
+    Bilinear resizing is separable, so it is two batched matrix products with per-image
+    interpolation matrices: no per-pixel gathers, and the output comes out NCHW directly.
+    Returns NCHW in ``dtype``, in the input's value range.
+    """
+    n, height, width, c = images.shape
+    dev = images.device
+    boxes = boxes.to(dev, torch.float32)
+    rows = _interp_matrix(boxes[:, 1], boxes[:, 3], size, height, None, dev)
+    cols = _interp_matrix(boxes[:, 0], boxes[:, 2], size, width, None if flip is None else flip.to(dev), dev)
+    x = images.to(torch.float32).reshape(n, height, width * c)
+    y = torch.bmm(rows, x).view(n, size, width, c).permute(0, 3, 1, 2).reshape(n, c * size, width)
+    return torch.bmm(y, cols.transpose(1, 2)).view(n, c, size, size).to(dtype)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """The model's input pipeline: size and normalisation come from its config."""
+
+    size: int
+    mean: tuple[float, ...] = (0.5, 0.5, 0.5)
+    std: tuple[float, ...] = (0.5, 0.5, 0.5)
+
+    @classmethod
+    def for_model(cls, config) -> Preprocess:  # noqa: ANN001 - a MixerConfig
+        return cls(config.img_size, tuple(config.mean), tuple(config.std))
+
+    def _normalise(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 NHWC -> float NHWC scaled with mean/std. Interpolation weights sum to one, so
+        scaling the small source image before resizing equals scaling the large output."""
+        mean = torch.tensor(self.mean, device=images.device) * 255
+        std = torch.tensor(self.std, device=images.device) * 255
+        return (images.float() - mean) / std
+
+    def train(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+        """Inception crop, resize, random flip, normalise: uint8 NHWC -> float NCHW."""
+        n, h, w, _ = images.shape
+        boxes = inception_boxes(n, h, w, generator)
+        flip = torch.rand(n, generator=generator) < 0.5
+        return crop_resize(self._normalise(images), boxes, self.size, flip)
+
+    def eval(self, images: torch.Tensor) -> torch.Tensor:
+        """Resize the whole image, normalise."""
+        n, h, w, _ = images.shape
+        x = self._normalise(images)
+        if (h, w) == (self.size, self.size):
+            return x.permute(0, 3, 1, 2).contiguous()
+        return crop_resize(x, torch.tensor([[0, 0, w, h]]).expand(n, 4), self.size)
+
+
+def batch_seed(seed: int, epoch: int, index: int) -> int:
+    """A generator seed for one batch, independent of where a run was resumed."""
+    return (seed * 1_000_003 + epoch) * 1_000_003 + index
+
+
+def iterate_batches(
+    images: np.ndarray,
+    labels: np.ndarray,
+    indices: np.ndarray,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int = 0,
+    epoch: int = 0,
+    start: int = 0,
+    drop_last: bool = False,
+    num_shards: int = 1,
+    shard: int = 0,
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """Yield (batch index, uint8 NHWC images, int64 labels) from a memory-mapped array.
+
+    Only one batch is ever copied out of the memory map. ``num_shards``/``shard`` give each
+    process its own slice of every global batch; ``start`` skips batches already done.
+    """
+    order = indices
+    if shuffle:
+        order = indices[np.random.default_rng((seed, epoch)).permutation(len(indices))]
+    n_batches = len(order) // batch_size if drop_last else -(-len(order) // batch_size)
+    for b in range(start, n_batches):
+        idx = order[b * batch_size:(b + 1) * batch_size][shard::num_shards]
+        # Sorted reads are kinder to a memory map on disk; labels follow the same order.
+        idx = np.sort(idx)
+        yield b, torch.from_numpy(np.ascontiguousarray(images[idx])), torch.from_numpy(labels[idx])

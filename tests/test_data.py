@@ -1,0 +1,222 @@
+"""Data sources end to end on real CIFAR-10 images cut from ../shared/data/cifar10-jpeg.tar.gz."""
+
+import io
+import json
+import os
+import pathlib
+import pickle
+import subprocess
+import sys
+import tarfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import SHARED
+from mixer_ft.data import DataError, load_data
+
+CIFAR_TGZ = SHARED / "data" / "cifar10-jpeg.tar.gz"
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+PER_CLASS = {"train": 25, "test": 5}
+
+
+@pytest.fixture(scope="session")
+def cifar_cut(tmp_path_factory):
+    """A few hundred real CIFAR-10 JPEGs in the image-folder layout: 250 train, 50 test."""
+    root = tmp_path_factory.mktemp("cifar_cut")
+    taken = {}
+    with tarfile.open(CIFAR_TGZ) as tar:
+        for m in tar:
+            parts = pathlib.Path(m.name).parts
+            if not m.isfile() or len(parts) < 3:
+                continue
+            split, cls = parts[-3], parts[-2]
+            if taken.get((split, cls), 0) < PER_CLASS[split]:
+                dest = root / split / cls / parts[-1]
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.write_bytes(tar.extractfile(m).read())
+                taken[(split, cls)] = taken.get((split, cls), 0) + 1
+    assert sum(taken.values()) == 300
+    return root
+
+
+def rgb(path):
+    return np.asarray(Image.open(path).convert("RGB"))
+
+
+def test_image_folder(cifar_cut):
+    data = load_data(str(cifar_cut))
+    assert data.classes == CLASSES and data.image_size == (32, 32)
+    assert isinstance(data.images["train"], np.memmap)  # on disk, not materialised in RAM
+    assert data.images["train"].dtype == np.uint8 and data.images["train"].shape == (250, 32, 32, 3)
+    assert data.labels["test"].dtype == np.int64 and sorted(set(data.labels["test"])) == list(range(10))
+    splits = data.splits()
+    assert {k: len(v[1]) for k, v in splits.items()} == {"train": 245, "minival": 5, "test": 50}
+    first = sorted((cifar_cut / "test" / "airplane").iterdir())[0]  # sorted walk: the first test image
+    assert np.array_equal(data.images["test"][0], rgb(first)) and data.labels["test"][0] == 0
+
+
+@pytest.mark.parametrize("mode", ["w", "w:gz"])
+def test_folder_archive_equals_folder(cifar_cut, tmp_path, mode):
+    archive = tmp_path / ("cut.tar" if mode == "w" else "cut.tar.gz")
+    with tarfile.open(archive, mode) as tar:
+        tar.add(cifar_cut, arcname="cifar10")  # a top-level folder, as archives often have
+    a, b = load_data(str(archive)), load_data(str(cifar_cut))
+    assert a.classes == b.classes
+    for s in ("train", "test"):
+        assert np.array_equal(a.images[s], b.images[s]) and np.array_equal(a.labels[s], b.labels[s])
+
+
+def test_splits_are_deterministic_per_seed(cifar_cut):
+    data = load_data(str(cifar_cut))
+    a, b, c = data.splits(0.1, seed=1), data.splits(0.1, seed=1), data.splits(0.1, seed=2)
+    assert np.array_equal(a["minival"][1], b["minival"][1])
+    assert not np.array_equal(a["minival"][1], c["minival"][1])
+    assert not set(a["minival"][1]) & set(a["train"][1]) and len(a["minival"][1]) == 25
+    assert len(set(data.labels["train"][a["minival"][1]])) > 3  # shuffled, not the last class only
+
+
+def write_cifar_python(path, images, labels, classes, cifar100=False, evil=None):
+    """An archive in the published python-version layout (protocol-2 pickles with byte keys)."""
+    flat = images.transpose(0, 3, 1, 2).reshape(len(images), -1)  # R, G, B planes per row
+    top = "cifar-100-python" if cifar100 else "cifar-10-batches-py"
+    label_key = b"fine_labels" if cifar100 else b"labels"
+    n_test = len(images) // 6
+    if cifar100:
+        batches = {"train": (flat[n_test:], labels[n_test:]), "test": (flat[:n_test], labels[:n_test])}
+        meta = ("meta", {b"fine_label_names": [c.encode() for c in classes], b"coarse_label_names": [b"x"]})
+    else:
+        parts = np.array_split(np.arange(n_test, len(images)), 5)
+        batches = {f"data_batch_{i + 1}": (flat[p], labels[p]) for i, p in enumerate(parts)}
+        batches["test_batch"] = (flat[:n_test], labels[:n_test])
+        meta = ("batches.meta", {b"label_names": [c.encode() for c in classes], b"num_vis": 3072})
+    with tarfile.open(path, "w:gz") as tar:
+        def add(name, obj):
+            blob = obj if isinstance(obj, bytes) else pickle.dumps(obj, protocol=2)
+            info = tarfile.TarInfo(f"{top}/{name}")
+            info.size = len(blob)
+            tar.addfile(info, io.BytesIO(blob))
+        for name, (x, y) in batches.items():
+            add(name, evil if evil and name.startswith(("data_batch_1", "train")) else
+                {b"batch_label": name.encode(), label_key: [int(v) for v in y], b"data": x})
+        add(*meta)
+    return n_test
+
+
+@pytest.mark.parametrize("cifar100", [False, True])
+def test_cifar_python_archive(cifar_cut, tmp_path, cifar100):
+    folder = load_data(str(cifar_cut))
+    images, labels = np.asarray(folder.images["train"]), folder.labels["train"]
+    name = "cifar-100-python.tar.gz" if cifar100 else "cifar-10-python.tar.gz"
+    n_test = write_cifar_python(tmp_path / name, images, labels, CLASSES, cifar100)
+    data = load_data(str(tmp_path / name))
+    assert data.classes == CLASSES
+    assert len(data.labels["train"]) == 250 - n_test and len(data.labels["test"]) == n_test
+    assert np.array_equal(data.images["test"], images[:n_test])  # channel planes -> HWC, exactly
+    assert np.array_equal(data.images["train"], images[n_test:]) and np.array_equal(data.labels["train"], labels[n_test:])
+
+
+class _Payload:
+    def __init__(self, where):
+        self.where = where
+
+    def __reduce__(self):
+        return (pathlib.Path.write_text, (pathlib.Path(self.where), "owned"))
+
+
+def test_tampered_cifar_archive_is_refused_and_runs_nothing(tmp_path):
+    target = tmp_path / "pwned.txt"
+    imgs = np.zeros((12, 32, 32, 3), np.uint8)
+    evil = pickle.dumps({b"data": imgs.reshape(12, -1), b"labels": [0] * 12, b"x": _Payload(target)}, protocol=2)
+    write_cifar_python(tmp_path / "cifar-10-python.tar.gz", imgs, np.zeros(12, int), CLASSES, evil=evil)
+    with pytest.raises(DataError, match="could run code"):
+        load_data(str(tmp_path / "cifar-10-python.tar.gz"))
+    assert not target.exists()
+
+
+def make_hf_folder(root, cifar_cut, image_col="img", label_col="label", label_kind="classlabel"):
+    """A local data set in the Hub's parquet layout, written with `datasets` itself."""
+    from datasets import ClassLabel, Dataset, Features, Value
+    from datasets import Image as HFImage
+
+    label_feature = {"classlabel": ClassLabel(names=CLASSES), "int": Value("int64"), "str": Value("string")}[label_kind]
+    feats = Features({image_col: HFImage(), label_col: label_feature})
+    for split in ("train", "test"):
+        files = sorted((cifar_cut / split).rglob("*.jpg"))
+        labels = [CLASSES.index(f.parent.name) for f in files]
+        if label_kind == "str":
+            labels = [CLASSES[i] for i in labels]
+        ds = Dataset.from_dict({image_col: [str(f) for f in files], label_col: labels}, features=feats)
+        (root / "data").mkdir(parents=True, exist_ok=True)
+        ds.to_parquet(root / "data" / f"{split}-00000-of-00001.parquet")
+    return root
+
+
+def test_hub_layout_through_datasets(cifar_cut, tmp_path):
+    root = make_hf_folder(tmp_path / "cifar10_hf", cifar_cut)
+    data = load_data(f"hf:{root}")
+    assert data.classes == CLASSES and data.location == f"hf:{root}"
+    ref = load_data(str(cifar_cut))
+    assert np.array_equal(data.images["train"], ref.images["train"]) and np.array_equal(data.labels["test"], ref.labels["test"])
+
+
+def test_hub_columns_named_by_the_user_and_bad_label_columns(cifar_cut, tmp_path):
+    root = make_hf_folder(tmp_path / "odd", cifar_cut, "picture", "target", label_kind="int")
+    data = load_data(f"hf:{root}", image_column="picture", label_column="target")
+    assert len(data.classes) == 10 and data.images["test"].shape == (50, 32, 32, 3)
+    root = make_hf_folder(tmp_path / "strings", cifar_cut, label_kind="str")
+    with pytest.raises(DataError, match="not an integer or class label"):
+        load_data(f"hf:{root}")
+
+
+def test_corrupt_images_are_skipped_and_counted(cifar_cut, tmp_path, caplog):
+    import shutil
+
+    root = tmp_path / "damaged"
+    shutil.copytree(cifar_cut, root)
+    (root / "train" / "cat" / "not_an_image.jpg").write_text("hello")
+    good = sorted((root / "train" / "dog").iterdir())[0].read_bytes()
+    (root / "train" / "dog" / "truncated.jpg").write_bytes(good[: len(good) // 3])
+    data = load_data(str(root))
+    assert data.skipped == 2 and len(data.labels["train"]) == 250
+    assert "skipped 2 image(s)" in caplog.text and "not_an_image.jpg" in caplog.text
+
+
+def test_folder_without_images(tmp_path):
+    (tmp_path / "train" / "cat").mkdir(parents=True)
+    (tmp_path / "train" / "cat" / "notes.txt").write_text("no images here")
+    with pytest.raises(DataError, match="has no train images.*train/<class>/<image>"):
+        load_data(str(tmp_path))
+
+
+def test_cifar10_offline_says_what_to_download_and_where():
+    with pytest.raises(DataError) as e:
+        load_data("cifar10")
+    msg = str(e.value)
+    assert "datasets.load_dataset('uoft-cs/cifar10')" in msg and "HF_DATASETS_CACHE" in msg
+    assert "cifar-10-python.tar.gz" in msg
+
+
+def run_cli(*args):
+    return subprocess.run([sys.executable, "-m", "mixer_ft", "data", *args], capture_output=True, text=True,
+                          env=os.environ.copy(), timeout=600)
+
+
+def test_data_command_on_the_whole_cifar10_archive():
+    out = run_cli(str(CIFAR_TGZ), "--json")
+    assert out.returncode == 0, out.stderr
+    info = json.loads(out.stdout)
+    assert info["splits"] == {"train": 49_000, "minival": 1_000, "test": 10_000}
+    assert info["classes"] == CLASSES and info["image_size"] == [32, 32] and info["skipped"] == 0
+    text = run_cli(str(CIFAR_TGZ)).stdout
+    assert "minival     1,000 images" in text and "airplane automobile bird" in text
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["/no/such/folder"], "No data set '/no/such/folder'"),
+    (["cifar100"], "cifar-100-python.tar.gz"),
+])
+def test_data_command_bad_input(args, needle):
+    out = run_cli(*args)
+    assert out.returncode == 2 and needle in out.stderr and "Traceback" not in out.stderr

@@ -1,0 +1,102 @@
+"""Upstream preprocessing on the device: Inception crop, resize, flip, scaling; batching."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mixer_ft import create_model
+from mixer_ft.preprocess import Preprocess, crop_resize, inception_boxes, iterate_batches
+
+
+def images(n=8, size=32, seed=0):
+    return torch.from_numpy(np.random.default_rng(seed).integers(0, 256, (n, size, size, 3), dtype=np.uint8))
+
+
+def test_eval_is_a_plain_bilinear_resize_to_the_models_size_in_minus_one_to_one():
+    x = images()
+    pre = Preprocess.for_model(create_model("S/32", img_size=96).config)
+    out = pre.eval(x)
+    assert out.shape == (8, 3, 96, 96) and out.dtype == torch.float32
+    # TF's bilinear resize uses half-pixel centres: torch's interpolate with align_corners=False.
+    ref = F.interpolate(x.permute(0, 3, 1, 2).float(), size=96, mode="bilinear", align_corners=False) / 127.5 - 1
+    torch.testing.assert_close(out, ref, atol=1e-4, rtol=0)
+    assert out.min() >= -1 and out.max() <= 1
+
+
+def test_flip_mirrors_and_boxes_crop():
+    x = images(4)
+    boxes = torch.tensor([[4, 6, 10, 20]] * 4)
+    plain = crop_resize(x, boxes, 40)
+    flipped = crop_resize(x, boxes, 40, flip=torch.tensor([True, False, True, False]))
+    torch.testing.assert_close(flipped[0], plain[0].flip(-1))
+    torch.testing.assert_close(flipped[1], plain[1])
+    # The box selects exactly its pixels: a box-sized output is the crop itself.
+    direct = x[:, 6:16, 4:14].permute(0, 3, 1, 2).float()
+    torch.testing.assert_close(crop_resize(x, torch.tensor([[4, 6, 10, 10]] * 4), 10), direct)
+
+
+def test_inception_boxes_follow_the_upstream_ranges():
+    g = torch.Generator().manual_seed(0)
+    b = inception_boxes(20_000, 32, 32, g)
+    x0, y0, w, h = b.T
+    assert (x0 >= 0).all() and (y0 >= 0).all() and (x0 + w <= 32).all() and (y0 + h <= 32).all()
+    area = (w * h).float() / 1024
+    assert area.min() >= 0.04 and area.max() <= 1.0  # 5%..100%, up to integer rounding
+    ratio = (w / h).float()
+    cropped = area < 0.9  # small boxes are not clipped, so their aspect is in range (up to rounding)
+    assert ratio[cropped].min() > 0.6 and ratio[cropped].max() < 1.6
+    assert 0.35 < area.mean() < 0.65  # the area fraction is uniform on [0.05, 1] when the box fits
+
+
+def test_train_augmentation_is_deterministic_per_seed_and_random_across_seeds():
+    pre, x = Preprocess(64), images()
+    a = pre.train(x, torch.Generator().manual_seed(7))
+    b = pre.train(x, torch.Generator().manual_seed(7))
+    c = pre.train(x, torch.Generator().manual_seed(8))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert a.shape == (8, 3, 64, 64) and a.min() >= -1 and a.max() <= 1
+
+
+def test_batches_cover_each_index_once_and_shards_partition_them():
+    imgs = np.arange(10 * 2 * 2 * 3, dtype=np.uint8).reshape(10, 2, 2, 3)
+    labels = np.arange(10)
+    idx = np.array([0, 2, 3, 5, 6, 7, 8, 9])
+    seen = [int(v) for _, _, y in iterate_batches(imgs, labels, idx, 3, shuffle=True, seed=1) for v in y]
+    assert sorted(seen) == idx.tolist()
+    full = [set(y.tolist()) for _, _, y in iterate_batches(imgs, labels, idx, 4, shuffle=True, seed=1)]
+    shards = [[set(y.tolist()) for _, _, y in iterate_batches(imgs, labels, idx, 4, shuffle=True, seed=1,
+                                                             num_shards=2, shard=s)] for s in range(2)]
+    assert [a | b for a, b in zip(*shards)] == full and all(not a & b for a, b in zip(*shards))
+    later = [b for b, _, _ in iterate_batches(imgs, labels, idx, 3, shuffle=True, seed=1, start=2)]
+    assert later == [2]
+    for _, x, y in iterate_batches(imgs, labels, idx, 3, shuffle=False):
+        assert torch.equal(x, torch.from_numpy(imgs[y.numpy()]))  # images travel with their labels
+
+
+@pytest.mark.parametrize("size", [32, 48])
+def test_eval_at_native_size_is_only_scaling(size):
+    x = images(2, size)
+    out = Preprocess(size).eval(x)
+    torch.testing.assert_close(out, x.permute(0, 3, 1, 2).float() / 127.5 - 1)
+    assert math.isclose(float(out.max()), float(x.max()) / 127.5 - 1, rel_tol=1e-6)
+
+
+def test_random_crops_and_flips_match_an_independent_grid_sample():
+    x = images(16)
+    g = torch.Generator().manual_seed(3)
+    boxes = inception_boxes(16, 32, 32, g)
+    flip = torch.rand(16, generator=g) < 0.5
+    out = crop_resize(x, boxes, 56, flip)
+    # Reference: sample each output pixel centre inside its box with grid_sample (border padding).
+    b = boxes.float()
+    t = (torch.arange(56) + 0.5) / 56
+    gx = (b[:, :1] + t * b[:, 2:3]) / 32 * 2 - 1
+    gy = (b[:, 1:2] + t * b[:, 3:4]) / 32 * 2 - 1
+    gx = torch.where(flip[:, None], gx.flip(1), gx)
+    grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), dim=-1)
+    ref = F.grid_sample(x.permute(0, 3, 1, 2).float(), grid, mode="bilinear", padding_mode="border",
+                        align_corners=False)
+    torch.testing.assert_close(out, ref, atol=2e-3, rtol=0)
