@@ -95,7 +95,8 @@ def main() -> None:
 
     def ours():
         for b, x, _ in iterate_batches(data.images["train"], data.labels["train"], train, BATCH, shuffle=True):
-            yield pre.train(x.to(device, non_blocking=True), torch.Generator().manual_seed(b))
+            boxes, flip = pre.sample(len(x), *x.shape[1:3], torch.Generator().manual_seed(b))
+            yield pre.train(x.to(device, non_blocking=True), boxes, flip)
 
     rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     ours_rate = rate(ours(), args.batches, sync)

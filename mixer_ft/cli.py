@@ -94,6 +94,158 @@ def data(
         typer.echo(f"{'skipped':<11} {info['skipped']} image(s) that could not be decoded")
 
 
+@app.command()
+def finetune(
+    recipe: Annotated[Optional[str], typer.Option(help="A TOML recipe (see recipes/); flags override it.")] = None,
+    upstream: Annotated[Optional[str], typer.Option(help="in1k, in21k, none, or any weight source.")] = None,
+    model: Annotated[Optional[str], typer.Option(help="Variant, e.g. B/16 or L/16.")] = None,
+    dataset: Annotated[Optional[str], typer.Option(help="cifar10, cifar100, hf:owner/name, a folder or archive.")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Optimizer steps [10000].")] = None,
+    batch: Annotated[Optional[int], typer.Option(help="Global batch, whatever the process count [512].")] = None,
+    micro_batch: Annotated[Optional[str], typer.Option(help="Per-process forward batch, or 'auto'; the rest is accumulated.")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate [0.03].")] = None,
+    warmup: Annotated[Optional[int], typer.Option(help="Linear warm-up steps [500].")] = None,
+    eval_every: Annotated[Optional[int], typer.Option(help="Minival accuracy every N steps [1000].")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of init, split, order and augmentation [0].")] = None,
+    output_dir: Annotated[Optional[str], typer.Option(help="Run folder [runs/<name>]; an existing one is resumed.")] = None,
+    mixed_precision: Annotated[Optional[str], typer.Option(help="auto (bf16 where supported), no, bf16, fp16.")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Any other recipe key: --set key=value.")] = None,
+    fresh: Annotated[bool, typer.Option(help="Ignore checkpoints in the output folder and start over.")] = False,
+) -> None:
+    """Fine-tune a Mixer (upstream protocol by default) and write a run record to results/."""
+    from mixer_ft import recipe as recipes
+    from mixer_ft.train import finetune as run
+
+    flags = {"upstream": upstream, "model": model, "dataset": dataset, "steps": steps, "global_batch": batch,
+             "lr": lr, "warmup_steps": warmup, "eval_every": eval_every, "seed": seed, "output_dir": output_dir,
+             "mixed_precision": mixed_precision}
+    if micro_batch is not None:
+        flags["micro_batch"] = micro_batch if micro_batch == "auto" else _positive_int(micro_batch, "--micro-batch")
+    overrides = {k: v for k, v in flags.items() if v is not None}
+    for item in set_ or []:
+        key, value = recipes.parse_override(item)
+        if isinstance(value, dict):
+            value = {**overrides.get(key, {}), **value}
+        overrides[key] = value
+    recipes.check_keys(overrides, "--set")
+    r = recipes.load_recipe(recipe, **overrides) if recipe else recipes.from_dict(overrides)
+    run(r, resume=not fresh)
+
+
+@app.command()
+def table(
+    results: Annotated[str, typer.Option(help="Folder of run records.")] = "results",
+    format: Annotated[str, typer.Option("--format", help="table, markdown, csv or json.")] = "table",
+    plot: Annotated[Optional[str], typer.Option(help="Also draw accuracy and wall-clock side by side to this PNG.")] = None,
+) -> None:
+    """The published accuracy and wall-clock of each row beside this toolkit's best run of it."""
+    import logging
+
+    from mixer_ft import table as tables
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    rows, other = tables.build(results)
+    typer.echo(tables.render(rows, other, format), nl=False)
+    if plot:
+        typer.echo(f"plot: {tables.plot(rows, plot)}", err=True)
+
+
+@app.command()
+def reproduce(
+    rows: Annotated[Optional[str], typer.Option(help="Comma-separated row ids (default: all), e.g. scratch_cifar10.")] = None,
+    results: Annotated[str, typer.Option(help="Folder of run records.")] = "results",
+    dataset: Annotated[Optional[str], typer.Option(help="Use this copy of each row's data set (e.g. a local CIFAR-10).")] = None,
+) -> None:
+    """Run the table's rows one after another with their recipes, skipping rows already recorded
+    and resuming one that was interrupted; then print the table."""
+    import logging
+    import subprocess
+    from pathlib import Path
+
+    from mixer_ft import table as tables
+    from mixer_ft.errors import ConfigError
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    published = {p.id: p for p in tables.published_rows()}
+    wanted = [r.strip() for r in rows.split(",")] if rows else list(published)
+    unknown = [r for r in wanted if r not in published]
+    if unknown:
+        raise ConfigError(f"Unknown row(s) {', '.join(unknown)}; the rows are: {', '.join(published)}.")
+    done = {r["id"] for r in tables.build(results)[0] if r["accuracy"] is not None}
+    for row_id in wanted:
+        if row_id in done:
+            typer.echo(f"{row_id}: already in {results}, skipped")
+            continue
+        recipe = _find_recipe(published[row_id].recipe)
+        cmd = [sys.executable, "-m", "mixer_ft", "finetune", "--recipe", str(recipe), "--set", f"results_dir={json.dumps(results)}"]
+        cmd += ["--dataset", dataset] if dataset else []
+        typer.echo(f"{row_id}: {' '.join(cmd[2:])}")
+        if subprocess.run(cmd).returncode:
+            raise ConfigError(f"Row {row_id} failed (its message is above); run `mixer-ft reproduce` again to resume it.")
+    rows_, other = tables.build(results)
+    typer.echo(tables.render(rows_, other), nl=False)
+
+
+@app.command()
+def bench(
+    model: Annotated[str, typer.Option(help="Variant.")] = "B/16",
+    batch: Annotated[int, typer.Option(help="Images per step.")] = 64,
+    device: Annotated[Optional[str], typer.Option(help="cpu or cuda [cuda where available].")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="fp32 or bf16 [bf16 on CUDA, fp32 on CPU].")] = None,
+    img_size: Annotated[int, typer.Option(help="Input size.")] = 224,
+    steps: Annotated[int, typer.Option(help="Timed steps (after 3 warm-up steps).")] = 10,
+    fast: Annotated[bool, typer.Option(help="Our fast path (--no-fast: the plain model).")] = True,
+    finetune_data: Annotated[Optional[str], typer.Option(help="Also time `mixer-ft finetune` on this data set.")] = None,
+    out: Annotated[Optional[str], typer.Option(help="Save the record in this folder, e.g. results/bench.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Training-step images/s of our Mixer against timm's, in one run (and MFU on CUDA)."""
+    from mixer_ft.bench import run_bench, save
+
+    if batch < 1 or steps < 1:
+        from mixer_ft.errors import ConfigError
+
+        raise ConfigError("--batch and --steps must be positive.")
+    rec = run_bench(model, batch, device, img_size, precision, steps, fast=fast, finetune_data=finetune_data)
+    where = save(rec, out) if out else None
+    if as_json:
+        typer.echo(json.dumps({k: rec[k] for k in ("model", "batch", "device", "ours_images_per_s",
+                                                   "timm_images_per_s", "ratio", "peak_memory_bytes", "mfu")}))
+    else:
+        typer.echo(f"{rec['model']} batch {rec['batch']} {rec['precision']} on {rec['device']}: ours "
+                   f"{rec['ours_images_per_s']:.1f} img/s, timm {rec['timm_images_per_s']:.1f} img/s, "
+                   f"ratio {rec['ratio']:.2f}x" + (f", MFU {rec['mfu']:.1%}" if rec["mfu"] is not None else ""))
+        if "finetune_images_per_s" in rec:
+            typer.echo(f"mixer-ft finetune: {rec['finetune_images_per_s']:.1f} img/s = "
+                       f"{rec['finetune_vs_step']:.2f}x the bare step")
+    if where:
+        typer.echo(f"record: {where}", err=True)
+
+
+def _find_recipe(relative: str):  # noqa: ANN202
+    """A recipe path from published.toml, looked up from here, then beside the package's source."""
+    from pathlib import Path
+
+    from mixer_ft.errors import ConfigError
+
+    for base in (Path.cwd(), Path(__file__).resolve().parents[1]):
+        if (base / relative).is_file():
+            return base / relative
+    raise ConfigError(f"Recipe {relative} not found here or beside the package; run from a mixer_ft checkout.")
+
+
+def _positive_int(text: str, flag: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        from mixer_ft.errors import ConfigError
+
+        raise ConfigError(f"{flag} takes a positive integer or 'auto', got {text!r}.")
+    return value
+
+
 def main() -> None:
     """Entry point: run the app; a user error prints its message and exits 2, no traceback."""
     try:

@@ -39,8 +39,20 @@ HUB_DATASETS = {  # --dataset name -> (Hub id, label column)
     "cifar10": ("uoft-cs/cifar10", "label"),
     "cifar100": ("uoft-cs/cifar100", "fine_label"),
 }
+CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
 _CACHE_FORMAT = 1  # bump when the cache layout changes
+
+
+def canonical_dataset(source: str, classes: list[str], n_test: int) -> str:
+    """"cifar10"/"cifar100" for any copy of CIFAR (Hub, JPEG folder, python archive), else ``source``."""
+    if source in HUB_DATASETS:
+        return source
+    if classes == CIFAR10_CLASSES and n_test == 10_000:
+        return "cifar10"
+    if len(classes) == 100 and n_test == 10_000 and re.search(r"cifar.?100", source, re.IGNORECASE):
+        return "cifar100"
+    return source
 
 
 class DataError(MixerFtError):
@@ -71,6 +83,11 @@ class ImageData:
     def image_size(self) -> tuple[int, int]:
         """(height, width) of the stored images."""
         return tuple(self.images["train"].shape[1:3])  # type: ignore[return-value]
+
+    @property
+    def dataset_id(self) -> str:
+        """A name runs are compared under: "cifar10"/"cifar100" for any copy of them, else the source."""
+        return canonical_dataset(self.source, self.classes, len(self.labels["test"]))
 
     def splits(self, val_fraction: float = 0.02, seed: int = 0) -> dict[str, tuple[str, np.ndarray]]:
         """The upstream splits as (array name, indices): train[:98%], minival train[98%:], test.

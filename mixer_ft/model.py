@@ -162,10 +162,22 @@ class MixerBlock(nn.Module):
         self.mlp_tokens = Mlp(cfg.num_tokens, cfg.tokens_mlp_dim, cfg.gelu)
         self.norm2 = nn.LayerNorm(cfg.hidden_dim, eps=LAYER_NORM_EPS)
         self.mlp_channels = Mlp(cfg.hidden_dim, cfg.channels_mlp_dim, cfg.gelu)
+        self.fast = True
+
+    def mix_tokens(self, y: torch.Tensor) -> torch.Tensor:
+        """The token-mixing MLP on (batch, tokens, channels), returned in the same layout."""
+        mlp = self.mlp_tokens
+        if not self.fast:  # the textbook form: transpose, dense along tokens, transpose back
+            return mlp(y.transpose(1, 2)).transpose(1, 2)
+        # Same arithmetic with the weights on the left, W (D_S, S) @ y (S, C) per image: no
+        # transposed copies of the activations, and the bias add fused into the product.
+        n = y.shape[0]
+        h = torch.baddbmm(mlp.fc1.bias[:, None], mlp.fc1.weight.expand(n, -1, -1), y)
+        h = mlp.act(h)
+        return torch.baddbmm(mlp.fc2.bias[:, None], mlp.fc2.weight.expand(n, -1, -1), h)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (batch, tokens, channels)
-        # Token mixing acts along the token axis, so the MLP sees (batch, channels, tokens).
-        x = x + self.mlp_tokens(self.norm1(x).transpose(1, 2)).transpose(1, 2)
+        x = x + self.mix_tokens(self.norm1(x))
         return x + self.mlp_channels(self.norm2(x))
 
 
@@ -213,6 +225,13 @@ class MlpMixer(nn.Module):
         """Zero the classifier, as upstream does for a new head before fine-tuning."""
         nn.init.zeros_(self.head.weight)
         nn.init.zeros_(self.head.bias)
+
+    def set_fast_path(self, enabled: bool = True) -> MlpMixer:
+        """Token mixing without transposed copies (on by default; same numbers within float
+        tolerance). Off gives the textbook transpose form, e.g. to compare against."""
+        for block in self.blocks:
+            block.fast = enabled
+        return self
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled features (batch, hidden_dim), before the head."""

@@ -25,9 +25,10 @@ ASPECT_RANGE = (3 / 4, 4 / 3)
 MAX_ATTEMPTS = 10  # TF's default; after that the whole image is used
 
 
-def inception_boxes(n: int, height: int, width: int, generator: torch.Generator) -> torch.Tensor:
+def inception_boxes(n: int, height: int, width: int, generator: torch.Generator,
+                    area_range: tuple[float, float] = AREA_RANGE) -> torch.Tensor:
     """Random crop boxes (n, 4) as integer (x0, y0, w, h), Inception style."""
-    area = height * width * torch.empty(n, MAX_ATTEMPTS).uniform_(*AREA_RANGE, generator=generator)
+    area = height * width * torch.empty(n, MAX_ATTEMPTS).uniform_(*area_range, generator=generator)
     log_r = torch.empty(n, MAX_ATTEMPTS).uniform_(math.log(ASPECT_RANGE[0]), math.log(ASPECT_RANGE[1]),
                                                   generator=generator)
     ratio = torch.exp(log_r)
@@ -88,10 +89,20 @@ class Preprocess:
     size: int
     mean: tuple[float, ...] = (0.5, 0.5, 0.5)
     std: tuple[float, ...] = (0.5, 0.5, 0.5)
+    crop_area_min: float = AREA_RANGE[0]
 
     @classmethod
-    def for_model(cls, config) -> Preprocess:  # noqa: ANN001 - a MixerConfig
-        return cls(config.img_size, tuple(config.mean), tuple(config.std))
+    def for_model(cls, config, crop_area_min: float = AREA_RANGE[0]) -> Preprocess:  # noqa: ANN001
+        return cls(config.img_size, tuple(config.mean), tuple(config.std), crop_area_min)
+
+    def sample(self, n: int, height: int, width: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Random crop boxes and flips for ``n`` images, drawn from ``generator`` (on the CPU).
+
+        Drawn for a whole global batch at once, so each image's augmentation is the same
+        however the batch is split over processes and micro-batches.
+        """
+        boxes = inception_boxes(n, height, width, generator, (self.crop_area_min, 1.0))
+        return boxes, torch.rand(n, generator=generator) < 0.5
 
     def _normalise(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 NHWC -> float NHWC scaled with mean/std. Interpolation weights sum to one, so
@@ -100,11 +111,8 @@ class Preprocess:
         std = torch.tensor(self.std, device=images.device) * 255
         return (images.float() - mean) / std
 
-    def train(self, images: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-        """Inception crop, resize, random flip, normalise: uint8 NHWC -> float NCHW."""
-        n, h, w, _ = images.shape
-        boxes = inception_boxes(n, h, w, generator)
-        flip = torch.rand(n, generator=generator) < 0.5
+    def train(self, images: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+        """Crop to ``boxes``, resize, flip where ``flip``, normalise: uint8 NHWC -> float NCHW."""
         return crop_resize(self._normalise(images), boxes, self.size, flip)
 
     def eval(self, images: torch.Tensor) -> torch.Tensor:

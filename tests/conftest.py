@@ -24,6 +24,7 @@ import torch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
+CIFAR_TGZ = SHARED / "data" / "cifar10-jpeg.tar.gz"
 
 
 def pytest_sessionfinish(session, exitstatus):
@@ -59,6 +60,36 @@ def hub_cache():
     yield add
     for repo in made:
         shutil.rmtree(repo, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
+def cifar_subset(tmp_path_factory):
+    """Cut real CIFAR-10 JPEGs into an image folder: ``cut(train=N, test=M)`` per class, cached."""
+    made = {}
+
+    def cut(train: int, test: int) -> Path:
+        if (train, test) in made:
+            return made[(train, test)]
+        import tarfile
+
+        root = tmp_path_factory.mktemp(f"cifar_{train}_{test}")
+        want, taken = {"train": train, "test": test}, {}
+        with tarfile.open(CIFAR_TGZ) as tar:
+            for m in tar:
+                parts = Path(m.name).parts
+                if not m.isfile() or len(parts) < 3 or parts[-3] not in want:
+                    continue
+                key = (parts[-3], parts[-2])
+                if taken.get(key, 0) < want[parts[-3]]:
+                    dest = root / parts[-3] / parts[-2] / parts[-1]
+                    dest.parent.mkdir(parents=True, exist_ok=True)
+                    dest.write_bytes(tar.extractfile(m).read())
+                    taken[key] = taken.get(key, 0) + 1
+        assert sum(taken.values()) == 10 * (train + test)
+        made[(train, test)] = root
+        return root
+
+    return cut
 
 
 def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:

@@ -13,32 +13,18 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import SHARED
+from conftest import CIFAR_TGZ
 from mixer_ft.data import DataError, load_data
 
-CIFAR_TGZ = SHARED / "data" / "cifar10-jpeg.tar.gz"
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 PER_CLASS = {"train": 25, "test": 5}
 
 
+
 @pytest.fixture(scope="session")
-def cifar_cut(tmp_path_factory):
+def cifar_cut(cifar_subset):
     """A few hundred real CIFAR-10 JPEGs in the image-folder layout: 250 train, 50 test."""
-    root = tmp_path_factory.mktemp("cifar_cut")
-    taken = {}
-    with tarfile.open(CIFAR_TGZ) as tar:
-        for m in tar:
-            parts = pathlib.Path(m.name).parts
-            if not m.isfile() or len(parts) < 3:
-                continue
-            split, cls = parts[-3], parts[-2]
-            if taken.get((split, cls), 0) < PER_CLASS[split]:
-                dest = root / split / cls / parts[-1]
-                dest.parent.mkdir(parents=True, exist_ok=True)
-                dest.write_bytes(tar.extractfile(m).read())
-                taken[(split, cls)] = taken.get((split, cls), 0) + 1
-    assert sum(taken.values()) == 300
-    return root
+    return cifar_subset(**PER_CLASS)
 
 
 def rgb(path):

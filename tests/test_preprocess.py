@@ -53,9 +53,7 @@ def test_inception_boxes_follow_the_upstream_ranges():
 
 def test_train_augmentation_is_deterministic_per_seed_and_random_across_seeds():
     pre, x = Preprocess(64), images()
-    a = pre.train(x, torch.Generator().manual_seed(7))
-    b = pre.train(x, torch.Generator().manual_seed(7))
-    c = pre.train(x, torch.Generator().manual_seed(8))
+    a, b, c = (pre.train(x, *pre.sample(8, 32, 32, torch.Generator().manual_seed(s))) for s in (7, 7, 8))
     assert torch.equal(a, b) and not torch.equal(a, c)
     assert a.shape == (8, 3, 64, 64) and a.min() >= -1 and a.max() <= 1
 

@@ -1,0 +1,144 @@
+"""Training-step speed: our Mixer against timm's `MlpMixer`, measured in one run on one machine.
+
+A step is forward, cross-entropy, backward and the protocol's optimizer step (SGD, momentum
+0.9) on random data at the model's input size. Images/s is the median over timed steps after
+warm-up; both models get the same variant, batch, input size, precision and optimizer.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from mixer_ft.errors import ConfigError
+from mixer_ft.model import MixerConfig, MlpMixer, canonical_variant
+from mixer_ft.records import atomic_write_text, hardware, versions
+
+# Dense bf16 tensor-core peaks (FLOP/s) by device name, from the vendors' datasheets (SXM parts).
+BF16_PEAK = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10G": 70e12,
+             "4090": 165e12, "3090": 71e12}
+
+
+def forward_flops(cfg: MixerConfig) -> float:
+    """Multiply-adds x 2 of one image's forward pass (dense layers and the stem)."""
+    s, c = cfg.num_tokens, cfg.hidden_dim
+    stem = s * cfg.patch_size**2 * cfg.in_chans * c
+    block = c * 2 * s * cfg.tokens_mlp_dim + s * 2 * c * cfg.channels_mlp_dim
+    return 2.0 * (stem + cfg.num_blocks * block + c * cfg.num_classes)
+
+
+def _peak(device: torch.device) -> float | None:
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((v for k, v in BF16_PEAK.items() if k in name), None)
+
+
+def _timm_model(variant: str, cfg: MixerConfig) -> torch.nn.Module:
+    import timm
+
+    name = f"mixer_{variant.replace('/', '').lower()}_224"
+    return timm.create_model(name, num_classes=cfg.num_classes, img_size=cfg.img_size)
+
+
+def measure_step(model: torch.nn.Module, batch: int, size: int, device: torch.device, bf16: bool,
+                 steps: int, warmup: int, compile_model: bool = False) -> dict[str, float]:
+    """Images/s (median of timed steps) and peak memory of training steps of ``model``."""
+    model = model.to(device).train()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    run = torch.compile(model) if compile_model else model
+    x = torch.randn(batch, 3, size, size, device=device)
+    y = torch.randint(0, 10, (batch,), device=device)
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    times = []
+    for i in range(warmup + steps):
+        sync()
+        t0 = time.perf_counter()
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
+            loss = F.cross_entropy(run(x).float(), y)
+        loss.backward()
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        sync()
+        if i >= warmup:
+            times.append(time.perf_counter() - t0)
+    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
+    return {"images_per_s": batch / statistics.median(times), "peak_memory_bytes": peak}
+
+
+def finetune_rate(variant: str, batch: int, data: str, steps: int, bf16: bool) -> float:
+    """Images/s of `mixer-ft finetune` itself (data, augmentation, Accelerate), steady state."""
+    with tempfile.TemporaryDirectory() as tmp:
+        cmd = [sys.executable, "-m", "mixer_ft", "finetune", "--upstream", "none", "--model", variant,
+               "--dataset", data, "--steps", str(steps), "--batch", str(batch), "--eval-every", "0",
+               "--mixed-precision", "bf16" if bf16 else "no", "--output-dir", f"{tmp}/run",
+               "--set", f'results_dir="{tmp}/results"', "--set", "checkpoint_every=0",
+               "--set", f"log_every={max(steps // 2, 1)}", "--set", 'name="bench"']
+        out = subprocess.run(cmd, capture_output=True, text=True)
+        if out.returncode:
+            raise ConfigError(f"The fine-tune run of the benchmark failed:\n{out.stderr[-2000:]}")
+        record = json.loads(Path(f"{tmp}/results/bench.json").read_text())
+    return float(record["history"]["loss"][-1]["images_per_s"])  # the second half: past warm-up
+
+
+def run_bench(model: str = "S/32", batch: int = 16, device: str | None = None, img_size: int = 224,
+              precision: str | None = None, steps: int = 10, warmup: int = 3, fast: bool = True,
+              finetune_data: str | None = None) -> dict[str, Any]:
+    """Measure ours and timm's step (and optionally the whole fine-tune path); return the record."""
+    variant = canonical_variant(model)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError("--device cuda, but no CUDA device is visible here.")
+    precision = precision or ("bf16" if dev.type == "cuda" else "fp32")
+    if precision not in ("fp32", "bf16"):
+        raise ConfigError(f"--precision must be fp32 or bf16, got {precision!r}.")
+    bf16 = precision == "bf16"
+    cfg = MixerConfig.from_variant(variant, img_size=img_size, num_classes=1000, gelu="exact")
+    torch.manual_seed(0)
+    ours_model = MlpMixer(cfg).set_fast_path(fast)
+    # torch.compile is part of our fast path where it pays (CUDA); timm runs eager, as users run it.
+    ours = measure_step(ours_model, batch, img_size, dev, bf16, steps, warmup,
+                        compile_model=fast and dev.type == "cuda")
+    del ours_model
+    theirs = measure_step(_timm_model(variant, cfg), batch, img_size, dev, bf16, steps, warmup)
+    peak = _peak(dev)
+    train_flops = 3 * forward_flops(cfg)
+    record = {
+        "model": variant, "batch": batch, "img_size": img_size, "precision": precision,
+        "device": hardware(dev, 1)["device"], "fast_path": fast,
+        "ours_images_per_s": round(ours["images_per_s"], 2), "timm_images_per_s": round(theirs["images_per_s"], 2),
+        "ratio": round(ours["images_per_s"] / theirs["images_per_s"], 3),
+        "peak_memory_bytes": ours["peak_memory_bytes"], "timm_peak_memory_bytes": theirs["peak_memory_bytes"],
+        "mfu": round(ours["images_per_s"] * train_flops / peak, 4) if peak and bf16 else None,
+        "train_gflop_per_image": round(train_flops / 1e9, 3),
+        "timed_steps": steps, "warmup_steps": warmup, "versions": versions(),
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    if finetune_data:
+        rate = finetune_rate(variant, batch, finetune_data, steps=max(4 * steps, 20), bf16=bf16)
+        record["finetune_images_per_s"] = round(rate, 2)
+        record["finetune_vs_step"] = round(rate / ours["images_per_s"], 3)
+    return record
+
+
+def save(record: dict[str, Any], folder: str | Path = "results/bench") -> Path:
+    """results/bench/<device>_<model>_b<batch>_<precision>.json, written atomically."""
+    dev = "".join(ch if ch.isalnum() else "-" for ch in record["device"].split("(")[0].strip()).strip("-").lower()
+    name = f"{dev}_{record['model'].replace('/', '')}_b{record['batch']}_{record['precision']}.json"
+    path = Path(folder) / name
+    atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+    return path
+
+
+__all__ = ["forward_flops", "measure_step", "run_bench", "save"]

@@ -1,0 +1,159 @@
+"""Fine-tune recipes: plain data (TOML), validated, with the upstream protocol as defaults.
+
+A recipe names the weights, the model and the data set, and the schedule. Its defaults are
+vit_jax's "default adaption parameters" (BRIEF §3): plain SGD with momentum 0.9, lr 0.03, 500
+linear warm-up steps then cosine to 0 over 10,000 steps, global batch 512, global-norm clip 1.0,
+no weight decay, zero-initialised head, cross-entropy without smoothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mixer_ft.errors import ConfigError
+from mixer_ft.model import GELU_FLAVOURS, MixerConfig
+
+OPTIMIZERS = ("sgd", "adamw")
+PRECISIONS = ("auto", "no", "bf16", "fp16")
+_ARCH_FIELDS = {f.name for f in dataclasses.fields(MixerConfig)} - {"num_classes"}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything a fine-tune run needs; a run record stores it whole."""
+
+    upstream: str = "in21k"  # in1k | in21k | none | any weight source (file, URL, hf-hub:, timm:)
+    model: str = "B/16"  # a variant, or "custom" with the sizes in `architecture`
+    dataset: str = "cifar10"
+    architecture: dict[str, Any] = field(default_factory=dict)  # MixerConfig fields to set
+    image_column: str | None = None
+    label_column: str | None = None
+    val_fraction: float = 0.02
+    steps: int = 10_000
+    epochs: float | None = None  # instead of steps: passes over train[:98%]
+    global_batch: int = 512
+    micro_batch: int | str | None = None  # per process and forward pass; None = no accumulation; "auto"
+    optimizer: str = "sgd"
+    lr: float = 0.03
+    momentum: float = 0.9
+    weight_decay: float = 0.0
+    warmup_steps: int = 500
+    grad_clip: float = 1.0
+    label_smoothing: float = 0.0
+    crop_area_min: float = 0.05  # Inception crop: smallest share of the image kept
+    mixed_precision: str = "auto"  # auto = bf16 where the device has it, else fp32
+    fast_path: bool = True  # transpose-free token mixing; plus torch.compile on CUDA
+    eval_every: int = 1000  # minival accuracy every N steps (0: only at the end)
+    checkpoint_every: int = 1000
+    log_every: int = 50
+    seed: int = 0
+    output_dir: str | None = None  # default runs/<name>
+    results_dir: str = "results"
+    tracker: str | None = None  # "tensorboard" (or any Accelerate tracker name)
+    name: str | None = None  # default: <upstream>_<model>_<dataset>
+
+    def __post_init__(self) -> None:
+        def check(ok: bool, msg: str) -> None:
+            if not ok:
+                raise ConfigError(f"Recipe: {msg}")
+
+        check(self.steps >= 1, f"steps must be at least 1, got {self.steps}.")
+        check(self.epochs is None or self.epochs > 0, f"epochs must be positive, got {self.epochs}.")
+        check(self.global_batch >= 1, f"global_batch must be at least 1, got {self.global_batch}.")
+        check(self.micro_batch in (None, "auto") or (isinstance(self.micro_batch, int) and self.micro_batch >= 1),
+              f"micro_batch must be a positive integer or \"auto\", got {self.micro_batch!r}.")
+        check(self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}.")
+        check(self.mixed_precision in PRECISIONS,
+              f"mixed_precision must be one of {PRECISIONS}, got {self.mixed_precision!r}.")
+        check(self.lr > 0 and self.warmup_steps >= 0 and self.grad_clip >= 0 and self.weight_decay >= 0,
+              "lr must be positive; warmup_steps, grad_clip and weight_decay non-negative.")
+        check(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}.")
+        check(0 < self.crop_area_min <= 1, f"crop_area_min must be in (0, 1], got {self.crop_area_min}.")
+        check(0 <= self.val_fraction < 1, f"val_fraction must be in [0, 1), got {self.val_fraction}.")
+        check(min(self.eval_every, self.checkpoint_every) >= 0 and self.log_every >= 1,
+              "eval_every and checkpoint_every must be >= 0, log_every >= 1.")
+        check(self.seed >= 0, f"seed must be non-negative, got {self.seed}.")
+        unknown = set(self.architecture) - _ARCH_FIELDS
+        check(not unknown, f"unknown architecture field(s) {sorted(unknown)}; valid: {sorted(_ARCH_FIELDS)}.")
+        check(self.architecture.get("gelu", "tanh") in GELU_FLAVOURS, f"gelu must be one of {GELU_FLAVOURS}.")
+        if self.model == "custom":
+            need = {"patch_size", "hidden_dim", "num_blocks", "tokens_mlp_dim", "channels_mlp_dim"}
+            check(need <= set(self.architecture), f"model = \"custom\" needs architecture.{{{', '.join(sorted(need))}}}.")
+            check(self.upstream == "none", "a custom architecture has no pretrained weights: set upstream = \"none\".")
+
+    @property
+    def run_name(self) -> str:
+        if self.name:
+            return self.name
+        up = self.upstream if self.upstream in ("in1k", "in21k", "none") else "custom-weights"
+        return f"{up}_{self.model.replace('/', '').lower()}_{Path(self.dataset).name.split('.')[0]}"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> Recipe:
+        check_keys(changes, "override")
+        return dataclasses.replace(self, **changes)
+
+
+def check_keys(d: dict[str, Any], what: str) -> None:
+    valid = [f.name for f in dataclasses.fields(Recipe)]
+    for key in d:
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else f" Valid keys: {', '.join(valid)}."
+            raise ConfigError(f"Unknown {what} key {key!r}.{hint}")
+
+
+def load_recipe(path: str | Path, **overrides: Any) -> Recipe:
+    """Read a TOML recipe; ``overrides`` (e.g. from the command line) win over its values."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"No recipe at {path}. The recipes shipped with mixer_ft are in recipes/.") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"Recipe {path} is not valid TOML: {e}.") from None
+    check_keys(data, f"recipe ({path.name})")
+    merged = data | overrides
+    for key, value in overrides.items():  # a table (architecture) is updated, not replaced
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            merged[key] = data[key] | value
+    return from_dict(merged)
+
+
+def from_dict(data: dict[str, Any]) -> Recipe:
+    """A recipe from plain values, unknown keys and wrong types refused with a clear message."""
+    check_keys(data, "recipe")
+    types = {f.name: f.type for f in dataclasses.fields(Recipe)}
+    for key, value in data.items():
+        t = types[key]
+        ok = (isinstance(value, (int, float)) and not isinstance(value, bool) if t in ("float", "float | None")
+              else isinstance(value, int) and not isinstance(value, bool) if t == "int"
+              else isinstance(value, dict) if t.startswith("dict")
+              else isinstance(value, str) if t in ("str", "str | None")
+              else isinstance(value, bool) if t == "bool" else True)
+        if value is not None and not ok:
+            raise ConfigError(f"Recipe key {key!r} must be {t}, got {value!r}.")
+    return Recipe(**data)
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``key=value`` from ``--set``: the value is read as TOML (numbers, strings, booleans)."""
+    key, sep, raw = text.partition("=")
+    if not sep:
+        raise ConfigError(f"--set takes key=value, got {text!r}.")
+    key = key.strip()
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()  # a bare word: a string
+    if "." in key:  # architecture.hidden_dim=128
+        head, sub = key.split(".", 1)
+        return head, {sub: value}
+    return key, value

@@ -1,0 +1,190 @@
+"""The published numbers beside ours: rows from published.toml, runs from the results folder."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from mixer_ft.data import canonical_dataset
+from mixer_ft.errors import ConfigError
+
+log = logging.getLogger(__name__)
+FORMATS = ("table", "markdown", "csv", "json")
+COLUMNS = ("upstream", "model", "dataset", "published_accuracy", "published_wall_clock_h", "published_hardware",
+           "accuracy", "delta_points", "wall_clock_h", "hardware", "device_hours")
+_REQUIRED = {"upstream": str, "model": str, "test_accuracy": float, "wall_clock_s": float, "hardware": dict}
+
+
+@dataclass(frozen=True)
+class Published:
+    id: str
+    upstream: str
+    model: str
+    dataset: str
+    accuracy: float
+    wall_clock_h: float
+    hardware: str
+    recipe: str
+
+    def matches(self, run: dict[str, Any]) -> bool:
+        same_model = self.upstream == "none" or run["model"] == self.model  # any small Mixer from scratch
+        return run["upstream"] == self.upstream and same_model and run["dataset_id"] == self.dataset
+
+    @property
+    def command(self) -> str:
+        return f"mixer-ft finetune --recipe {self.recipe}"
+
+
+def published_rows() -> list[Published]:
+    text = resources.files("mixer_ft").joinpath("published.toml").read_text()
+    return [Published(**row) for row in tomllib.loads(text)["row"]]
+
+
+def load_runs(results: str | Path) -> list[dict[str, Any]]:
+    """Every run record in ``results``; a malformed one is skipped with a warning naming it."""
+    runs = []
+    for path in sorted(Path(results).glob("*.json")):
+        try:
+            run = json.loads(path.read_text())
+            for key, kind in _REQUIRED.items():
+                value = run[key]
+                if not isinstance(value, (int, float) if kind is float else kind) or isinstance(value, bool):
+                    raise TypeError(f"{key} is {value!r}")
+            if not 0 <= run["test_accuracy"] <= 1:
+                raise ValueError(f"test_accuracy {run['test_accuracy']} is not a fraction")
+            run["dataset_id"] = canonical_dataset(str(run.get("dataset", "")), run.get("classes") or [],
+                                                  int(run.get("test_images") or 0))
+            run["file"] = str(path)
+            runs.append(run)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.warning("skipping %s: not a run record (%s: %s)", path, type(e).__name__, e)
+    return runs
+
+
+def _hardware(run: dict[str, Any]) -> str:
+    hw = run["hardware"]
+    return f"{hw.get('count', 1)}x {hw.get('device', '?')}"
+
+
+def build(results: str | Path = "results") -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """(rows, unmatched runs): each published row with our best run of it, and runs matching none."""
+    runs, rows, used = load_runs(results), [], set()
+    for pub in published_rows():
+        mine = [r for r in runs if pub.matches(r)]
+        used.update(r["file"] for r in mine)
+        best = max(mine, key=lambda r: r["test_accuracy"], default=None)
+        row = {"id": pub.id, "upstream": pub.upstream, "model": pub.model, "dataset": pub.dataset,
+               "published_accuracy": pub.accuracy, "published_wall_clock_h": pub.wall_clock_h,
+               "published_hardware": pub.hardware, "accuracy": None, "delta_points": None,
+               "wall_clock_h": None, "hardware": None, "device_hours": None, "runs": len(mine),
+               "command": pub.command}
+        if best:
+            hours = best["wall_clock_s"] / 3600
+            row |= {"accuracy": best["test_accuracy"],
+                    "delta_points": round(100 * (best["test_accuracy"] - pub.accuracy), 2),
+                    "wall_clock_h": round(hours, 3), "hardware": _hardware(best),
+                    "device_hours": round(hours * best["hardware"].get("count", 1), 3), "record": best["file"]}
+        rows.append(row)
+    other = [{"upstream": r["upstream"], "model": r["model"], "dataset": r["dataset_id"],
+              "accuracy": r["test_accuracy"], "wall_clock_h": round(r["wall_clock_s"] / 3600, 3),
+              "hardware": _hardware(r), "record": r["file"]} for r in runs if r["file"] not in used]
+    return rows, other
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.2f}%"
+
+
+def _num(v: float | None, unit: str = "") -> str:
+    return "-" if v is None else f"{v:g}{unit}"
+
+
+def render(rows: list[dict[str, Any]], other: list[dict[str, Any]], fmt: str = "table") -> str:
+    """The table in one of FORMATS."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}.")
+    if fmt == "json":
+        return json.dumps({"rows": [{k: r[k] for k in COLUMNS} for r in rows], "other_runs": other}, indent=2)
+    if fmt == "csv":
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        writer.writerow(["kind", *COLUMNS])
+        for r in rows:
+            writer.writerow(["published", *("" if r[k] is None else r[k] for k in COLUMNS)])
+        for r in other:
+            writer.writerow(["other", r["upstream"], r["model"], r["dataset"], "", "", "", r["accuracy"], "",
+                             r["wall_clock_h"], r["hardware"], ""])
+        return buf.getvalue()
+    head = ["upstream", "model", "dataset", "published", "time", "hardware", "ours", "diff", "time", "hardware",
+            "device-h"]
+    body = []
+    for r in rows:
+        diff = "-" if r["delta_points"] is None else f"{r['delta_points']:+.2f} pt"
+        body.append([r["upstream"], r["model"], r["dataset"], _pct(r["published_accuracy"]),
+                     _num(r["published_wall_clock_h"], " h"), r["published_hardware"], _pct(r["accuracy"]), diff,
+                     _num(r["wall_clock_h"], " h"), r["hardware"] or "-", _num(r["device_hours"])])
+    missing = [f"no run yet for {r['id']}: {r['command']}" for r in rows if r["accuracy"] is None]
+    extra = [[r["upstream"], r["model"], r["dataset"], _pct(r["accuracy"]), _num(r["wall_clock_h"], " h"),
+              r["hardware"]] for r in other]
+    if fmt == "markdown":
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        lines += ["| " + " | ".join(row) + " |" for row in body]
+        lines += [""] + [f"- {m}" for m in missing]
+        if extra:
+            lines += ["", "Other runs:", "", "| upstream | model | dataset | accuracy | time | hardware |",
+                      "|---|---|---|---|---|---|"] + ["| " + " | ".join(e) + " |" for e in extra]
+        return "\n".join(lines).rstrip() + "\n"
+    widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
+    fmt_row = "  ".join(f"{{:<{w}}}" for w in widths)
+    lines = [fmt_row.format(*head), fmt_row.format(*("-" * w for w in widths))]
+    lines += [fmt_row.format(*row) for row in body]
+    lines += [""] + missing
+    if extra:
+        ew = [max(len(str(x)) for x in col) for col in zip(*extra)]
+        lines += ["", "Other runs (no published row):"] + ["  ".join(f"{x:<{w}}" for x, w in zip(e, ew)) for e in extra]
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def plot(rows: list[dict[str, Any]], path: str | Path) -> Path:
+    """Published and reproduced accuracy, and wall-clock, side by side, as a PNG."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ConfigError("--plot needs matplotlib: pip install 'mixer_ft[plot]'.") from None
+    labels = [f"{r['upstream']}\n{r['model']}\n{r['dataset']}" for r in rows]
+    x = range(len(rows))
+    fig, (acc_ax, time_ax) = plt.subplots(1, 2, figsize=(13, 5), constrained_layout=True)
+    for ax, pub_key, our_key, ylabel, scale in ((acc_ax, "published_accuracy", "accuracy", "test accuracy (%)", 100),
+                                                 (time_ax, "published_wall_clock_h", "wall_clock_h", "wall-clock (hours)", 1)):
+        pub = [r[pub_key] * scale for r in rows]
+        ours = [(r[our_key] or 0) * scale for r in rows]
+        ax.bar([i - 0.2 for i in x], pub, width=0.4, label="published", color="#7f7f7f")
+        bars = ax.bar([i + 0.2 for i in x], ours, width=0.4, label="mixer_ft (best run)", color="#1f77b4")
+        for bar, r in zip(bars, rows):
+            centre = bar.get_x() + bar.get_width() / 2
+            if r[our_key] is None:
+                ax.annotate("no run", (centre, 0), ha="center", va="bottom", fontsize=8, rotation=90)
+            else:
+                ax.annotate(f"{r[our_key] * scale:.3g}", (centre, bar.get_height()), ha="center", va="bottom", fontsize=8)
+        ax.set_xticks(list(x), labels, fontsize=8)
+        ax.set_ylabel(ylabel)
+        ax.set_ylim(0, 1.2 * max(pub + ours))
+        ax.legend(loc="upper center", ncol=2)
+        ax.grid(axis="y", alpha=0.3)
+    acc_ax.set_title("CIFAR transfer accuracy")
+    time_ax.set_title("Wall-clock (published on 4x V100; ours on the hardware in each record)")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path

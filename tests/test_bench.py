@@ -1,0 +1,57 @@
+"""The speed benchmark's arithmetic and output, and that the fast path computes the same thing."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from conftest import randomize_
+from mixer_ft import MixerConfig, create_model
+from mixer_ft.bench import forward_flops
+
+
+@pytest.mark.parametrize("variant,gflop", [("B/16", 25.2), ("L/16", 89.2)])
+def test_forward_flops_match_the_published_cost(variant, gflop):
+    assert forward_flops(MixerConfig.from_variant(variant)) / 1e9 == pytest.approx(gflop, rel=0.01)
+
+
+@pytest.mark.parametrize("variant", ["S/32", "B/16"])
+def test_fast_and_plain_paths_agree_on_outputs_and_gradients(variant):
+    model = randomize_(create_model(variant, gelu="exact", num_classes=10), seed=6)
+    x = torch.randn(3, 3, 224, 224)
+    y = torch.tensor([1, 4, 7])
+    results = []
+    for fast in (True, False):
+        model.set_fast_path(fast).zero_grad()
+        loss = F.cross_entropy(model(x), y)
+        loss.backward()
+        results.append((loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}))
+    (la, ga), (lb, gb) = results
+    torch.testing.assert_close(la, lb, rtol=1e-5, atol=1e-6)
+    for name in ga:
+        torch.testing.assert_close(ga[name], gb[name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_bench_command_prints_the_documented_json():
+    out = subprocess.run([sys.executable, "-m", "mixer_ft", "bench", "--model", "S/32", "--batch", "16",
+                          "--device", "cpu", "--json", "--steps", "2"], capture_output=True, text=True,
+                         env=os.environ.copy(), timeout=600)
+    assert out.returncode == 0, out.stderr
+    rec = json.loads(out.stdout)
+    assert list(rec) == ["model", "batch", "device", "ours_images_per_s", "timm_images_per_s", "ratio",
+                         "peak_memory_bytes", "mfu"]
+    assert rec["model"] == "S/32" and rec["batch"] == 16 and rec["mfu"] is None and rec["device"].startswith("CPU")
+    assert rec["ours_images_per_s"] > 0 and rec["timm_images_per_s"] > 0
+    assert rec["ratio"] == pytest.approx(rec["ours_images_per_s"] / rec["timm_images_per_s"], rel=0.01)
+
+
+def test_bench_refuses_a_missing_gpu():
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    out = subprocess.run([sys.executable, "-m", "mixer_ft", "bench", "--device", "cuda"], capture_output=True,
+                         text=True, env=os.environ.copy(), timeout=300)
+    assert out.returncode == 2 and "no CUDA device" in out.stderr

@@ -1,0 +1,89 @@
+"""Every recipe loads and validates; the schedule is upstream's; bad keys are refused."""
+
+import math
+import re
+
+import pytest
+
+from conftest import REPO
+from mixer_ft import ConfigError
+from mixer_ft.recipe import Recipe, from_dict, load_recipe, parse_override
+from mixer_ft.train import lr_factor
+
+RECIPES = sorted((REPO / "recipes").glob("*.toml"))
+
+
+def test_the_recipe_set_covers_the_table():
+    names = {p.stem for p in RECIPES}
+    for up in ("in1k", "in21k"):
+        for m in ("b16", "l16"):
+            assert {f"{up}_{m}_cifar10", f"{up}_{m}_cifar100"} <= names
+    assert {"scratch_cifar10", "smoke"} <= names
+
+
+@pytest.mark.parametrize("path", RECIPES, ids=[p.stem for p in RECIPES])
+def test_every_recipe_loads_and_heads_with_its_command(path):
+    recipe = load_recipe(path)
+    assert isinstance(recipe, Recipe)
+    head = path.read_text().splitlines()[0]
+    assert re.fullmatch(rf"# mixer-ft finetune --recipe recipes/{path.name}( --dataset \S+)?", head), head
+    comments = "\n".join(line for line in path.read_text().splitlines() if line.startswith("#"))
+    assert "%" in comments or "No published" in comments  # the expected accuracy, where known
+
+
+@pytest.mark.parametrize("path", [p for p in RECIPES if p.stem.startswith("in")], ids=lambda p: p.stem)
+def test_table_recipes_follow_the_upstream_protocol(path):
+    r = load_recipe(path)
+    assert (r.optimizer, r.lr, r.momentum, r.weight_decay, r.warmup_steps, r.steps, r.global_batch,
+            r.grad_clip, r.label_smoothing, r.crop_area_min) == ("sgd", 0.03, 0.9, 0.0, 500, 10_000, 512, 1.0, 0.0, 0.05)
+    assert r.upstream in ("in1k", "in21k") and r.model in ("B/16", "L/16")
+
+
+def test_defaults_are_the_upstream_protocol():
+    r = Recipe()
+    assert (r.optimizer, r.lr, r.momentum, r.weight_decay, r.warmup_steps, r.steps, r.global_batch, r.grad_clip) == (
+        "sgd", 0.03, 0.9, 0.0, 500, 10_000, 512, 1.0)
+
+
+def test_schedule_is_linear_warmup_then_cosine_to_zero():
+    assert lr_factor(1, 500, 10_000) == pytest.approx(1 / 500)
+    assert lr_factor(250, 500, 10_000) == pytest.approx(0.5)
+    assert lr_factor(500, 500, 10_000) == pytest.approx(1.0)
+    mid = 500 + (10_000 - 500) // 2
+    assert lr_factor(mid, 500, 10_000) == pytest.approx(0.5 * (1 + math.cos(math.pi * 4750 / 9500)))
+    assert lr_factor(10_000, 500, 10_000) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_unknown_keys_and_bad_values_are_refused(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('upstream = "in21k"\nlearning_rate = 0.1\n')
+    with pytest.raises(ConfigError, match="Unknown recipe \\(bad.toml\\) key 'learning_rate'"):
+        load_recipe(bad)
+    with pytest.raises(ConfigError, match="Did you mean 'global_batch'"):
+        Recipe().replace(global_bach=128)
+    with pytest.raises(ConfigError, match="must be int"):
+        from_dict({"steps": "many"})
+    with pytest.raises(ConfigError, match="optimizer must be one of"):
+        from_dict({"optimizer": "lamb"})
+    with pytest.raises(ConfigError, match="unknown architecture field"):
+        from_dict({"architecture": {"depth": 3}})
+    with pytest.raises(ConfigError, match="custom architecture has no pretrained weights"):
+        from_dict({"model": "custom", "architecture": {"patch_size": 4, "hidden_dim": 8, "num_blocks": 1,
+                                                      "tokens_mlp_dim": 4, "channels_mlp_dim": 8}})
+    (tmp_path / "broken.toml").write_text("steps = = 3")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_recipe(tmp_path / "broken.toml")
+
+
+def test_an_architecture_override_updates_the_recipes_table():
+    r = load_recipe(REPO / "recipes" / "scratch_cifar10.toml", architecture={"hidden_dim": 64})
+    assert r.architecture["hidden_dim"] == 64 and r.architecture["img_size"] == 32  # the rest is kept
+
+
+def test_overrides_parse_as_toml_values():
+    assert parse_override("lr=0.1") == ("lr", 0.1)
+    assert parse_override('tracker="tensorboard"') == ("tracker", "tensorboard")
+    assert parse_override("tracker=tensorboard") == ("tracker", "tensorboard")
+    assert parse_override("architecture.hidden_dim=64") == ("architecture", {"hidden_dim": 64})
+    with pytest.raises(ConfigError, match="key=value"):
+        parse_override("lr")

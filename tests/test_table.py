@@ -1,0 +1,107 @@
+"""`mixer-ft table` and `reproduce` from hand-made records, malformed ones among them."""
+
+import csv
+import io
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+from PIL import Image
+
+from conftest import REPO
+from mixer_ft.data import CIFAR10_CLASSES
+from mixer_ft.table import COLUMNS, build, render
+
+ROWS = ["in1k_b16_cifar10", "in1k_l16_cifar10", "in21k_b16_cifar10", "in21k_l16_cifar10", "scratch_cifar10"]
+
+
+def record(name, upstream, model, dataset, acc, hours, count=1, **extra):
+    return {"name": name, "upstream": upstream, "model": model, "dataset": dataset, "test_accuracy": acc,
+            "test_images": 10_000, "classes": CIFAR10_CLASSES, "wall_clock_s": hours * 3600,
+            "hardware": {"device": "NVIDIA H200", "type": "cuda", "count": count}, **extra}
+
+
+@pytest.fixture
+def results(tmp_path):
+    d = tmp_path / "results"
+    d.mkdir()
+    recs = [
+        record("l16_a", "in21k", "L/16", "cifar10", 0.9801, 2.0, count=4),
+        record("l16_b", "in21k", "L/16", "cifar10", 0.9822, 1.5, count=2),  # the best of the row
+        record("scratch", "none", "custom", "../shared/data/cifar10-jpeg.tar.gz", 0.7712, 0.6),  # a JPEG copy
+        record("c100", "in21k", "B/16", "cifar100", 0.88, 3.0),  # matches no published row
+    ]
+    for r in recs:
+        (d / f"{r['name']}.json").write_text(json.dumps(r))
+    (d / "broken.json").write_text("{not json")
+    (d / "partial.json").write_text(json.dumps({"upstream": "in1k", "model": "B/16"}))
+    (d / "percent.json").write_text(json.dumps(record("pct", "in1k", "B/16", "cifar10", 96.5, 1.0)))
+    return d
+
+
+def test_best_run_per_row_unmatched_runs_and_malformed_records(results, caplog):
+    rows, other = build(results)
+    assert [r["id"] for r in rows] == ROWS
+    by_id = {r["id"]: r for r in rows}
+    l16 = by_id["in21k_l16_cifar10"]
+    assert (l16["accuracy"], l16["delta_points"], l16["wall_clock_h"], l16["device_hours"], l16["hardware"]) == (
+        0.9822, -0.12, 1.5, 3.0, "2x NVIDIA H200")
+    assert by_id["scratch_cifar10"]["accuracy"] == 0.7712 and by_id["scratch_cifar10"]["delta_points"] == 21.5
+    assert by_id["in1k_b16_cifar10"]["accuracy"] is None  # the percent-valued record was refused
+    assert [o["dataset"] for o in other] == ["cifar100"]
+    for bad in ("broken.json", "partial.json", "percent.json"):
+        assert bad in caplog.text
+
+
+def test_every_format(results):
+    rows, other = build(results)
+    text = render(rows, other, "table")
+    assert "98.34%" in text and "98.22%" in text and "-0.12 pt" in text and "+21.50 pt" in text
+    assert "no run yet for in1k_b16_cifar10: mixer-ft finetune --recipe recipes/in1k_b16_cifar10.toml" in text
+    assert "Other runs" in text and "cifar100" in text
+    md = render(rows, other, "markdown")
+    assert md.splitlines()[1].startswith("|---|") and md.count("\n| in") >= 4
+    table = list(csv.reader(io.StringIO(render(rows, other, "csv"))))
+    assert table[0] == ["kind", *COLUMNS] and len(table) == 1 + 5 + 1
+    data = json.loads(render(rows, other, "json"))
+    assert [list(r) for r in data["rows"]] == [list(COLUMNS)] * 5
+    assert data["rows"][0]["accuracy"] is None and data["rows"][3]["accuracy"] == 0.9822
+
+
+def cli(*args):
+    return subprocess.run([sys.executable, "-m", "mixer_ft", *args], capture_output=True, text=True,
+                          env=os.environ.copy(), timeout=600, cwd=REPO)
+
+
+def test_plot_is_a_readable_png(results, tmp_path):
+    out = cli("table", "--results", str(results), "--plot", str(tmp_path / "t.png"), "--format", "markdown")
+    assert out.returncode == 0, out.stderr
+    with Image.open(tmp_path / "t.png") as im:
+        assert im.format == "PNG" and im.size[0] >= 1000 and im.size[1] >= 400
+        assert len(im.convert("RGB").getcolors(1 << 20)) > 10  # not a blank canvas
+
+
+def test_bad_format_is_refused(results):
+    out = cli("table", "--results", str(results), "--format", "xml")
+    assert out.returncode == 2 and "--format must be one of" in out.stderr
+
+
+def test_reproduce_skips_recorded_rows_and_reports_a_failing_one(results):
+    out = cli("reproduce", "--rows", "in21k_l16_cifar10,scratch_cifar10", "--results", str(results))
+    assert out.returncode == 0, out.stderr
+    assert "in21k_l16_cifar10: already in" in out.stdout and "scratch_cifar10: already in" in out.stdout
+    assert "98.22%" in out.stdout
+    out = cli("reproduce", "--rows", "in1k_b16_cifar10", "--results", str(results))
+    assert out.returncode == 2 and "Row in1k_b16_cifar10 failed" in out.stderr and "offline" in out.stderr.lower()
+    out = cli("reproduce", "--rows", "in1k_x", "--results", str(results))
+    assert out.returncode == 2 and "Unknown row(s) in1k_x" in out.stderr
+
+
+def test_the_checkout_table_shows_the_published_rows_and_the_scratch_run():
+    out = cli("table", "--format", "json")
+    rows = json.loads(out.stdout)["rows"]
+    assert len(rows) == 5 and [r["published_accuracy"] for r in rows] == [0.9672, 0.9659, 0.9682, 0.9834, 0.5562]
+    scratch = rows[4]
+    assert scratch["accuracy"] is not None and scratch["accuracy"] >= 0.75

@@ -1,0 +1,167 @@
+"""`mixer-ft finetune` end to end on real CIFAR-10 images: learning, records, saved models,
+SIGKILL and resume, two processes under `accelerate launch`, divergence and bad input."""
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from conftest import REPO, randomize_
+from mixer_ft import create_model
+from mixer_ft.data import load_data
+from mixer_ft.preprocess import Preprocess
+
+BIN = Path(sys.executable).parent
+TINY = ["--set", "architecture.patch_size=8", "--set", "architecture.hidden_dim=32", "--set", "architecture.num_blocks=2",
+        "--set", "architecture.tokens_mlp_dim=16", "--set", "architecture.channels_mlp_dim=64",
+        "--set", "architecture.img_size=32", "--set", 'model="custom"', "--set", 'upstream="none"']
+
+
+@pytest.fixture(scope="module")
+def cut(cifar_subset):
+    return cifar_subset(train=100, test=20)  # 1,000 train and 200 test images
+
+
+def finetune(*args, launcher=None, check=True, timeout=600):
+    cmd = (launcher or [sys.executable, "-m", "mixer_ft"]) + ["finetune", *map(str, args)]
+    out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(), timeout=timeout, cwd=REPO)
+    if check:
+        assert out.returncode == 0, out.stderr[-3000:]
+    return out
+
+
+def run_args(tmp, cut, name="run", *extra):
+    return ["--dataset", cut, "--output-dir", tmp / name, "--set", f'results_dir="{tmp / "results"}"',
+            "--set", f'name="{name}"', *extra]
+
+
+def test_smoke_recipe_learns_and_writes_a_complete_record(tmp_path, cut):
+    finetune("--recipe", "recipes/smoke.toml", *run_args(tmp_path, cut, "smoke"))
+    rec = json.loads((tmp_path / "results" / "smoke.json").read_text())
+    assert rec["test_accuracy"] > 0.25, rec["test_accuracy"]  # chance is 0.10
+    assert rec["test_images"] == 200 and rec["minival_images"] == 20
+    for key in ("upstream", "model", "dataset", "minival_accuracy", "steps", "global_batch", "wall_clock_s",
+                "images_per_s", "hardware", "versions", "config", "git_commit"):
+        assert key in rec, key
+    assert rec["hardware"]["count"] == 1 and rec["hardware"]["device"].startswith("CPU")
+    assert rec["versions"]["torch"] == torch.__version__ and rec["config"]["steps"] == rec["steps"] == 300
+    assert 0 <= rec["minival_accuracy"] <= 1 and rec["images_per_s"] > 0
+    # The saved model is the trained one: it scores the record's accuracy on the test split.
+    model = create_model(pretrained=str(tmp_path / "smoke" / "model")).eval()
+    data = load_data(str(cut))
+    with torch.no_grad():
+        x = Preprocess.for_model(model.config).eval(torch.from_numpy(np.array(data.images["test"])))
+        acc = (model(x).argmax(1).numpy() == data.labels["test"]).mean()
+    assert acc == pytest.approx(rec["test_accuracy"], abs=1e-6)
+
+
+def test_pretrained_variant_fine_tunes_and_timm_loads_the_result(tmp_path, cut):
+    import timm
+
+    upstream = randomize_(create_model("S/32", img_size=64, gelu="exact"), seed=4)
+    save_file(upstream.state_dict(), tmp_path / "s32.safetensors")
+    finetune("--upstream", tmp_path / "s32.safetensors", "--model", "S/32", "--steps", 3, "--batch", 16,
+             "--warmup", 1, "--eval-every", 0, *run_args(tmp_path, cut, "s32"))
+    ours = create_model(pretrained=str(tmp_path / "s32" / "model")).eval()
+    assert ours.config.num_classes == 10 and ours.config.img_size == 64
+    moved = (ours.blocks[0].mlp_channels.fc1.weight - upstream.blocks[0].mlp_channels.fc1.weight).abs().max()
+    assert moved > 0  # it trained from the given weights
+    theirs = timm.create_model(f"local-dir:{tmp_path / 's32' / 'model'}", pretrained=True).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        assert (theirs(x) - ours(x)).abs().max() <= 1e-5
+
+
+def test_sigkill_then_resume_ends_with_the_uninterrupted_weights(tmp_path, cut):
+    common = ["--steps", 40, "--batch", 32, "--lr", 0.05, "--warmup", 5, "--eval-every", 0,
+              "--set", "checkpoint_every=10", "--set", "log_every=5", *TINY]
+    finetune(*common, *run_args(tmp_path, cut, "whole"))
+
+    cmd = [sys.executable, "-m", "mixer_ft", "finetune", *map(str, common), *map(str, run_args(tmp_path, cut, "killed"))]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy(), cwd=REPO)
+    ckpt = tmp_path / "killed" / "checkpoints" / "step_00000020.pt"
+    deadline = time.time() + 300
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert ckpt.exists() and not (tmp_path / "killed" / "model").exists(), "killed before the end"
+
+    out = finetune(*common, *run_args(tmp_path, cut, "killed"))
+    assert "resuming" in out.stdout + out.stderr
+    a = load_file(tmp_path / "whole" / "model" / "model.safetensors")
+    b = load_file(tmp_path / "killed" / "model" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a), "bit-for-bit equal on CPU"
+    ra, rb = (json.loads((tmp_path / "results" / f"{n}.json").read_text()) for n in ("whole", "killed"))
+    assert [e["loss"] for e in ra["history"]["loss"]] == [e["loss"] for e in rb["history"]["loss"]]
+    assert ra["test_accuracy"] == rb["test_accuracy"]
+
+
+def test_two_processes_follow_the_one_process_curve_and_count_each_test_image_once(tmp_path, cut):
+    common = ["--steps", 8, "--batch", 32, "--lr", 0.05, "--warmup", 2, "--eval-every", 4,
+              "--mixed-precision", "no", "--set", "log_every=1", *TINY]
+    finetune(*common, "--micro-batch", 16, *run_args(tmp_path, cut, "one"))  # accumulation 2
+    launch = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+              "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "mixer_ft"]
+    finetune(*common, *run_args(tmp_path, cut, "two"), launcher=launch)
+    one, two = (json.loads((tmp_path / "results" / f"{n}.json").read_text()) for n in ("one", "two"))
+    assert (one["hardware"]["count"], two["hardware"]["count"]) == (1, 2)
+    assert (one["accumulation"], two["accumulation"]) == (2, 1) and one["global_batch"] == two["global_batch"]
+    np.testing.assert_allclose([e["loss"] for e in two["history"]["loss"]],
+                               [e["loss"] for e in one["history"]["loss"]], atol=1e-4)
+    assert two["test_images"] == one["test_images"] == 200 and two["minival_images"] == 20
+    assert two["test_accuracy"] == pytest.approx(one["test_accuracy"], abs=0.01)
+
+
+def test_a_diverging_run_stops_and_keeps_its_last_good_checkpoint(tmp_path, cut):
+    out = finetune("--steps", 20, "--batch", 16, "--lr", 1e30, "--warmup", 0, "--eval-every", 0,
+                   "--set", "grad_clip=0", "--set", "checkpoint_every=1", *TINY,
+                   *run_args(tmp_path, cut, "nan"), check=False)
+    assert out.returncode == 2 and "training diverged" in out.stderr and "Traceback" not in out.stderr
+    kept = sorted((tmp_path / "nan" / "checkpoints").glob("step_*.pt"))
+    assert kept and kept[-1].name in out.stderr
+    assert not (tmp_path / "results" / "nan.json").exists()
+
+
+def test_running_a_finished_run_again_only_re_evaluates(tmp_path, cut):
+    args = ["--steps", 4, "--batch", 16, "--eval-every", 0, *TINY, *run_args(tmp_path, cut, "again")]
+    finetune(*args)
+    first = json.loads((tmp_path / "results" / "again.json").read_text())
+    out = finetune(*args)
+    assert "resuming" in out.stdout + out.stderr and "at step 4/4" in out.stdout + out.stderr
+    assert json.loads((tmp_path / "results" / "again.json").read_text())["test_accuracy"] == first["test_accuracy"]
+
+
+def test_tensorboard_tracker_writes_events(tmp_path, cut):
+    pytest.importorskip("tensorboard")
+    finetune("--steps", 4, "--batch", 16, "--eval-every", 2, "--set", "log_every=1", "--set", 'tracker="tensorboard"',
+             *TINY, *run_args(tmp_path, cut, "tb"))
+    assert list((tmp_path / "tb").rglob("events.out.tfevents.*"))
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--set", "learning_rate=0.1"], "Unknown --set key 'learning_rate'"),
+    (["--batch", 64, "--micro-batch", 48], "micro-batch 48 does not divide"),
+    (["--dataset", "/no/such/data"], "No data set '/no/such/data'"),
+    (["--model", "X/99"], "Unknown Mixer variant"),
+    (["--micro-batch", "lots"], "--micro-batch takes a positive integer"),
+])
+def test_bad_input_is_one_message_and_exit_2(tmp_path, cut, extra, needle):
+    out = finetune("--upstream", "none", "--model", "S/32", "--steps", 1, "--batch", 64,
+                   *run_args(tmp_path, cut, "bad"), *extra, check=False)
+    assert out.returncode == 2 and needle in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+def test_unwritable_output_folder(tmp_path, cut):
+    (tmp_path / "a_file").write_text("")
+    out = finetune("--steps", 1, *TINY, "--dataset", cut, "--output-dir", tmp_path / "a_file" / "run", check=False)
+    assert out.returncode == 2 and "Cannot write to the output folder" in out.stderr and "Traceback" not in out.stderr
