@@ -15,7 +15,6 @@ import argparse
 import io
 import json
 import os
-import platform
 import resource
 import statistics
 import sys
@@ -23,11 +22,12 @@ import tarfile
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 
+from mixer_ft.atomic import atomic_write_text
 from mixer_ft.data import load_data
 from mixer_ft.preprocess import Preprocess, iterate_batches
+from mixer_ft.records import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE, BATCH = 224, 256
@@ -54,16 +54,6 @@ class JpegSet(torch.utils.data.Dataset):
 
         img = self.decoded[i] if self.decoded is not None else Image.open(io.BytesIO(self.blobs[i])).convert("RGB")
         return self.tf(img), self.labels[i]
-
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def rate(batches, n_batches: int, sync) -> float:
@@ -137,9 +127,7 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     dest = out / f"data_pipeline_{device.type}.json"
-    tmp = dest.with_suffix(".tmp")
-    tmp.write_text(json.dumps(record, indent=2) + "\n")
-    os.replace(tmp, dest)
+    atomic_write_text(dest, json.dumps(record, indent=2) + "\n")
     print(json.dumps(record, indent=2))
     print(f"ours {ours_rate:,.0f} img/s; " + "; ".join(f"{k} {v:,.0f} img/s" for k, v in peers.items())
           + f"; ratio vs best peer {ours_rate / best_peer:.2f}x -> {dest}")

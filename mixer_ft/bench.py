@@ -19,9 +19,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from mixer_ft.atomic import atomic_write_text
 from mixer_ft.errors import ConfigError
 from mixer_ft.model import MixerConfig, MlpMixer, canonical_variant
-from mixer_ft.records import atomic_write_text, hardware, versions
+from mixer_ft.records import hardware, versions
 
 # Dense bf16 tensor-core peaks (FLOP/s) by device name, from the vendors' datasheets (SXM parts).
 BF16_PEAK = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10G": 70e12,

@@ -160,7 +160,6 @@ def reproduce(
     and resuming one that was interrupted; then print the table."""
     import logging
     import subprocess
-    from pathlib import Path
 
     from mixer_ft import table as tables
     from mixer_ft.errors import ConfigError

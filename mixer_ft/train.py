@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import os
 import shutil
 import time
 from pathlib import Path
@@ -21,12 +20,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mixer_ft.atomic import atomic_write, atomic_write_text
 from mixer_ft.data import load_data
 from mixer_ft.errors import ConfigError, MixerFtError
 from mixer_ft.model import MixerConfig, MlpMixer
 from mixer_ft.preprocess import Preprocess, batch_seed, iterate_batches
 from mixer_ft.recipe import Recipe
-from mixer_ft.records import atomic_write_text, git_commit, hardware, versions, write_record
+from mixer_ft.records import git_commit, hardware, versions, write_record
 
 log = logging.getLogger(__name__)
 
@@ -102,14 +102,7 @@ class Checkpoints:
         self.folder = folder / "checkpoints"
 
     def save(self, state: dict[str, Any]) -> Path:
-        self.folder.mkdir(parents=True, exist_ok=True)
-        path = self.folder / f"step_{state['step']:08d}.pt"
-        tmp = self.folder / f".{path.name}.tmp"
-        with open(tmp, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        tmp.replace(path)  # a crash before this line leaves only a .tmp, never a whole-looking file
+        path = atomic_write(self.folder / f"step_{state['step']:08d}.pt", lambda tmp: torch.save(state, tmp))
         for old in sorted(self.folder.glob("step_*.pt"))[: -self.keep]:
             old.unlink()
         return path
@@ -136,6 +129,11 @@ def finetune(recipe: Recipe, *, resume: bool = True) -> dict[str, Any]:
     use_cpu = parse_flag_from_env("ACCELERATE_USE_CPU") or not (
         torch.cuda.is_available() or is_mps_available() or is_xpu_available())
     state = PartialState(cpu=use_cpu)
+    if recipe.tracker == "tensorboard":
+        import importlib.util
+
+        if not (importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX")):
+            raise ConfigError("tracker = \"tensorboard\" needs TensorBoard: pip install 'mixer_ft[tensorboard]'.")
     out = Path(recipe.output_dir or Path("runs") / recipe.run_name)
     if state.is_main_process:
         _writable(out, "output folder")

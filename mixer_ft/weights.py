@@ -41,6 +41,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from mixer_ft.atomic import atomic_write, atomic_write_text
 from mixer_ft.errors import CheckpointError, ConfigError, MixerFtError, WeightsUnavailable
 from mixer_ft.model import VARIANTS, MixerConfig, MlpMixer, canonical_variant
 
@@ -564,19 +565,6 @@ def download(url: str, *, timeout: float = 60.0) -> Path:
     return dest
 
 
-def _atomic_write(path: Path, write: Any) -> None:
-    """Write through ``write(tmp_path)`` then rename, so ``path`` is whole or absent."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-
-
 def save_pretrained(model: MlpMixer, directory: str | Path) -> Path:
     """Save ``model`` as ``model.safetensors`` + ``config.json``, loadable by us and by timm.
 
@@ -604,8 +592,8 @@ def save_pretrained(model: MlpMixer, directory: str | Path) -> Path:
             },
         } | config
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    _atomic_write(directory / "model.safetensors", lambda p: save_file(tensors, p))
-    _atomic_write(directory / "config.json", lambda p: Path(p).write_text(json.dumps(config, indent=2) + "\n"))
+    atomic_write(directory / "model.safetensors", lambda p: save_file(tensors, str(p)))
+    atomic_write_text(directory / "config.json", json.dumps(config, indent=2) + "\n")
     return directory
 
 

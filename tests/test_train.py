@@ -3,7 +3,6 @@ SIGKILL and resume, two processes under `accelerate launch`, divergence and bad 
 
 import json
 import os
-import shutil
 import signal
 import subprocess
 import sys

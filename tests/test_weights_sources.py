@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 from safetensors.torch import save_file
+from test_weights_npz import flax_mixer_params
 
 from conftest import randomize_
 from mixer_ft import CheckpointError, WeightsUnavailable, create_model, load_checkpoint, save_pretrained
 from mixer_ft.weights import cached_path, upstream_sources
-from test_weights_npz import flax_mixer_params
 
 
 def small_model(seed=0, **kw):
