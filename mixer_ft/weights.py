@@ -29,7 +29,6 @@ import math
 import os
 import pickle
 import re
-import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -537,9 +536,7 @@ def download(url: str, *, timeout: float = 60.0) -> Path:
             f"not cached, and downloads are off (HF_HUB_OFFLINE / MIXER_FT_OFFLINE). "
             f"Fetch {url} on a machine with internet and put it at {dest}."
         )
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")[1])
-    try:
+    def fetch(tmp: Path) -> None:  # raising here leaves nothing behind: atomic_write renames only on success
         with urllib.request.urlopen(url, timeout=timeout) as resp, open(tmp, "wb") as out:
             expected_size = resp.headers.get("Content-Length")
             goog_hash = dict(p.strip().split("=", 1) for p in resp.headers.get_all("x-goog-hash") or []
@@ -549,19 +546,17 @@ def download(url: str, *, timeout: float = 60.0) -> Path:
                 out.write(chunk)
                 md5.update(chunk)
                 size += len(chunk)
-            out.flush()
-            os.fsync(out.fileno())
         if expected_size is not None and size != int(expected_size):
             raise WeightsUnavailable(f"Download of {url} stopped after {size} of {expected_size} bytes; try again.")
         if "md5" in goog_hash and base64.b64encode(md5.digest()).decode() != goog_hash["md5"]:
             raise CheckpointError(f"Download of {url} does not match the MD5 the server published; try again.")
-        os.replace(tmp, dest)
+
+    try:
+        atomic_write(dest, fetch)
     except (urllib.error.URLError, OSError) as e:
         raise WeightsUnavailable(
             f"Could not download {url} ({e}). Fetch it on a machine with internet and put it at {dest}."
         ) from None
-    finally:
-        tmp.unlink(missing_ok=True)
     return dest
 
 
