@@ -2,7 +2,8 @@
 
 A step is forward, cross-entropy, backward and the protocol's optimizer step (SGD, momentum
 0.9) on random data at the model's input size. Images/s is the median over timed steps after
-warm-up; both models get the same variant, batch, input size, precision and optimizer.
+warm-up, the two models' steps taken in alternation; both get the same variant, batch, input
+size, precision and optimizer.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -51,31 +53,63 @@ def _timm_model(variant: str, cfg: MixerConfig) -> torch.nn.Module:
     return timm.create_model(name, num_classes=cfg.num_classes, img_size=cfg.img_size)
 
 
-def measure_step(model: torch.nn.Module, batch: int, size: int, device: torch.device, bf16: bool,
-                 steps: int, warmup: int, compile_model: bool = False) -> dict[str, float]:
-    """Images/s (median of timed steps) and peak memory of training steps of ``model``."""
-    model = model.to(device).train()
-    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
-    run = torch.compile(model) if compile_model else model
-    x = torch.randn(batch, 3, size, size, device=device)
-    y = torch.randint(0, 10, (batch,), device=device)
-    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    times = []
-    for i in range(warmup + steps):
-        sync()
+class TrainStep:
+    """One model's training step on fixed random data; calling it runs a step and returns its seconds."""
+
+    def __init__(self, model: torch.nn.Module, batch: int, size: int, device: torch.device, bf16: bool,
+                 compile_model: bool = False, fused: bool = False) -> None:
+        self.device, self.bf16 = device, bf16
+        self.model = model.to(device).train()
+        self.opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, fused=fused)
+        self.run = torch.compile(model) if compile_model else model
+        self.x = torch.randn(batch, 3, size, size, device=device)
+        self.y = torch.randint(0, 10, (batch,), device=device)
+
+    def _sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+
+    def __call__(self) -> float:
+        self._sync()
         t0 = time.perf_counter()
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
-            loss = F.cross_entropy(run(x).float(), y)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.bf16):
+            loss = F.cross_entropy(self.run(self.x).float(), self.y)
         loss.backward()
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        sync()
-        if i >= warmup:
-            times.append(time.perf_counter() - t0)
-    peak = torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None
-    return {"images_per_s": batch / statistics.median(times), "peak_memory_bytes": peak}
+        self.opt.step()
+        self.opt.zero_grad(set_to_none=True)
+        self._sync()
+        return time.perf_counter() - t0
+
+
+def _warm(make: Callable[[], TrainStep], warmup: int, device: torch.device) -> tuple[TrainStep, int | None]:
+    """Build a step and run its warm-up; its peak memory is what it added to the device's."""
+    cuda = device.type == "cuda"
+    if cuda:
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+    base = torch.cuda.memory_allocated(device) if cuda else 0
+    step = make()
+    for _ in range(max(warmup, 1)):
+        step()
+    # What was on the device before (the other model, idle) stays constant during these steps.
+    return step, (torch.cuda.max_memory_allocated(device) - base if cuda else None)
+
+
+def measure_pair(make_a: Callable[[], TrainStep], make_b: Callable[[], TrainStep], steps: int, warmup: int,
+                 device: torch.device) -> list[dict[str, float | None]]:
+    """Images/s (median of timed steps) and peak memory of two steps, timed in alternation.
+
+    Both are warmed up first; then the timed steps interleave (a b, b a, a b, ...), so a machine
+    that slows down or speeds up during the run (clocks, other load) weighs on both alike.
+    """
+    a, peak_a = _warm(make_a, warmup, device)
+    b, peak_b = _warm(make_b, warmup, device)
+    times: tuple[list[float], list[float]] = ([], [])
+    for i in range(steps):
+        for k in ((0, 1) if i % 2 == 0 else (1, 0)):
+            times[k].append((a, b)[k]())
+    batch = a.x.shape[0]
+    return [{"images_per_s": batch / statistics.median(t), "peak_memory_bytes": p} for t, p in zip(times, (peak_a, peak_b))]
 
 
 def finetune_rate(variant: str, batch: int, data: str, steps: int, bf16: bool) -> float:
@@ -94,7 +128,7 @@ def finetune_rate(variant: str, batch: int, data: str, steps: int, bf16: bool) -
 
 
 def run_bench(model: str = "S/32", batch: int = 16, device: str | None = None, img_size: int = 224,
-              precision: str | None = None, steps: int = 10, warmup: int = 3, fast: bool = True,
+              precision: str | None = None, steps: int = 20, warmup: int = 3, fast: bool = True,
               finetune_data: str | None = None) -> dict[str, Any]:
     """Measure ours and timm's step (and optionally the whole fine-tune path); return the record."""
     variant = canonical_variant(model)
@@ -107,12 +141,13 @@ def run_bench(model: str = "S/32", batch: int = 16, device: str | None = None, i
     bf16 = precision == "bf16"
     cfg = MixerConfig.from_variant(variant, img_size=img_size, num_classes=1000, gelu="exact")
     torch.manual_seed(0)
-    ours_model = MlpMixer(cfg).set_fast_path(fast)
-    # torch.compile is part of our fast path where it pays (CUDA); timm runs eager, as users run it.
-    ours = measure_step(ours_model, batch, img_size, dev, bf16, steps, warmup,
-                        compile_model=fast and dev.type == "cuda")
-    del ours_model
-    theirs = measure_step(_timm_model(variant, cfg), batch, img_size, dev, bf16, steps, warmup)
+    # Our fast path as `mixer-ft finetune` runs it: token-major layout, fused optimizer and, on
+    # CUDA, torch.compile. timm runs eager with torch's default optimizer, as users run it.
+    ours, theirs = measure_pair(
+        lambda: TrainStep(MlpMixer(cfg).set_fast_path(fast), batch, img_size, dev, bf16,
+                          compile_model=fast and dev.type == "cuda", fused=fast),
+        lambda: TrainStep(_timm_model(variant, cfg), batch, img_size, dev, bf16),
+        steps, warmup, dev)
     peak = _peak(dev)
     train_flops = 3 * forward_flops(cfg)
     record = {
@@ -142,4 +177,4 @@ def save(record: dict[str, Any], folder: str | Path = "results/bench") -> Path:
     return path
 
 
-__all__ = ["forward_flops", "measure_step", "run_bench", "save"]
+__all__ = ["TrainStep", "forward_flops", "measure_pair", "run_bench", "save"]

@@ -192,8 +192,9 @@ def bench(
     device: Annotated[Optional[str], typer.Option(help="cpu or cuda [cuda where available].")] = None,
     precision: Annotated[Optional[str], typer.Option(help="fp32 or bf16 [bf16 on CUDA, fp32 on CPU].")] = None,
     img_size: Annotated[int, typer.Option(help="Input size.")] = 224,
-    steps: Annotated[int, typer.Option(help="Timed steps (after 3 warm-up steps).")] = 10,
-    fast: Annotated[bool, typer.Option(help="Our fast path (--no-fast: the plain model).")] = True,
+    steps: Annotated[int, typer.Option(help="Timed steps of each model, taken in alternation (after 3 warm-up steps).")] = 20,
+    fast: Annotated[bool, typer.Option(help="Our fast path: token-major layout, fused optimizer, torch.compile "
+                                            "on CUDA (--no-fast: the plain model and optimizer).")] = True,
     finetune_data: Annotated[Optional[str], typer.Option(help="Also time `mixer-ft finetune` on this data set.")] = None,
     out: Annotated[Optional[str], typer.Option(help="Save the record in this folder, e.g. results/bench.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,

@@ -16,6 +16,7 @@ from typing import Any
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
 from mixer_ft.errors import ConfigError
 
@@ -165,18 +166,20 @@ class MixerBlock(nn.Module):
         self.fast = True
 
     def mix_tokens(self, y: torch.Tensor) -> torch.Tensor:
-        """The token-mixing MLP on (batch, tokens, channels), returned in the same layout."""
+        """The token-mixing MLP, in the block's layout (see ``forward``)."""
         mlp = self.mlp_tokens
         if not self.fast:  # the textbook form: transpose, dense along tokens, transpose back
             return mlp(y.transpose(1, 2)).transpose(1, 2)
-        # Same arithmetic with the weights on the left, W (D_S, S) @ y (S, C) per image: no
-        # transposed copies of the activations, and the bias add fused into the product.
-        n = y.shape[0]
-        h = torch.baddbmm(mlp.fc1.bias[:, None], mlp.fc1.weight.expand(n, -1, -1), y)
-        h = mlp.act(h)
-        return torch.baddbmm(mlp.fc2.bias[:, None], mlp.fc2.weight.expand(n, -1, -1), h)
+        # Token-major y (S, B, C) is a matrix (S, B*C): the dense layer along tokens is one
+        # product W (D_S, S) @ y with the bias fused, for the whole batch at once. No transposed
+        # copies, and the weight gradient is one product too instead of a sum of per-image ones.
+        s, b, c = y.shape
+        h = torch.addmm(mlp.fc1.bias[:, None], mlp.fc1.weight, y.reshape(s, b * c))
+        h = torch.addmm(mlp.fc2.bias[:, None], mlp.fc2.weight, mlp.act(h))
+        return h.view(s, b, c)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:  # x: (batch, tokens, channels)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """x: (batch, tokens, channels); token-major (tokens, batch, channels) on the fast path."""
         x = x + self.mix_tokens(self.norm1(x))
         return x + self.mlp_channels(self.norm2(x))
 
@@ -189,8 +192,23 @@ class PatchStem(nn.Module):
         self.proj = nn.Conv2d(cfg.in_chans, cfg.hidden_dim, cfg.patch_size, stride=cfg.patch_size)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Raster order of patches, as Flax's 'n h w c -> n (h w) c'.
+        """(batch, tokens, channels), patches in raster order (Flax's 'n h w c -> n (h w) c')."""
         return self.proj(x).flatten(2).transpose(1, 2)
+
+    def forward_token_major(self, x: torch.Tensor) -> torch.Tensor:
+        """(tokens, batch, channels) straight from one matrix product over the cut-up image.
+
+        Non-overlapping patches make the strided conv a dense layer on each patch's pixels: one
+        copy of the (small) input instead of a transposed copy of the (large) output, and a
+        plain product in place of the convolution and its slower backward pass.
+        """
+        n, c, h, w = x.shape
+        p = self.proj.kernel_size[0]
+        if h % p or w % p:  # the conv drops the ragged edge; keep its exact behaviour
+            return self.forward(x).transpose(0, 1).contiguous()
+        patches = x.reshape(n, c, h // p, p, w // p, p).permute(2, 4, 0, 1, 3, 5)
+        patches = patches.reshape(h // p * (w // p), n, c * p * p)
+        return F.linear(patches, self.proj.weight.reshape(self.proj.out_channels, -1), self.proj.bias)
 
 
 class MlpMixer(nn.Module):
@@ -227,18 +245,20 @@ class MlpMixer(nn.Module):
         nn.init.zeros_(self.head.bias)
 
     def set_fast_path(self, enabled: bool = True) -> MlpMixer:
-        """Token mixing without transposed copies (on by default; same numbers within float
-        tolerance). Off gives the textbook transpose form, e.g. to compare against."""
+        """Token-major activations, so token mixing is one matrix product per layer with no
+        transposed copies (on by default; the same numbers within float tolerance). Off gives the
+        textbook (batch, tokens, channels) form with transposes, e.g. to compare against."""
         for block in self.blocks:
             block.fast = enabled
         return self
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled features (batch, hidden_dim), before the head."""
-        x = self.stem(x)
+        fast = bool(self.blocks) and self.blocks[0].fast
+        x = self.stem.forward_token_major(x) if fast else self.stem(x)
         for block in self.blocks:
             x = block(x)
-        return self.norm(x).mean(dim=1)
+        return self.norm(x).mean(dim=0 if fast else 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.forward_features(x))

@@ -2,7 +2,8 @@
 
 Train: Inception crop (random area 5%-100%, aspect 3/4-4/3, integer pixel box, as
 ``tf.image.sample_distorted_bounding_box``), resize to the model's input size, random
-horizontal flip. Eval: resize the whole image. Then pixels are normalised with the model's
+horizontal flip. Optionally (not upstream, for short runs from scratch) the box is shifted by a
+few pixels, the image's border repeated past its edge. Eval: resize the whole image. Then pixels are normalised with the model's
 ``mean``/``std`` (0.5/0.5 for Google's weights: [-1, 1]).
 
 Crop, resize and flip are two batched matrix products per batch: each image gets a row and a
@@ -90,10 +91,11 @@ class Preprocess:
     mean: tuple[float, ...] = (0.5, 0.5, 0.5)
     std: tuple[float, ...] = (0.5, 0.5, 0.5)
     crop_area_min: float = AREA_RANGE[0]
+    translate: int = 0
 
     @classmethod
-    def for_model(cls, config, crop_area_min: float = AREA_RANGE[0]) -> Preprocess:  # noqa: ANN001
-        return cls(config.img_size, tuple(config.mean), tuple(config.std), crop_area_min)
+    def for_model(cls, config, crop_area_min: float = AREA_RANGE[0], translate: int = 0) -> Preprocess:  # noqa: ANN001
+        return cls(config.img_size, tuple(config.mean), tuple(config.std), crop_area_min, translate)
 
     def sample(self, n: int, height: int, width: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Random crop boxes and flips for ``n`` images, drawn from ``generator`` (on the CPU).
@@ -102,7 +104,12 @@ class Preprocess:
         however the batch is split over processes and micro-batches.
         """
         boxes = inception_boxes(n, height, width, generator, (self.crop_area_min, 1.0))
-        return boxes, torch.rand(n, generator=generator) < 0.5
+        flips = torch.rand(n, generator=generator) < 0.5
+        if self.translate:
+            # Shift the box, not the image: pixels past the edge repeat the border (crop_resize clamps).
+            shift = torch.randint(-self.translate, self.translate + 1, (n, 2), generator=generator)
+            boxes = torch.cat([boxes[:, :2] + shift, boxes[:, 2:]], 1)
+        return boxes, flips
 
     def _normalise(self, images: torch.Tensor) -> torch.Tensor:
         """uint8 NHWC -> float NHWC scaled with mean/std. Interpolation weights sum to one, so

@@ -46,8 +46,10 @@ class Recipe:
     grad_clip: float = 1.0
     label_smoothing: float = 0.0
     crop_area_min: float = 0.05  # Inception crop: smallest share of the image kept
+    translate: int = 0  # random shift of the crop box, up to this many source pixels each way (edges repeat)
+    eval_flip: bool = False  # evaluate on the mean logits of each image and its mirror image
     mixed_precision: str = "auto"  # auto = bf16 where the device has it, else fp32
-    fast_path: bool = True  # transpose-free token mixing; plus torch.compile on CUDA
+    fast_path: bool = True  # token-major layout, fused optimizer; plus torch.compile on CUDA
     eval_every: int = 1000  # minival accuracy every N steps (0: only at the end)
     checkpoint_every: int = 1000
     log_every: int = 50
@@ -74,6 +76,7 @@ class Recipe:
               "lr must be positive; warmup_steps, grad_clip and weight_decay non-negative.")
         check(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}.")
         check(0 < self.crop_area_min <= 1, f"crop_area_min must be in (0, 1], got {self.crop_area_min}.")
+        check(self.translate >= 0, f"translate must be a non-negative whole number of pixels, got {self.translate!r}.")
         check(0 <= self.val_fraction < 1, f"val_fraction must be in [0, 1), got {self.val_fraction}.")
         check(min(self.eval_every, self.checkpoint_every) >= 0 and self.log_every >= 1,
               "eval_every and checkpoint_every must be >= 0, log_every >= 1.")

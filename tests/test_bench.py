@@ -12,6 +12,7 @@ import torch.nn.functional as F
 from conftest import randomize_
 from mixer_ft import MixerConfig, create_model
 from mixer_ft.bench import forward_flops
+from mixer_ft.model import MlpMixer
 
 
 @pytest.mark.parametrize("variant,gflop", [("B/16", 25.2), ("L/16", 89.2)])
@@ -55,3 +56,15 @@ def test_bench_refuses_a_missing_gpu():
     out = subprocess.run([sys.executable, "-m", "mixer_ft", "bench", "--device", "cuda"], capture_output=True,
                          text=True, env=os.environ.copy(), timeout=300)
     assert out.returncode == 2 and "no CUDA device" in out.stderr
+
+
+@pytest.mark.parametrize("size", [32, 36])  # 36: the conv drops a ragged 4-pixel edge, still 4x4 patches
+def test_token_major_stem_equals_the_conv_stem(size):
+    cfg = MixerConfig(patch_size=8, hidden_dim=16, num_blocks=2, tokens_mlp_dim=8, channels_mlp_dim=32,
+                      img_size=32, num_classes=5)
+    model = randomize_(MlpMixer(cfg), seed=2)
+    x = torch.randn(2, 3, size, size)
+    fast = model.stem.forward_token_major(x)
+    assert fast.shape == (16, 2, 16)
+    torch.testing.assert_close(fast, model.stem(x).transpose(0, 1), rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(model.set_fast_path(True)(x), model.set_fast_path(False)(x), rtol=1e-5, atol=1e-5)

@@ -98,3 +98,22 @@ def test_random_crops_and_flips_match_an_independent_grid_sample():
     ref = F.grid_sample(x.permute(0, 3, 1, 2).float(), grid, mode="bilinear", padding_mode="border",
                         align_corners=False)
     torch.testing.assert_close(out, ref, atol=2e-3, rtol=0)
+
+
+def test_translate_shifts_the_image_by_whole_pixels_repeating_its_border():
+    pre, x = Preprocess(32, crop_area_min=1.0, translate=3), images(64)
+    boxes, _ = pre.sample(64, 32, 32, torch.Generator().manual_seed(1))
+    shift = boxes[:, :2]
+    assert shift.abs().max() == 3 and (shift < 0).any() and (shift > 0).any()
+    assert (boxes[:, 2:] == 32).all()  # only shifted, never scaled
+    out, ref = pre.train(x, boxes, torch.zeros(64, dtype=torch.bool)), pre.eval(x)
+    for i, (dx, dy) in enumerate(shift.tolist()):
+        rows, cols = (torch.arange(32) + dy).clamp(0, 31), (torch.arange(32) + dx).clamp(0, 31)
+        torch.testing.assert_close(out[i], ref[i][:, rows][:, :, cols])
+
+
+def test_translate_zero_draws_exactly_the_upstream_augmentation():
+    a = Preprocess(32).sample(16, 32, 32, torch.Generator().manual_seed(3))
+    b = Preprocess(32, translate=0).sample(16, 32, 32, torch.Generator().manual_seed(3))
+    g = torch.Generator().manual_seed(3)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[0], inception_boxes(16, 32, 32, g))

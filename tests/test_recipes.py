@@ -70,6 +70,10 @@ def test_unknown_keys_and_bad_values_are_refused(tmp_path):
     with pytest.raises(ConfigError, match="custom architecture has no pretrained weights"):
         from_dict({"model": "custom", "architecture": {"patch_size": 4, "hidden_dim": 8, "num_blocks": 1,
                                                       "tokens_mlp_dim": 4, "channels_mlp_dim": 8}})
+    with pytest.raises(ConfigError, match="translate must be a non-negative whole number"):
+        from_dict({"translate": -2})
+    with pytest.raises(ConfigError, match="'eval_flip' must be bool"):
+        from_dict({"eval_flip": "yes"})
     (tmp_path / "broken.toml").write_text("steps = = 3")
     with pytest.raises(ConfigError, match="not valid TOML"):
         load_recipe(tmp_path / "broken.toml")

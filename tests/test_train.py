@@ -164,3 +164,18 @@ def test_unwritable_output_folder(tmp_path, cut):
     (tmp_path / "a_file").write_text("")
     out = finetune("--steps", 1, *TINY, "--dataset", cut, "--output-dir", tmp_path / "a_file" / "run", check=False)
     assert out.returncode == 2 and "Cannot write to the output folder" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_mirror_evaluation_answers_the_same_for_an_image_and_its_mirror():
+    from mixer_ft.model import MixerConfig, MlpMixer
+    from mixer_ft.train import predict
+
+    torch.manual_seed(0)
+    net = randomize_(MlpMixer(MixerConfig(patch_size=4, hidden_dim=32, num_blocks=2, tokens_mlp_dim=16,
+                                          channels_mlp_dim=64, img_size=32, num_classes=10))).eval()
+    x = torch.randn(256, 3, 32, 32)
+    with torch.no_grad():
+        assert not torch.equal(predict(net, x), predict(net, x.flip(3)))  # a plain Mixer is not mirror-symmetric
+        assert torch.equal(predict(net, x, mirror=True), predict(net, x.flip(3), mirror=True))
+        both = net(x) + net(x.flip(3))
+        assert torch.equal(predict(net, x, mirror=True), both.argmax(1))
