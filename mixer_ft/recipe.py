@@ -18,7 +18,7 @@ from typing import Any
 from mixer_ft.errors import ConfigError
 from mixer_ft.model import GELU_FLAVOURS, MixerConfig
 
-OPTIMIZERS = ("sgd", "adamw")
+OPTIMIZERS = ("sgd", "adamw", "muon")
 PRECISIONS = ("auto", "no", "bf16", "fp16")
 _ARCH_FIELDS = {f.name for f in dataclasses.fields(MixerConfig)} - {"num_classes"}
 
@@ -40,7 +40,7 @@ class Recipe:
     micro_batch: int | str | None = None  # per process and forward pass; None = no accumulation; "auto"
     optimizer: str = "sgd"
     lr: float = 0.03
-    momentum: float = 0.9
+    momentum: float = 0.9  # SGD's, and Muon's
     weight_decay: float = 0.0
     warmup_steps: int = 500
     grad_clip: float = 1.0

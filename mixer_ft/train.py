@@ -53,6 +53,29 @@ def build_model(recipe: Recipe, num_classes: int) -> MlpMixer:
     return create_model(recipe.model, pretrained=recipe.upstream, num_classes=num_classes, **arch)
 
 
+def make_optimizers(recipe: Recipe, model: MlpMixer, fused: bool = False) -> list[torch.optim.Optimizer]:
+    """The recipe's optimizer(s): weight decay on weight matrices only, never on biases or norms.
+
+    ``muon`` orthogonalises the updates of the blocks' weight matrices (torch's Muon, its step
+    scaled to AdamW's size so the two share lr and weight decay) and leaves the rest to AdamW:
+    the patch stem and the head, as Muon's authors advise, and the biases and norm gains.
+    """
+    named = list(model.named_parameters())
+    muon = [p for n, p in named if recipe.optimizer == "muon" and n.startswith("blocks.") and p.ndim == 2]
+    taken = {id(p) for p in muon}
+    decay = [p for _, p in named if p.ndim >= 2 and id(p) not in taken]
+    no_decay = [p for _, p in named if p.ndim < 2]
+    groups = [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # fused: one kernel for the whole update instead of a handful of passes over the parameters.
+    if recipe.optimizer == "sgd":
+        return [torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=False, fused=fused)]
+    opts: list[torch.optim.Optimizer] = [torch.optim.AdamW(groups, lr=recipe.lr, fused=fused)]
+    if muon:
+        opts.insert(0, torch.optim.Muon(muon, lr=recipe.lr, weight_decay=recipe.weight_decay,
+                                        momentum=recipe.momentum, adjust_lr_fn="match_rms_adamw"))
+    return opts
+
+
 def predict(model: torch.nn.Module, images: torch.Tensor, mirror: bool = False) -> torch.Tensor:
     """Predicted classes of a preprocessed NCHW batch; with ``mirror``, of the summed logits of
     each image and its left-right mirror (so an image and its mirror get the same answer)."""
@@ -181,17 +204,10 @@ def finetune(recipe: Recipe, *, resume: bool = True) -> dict[str, Any]:
                               log_with=recipe.tracker, project_dir=str(out), cpu=use_cpu,
                               dynamo_backend="inductor" if compile_ else "no")
 
-    decay = [p for p in model.parameters() if p.ndim >= 2]
-    no_decay = [p for p in model.parameters() if p.ndim < 2]
-    groups = [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    # One fused kernel for the whole update instead of a handful of passes over the parameters.
-    fused = recipe.fast_path and device.type in ("cpu", "cuda")
-    if recipe.optimizer == "sgd":
-        raw_opt = torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=False, fused=fused)
-    else:
-        raw_opt = torch.optim.AdamW(groups, lr=recipe.lr, fused=fused)
-    schedule = torch.optim.lr_scheduler.LambdaLR(raw_opt, lambda s: lr_factor(s + 1, recipe.warmup_steps, total))
-    model, optimizer = accelerator.prepare(model, raw_opt)
+    raw_opts = make_optimizers(recipe, model, fused=recipe.fast_path and device.type in ("cpu", "cuda"))
+    schedules = [torch.optim.lr_scheduler.LambdaLR(o, lambda s: lr_factor(s + 1, recipe.warmup_steps, total))
+                 for o in raw_opts]
+    model, *optimizers = accelerator.prepare(model, *raw_opts)
     net: MlpMixer = accelerator.unwrap_model(model)
     pre = Preprocess.for_model(net.config, recipe.crop_area_min, recipe.translate)
 
@@ -202,6 +218,9 @@ def finetune(recipe: Recipe, *, resume: bool = True) -> dict[str, Any]:
     start, history, elapsed = 0, {"loss": [], "minival": []}, 0.0
     saved = ckpts.latest() if resume else None
     if saved is not None:
+        if "optimizers" not in saved:
+            raise TrainingError(f"{out} holds a checkpoint from an older mixer_ft that this one cannot resume. "
+                                "Use another --output-dir, or --fresh to start over.")
         differ = [k for k in _RESUME_FIELDS if saved["recipe"].get(k) != getattr(recipe, k)]
         if differ:
             raise TrainingError(
@@ -209,8 +228,10 @@ def finetune(recipe: Recipe, *, resume: bool = True) -> dict[str, Any]:
                 "--output-dir, or delete its checkpoints folder to start over."
             )
         net.load_state_dict(saved["model"])
-        optimizer.load_state_dict(saved["optimizer"])
-        schedule.load_state_dict(saved["schedule"])
+        for optimizer, schedule, o_state, s_state in zip(optimizers, schedules, saved["optimizers"],
+                                                         saved["schedules"], strict=True):
+            optimizer.load_state_dict(o_state)
+            schedule.load_state_dict(s_state)
         torch.set_rng_state(saved["torch_rng"])
         start, history, elapsed = saved["step"], json.loads(saved["history"]), saved["elapsed_s"]
         accelerator.print(f"resuming {out} at step {start}/{total}")
@@ -234,8 +255,8 @@ def finetune(recipe: Recipe, *, resume: bool = True) -> dict[str, Any]:
         accelerator.wait_for_everyone()
         if accelerator.is_main_process:
             ckpts.save({
-                "step": step, "model": net.state_dict(), "optimizer": optimizer.state_dict(),
-                "schedule": schedule.state_dict(), "torch_rng": torch.get_rng_state(),
+                "step": step, "model": net.state_dict(), "optimizers": [o.state_dict() for o in optimizers],
+                "schedules": [s.state_dict() for s in schedules], "torch_rng": torch.get_rng_state(),
                 "data_position": {"epoch": step // steps_per_epoch, "batch": step % steps_per_epoch},
                 "recipe": recipe.to_dict(), "history": json.dumps(history), "elapsed_s": elapsed,
             })
@@ -275,11 +296,13 @@ def finetune(recipe: Recipe, *, resume: bool = True) -> dict[str, Any]:
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and recipe.grad_clip:
                     accelerator.clip_grad_norm_(model.parameters(), recipe.grad_clip)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+                for optimizer in optimizers:
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
             step_loss += loss.detach() / accum
             correct += (logits.argmax(1) == y).sum()
-        schedule.step()
+        for schedule in schedules:
+            schedule.step()
         mean_loss = accelerator.reduce(step_loss, "mean")
         if not torch.isfinite(mean_loss):
             last = sorted(ckpts.folder.glob("step_*.pt"))
@@ -297,7 +320,7 @@ def finetune(recipe: Recipe, *, resume: bool = True) -> dict[str, Any]:
         if done % recipe.log_every == 0 or done == total:
             w = accelerator.reduce(window, "sum")
             entry = {"step": done, "loss": round(float(w[0] / w[1]), 5), "train_accuracy": round(float(w[2] / w[3]), 5),
-                     "lr": schedule.get_last_lr()[0], "images_per_s": round(float(w[3]) / max(window_s, 1e-9), 1)}
+                     "lr": schedules[0].get_last_lr()[0], "images_per_s": round(float(w[3]) / max(window_s, 1e-9), 1)}
             history["loss"].append(entry)
             bar.set_postfix(loss=f"{entry['loss']:.4f}", acc=f"{entry['train_accuracy']:.3f}",
                             img_s=f"{entry['images_per_s']:.0f}")

@@ -18,6 +18,8 @@ from conftest import REPO, randomize_
 from mixer_ft import create_model
 from mixer_ft.data import load_data
 from mixer_ft.preprocess import Preprocess
+from mixer_ft.recipe import Recipe
+from mixer_ft.train import build_model, make_optimizers
 
 BIN = Path(sys.executable).parent
 TINY = ["--set", "architecture.patch_size=8", "--set", "architecture.hidden_dim=32", "--set", "architecture.num_blocks=2",
@@ -80,9 +82,10 @@ def test_pretrained_variant_fine_tunes_and_timm_loads_the_result(tmp_path, cut):
         assert (theirs(x) - ours(x)).abs().max() <= 1e-5
 
 
-def test_sigkill_then_resume_ends_with_the_uninterrupted_weights(tmp_path, cut):
-    common = ["--steps", 40, "--batch", 32, "--lr", 0.05, "--warmup", 5, "--eval-every", 0,
-              "--set", "checkpoint_every=10", "--set", "log_every=5", *TINY]
+@pytest.mark.parametrize("optimizer,lr", [("sgd", 0.05), ("muon", 0.005)])
+def test_sigkill_then_resume_ends_with_the_uninterrupted_weights(tmp_path, cut, optimizer, lr):
+    common = ["--steps", 40, "--batch", 32, "--lr", lr, "--warmup", 5, "--eval-every", 0,
+              "--set", "checkpoint_every=10", "--set", "log_every=5", "--set", f'optimizer="{optimizer}"', *TINY]
     finetune(*common, *run_args(tmp_path, cut, "whole"))
 
     cmd = [sys.executable, "-m", "mixer_ft", "finetune", *map(str, common), *map(str, run_args(tmp_path, cut, "killed"))]
@@ -179,3 +182,25 @@ def test_mirror_evaluation_answers_the_same_for_an_image_and_its_mirror():
         assert torch.equal(predict(net, x, mirror=True), predict(net, x.flip(3), mirror=True))
         both = net(x) + net(x.flip(3))
         assert torch.equal(predict(net, x, mirror=True), both.argmax(1))
+
+
+def test_muon_takes_the_blocks_weight_matrices_and_adamw_the_rest():
+    arch = {"patch_size": 8, "hidden_dim": 16, "num_blocks": 2, "tokens_mlp_dim": 8, "channels_mlp_dim": 32,
+            "img_size": 32}
+    recipe = Recipe(upstream="none", model="custom", architecture=arch, optimizer="muon", weight_decay=0.05,
+                    momentum=0.95)
+    model = build_model(recipe, 10)
+    muon, adamw = make_optimizers(recipe, model)
+    assert isinstance(muon, torch.optim.Muon) and isinstance(adamw, torch.optim.AdamW)
+    name = {id(p): n for n, p in model.named_parameters()}
+    owned = {opt: {name[id(p)]: g["weight_decay"] for g in opt.param_groups for p in g["params"]}
+             for opt in (muon, adamw)}
+    assert sorted(owned[muon]) == sorted(f"blocks.{b}.mlp_{kind}.fc{i}.weight" for b in range(2)
+                                         for kind in ("tokens", "channels") for i in (1, 2))
+    assert set(owned[muon].values()) == {0.05} and muon.param_groups[0]["momentum"] == 0.95
+    assert owned[muon].keys().isdisjoint(owned[adamw]) and len(owned[muon]) + len(owned[adamw]) == len(name)
+    # AdamW keeps the stem and head (decayed) and every bias and norm gain (never decayed).
+    assert owned[adamw]["stem.proj.weight"] == owned[adamw]["head.weight"] == 0.05
+    assert {d for n, d in owned[adamw].items() if n.endswith("bias") or "norm" in n} == {0.0}
+    # Plain recipes keep their single optimizer.
+    assert [type(o) for o in make_optimizers(recipe.replace(optimizer="adamw"), model)] == [torch.optim.AdamW]
