@@ -48,6 +48,7 @@ class Recipe:
     crop_area_min: float = 0.05  # Inception crop: smallest share of the image kept
     translate: int = 0  # random shift of the crop box, up to this many source pixels each way (edges repeat)
     eval_flip: bool = False  # evaluate on the mean logits of each image and its mirror image
+    eval_translate: int = 0  # also on copies shifted this many pixels diagonally each way (edges repeat)
     mixed_precision: str = "auto"  # auto = bf16 where the device has it, else fp32
     fast_path: bool = True  # token-major layout, fused optimizer; plus torch.compile on CUDA
     eval_every: int = 1000  # minival accuracy every N steps (0: only at the end)
@@ -77,6 +78,8 @@ class Recipe:
         check(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}.")
         check(0 < self.crop_area_min <= 1, f"crop_area_min must be in (0, 1], got {self.crop_area_min}.")
         check(self.translate >= 0, f"translate must be a non-negative whole number of pixels, got {self.translate!r}.")
+        check(self.eval_translate >= 0,
+              f"eval_translate must be a non-negative whole number of pixels, got {self.eval_translate!r}.")
         check(0 <= self.val_fraction < 1, f"val_fraction must be in [0, 1), got {self.val_fraction}.")
         check(min(self.eval_every, self.checkpoint_every) >= 0 and self.log_every >= 1,
               "eval_every and checkpoint_every must be >= 0, log_every >= 1.")

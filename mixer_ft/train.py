@@ -76,12 +76,23 @@ def make_optimizers(recipe: Recipe, model: MlpMixer, fused: bool = False) -> lis
     return opts
 
 
-def predict(model: torch.nn.Module, images: torch.Tensor, mirror: bool = False) -> torch.Tensor:
-    """Predicted classes of a preprocessed NCHW batch; with ``mirror``, of the summed logits of
-    each image and its left-right mirror (so an image and its mirror get the same answer)."""
-    logits = model(images).float()
+def predict(model: torch.nn.Module, images: torch.Tensor, mirror: bool = False, shift: int = 0) -> torch.Tensor:
+    """Predicted classes of a preprocessed NCHW batch, from the summed logits of its views.
+
+    The views: the image; with ``shift``, two copies moved ``shift`` pixels diagonally (towards
+    the top left and the bottom right, the border repeated as ``translate`` does in training);
+    with ``mirror``, the left-right mirror of each of these.
+    """
+    views = [images]
+    if shift:
+        h, w = images.shape[-2:]
+        padded = F.pad(images, (shift, shift, shift, shift), mode="replicate")
+        views += [padded[..., 2 * shift:2 * shift + h, 2 * shift:2 * shift + w], padded[..., :h, :w]]
     if mirror:
-        logits = logits + model(images.flip(3)).float()
+        views += [v.flip(3) for v in views]
+    logits = model(views[0]).float()
+    for view in views[1:]:  # one view at a time: evaluation memory stays that of one batch
+        logits = logits + model(view).float()
     return logits.argmax(1)
 
 
@@ -243,7 +254,7 @@ def finetune(recipe: Recipe, *, resume: bool = True) -> dict[str, Any]:
         with torch.no_grad(), accelerator.autocast():
             for _, x, y in iterate_batches(data.images[array], data.labels[array], idx[rank::P], EVAL_BATCH,
                                            shuffle=False):
-                pred = predict(net, pre.eval(x.to(device)), mirror=recipe.eval_flip)
+                pred = predict(net, pre.eval(x.to(device)), mirror=recipe.eval_flip, shift=recipe.eval_translate)
                 correct += int((pred.cpu() == y).sum())
                 seen += len(y)
         net.train()

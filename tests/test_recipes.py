@@ -72,6 +72,8 @@ def test_unknown_keys_and_bad_values_are_refused(tmp_path):
                                                       "tokens_mlp_dim": 4, "channels_mlp_dim": 8}})
     with pytest.raises(ConfigError, match="translate must be a non-negative whole number"):
         from_dict({"translate": -2})
+    with pytest.raises(ConfigError, match="eval_translate must be a non-negative whole number"):
+        from_dict({"eval_translate": -1})
     with pytest.raises(ConfigError, match="'eval_flip' must be bool"):
         from_dict({"eval_flip": "yes"})
     (tmp_path / "broken.toml").write_text("steps = = 3")

@@ -184,6 +184,28 @@ def test_mirror_evaluation_answers_the_same_for_an_image_and_its_mirror():
         assert torch.equal(predict(net, x, mirror=True), both.argmax(1))
 
 
+def test_shifted_evaluation_sums_the_views_that_translate_trains_on():
+    from mixer_ft.model import MixerConfig, MlpMixer
+    from mixer_ft.train import predict
+
+    torch.manual_seed(0)
+    net = randomize_(MlpMixer(MixerConfig(patch_size=4, hidden_dim=32, num_blocks=2, tokens_mlp_dim=16,
+                                          channels_mlp_dim=64, img_size=32, num_classes=10))).eval()
+    raw = torch.randint(0, 256, (128, 32, 32, 3), dtype=torch.uint8)
+    pre = Preprocess(32, crop_area_min=1.0, translate=2)
+    x = pre.eval(raw)
+    # The shifted views must be the images that training's `translate` makes with boxes moved by
+    # (+2, +2) and (-2, -2): the same pixels, the same repeated border.
+    views = [pre.train(raw, torch.tensor([[d, d, 32, 32]]).expand(128, 4), torch.full((128,), flip))
+             for d in (0, 2, -2) for flip in (False, True)]
+    with torch.no_grad():
+        summed = sum(net(v) for v in views)
+        assert torch.equal(predict(net, x, mirror=True, shift=2), summed.argmax(1))
+        unmirrored = sum(net(v) for v in views[::2])
+        assert torch.equal(predict(net, x, shift=2), unmirrored.argmax(1))
+        assert not torch.equal(predict(net, x, shift=2), predict(net, x))  # the shifted views count
+
+
 def test_muon_takes_the_blocks_weight_matrices_and_adamw_the_rest():
     arch = {"patch_size": 8, "hidden_dim": 16, "num_blocks": 2, "tokens_mlp_dim": 8, "channels_mlp_dim": 32,
             "img_size": 32}
