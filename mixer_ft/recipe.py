@@ -77,9 +77,9 @@ class Recipe:
               "lr must be positive; warmup_steps, grad_clip and weight_decay non-negative.")
         check(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}.")
         check(0 < self.crop_area_min <= 1, f"crop_area_min must be in (0, 1], got {self.crop_area_min}.")
-        check(self.translate >= 0, f"translate must be a non-negative whole number of pixels, got {self.translate!r}.")
-        check(self.eval_translate >= 0,
-              f"eval_translate must be a non-negative whole number of pixels, got {self.eval_translate!r}.")
+        for key in ("translate", "eval_translate"):
+            pixels = getattr(self, key)
+            check(pixels >= 0, f"{key} must be a non-negative whole number of pixels, got {pixels!r}.")
         check(0 <= self.val_fraction < 1, f"val_fraction must be in [0, 1), got {self.val_fraction}.")
         check(min(self.eval_every, self.checkpoint_every) >= 0 and self.log_every >= 1,
               "eval_every and checkpoint_every must be >= 0, log_every >= 1.")

@@ -61,7 +61,7 @@ def make_optimizers(recipe: Recipe, model: MlpMixer, fused: bool = False) -> lis
     the patch stem and the head, as Muon's authors advise, and the biases and norm gains.
     """
     named = list(model.named_parameters())
-    muon = [p for n, p in named if recipe.optimizer == "muon" and n.startswith("blocks.") and p.ndim == 2]
+    muon = [p for n, p in named if n.startswith("blocks.") and p.ndim == 2] if recipe.optimizer == "muon" else []
     taken = {id(p) for p in muon}
     decay = [p for _, p in named if p.ndim >= 2 and id(p) not in taken]
     no_decay = [p for _, p in named if p.ndim < 2]

@@ -17,9 +17,10 @@ from safetensors.torch import load_file, save_file
 from conftest import REPO, randomize_
 from mixer_ft import create_model
 from mixer_ft.data import load_data
+from mixer_ft.model import MixerConfig, MlpMixer
 from mixer_ft.preprocess import Preprocess
 from mixer_ft.recipe import Recipe
-from mixer_ft.train import build_model, make_optimizers
+from mixer_ft.train import build_model, make_optimizers, predict
 
 BIN = Path(sys.executable).parent
 TINY = ["--set", "architecture.patch_size=8", "--set", "architecture.hidden_dim=32", "--set", "architecture.num_blocks=2",
@@ -169,13 +170,15 @@ def test_unwritable_output_folder(tmp_path, cut):
     assert out.returncode == 2 and "Cannot write to the output folder" in out.stderr and "Traceback" not in out.stderr
 
 
-def test_mirror_evaluation_answers_the_same_for_an_image_and_its_mirror():
-    from mixer_ft.model import MixerConfig, MlpMixer
-    from mixer_ft.train import predict
-
+def random_small_mixer() -> MlpMixer:
+    """A 2-block Mixer on 32x32 inputs with random weights (head included), in eval mode."""
     torch.manual_seed(0)
-    net = randomize_(MlpMixer(MixerConfig(patch_size=4, hidden_dim=32, num_blocks=2, tokens_mlp_dim=16,
-                                          channels_mlp_dim=64, img_size=32, num_classes=10))).eval()
+    return randomize_(MlpMixer(MixerConfig(patch_size=4, hidden_dim=32, num_blocks=2, tokens_mlp_dim=16,
+                                           channels_mlp_dim=64, img_size=32, num_classes=10))).eval()
+
+
+def test_mirror_evaluation_answers_the_same_for_an_image_and_its_mirror():
+    net = random_small_mixer()
     x = torch.randn(256, 3, 32, 32)
     with torch.no_grad():
         assert not torch.equal(predict(net, x), predict(net, x.flip(3)))  # a plain Mixer is not mirror-symmetric
@@ -185,12 +188,7 @@ def test_mirror_evaluation_answers_the_same_for_an_image_and_its_mirror():
 
 
 def test_shifted_evaluation_sums_the_views_that_translate_trains_on():
-    from mixer_ft.model import MixerConfig, MlpMixer
-    from mixer_ft.train import predict
-
-    torch.manual_seed(0)
-    net = randomize_(MlpMixer(MixerConfig(patch_size=4, hidden_dim=32, num_blocks=2, tokens_mlp_dim=16,
-                                          channels_mlp_dim=64, img_size=32, num_classes=10))).eval()
+    net = random_small_mixer()
     raw = torch.randint(0, 256, (128, 32, 32, 3), dtype=torch.uint8)
     pre = Preprocess(32, crop_area_min=1.0, translate=2)
     x = pre.eval(raw)
