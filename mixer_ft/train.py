@@ -41,6 +41,14 @@ class TrainingError(MixerFtError):
     """A run that cannot go on (diverged, or a checkpoint that does not match the recipe)."""
 
 
+def _same(key: str, saved: Any, now: Any) -> bool:
+    """Whether a checkpoint's recipe value is the run's; a local data set may be named by another path."""
+    if saved == now:
+        return True
+    # The same folder or archive named relative to another working directory, or through a link.
+    return key == "dataset" and Path(saved).exists() and Path(now).exists() and Path(saved).samefile(now)
+
+
 def build_model(recipe: Recipe, num_classes: int) -> MlpMixer:
     """The recipe's model with a fresh zero head for ``num_classes``."""
     from mixer_ft.weights import create_model
@@ -232,7 +240,7 @@ def finetune(recipe: Recipe, *, resume: bool = True) -> dict[str, Any]:
         if "optimizers" not in saved:
             raise TrainingError(f"{out} holds a checkpoint from an older mixer_ft that this one cannot resume. "
                                 "Use another --output-dir, or --fresh to start over.")
-        differ = [k for k in _RESUME_FIELDS if saved["recipe"].get(k) != getattr(recipe, k)]
+        differ = [k for k in _RESUME_FIELDS if not _same(k, saved["recipe"].get(k), getattr(recipe, k))]
         if differ:
             raise TrainingError(
                 f"{out} holds a checkpoint of another recipe (different {', '.join(differ)}). Use another "

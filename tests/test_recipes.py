@@ -1,5 +1,6 @@
 """Every recipe loads and validates; the schedule is upstream's; bad keys are refused."""
 
+import json
 import math
 import re
 
@@ -93,3 +94,11 @@ def test_overrides_parse_as_toml_values():
     assert parse_override("architecture.hidden_dim=64") == ("architecture", {"hidden_dim": 64})
     with pytest.raises(ConfigError, match="key=value"):
         parse_override("lr")
+
+
+def test_the_committed_scratch_record_was_made_by_the_scratch_recipe():
+    # The header's figures are the record's, so the recipe may not drift from the run behind them.
+    recorded = json.loads((REPO / "results" / "scratch_cifar10.json").read_text())["config"]
+    recipe = load_recipe(REPO / "recipes" / "scratch_cifar10.toml").to_dict()
+    where = {"dataset", "name", "output_dir", "results_dir"}  # given on the command line: where, not how
+    assert {k: v for k, v in recorded.items() if k not in where} == {k: v for k, v in recipe.items() if k not in where}

@@ -139,9 +139,12 @@ def test_running_a_finished_run_again_only_re_evaluates(tmp_path, cut):
     args = ["--steps", 4, "--batch", 16, "--eval-every", 0, *TINY, *run_args(tmp_path, cut, "again")]
     finetune(*args)
     first = json.loads((tmp_path / "results" / "again.json").read_text())
-    out = finetune(*args)
+    # The same data named by a relative path is the same recipe; another seed is not.
+    out = finetune(*args, "--dataset", os.path.relpath(cut, REPO))
     assert "resuming" in out.stdout + out.stderr and "at step 4/4" in out.stdout + out.stderr
     assert json.loads((tmp_path / "results" / "again.json").read_text())["test_accuracy"] == first["test_accuracy"]
+    out = finetune(*args, "--seed", 1, check=False)
+    assert out.returncode == 2 and "another recipe (different seed)" in out.stderr, out.stderr
 
 
 def test_tensorboard_tracker_writes_events(tmp_path, cut):
