@@ -18,7 +18,8 @@ from mixer_ft.errors import ConfigError
 log = logging.getLogger(__name__)
 FORMATS = ("table", "markdown", "csv", "json")
 COLUMNS = ("upstream", "model", "dataset", "published_accuracy", "published_wall_clock_h", "published_hardware",
-           "accuracy", "delta_points", "wall_clock_h", "hardware", "device_hours")
+           "accuracy", "delta_points", "wall_clock_h", "hardware", "device_hours", "runs", "mean_accuracy",
+           "min_accuracy")
 _REQUIRED = {"upstream": str, "model": str, "test_accuracy": float, "wall_clock_s": float, "hardware": dict}
 
 
@@ -84,13 +85,16 @@ def build(results: str | Path = "results") -> tuple[list[dict[str, Any]], list[d
                "published_accuracy": pub.accuracy, "published_wall_clock_h": pub.wall_clock_h,
                "published_hardware": pub.hardware, "accuracy": None, "delta_points": None,
                "wall_clock_h": None, "hardware": None, "device_hours": None, "runs": len(mine),
-               "command": pub.command}
+               "mean_accuracy": None, "min_accuracy": None, "command": pub.command}
         if best:
             hours = best["wall_clock_s"] / 3600
             row |= {"accuracy": best["test_accuracy"],
                     "delta_points": round(100 * (best["test_accuracy"] - pub.accuracy), 2),
                     "wall_clock_h": round(hours, 3), "hardware": _hardware(best),
-                    "device_hours": round(hours * best["hardware"].get("count", 1), 3), "record": best["file"]}
+                    "device_hours": round(hours * best["hardware"].get("count", 1), 3), "record": best["file"],
+                    # The best run alone hides the spread over seeds; these show it.
+                    "mean_accuracy": sum(r["test_accuracy"] for r in mine) / len(mine),
+                    "min_accuracy": min(r["test_accuracy"] for r in mine)}
         rows.append(row)
     other = [{"upstream": r["upstream"], "model": r["model"], "dataset": r["dataset_id"],
               "accuracy": r["test_accuracy"], "wall_clock_h": round(r["wall_clock_s"] / 3600, 3),
@@ -120,7 +124,7 @@ def render(rows: list[dict[str, Any]], other: list[dict[str, Any]], fmt: str = "
             writer.writerow(["published", *("" if r[k] is None else r[k] for k in COLUMNS)])
         for r in other:
             writer.writerow(["other", r["upstream"], r["model"], r["dataset"], "", "", "", r["accuracy"], "",
-                             r["wall_clock_h"], r["hardware"], ""])
+                             r["wall_clock_h"], r["hardware"], "", 1, r["accuracy"], r["accuracy"]])
         return buf.getvalue()
     head = ["upstream", "model", "dataset", "published", "time", "hardware", "ours", "diff", "time", "hardware",
             "device-h"]
@@ -131,6 +135,8 @@ def render(rows: list[dict[str, Any]], other: list[dict[str, Any]], fmt: str = "
                      _num(r["published_wall_clock_h"], " h"), r["published_hardware"], _pct(r["accuracy"]), diff,
                      _num(r["wall_clock_h"], " h"), r["hardware"] or "-", _num(r["device_hours"])])
     missing = [f"no run yet for {r['id']}: {r['command']}" for r in rows if r["accuracy"] is None]
+    missing += [f"{r['id']}: best of {r['runs']} runs shown; mean {_pct(r['mean_accuracy'])}, "
+                f"lowest {_pct(r['min_accuracy'])}" for r in rows if r["runs"] > 1]
     extra = [[r["upstream"], r["model"], r["dataset"], _pct(r["accuracy"]), _num(r["wall_clock_h"], " h"),
               r["hardware"]] for r in other]
     if fmt == "markdown":

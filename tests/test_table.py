@@ -48,6 +48,7 @@ def test_best_run_per_row_unmatched_runs_and_malformed_records(results, caplog):
     l16 = by_id["in21k_l16_cifar10"]
     assert (l16["accuracy"], l16["delta_points"], l16["wall_clock_h"], l16["device_hours"], l16["hardware"]) == (
         0.9822, -0.12, 1.5, 3.0, "2x NVIDIA H200")
+    assert (l16["runs"], l16["min_accuracy"]) == (2, 0.9801) and l16["mean_accuracy"] == pytest.approx(0.98115)
     assert by_id["scratch_cifar10"]["accuracy"] == 0.7712 and by_id["scratch_cifar10"]["delta_points"] == 21.5
     assert by_id["in1k_b16_cifar10"]["accuracy"] is None  # the percent-valued record was refused
     assert [o["dataset"] for o in other] == ["cifar100"]
@@ -61,6 +62,8 @@ def test_every_format(results):
     assert "98.34%" in text and "98.22%" in text and "-0.12 pt" in text and "+21.50 pt" in text
     assert "no run yet for in1k_b16_cifar10: mixer-ft finetune --recipe recipes/in1k_b16_cifar10.toml" in text
     assert "Other runs" in text and "cifar100" in text
+    assert "in21k_l16_cifar10: best of 2 runs shown; mean 98.11%, lowest 98.01%" in text
+    assert "scratch_cifar10: best of" not in text  # one run has no spread to show
     md = render(rows, other, "markdown")
     assert md.splitlines()[1].startswith("|---|") and md.count("\n| in") >= 4
     table = list(csv.reader(io.StringIO(render(rows, other, "csv"))))
