@@ -122,9 +122,9 @@ def render(rows: list[dict[str, Any]], other: list[dict[str, Any]], fmt: str = "
         writer.writerow(["kind", *COLUMNS])
         for r in rows:
             writer.writerow(["published", *("" if r[k] is None else r[k] for k in COLUMNS)])
-        for r in other:
-            writer.writerow(["other", r["upstream"], r["model"], r["dataset"], "", "", "", r["accuracy"], "",
-                             r["wall_clock_h"], r["hardware"], "", 1, r["accuracy"], r["accuracy"]])
+        for r in other:  # one run each: it is its own mean and lowest
+            cells = r | {"runs": 1, "mean_accuracy": r["accuracy"], "min_accuracy": r["accuracy"]}
+            writer.writerow(["other", *(cells.get(k, "") for k in COLUMNS)])
         return buf.getvalue()
     head = ["upstream", "model", "dataset", "published", "time", "hardware", "ours", "diff", "time", "hardware",
             "device-h"]
@@ -134,15 +134,15 @@ def render(rows: list[dict[str, Any]], other: list[dict[str, Any]], fmt: str = "
         body.append([r["upstream"], r["model"], r["dataset"], _pct(r["published_accuracy"]),
                      _num(r["published_wall_clock_h"], " h"), r["published_hardware"], _pct(r["accuracy"]), diff,
                      _num(r["wall_clock_h"], " h"), r["hardware"] or "-", _num(r["device_hours"])])
-    missing = [f"no run yet for {r['id']}: {r['command']}" for r in rows if r["accuracy"] is None]
-    missing += [f"{r['id']}: best of {r['runs']} runs shown; mean {_pct(r['mean_accuracy'])}, "
-                f"lowest {_pct(r['min_accuracy'])}" for r in rows if r["runs"] > 1]
+    notes = [f"no run yet for {r['id']}: {r['command']}" for r in rows if r["accuracy"] is None]
+    notes += [f"{r['id']}: best of {r['runs']} runs shown; mean {_pct(r['mean_accuracy'])}, "
+              f"lowest {_pct(r['min_accuracy'])}" for r in rows if r["runs"] > 1]
     extra = [[r["upstream"], r["model"], r["dataset"], _pct(r["accuracy"]), _num(r["wall_clock_h"], " h"),
               r["hardware"]] for r in other]
     if fmt == "markdown":
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         lines += ["| " + " | ".join(row) + " |" for row in body]
-        lines += [""] + [f"- {m}" for m in missing]
+        lines += [""] + [f"- {m}" for m in notes]
         if extra:
             lines += ["", "Other runs:", "", "| upstream | model | dataset | accuracy | time | hardware |",
                       "|---|---|---|---|---|---|"] + ["| " + " | ".join(e) + " |" for e in extra]
@@ -151,7 +151,7 @@ def render(rows: list[dict[str, Any]], other: list[dict[str, Any]], fmt: str = "
     fmt_row = "  ".join(f"{{:<{w}}}" for w in widths)
     lines = [fmt_row.format(*head), fmt_row.format(*("-" * w for w in widths))]
     lines += [fmt_row.format(*row) for row in body]
-    lines += [""] + missing
+    lines += [""] + notes
     if extra:
         ew = [max(len(str(x)) for x in col) for col in zip(*extra)]
         lines += ["", "Other runs (no published row):"] + ["  ".join(f"{x:<{w}}" for x, w in zip(e, ew)) for e in extra]

@@ -68,6 +68,10 @@ def test_every_format(results):
     assert md.splitlines()[1].startswith("|---|") and md.count("\n| in") >= 4
     table = list(csv.reader(io.StringIO(render(rows, other, "csv"))))
     assert table[0] == ["kind", *COLUMNS] and len(table) == 1 + 5 + 1
+    unmatched = dict(zip(table[0], table[-1]))  # each value under its own column
+    assert (unmatched["kind"], unmatched["dataset"], unmatched["accuracy"], unmatched["wall_clock_h"]) == (
+        "other", "cifar100", "0.88", "3.0")
+    assert (unmatched["runs"], unmatched["min_accuracy"], unmatched["published_accuracy"]) == ("1", "0.88", "")
     data = json.loads(render(rows, other, "json"))
     assert [list(r) for r in data["rows"]] == [list(COLUMNS)] * 5
     assert data["rows"][0]["accuracy"] is None and data["rows"][3]["accuracy"] == 0.9822
