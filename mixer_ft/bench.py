@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from mixer_ft.atomic import atomic_write_text
 from mixer_ft.errors import ConfigError
-from mixer_ft.model import MixerConfig, MlpMixer, canonical_variant
+from mixer_ft.model import MixerConfig, MlpMixer, canonical_variant, timm_name
 from mixer_ft.records import hardware, versions
 
 # Dense bf16 tensor-core peaks (FLOP/s) by device name, from the vendors' datasheets (SXM parts).
@@ -49,8 +49,7 @@ def _peak(device: torch.device) -> float | None:
 def _timm_model(variant: str, cfg: MixerConfig) -> torch.nn.Module:
     import timm
 
-    name = f"mixer_{variant.replace('/', '').lower()}_224"
-    return timm.create_model(name, num_classes=cfg.num_classes, img_size=cfg.img_size)
+    return timm.create_model(timm_name(variant), num_classes=cfg.num_classes, img_size=cfg.img_size)
 
 
 class TrainStep:

@@ -9,6 +9,13 @@ from typing import Annotated, Optional
 import typer
 
 from mixer_ft.errors import MixerFtError
+from mixer_ft.recipe import default
+
+
+def _default(key: str) -> str:
+    """A recipe default for help text, taken from Recipe (parentheses: brackets are markup to Rich)."""
+    return f" (default: {default(key)})"
+
 
 app = typer.Typer(
     help="Fine-tune pretrained MLP-Mixer checkpoints.",
@@ -69,8 +76,8 @@ def data(
                                                 ".tar/.tar.gz, or a CIFAR python-version archive.")],
     image_column: Annotated[Optional[str], typer.Option(help="Image column of a Hub data set.")] = None,
     label_column: Annotated[Optional[str], typer.Option(help="Label column of a Hub data set.")] = None,
-    val_fraction: Annotated[float, typer.Option(help="Share of train held out as minival.")] = 0.02,
-    seed: Annotated[int, typer.Option(help="Seed of the train/minival cut.")] = 0,
+    val_fraction: Annotated[float, typer.Option(help="Share of train held out as minival.")] = default("val_fraction"),
+    seed: Annotated[int, typer.Option(help="Seed of the train/minival cut.")] = default("seed"),
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Show a data set's splits, classes and image size (decoding it into the cache on first use)."""
@@ -97,18 +104,25 @@ def data(
 @app.command()
 def finetune(
     recipe: Annotated[Optional[str], typer.Option(help="A TOML recipe (see recipes/); flags override it.")] = None,
-    upstream: Annotated[Optional[str], typer.Option(help="in1k, in21k, none, or any weight source.")] = None,
-    model: Annotated[Optional[str], typer.Option(help="Variant, e.g. B/16 or L/16.")] = None,
-    dataset: Annotated[Optional[str], typer.Option(help="cifar10, cifar100, hf:owner/name, a folder or archive.")] = None,
-    steps: Annotated[Optional[int], typer.Option(help="Optimizer steps [10000].")] = None,
-    batch: Annotated[Optional[int], typer.Option(help="Global batch, whatever the process count [512].")] = None,
+    upstream: Annotated[Optional[str], typer.Option(help="in1k, in21k, none, or any weight source"
+                                                         + _default("upstream"))] = None,
+    model: Annotated[Optional[str], typer.Option(help="Variant, e.g. B/16 or L/16" + _default("model"))] = None,
+    dataset: Annotated[Optional[str], typer.Option(help="cifar10, cifar100, hf:owner/name, a folder or archive"
+                                                        + _default("dataset"))] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Optimizer steps" + _default("steps"))] = None,
+    batch: Annotated[Optional[int], typer.Option(help="Global batch, whatever the process count"
+                                                      + _default("global_batch"))] = None,
     micro_batch: Annotated[Optional[str], typer.Option(help="Per-process forward batch, or 'auto'; the rest is accumulated.")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate [0.03].")] = None,
-    warmup: Annotated[Optional[int], typer.Option(help="Linear warm-up steps [500].")] = None,
-    eval_every: Annotated[Optional[int], typer.Option(help="Minival accuracy every N steps [1000].")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Seed of init, split, order and augmentation [0].")] = None,
-    output_dir: Annotated[Optional[str], typer.Option(help="Run folder [runs/<name>]; an existing one is resumed.")] = None,
-    mixed_precision: Annotated[Optional[str], typer.Option(help="auto (bf16 where supported), no, bf16, fp16.")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate" + _default("lr"))] = None,
+    warmup: Annotated[Optional[int], typer.Option(help="Linear warm-up steps" + _default("warmup_steps"))] = None,
+    eval_every: Annotated[Optional[int], typer.Option(help="Minival accuracy every N steps"
+                                                           + _default("eval_every"))] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Seed of init, split, order and augmentation"
+                                                     + _default("seed"))] = None,
+    output_dir: Annotated[Optional[str], typer.Option(help="Run folder (default: runs/<name>); an existing one "
+                                                           "is resumed.")] = None,
+    mixed_precision: Annotated[Optional[str], typer.Option(help="auto (bf16 where supported), no, bf16, fp16"
+                                                                + _default("mixed_precision"))] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Any other recipe key: --set key=value.")] = None,
     fresh: Annotated[bool, typer.Option(help="Ignore checkpoints in the output folder and start over.")] = False,
 ) -> None:

@@ -25,13 +25,14 @@ import shutil
 import tarfile
 import tempfile
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mixer_ft.errors import ConfigError, MixerFtError
+from mixer_ft.errors import ConfigError, DataError
+from mixer_ft.images import to_rgb_array
 
 log = logging.getLogger(__name__)
 
@@ -55,10 +56,6 @@ def canonical_dataset(source: str, classes: list[str], n_test: int) -> str:
     return source
 
 
-class DataError(MixerFtError):
-    """A data source that cannot be read as an image classification set."""
-
-
 @dataclass
 class ImageData:
     """Decoded images of one source.
@@ -77,7 +74,6 @@ class ImageData:
     images: dict[str, np.ndarray]
     labels: dict[str, np.ndarray]
     skipped: int = 0
-    skipped_names: list[str] = field(default_factory=list)
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -375,73 +371,68 @@ class _HubReader(_Reader):
 # --------------------------------------------------------------------------- the cache
 
 
-def _to_array(item: Any, size: tuple[int, int] | None) -> np.ndarray:
-    """Decode (name, bytes-or-PIL getter) or pass through a uint8 array; RGB, optionally resized."""
-    from PIL import Image
-
-    if isinstance(item, np.ndarray):
-        img = Image.fromarray(item) if size and item.shape[:2] != size else None
-        return item if img is None else np.asarray(img.resize(size[::-1], Image.BILINEAR))
-    _, get = item
-    obj = get()
-    img = obj if isinstance(obj, Image.Image) else Image.open(io.BytesIO(obj))
-    img = img.convert("RGB")
-    if size and img.size != size[::-1]:
-        img = img.resize(size[::-1], Image.BILINEAR)
-    return np.asarray(img, dtype=np.uint8)
-
-
-def _build_cache(reader: _Reader, folder: Path, store_size: int | None) -> None:
-    """Decode every image once into raw uint8 files, written beside and renamed into place."""
+def _decode_all(reader: _Reader, tmp: Path, size: tuple[int, int] | None) -> tuple[dict[str, list], tuple[int, int], int]:
+    """Decode every image of ``reader`` into tmp/<split>.u8; returns (labels by split, stored size, skipped)."""
     from PIL import UnidentifiedImageError
 
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
-    try:
-        size = (store_size, store_size) if store_size else None
-        outs = {s: open(tmp / f"{s}.u8", "wb") for s in ("train", "test")}
-        labels: dict[str, list] = {"train": [], "test": []}
-        skipped, resized = [], 0
+    labels: dict[str, list] = {"train": [], "test": []}
+    skipped, resized = [], 0
+    with open(tmp / "train.u8", "wb") as train, open(tmp / "test.u8", "wb") as test:
+        outs = {"train": train, "test": test}
         for split, label, item in reader.items():
             try:
-                arr = _to_array(item, size)
+                arr = to_rgb_array(item, size)
             except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
                 skipped.append(f"{item[0]} ({type(e).__name__})")
                 continue
             if size is None:
                 size = arr.shape[:2]
             elif arr.shape[:2] != size:
-                arr, resized = _to_array(arr, size), resized + 1
+                arr, resized = to_rgb_array(arr, size), resized + 1
             outs[split].write(arr.tobytes())
             labels[split].append(label)
-        for f in outs.values():
-            f.close()
-        if skipped:
-            log.warning("skipped %d image(s) that could not be decoded: %s%s", len(skipped),
-                        ", ".join(skipped[:5]), ", ..." if len(skipped) > 5 else "")
-        if resized:
-            log.warning("resized %d image(s) to the stored size %dx%d", resized, *size)  # type: ignore[misc]
-        for split in ("train", "test"):
-            if not labels[split]:
-                bad = f" ({len(skipped)} could not be decoded)" if skipped else ""
-                raise DataError(
-                    f"{reader.location} has no {split} images{bad}. Expected the image-folder layout "
-                    f"{split}/<class>/<image> (e.g. {split}/cat/0001.jpg), a CIFAR python-version archive, "
-                    f"or a Hub data set with train and test splits."
-                )
-        classes = reader.classes or sorted(set(labels["train"]))
-        index = {c: i for i, c in enumerate(classes)}
-        for split in ("train", "test"):
-            unknown = {c for c in labels[split] if isinstance(c, str) and c not in index}
-            if unknown:
-                raise DataError(f"{reader.location}: {split} has classes missing from train: {sorted(unknown)}.")
-            ids = np.array([index[c] if isinstance(c, str) else c for c in labels[split]], dtype=np.int64)
-            if ids.min() < 0 or ids.max() >= len(classes):
-                raise DataError(f"{reader.location}: {split} labels outside 0..{len(classes) - 1}.")
-            np.save(tmp / f"{split}_labels.npy", ids)
-        meta = {"format": _CACHE_FORMAT, "location": reader.location, "classes": classes,
-                "size": list(size), "counts": {s: len(labels[s]) for s in labels},  # type: ignore[arg-type]
-                "skipped": len(skipped), "skipped_names": skipped[:20]}
+    if skipped:
+        log.warning("skipped %d image(s) that could not be decoded: %s%s", len(skipped),
+                    ", ".join(skipped[:5]), ", ..." if len(skipped) > 5 else "")
+    if resized:
+        log.warning("resized %d image(s) to the stored size %dx%d", resized, *size)  # type: ignore[misc]
+    for split in ("train", "test"):
+        if not labels[split]:
+            bad = f" ({len(skipped)} could not be decoded)" if skipped else ""
+            raise DataError(
+                f"{reader.location} has no {split} images{bad}. Expected the image-folder layout "
+                f"{split}/<class>/<image> (e.g. {split}/cat/0001.jpg), a CIFAR python-version archive, "
+                f"or a Hub data set with train and test splits."
+            )
+    return labels, size, len(skipped)  # type: ignore[return-value]
+
+
+def _label_ids(reader: _Reader, labels: dict[str, list]) -> tuple[list[str], dict[str, np.ndarray]]:
+    """Class names and each split's labels as indices into them (folder names in sorted order)."""
+    classes = reader.classes or sorted(set(labels["train"]))
+    index = {c: i for i, c in enumerate(classes)}
+    ids = {}
+    for split, names in labels.items():
+        unknown = {c for c in names if isinstance(c, str) and c not in index}
+        if unknown:
+            raise DataError(f"{reader.location}: {split} has classes missing from train: {sorted(unknown)}.")
+        ids[split] = np.array([index[c] if isinstance(c, str) else c for c in names], dtype=np.int64)
+        if ids[split].min() < 0 or ids[split].max() >= len(classes):
+            raise DataError(f"{reader.location}: {split} labels outside 0..{len(classes) - 1}.")
+    return classes, ids
+
+
+def _build_cache(reader: _Reader, folder: Path, store_size: int | None) -> None:
+    """Decode every image once into raw uint8 files, written beside and renamed into place."""
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    try:
+        labels, size, skipped = _decode_all(reader, tmp, (store_size, store_size) if store_size else None)
+        classes, ids = _label_ids(reader, labels)
+        for split, split_ids in ids.items():
+            np.save(tmp / f"{split}_labels.npy", split_ids)
+        meta = {"format": _CACHE_FORMAT, "location": reader.location, "classes": classes, "size": list(size),
+                "counts": {s: len(v) for s, v in ids.items()}, "skipped": skipped}
         (tmp / "meta.json").write_text(json.dumps(meta))  # written last: its presence marks a whole cache
         if folder.exists():
             shutil.rmtree(folder)
@@ -456,5 +447,4 @@ def _open_cache(folder: Path, source: str) -> ImageData:
     images = {s: np.memmap(folder / f"{s}.u8", dtype=np.uint8, mode="r", shape=(n, h, w, 3))
               for s, n in meta["counts"].items()}
     labels = {s: np.load(folder / f"{s}_labels.npy") for s in meta["counts"]}
-    return ImageData(source, meta["location"], meta["classes"], images, labels,  # type: ignore[arg-type]
-                     meta["skipped"], meta["skipped_names"])
+    return ImageData(source, meta["location"], meta["classes"], images, labels, meta["skipped"])  # type: ignore[arg-type]

@@ -22,6 +22,10 @@ from mixer_ft.errors import ConfigError
 
 GELU_FLAVOURS = ("tanh", "exact")
 LAYER_NORM_EPS = 1e-6  # Flax's default, and timm's for Mixer.
+# Google's weights see pixels in [-1, 1]: (x - 0.5) / 0.5 for x in [0, 1]. The default of every
+# config, checkpoint and preprocessing that does not say otherwise.
+DEFAULT_MEAN = (0.5, 0.5, 0.5)
+DEFAULT_STD = (0.5, 0.5, 0.5)
 
 # Paper Table 1. Each entry: patch, hidden C, blocks, token MLP D_S, channel MLP D_C.
 VARIANTS: dict[str, tuple[int, int, int, int, int]] = {
@@ -54,6 +58,11 @@ def canonical_variant(name: str) -> str:
     return key
 
 
+def timm_name(variant: str) -> str:
+    """timm's model name for a variant: "B/16" -> "mixer_b16_224" (timm registers 224 only)."""
+    return f"mixer_{canonical_variant(variant).replace('/', '').lower()}_224"
+
+
 @dataclass(frozen=True)
 class MixerConfig:
     """Everything that fixes a Mixer's architecture and its input preprocessing.
@@ -71,8 +80,8 @@ class MixerConfig:
     num_classes: int = 1000
     in_chans: int = 3
     gelu: str = "tanh"
-    mean: tuple[float, ...] = field(default=(0.5, 0.5, 0.5))
-    std: tuple[float, ...] = field(default=(0.5, 0.5, 0.5))
+    mean: tuple[float, ...] = field(default=DEFAULT_MEAN)
+    std: tuple[float, ...] = field(default=DEFAULT_STD)
 
     def __post_init__(self) -> None:
         # Tuples survive a JSON round trip as lists; keep the frozen dataclass hashable.

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from mixer_ft.model import DEFAULT_MEAN, DEFAULT_STD, MixerConfig
+
 AREA_RANGE = (0.05, 1.0)
 ASPECT_RANGE = (3 / 4, 4 / 3)
 MAX_ATTEMPTS = 10  # TF's default; after that the whole image is used
@@ -88,13 +90,14 @@ class Preprocess:
     """The model's input pipeline: size and normalisation come from its config."""
 
     size: int
-    mean: tuple[float, ...] = (0.5, 0.5, 0.5)
-    std: tuple[float, ...] = (0.5, 0.5, 0.5)
+    mean: tuple[float, ...] = DEFAULT_MEAN
+    std: tuple[float, ...] = DEFAULT_STD
     crop_area_min: float = AREA_RANGE[0]
     translate: int = 0
 
     @classmethod
-    def for_model(cls, config, crop_area_min: float = AREA_RANGE[0], translate: int = 0) -> Preprocess:  # noqa: ANN001
+    def for_model(cls, config: MixerConfig, crop_area_min: float = AREA_RANGE[0], translate: int = 0) -> Preprocess:
+        """The pipeline of a model: its input size and its checkpoint's normalisation."""
         return cls(config.img_size, tuple(config.mean), tuple(config.std), crop_area_min, translate)
 
     def sample(self, n: int, height: int, width: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
@@ -136,6 +139,11 @@ def batch_seed(seed: int, epoch: int, index: int) -> int:
     return (seed * 1_000_003 + epoch) * 1_000_003 + index
 
 
+def epoch_order(indices: np.ndarray, seed: int, epoch: int) -> np.ndarray:
+    """``indices`` in the shuffled order of one epoch, fixed by (seed, epoch) alone."""
+    return indices[np.random.default_rng((seed, epoch)).permutation(len(indices))]
+
+
 def iterate_batches(
     images: np.ndarray,
     labels: np.ndarray,
@@ -146,7 +154,6 @@ def iterate_batches(
     seed: int = 0,
     epoch: int = 0,
     start: int = 0,
-    drop_last: bool = False,
     num_shards: int = 1,
     shard: int = 0,
 ) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
@@ -155,11 +162,8 @@ def iterate_batches(
     Only one batch is ever copied out of the memory map. ``num_shards``/``shard`` give each
     process its own slice of every global batch; ``start`` skips batches already done.
     """
-    order = indices
-    if shuffle:
-        order = indices[np.random.default_rng((seed, epoch)).permutation(len(indices))]
-    n_batches = len(order) // batch_size if drop_last else -(-len(order) // batch_size)
-    for b in range(start, n_batches):
+    order = epoch_order(indices, seed, epoch) if shuffle else indices
+    for b in range(start, -(-len(order) // batch_size)):
         idx = order[b * batch_size:(b + 1) * batch_size][shard::num_shards]
         # Sorted reads are kinder to a memory map on disk; labels follow the same order.
         idx = np.sort(idx)

@@ -1,7 +1,7 @@
 """Fine-tune recipes: plain data (TOML), validated, with the upstream protocol as defaults.
 
 A recipe names the weights, the model and the data set, and the schedule. Its defaults are
-vit_jax's "default adaption parameters" (BRIEF §3): plain SGD with momentum 0.9, lr 0.03, 500
+vit_jax's "default adaption parameters" (README, Fine-tuning): plain SGD with momentum 0.9, lr 0.03, 500
 linear warm-up steps then cosine to 0 over 10,000 steps, global batch 512, global-norm clip 1.0,
 no weight decay, zero-initialised head, cross-entropy without smoothing.
 """
@@ -17,10 +17,18 @@ from typing import Any
 
 from mixer_ft.errors import ConfigError
 from mixer_ft.model import GELU_FLAVOURS, MixerConfig
+from mixer_ft.optim import OPTIMIZERS
+from mixer_ft.preprocess import AREA_RANGE
 
-OPTIMIZERS = ("sgd", "adamw", "muon")
 PRECISIONS = ("auto", "no", "bf16", "fp16")
 _ARCH_FIELDS = {f.name for f in dataclasses.fields(MixerConfig)} - {"num_classes"}
+# Keys a run may change when it resumes: where it writes, what it logs, how a step is computed
+# (micro-batch, precision, fast path) and how it is scored. Every other key defines the
+# optimisation, so a checkpoint resumes only under the same value: a key added to Recipe is
+# checked on resume unless it is named here.
+RESUMABLE_KEYS = frozenset({"output_dir", "results_dir", "name", "tracker", "log_every", "eval_every",
+                            "checkpoint_every", "micro_batch", "mixed_precision", "fast_path", "eval_flip",
+                            "eval_translate"})
 
 
 @dataclass(frozen=True)
@@ -45,7 +53,7 @@ class Recipe:
     warmup_steps: int = 500
     grad_clip: float = 1.0
     label_smoothing: float = 0.0
-    crop_area_min: float = 0.05  # Inception crop: smallest share of the image kept
+    crop_area_min: float = AREA_RANGE[0]  # Inception crop: smallest share of the image kept
     translate: int = 0  # random shift of the crop box, up to this many source pixels each way (edges repeat)
     eval_flip: bool = False  # evaluate on the mean logits of each image and its mirror image
     eval_translate: int = 0  # also on copies shifted this many pixels diagonally each way (edges repeat)
@@ -70,7 +78,7 @@ class Recipe:
         check(self.global_batch >= 1, f"global_batch must be at least 1, got {self.global_batch}.")
         check(self.micro_batch in (None, "auto") or (isinstance(self.micro_batch, int) and self.micro_batch >= 1),
               f"micro_batch must be a positive integer or \"auto\", got {self.micro_batch!r}.")
-        check(self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}, got {self.optimizer!r}.")
+        check(self.optimizer in OPTIMIZERS, f"optimizer must be one of {tuple(OPTIMIZERS)}, got {self.optimizer!r}.")
         check(self.mixed_precision in PRECISIONS,
               f"mixed_precision must be one of {PRECISIONS}, got {self.mixed_precision!r}.")
         check(self.lr > 0 and self.warmup_steps >= 0 and self.grad_clip >= 0 and self.weight_decay >= 0,
@@ -105,6 +113,32 @@ class Recipe:
     def replace(self, **changes: Any) -> Recipe:
         check_keys(changes, "override")
         return dataclasses.replace(self, **changes)
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+
+
+def default(key: str) -> Any:
+    """The default value of recipe key ``key`` (the one place defaults are written)."""
+    return _field_default(next(f for f in dataclasses.fields(Recipe) if f.name == key))
+
+
+def _same(key: str, saved: Any, now: Any) -> bool:
+    """Whether a checkpoint's recipe value is the run's; a local data set may be named by another path."""
+    if saved == now:
+        return True
+    # The same folder or archive named relative to another working directory, or through a link.
+    return key == "dataset" and Path(saved).exists() and Path(now).exists() and Path(saved).samefile(now)
+
+
+def resume_conflicts(saved: dict[str, Any], recipe: Recipe) -> list[str]:
+    """The keys outside :data:`RESUMABLE_KEYS` whose value in a checkpoint's recipe differs from ``recipe``'s.
+
+    A key the checkpoint lacks (it was written before the key existed) counts at its default.
+    """
+    return [f.name for f in dataclasses.fields(recipe) if f.name not in RESUMABLE_KEYS
+            and not _same(f.name, saved.get(f.name, _field_default(f)), getattr(recipe, f.name))]
 
 
 def check_keys(d: dict[str, Any], what: str) -> None:

@@ -110,24 +110,24 @@ def _num(v: float | None, unit: str = "") -> str:
     return "-" if v is None else f"{v:g}{unit}"
 
 
-def render(rows: list[dict[str, Any]], other: list[dict[str, Any]], fmt: str = "table") -> str:
-    """The table in one of FORMATS."""
-    if fmt not in FORMATS:
-        raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}.")
-    if fmt == "json":
-        return json.dumps({"rows": [{k: r[k] for k in COLUMNS} for r in rows], "other_runs": other}, indent=2)
-    if fmt == "csv":
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        writer.writerow(["kind", *COLUMNS])
-        for r in rows:
-            writer.writerow(["published", *("" if r[k] is None else r[k] for k in COLUMNS)])
-        for r in other:  # one run each: it is its own mean and lowest
-            cells = r | {"runs": 1, "mean_accuracy": r["accuracy"], "min_accuracy": r["accuracy"]}
-            writer.writerow(["other", *(cells.get(k, "") for k in COLUMNS)])
-        return buf.getvalue()
-    head = ["upstream", "model", "dataset", "published", "time", "hardware", "ours", "diff", "time", "hardware",
-            "device-h"]
+def _csv(rows: list[dict[str, Any]], other: list[dict[str, Any]]) -> str:
+    buf = io.StringIO()
+    writer = csv.writer(buf, lineterminator="\n")
+    writer.writerow(["kind", *COLUMNS])
+    for r in rows:
+        writer.writerow(["published", *("" if r[k] is None else r[k] for k in COLUMNS)])
+    for r in other:  # one run each: it is its own mean and lowest
+        cells = r | {"runs": 1, "mean_accuracy": r["accuracy"], "min_accuracy": r["accuracy"]}
+        writer.writerow(["other", *(cells.get(k, "") for k in COLUMNS)])
+    return buf.getvalue()
+
+
+_HEAD = ["upstream", "model", "dataset", "published", "time", "hardware", "ours", "diff", "time", "hardware",
+         "device-h"]
+
+
+def _cells(rows: list[dict[str, Any]], other: list[dict[str, Any]]) -> tuple[list, list[str], list]:
+    """(row cells, notes under the table, other runs' cells) for the text and markdown tables."""
     body = []
     for r in rows:
         diff = "-" if r["delta_points"] is None else f"{r['delta_points']:+.2f} pt"
@@ -139,22 +139,40 @@ def render(rows: list[dict[str, Any]], other: list[dict[str, Any]], fmt: str = "
               f"lowest {_pct(r['min_accuracy'])}" for r in rows if r["runs"] > 1]
     extra = [[r["upstream"], r["model"], r["dataset"], _pct(r["accuracy"]), _num(r["wall_clock_h"], " h"),
               r["hardware"]] for r in other]
-    if fmt == "markdown":
-        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        lines += ["| " + " | ".join(row) + " |" for row in body]
-        lines += [""] + [f"- {m}" for m in notes]
-        if extra:
-            lines += ["", "Other runs:", "", "| upstream | model | dataset | accuracy | time | hardware |",
-                      "|---|---|---|---|---|---|"] + ["| " + " | ".join(e) + " |" for e in extra]
-        return "\n".join(lines).rstrip() + "\n"
-    widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
+    return body, notes, extra
+
+
+def _markdown(body: list, notes: list[str], extra: list) -> list[str]:
+    lines = ["| " + " | ".join(_HEAD) + " |", "|" + "---|" * len(_HEAD)]
+    lines += ["| " + " | ".join(row) + " |" for row in body]
+    lines += [""] + [f"- {m}" for m in notes]
+    if extra:
+        lines += ["", "Other runs:", "", "| upstream | model | dataset | accuracy | time | hardware |",
+                  "|---|---|---|---|---|---|"] + ["| " + " | ".join(e) + " |" for e in extra]
+    return lines
+
+
+def _text(body: list, notes: list[str], extra: list) -> list[str]:
+    widths = [max(len(str(x)) for x in col) for col in zip(_HEAD, *body)]
     fmt_row = "  ".join(f"{{:<{w}}}" for w in widths)
-    lines = [fmt_row.format(*head), fmt_row.format(*("-" * w for w in widths))]
+    lines = [fmt_row.format(*_HEAD), fmt_row.format(*("-" * w for w in widths))]
     lines += [fmt_row.format(*row) for row in body]
     lines += [""] + notes
     if extra:
         ew = [max(len(str(x)) for x in col) for col in zip(*extra)]
         lines += ["", "Other runs (no published row):"] + ["  ".join(f"{x:<{w}}" for x, w in zip(e, ew)) for e in extra]
+    return lines
+
+
+def render(rows: list[dict[str, Any]], other: list[dict[str, Any]], fmt: str = "table") -> str:
+    """The table in one of FORMATS."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}.")
+    if fmt == "json":
+        return json.dumps({"rows": [{k: r[k] for k in COLUMNS} for r in rows], "other_runs": other}, indent=2)
+    if fmt == "csv":
+        return _csv(rows, other)
+    lines = (_markdown if fmt == "markdown" else _text)(*_cells(rows, other))
     return "\n".join(lines).rstrip() + "\n"
 
 

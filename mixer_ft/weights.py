@@ -33,7 +33,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +42,7 @@ import torch
 
 from mixer_ft.atomic import atomic_write, atomic_write_text
 from mixer_ft.errors import CheckpointError, ConfigError, MixerFtError, WeightsUnavailable
-from mixer_ft.model import VARIANTS, MixerConfig, MlpMixer, canonical_variant
+from mixer_ft.model import DEFAULT_MEAN, DEFAULT_STD, VARIANTS, MixerConfig, MlpMixer, canonical_variant, timm_name
 
 UPSTREAMS = ("in1k", "in21k")
 # Google's folder and timm's tag for each upstream. timm's "goog_in21k_ft_in1k" tag holds
@@ -62,9 +62,8 @@ class Checkpoint:
     source: str
     path: str | None = None
     gelu: str = "exact"
-    mean: tuple[float, ...] = (0.5, 0.5, 0.5)
-    std: tuple[float, ...] = (0.5, 0.5, 0.5)
-    tried: list[str] = field(default_factory=list)  # places tried first, without success
+    mean: tuple[float, ...] = DEFAULT_MEAN
+    std: tuple[float, ...] = DEFAULT_STD
 
     def config(self) -> MixerConfig:
         """The architecture read off the tensor shapes, with this checkpoint's preprocessing."""
@@ -89,9 +88,8 @@ def upstream_sources(upstream: str, variant: str) -> list[str]:
             f"not {v}. Pick one of those, or train {v} from scratch (no pretrained weights)."
         )
     folder, tag = _UPSTREAM_PLACES[upstream]
-    timm_name = f"mixer_{v.replace('/', '').lower()}_224"
     base = os.environ.get("MIXER_FT_GOOGLE_BASE_URL", GOOGLE_BASE_URL).rstrip("/")
-    return [f"hf-hub:timm/{timm_name}.{tag}", f"{base}/{folder}/Mixer-{v.replace('/', '_')}.npz"]
+    return [f"hf-hub:timm/{timm_name(v)}.{tag}", f"{base}/{folder}/Mixer-{v.replace('/', '_')}.npz"]
 
 
 def load_checkpoint(source: str, *, variant: str | None = None) -> Checkpoint:
@@ -132,22 +130,13 @@ def _load_first(upstream: str, sources: list[str]) -> Checkpoint:
     failures: dict[str, str] = {}
     for src in sources:
         try:
-            ckpt = _load_hub(src) if src.startswith("hf-hub:") else _load_file(download(src), src)
+            return _load_hub(src) if src.startswith("hf-hub:") else _load_file(download(src), src)
         except WeightsUnavailable as e:
             failures[src] = str(e)
-            continue
-        ckpt.tried = list(failures)
-        return ckpt
     raise WeightsUnavailable(
         f"The {upstream} weights could not be found in any of their places:\n"
         + "\n".join(f"- {src}: {why}" for src, why in failures.items())
     )
-
-
-def _hub_offline() -> bool:
-    from huggingface_hub import constants
-
-    return bool(constants.HF_HUB_OFFLINE)
 
 
 def offline() -> bool:
@@ -168,7 +157,7 @@ def _load_hub(source: str) -> Checkpoint:
         if isinstance(e, FileNotFoundError):  # LocalEntryNotFoundError: not cached, can't download
             from huggingface_hub import constants
 
-            why = "HF_HUB_OFFLINE=1 forbids downloading" if _hub_offline() else "the Hub could not be reached"
+            why = "HF_HUB_OFFLINE=1 forbids downloading" if offline() else "the Hub could not be reached"
             raise WeightsUnavailable(
                 f"{repo_id}/model.safetensors is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) "
                 f"and {why}. On a machine with internet run `hf download {repo_id} model.safetensors "
@@ -326,61 +315,77 @@ def _read_torch(path: Path) -> dict[str, torch.Tensor]:
 # --------------------------------------------------------------------------- Google .npz layout
 
 
-def npz_to_state_dict(arrays: dict[str, np.ndarray], where: str = "npz") -> dict[str, torch.Tensor]:
-    """Map a Google Mixer parameter tree (Flax names joined by '/') to timm's names.
+# Each layer: Google's name, timm's name, kind. A block's layers, then the kinds' parameters
+# with the number of dimensions each must have.
+_NPZ_BLOCK = (("LayerNorm_0", "norm1", "norm"), ("token_mixing/Dense_0", "mlp_tokens.fc1", "dense"),
+              ("token_mixing/Dense_1", "mlp_tokens.fc2", "dense"), ("LayerNorm_1", "norm2", "norm"),
+              ("channel_mixing/Dense_0", "mlp_channels.fc1", "dense"),
+              ("channel_mixing/Dense_1", "mlp_channels.fc2", "dense"))
+_NPZ_PARAMS = {"conv": (("kernel", 4), ("bias", 1)), "dense": (("kernel", 2), ("bias", 1)),
+               "norm": (("scale", 1), ("bias", 1))}
+
+
+def _npz_layers(arrays: dict[str, np.ndarray]) -> list[tuple[str, str, str]]:
+    """Every layer the file should hold, in order; the head only where the file has one."""
+    n_blocks = 1 + max(int(m.group(1)) for k in arrays if (m := re.match(r"MixerBlock_(\d+)/", k)))
+    layers = [("stem", "stem.proj", "conv")]
+    layers += [(f"MixerBlock_{i}/{src}", f"blocks.{i}.{dst}", kind) for i in range(n_blocks) for src, dst, kind in _NPZ_BLOCK]
+    layers.append(("pre_head_layer_norm", "norm", "norm"))
+    if any(k.startswith("head/") for k in arrays):  # a pre-logits export has no head; the caller then asks for one
+        layers.append(("head", "head", "dense"))
+    return layers
+
+
+def _npz_layer(kind: str, dst: str, p: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], str | None]:
+    """One layer in timm's layout, or why its two arrays do not make one.
 
     Flax Dense kernels are (in, out), torch Linear weights (out, in); the stem's conv kernel
     is HWIO, torch's OIHW.
     """
-    left = dict(arrays)
-    if "stem/kernel" not in left or not any(k.startswith("MixerBlock_0/") for k in left):
-        sample = ", ".join(sorted(left)[:5])
+    first, bias = p["scale"] if kind == "norm" else p["kernel"], p["bias"]
+    if kind == "norm":
+        ok, weight = first.shape == bias.shape, first
+    elif kind == "dense":
+        ok, weight = first.shape[1] == bias.shape[0], first.T.contiguous()
+    else:
+        ok, weight = first.shape[0] == first.shape[1] and first.shape[3] == bias.shape[0], first.permute(3, 2, 0, 1)
+    if not ok:
+        return {}, f"{dst}: {tuple(first.shape)} and bias {tuple(bias.shape)} do not fit together"
+    return {f"{dst}.weight": weight.contiguous(), f"{dst}.bias": bias}, None
+
+
+def npz_to_state_dict(arrays: dict[str, np.ndarray], where: str = "npz") -> dict[str, torch.Tensor]:
+    """Map a Google Mixer parameter tree (Flax names joined by '/') to timm's names.
+
+    Raises:
+        CheckpointError: not Google's Mixer layout, or arrays missing, unexpected or malformed,
+            all of them listed.
+    """
+    if "stem/kernel" not in arrays or not any(k.startswith("MixerBlock_0/") for k in arrays):
+        sample = ", ".join(sorted(arrays)[:5])
         raise CheckpointError(
             f"{where} is not a Mixer in Google's layout: no 'stem/kernel' and 'MixerBlock_0/...' arrays "
-            f"(it has {sample}{', ...' if len(left) > 5 else ''}). ViT .npz files are a different model."
+            f"(it has {sample}{', ...' if len(arrays) > 5 else ''}). ViT .npz files are a different model."
         )
-    missing: list[str] = []
-
-    def take(key: str, ndim: int) -> torch.Tensor | None:
-        if key not in left:
-            missing.append(key)
-            return None
-        a = left.pop(key)
-        assert a.ndim == ndim, f"{where}: {key} has {a.ndim} dims, expected {ndim}"
-        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
-
-    def dense(src: str, dst: str) -> dict[str, torch.Tensor]:
-        kernel, bias = take(f"{src}/kernel", 2), take(f"{src}/bias", 1)
-        if kernel is None or bias is None:
-            return {}
-        assert kernel.shape[1] == bias.shape[0], f"{where}: {src} kernel {tuple(kernel.shape)} vs bias"
-        return {f"{dst}.weight": kernel.T.contiguous(), f"{dst}.bias": bias}
-
-    def norm(src: str, dst: str) -> dict[str, torch.Tensor]:
-        scale, bias = take(f"{src}/scale", 1), take(f"{src}/bias", 1)
-        return {} if scale is None or bias is None else {f"{dst}.weight": scale, f"{dst}.bias": bias}
-
-    sd: dict[str, torch.Tensor] = {}
-    kernel = take("stem/kernel", 4)
-    assert kernel is not None and kernel.shape[0] == kernel.shape[1], f"{where}: stem kernel must be square"
-    sd["stem.proj.weight"] = kernel.permute(3, 2, 0, 1).contiguous()  # HWIO -> OIHW
-    sd["stem.proj.bias"] = take("stem/bias", 1)
-    n_blocks = 1 + max(int(m.group(1)) for k in arrays if (m := re.match(r"MixerBlock_(\d+)/", k)))
-    for i in range(n_blocks):
-        src, dst = f"MixerBlock_{i}", f"blocks.{i}"
-        sd |= norm(f"{src}/LayerNorm_0", f"{dst}.norm1")
-        sd |= dense(f"{src}/token_mixing/Dense_0", f"{dst}.mlp_tokens.fc1")
-        sd |= dense(f"{src}/token_mixing/Dense_1", f"{dst}.mlp_tokens.fc2")
-        sd |= norm(f"{src}/LayerNorm_1", f"{dst}.norm2")
-        sd |= dense(f"{src}/channel_mixing/Dense_0", f"{dst}.mlp_channels.fc1")
-        sd |= dense(f"{src}/channel_mixing/Dense_1", f"{dst}.mlp_channels.fc2")
-    sd |= norm("pre_head_layer_norm", "norm")
-    if "head/kernel" in left:  # a pre-logits export has no head; the caller then asks for one
-        sd |= dense("head", "head")
-    if missing or left:
+    left, sd, missing, bad = dict(arrays), {}, [], []
+    for src, dst, kind in _npz_layers(arrays):
+        params = {}
+        for name, ndim in _NPZ_PARAMS[kind]:
+            a = left.pop(f"{src}/{name}", None)
+            if a is None:
+                missing.append(f"{src}/{name}")
+            elif a.ndim != ndim or a.dtype.kind not in "fiu":
+                bad.append(f"{src}/{name} is {a.dtype} {a.shape}, expected a {ndim}-d float array")
+            else:
+                params[name] = torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+        if len(params) == 2:
+            layer, why = _npz_layer(kind, dst, params)
+            sd |= layer
+            bad += [why] if why else []
+    if missing or left or bad:
         raise CheckpointError(
-            f"{where} is an incomplete or unfamiliar Mixer .npz. "
-            f"Missing: {', '.join(missing) or 'none'}. Unexpected: {', '.join(sorted(left)) or 'none'}."
+            f"{where} is an incomplete or unfamiliar Mixer .npz. Missing: {', '.join(missing) or 'none'}. "
+            f"Unexpected: {', '.join(sorted(left)) or 'none'}. Malformed: {'; '.join(bad) or 'none'}."
         )
     return sd
 
@@ -392,8 +397,8 @@ def infer_config(
     sd: dict[str, torch.Tensor],
     *,
     gelu: str = "exact",
-    mean: tuple[float, ...] = (0.5, 0.5, 0.5),
-    std: tuple[float, ...] = (0.5, 0.5, 0.5),
+    mean: tuple[float, ...] = DEFAULT_MEAN,
+    std: tuple[float, ...] = DEFAULT_STD,
     num_classes: int | None = None,
     source: str = "checkpoint",
 ) -> MixerConfig:
@@ -575,7 +580,7 @@ def save_pretrained(model: MlpMixer, directory: str | Path) -> Path:
     config: dict[str, Any] = {"mixer_ft": cfg.to_dict()}
     if cfg.variant:  # timm registers the paper's variants only; a custom Mixer loads here alone
         config = {
-            "architecture": f"mixer_{cfg.variant.replace('/', '').lower()}_224",
+            "architecture": timm_name(cfg.variant),
             "num_classes": cfg.num_classes,
             "num_features": cfg.hidden_dim,
             # The variant's function fixes patch, width and depth; only these are free.

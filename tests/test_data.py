@@ -14,7 +14,8 @@ import pytest
 from PIL import Image
 
 from conftest import CIFAR_TGZ
-from mixer_ft.data import DataError, load_data
+from mixer_ft.data import load_data
+from mixer_ft.errors import DataError
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 PER_CLASS = {"train": 25, "test": 5}

@@ -1,5 +1,6 @@
 """Every recipe loads and validates; the schedule is upstream's; bad keys are refused."""
 
+import dataclasses
 import json
 import math
 import re
@@ -8,8 +9,8 @@ import pytest
 
 from conftest import REPO
 from mixer_ft import ConfigError
-from mixer_ft.recipe import Recipe, from_dict, load_recipe, parse_override
-from mixer_ft.train import lr_factor
+from mixer_ft.optim import lr_factor
+from mixer_ft.recipe import RESUMABLE_KEYS, Recipe, from_dict, load_recipe, parse_override, resume_conflicts
 
 RECIPES = sorted((REPO / "recipes").glob("*.toml"))
 
@@ -102,3 +103,27 @@ def test_the_committed_scratch_record_was_made_by_the_scratch_recipe():
     recipe = load_recipe(REPO / "recipes" / "scratch_cifar10.toml").to_dict()
     where = {"dataset", "name", "output_dir", "results_dir"}  # given on the command line: where, not how
     assert {k: v for k, v in recorded.items() if k not in where} == {k: v for k, v in recipe.items() if k not in where}
+
+
+def test_a_new_optimisation_key_added_to_the_recipe_alone_makes_a_resume_refuse():
+    # A key someone adds later, with no word about resuming: it must be checked by default.
+    Later = dataclasses.make_dataclass("Later", [("ema_decay", float, dataclasses.field(default=0.0))],
+                                       bases=(Recipe,), frozen=True)
+    saved = Later().to_dict()
+    assert resume_conflicts(saved, Later(ema_decay=0.0)) == []
+    assert resume_conflicts(saved, Later(ema_decay=0.999)) == ["ema_decay"]
+    # A checkpoint written before the key existed counts at its default.
+    del saved["ema_decay"]
+    assert resume_conflicts(saved, Later()) == [] and resume_conflicts(saved, Later(ema_decay=0.5)) == ["ema_decay"]
+
+
+def test_only_the_listed_keys_may_change_on_resume():
+    saved = Recipe().to_dict()
+    free = {"output_dir": "elsewhere", "results_dir": "r", "name": "n", "tracker": "tensorboard", "log_every": 7,
+            "eval_every": 3, "checkpoint_every": 9, "micro_batch": "auto", "mixed_precision": "no",
+            "fast_path": False, "eval_flip": True, "eval_translate": 1}
+    assert set(free) == RESUMABLE_KEYS
+    assert resume_conflicts(saved, Recipe(**free)) == []
+    changed = {"lr": 0.1, "label_smoothing": 0.1, "image_column": "img", "architecture": {"gelu": "exact"},
+               "crop_area_min": 0.5, "optimizer": "adamw", "epochs": 2.0}
+    assert sorted(resume_conflicts(saved, Recipe(**changed))) == sorted(changed)

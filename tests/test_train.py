@@ -16,11 +16,12 @@ from safetensors.torch import load_file, save_file
 
 from conftest import REPO, randomize_
 from mixer_ft import create_model
-from mixer_ft.data import load_data
+from mixer_ft.infer import images_to_batch, load_classifier, predict
 from mixer_ft.model import MixerConfig, MlpMixer
+from mixer_ft.optim import make_optimizers
 from mixer_ft.preprocess import Preprocess
 from mixer_ft.recipe import Recipe
-from mixer_ft.train import build_model, make_optimizers, predict
+from mixer_ft.train import build_model
 
 BIN = Path(sys.executable).parent
 TINY = ["--set", "architecture.patch_size=8", "--set", "architecture.hidden_dim=32", "--set", "architecture.num_blocks=2",
@@ -57,13 +58,14 @@ def test_smoke_recipe_learns_and_writes_a_complete_record(tmp_path, cut):
     assert rec["hardware"]["count"] == 1 and rec["hardware"]["device"].startswith("CPU")
     assert rec["versions"]["torch"] == torch.__version__ and rec["config"]["steps"] == rec["steps"] == 300
     assert 0 <= rec["minival_accuracy"] <= 1 and rec["images_per_s"] > 0
-    # The saved model is the trained one: it scores the record's accuracy on the test split.
-    model = create_model(pretrained=str(tmp_path / "smoke" / "model")).eval()
-    data = load_data(str(cut))
+    # The saved model is the trained one: loaded for inference and fed the test JPEGs themselves,
+    # it scores the record's accuracy.
+    model, pre = load_classifier(str(tmp_path / "smoke" / "model"))
+    files = sorted((cut / "test").rglob("*.jpg"))
+    labels = np.array([rec["classes"].index(f.parent.name) for f in files])
     with torch.no_grad():
-        x = Preprocess.for_model(model.config).eval(torch.from_numpy(np.array(data.images["test"])))
-        acc = (model(x).argmax(1).numpy() == data.labels["test"]).mean()
-    assert acc == pytest.approx(rec["test_accuracy"], abs=1e-6)
+        acc = (predict(model, pre.eval(images_to_batch(files))).numpy() == labels).mean()
+    assert len(files) == 200 and acc == pytest.approx(rec["test_accuracy"], abs=1e-6)
 
 
 def test_pretrained_variant_fine_tunes_and_timm_loads_the_result(tmp_path, cut):

@@ -137,3 +137,27 @@ def test_npz_missing_a_block_array_lists_it(tmp_path):
     np.savez(tmp_path / "partial.npz", **params)
     with pytest.raises(CheckpointError, match="Missing: MixerBlock_1/channel_mixing/Dense_1/bias"):
         load_checkpoint(str(tmp_path / "partial.npz"))
+
+
+def _npz_with(tmp_path, change):
+    params = flax_mixer_params(np.random.default_rng(0), 8, 16, 2, 8, 32, 16, 3)
+    change(params)
+    np.savez(tmp_path / "bad.npz", **params)
+    return str(tmp_path / "bad.npz")
+
+
+@pytest.mark.parametrize("change,needle", [
+    (lambda p: p.update({"MixerBlock_1/channel_mixing/Dense_0/kernel": np.ones((16, 31), np.float32)}),
+     "blocks.1.mlp_channels.fc1: (16, 31) and bias (32,) do not fit together"),
+    (lambda p: p.update({"MixerBlock_0/LayerNorm_1/scale": np.ones((16, 1), np.float32)}),
+     "MixerBlock_0/LayerNorm_1/scale is float32 (16, 1), expected a 1-d float array"),
+    (lambda p: p.update({"head/bias": np.ones(4, np.float32)}), "head: (16, 3) and bias (4,) do not fit together"),
+    (lambda p: p.update({"stem/kernel": np.ones((8, 4, 3, 16), np.float32)}), "stem.proj: (8, 4, 3, 16)"),
+    (lambda p: p.update({"pre_head_layer_norm/bias": np.array(["a"] * 16)}),
+     "pre_head_layer_norm/bias is <U1 (16,)"),
+    (lambda p: p.pop("head/kernel"), "Missing: head/kernel."),
+], ids=["channel-kernel", "norm-2d", "head-bias", "stem-not-square", "strings", "head-kernel-missing"])
+def test_malformed_npz_arrays_are_named_not_asserted(tmp_path, change, needle):
+    with pytest.raises(CheckpointError) as e:
+        load_checkpoint(_npz_with(tmp_path, change))
+    assert needle in str(e.value), str(e.value)
