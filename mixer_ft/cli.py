@@ -146,6 +146,99 @@ def finetune(
     run(r, resume=not fresh)
 
 
+_MODEL_HELP = ("A model folder, a run folder (its model/, else its newest checkpoint), or any weight source "
+               "of --upstream (file, URL, hf-hub:..., timm:..., in1k, in21k).")
+
+
+@app.command()
+def predict(
+    model_source: Annotated[str, typer.Argument(metavar="MODEL", help=_MODEL_HELP)],
+    inputs: Annotated[list[str], typer.Argument(metavar="INPUT...", help="Image files, folders (searched "
+                                                "recursively) or globs.")],
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Variant, needed with in1k/in21k.")] = None,
+    top_k: Annotated[int, typer.Option(help="Classes shown per image.")] = 1,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per image, one per line.")] = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="CSV: one row per image and rank.")] = False,
+    batch: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
+    device: Annotated[Optional[str], typer.Option(help="cpu or cuda (default: cuda where available).")] = None,
+) -> None:
+    """Label images with a trained model: top-k classes and probabilities for each."""
+    from tqdm.auto import tqdm
+
+    from mixer_ft.errors import ConfigError, DataError
+    from mixer_ft.infer import Classifier, collect_images, label_files
+
+    if top_k < 1 or batch < 1:
+        raise ConfigError("--top-k and --batch must be positive.")
+    if as_json and as_csv:
+        raise ConfigError("Choose one of --json and --csv.")
+    files = collect_images(inputs)
+    clf = Classifier.from_pretrained(model_source, variant=model, device=device)
+    fmt = "json" if as_json else "csv" if as_csv else "table"
+    bad: list[str] = []
+    with tqdm(total=len(files), unit="img", disable=len(files) <= batch or None, file=sys.stderr) as bar:
+        for i, (path, result) in enumerate(label_files(clf, files, top_k=top_k, batch=batch)):
+            if isinstance(result, str):
+                bad.append(f"{path} ({result})")
+            else:
+                _echo_prediction(fmt, str(path), result, header=i == 0)
+            bar.update(1)
+    if bad:
+        typer.echo(f"warning: skipped {len(bad)} of {len(files)} file(s) that are not readable images: "
+                   + "; ".join(bad[:5]) + ("; ..." if len(bad) > 5 else ""), err=True)
+    if len(bad) == len(files):
+        raise DataError("None of the inputs could be read as an image.")
+
+
+@app.command()
+def evaluate(
+    model_source: Annotated[str, typer.Argument(metavar="MODEL", help=_MODEL_HELP)],
+    dataset: Annotated[str, typer.Option(help="Any --dataset source: cifar10, hf:owner/name, a folder or archive.")],
+    split: Annotated[str, typer.Option(help="test, minival or train.")] = "test",
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Variant, needed with in1k/in21k.")] = None,
+    flip: Annotated[Optional[bool], typer.Option("--flip/--no-flip", help="Also score mirror images "
+                                                 "(default: as the model was scored in training).")] = None,
+    translate: Annotated[Optional[int], typer.Option(help="Also score copies shifted N pixels (default: as in "
+                                                     "training).")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    plot: Annotated[Optional[str], typer.Option(help="Draw the confusion matrix to this PNG.")] = None,
+    device: Annotated[Optional[str], typer.Option(help="cpu or cuda (default: cuda where available).")] = None,
+) -> None:
+    """Score a model on a labelled data set: accuracy, per-class accuracy, confusion matrix."""
+    import logging
+
+    from mixer_ft.data import load_data
+    from mixer_ft.evaluate import evaluate_split, plot_confusion
+    from mixer_ft.infer import Classifier
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    clf = Classifier.from_pretrained(model_source, variant=model, device=device, mirror=flip, shift=translate)
+    made = clf.provenance  # the run's own cut of train into train and minival
+    result = evaluate_split(clf, load_data(dataset), split, val_fraction=made.get("val_fraction", default("val_fraction")),
+                            seed=made.get("seed", default("seed")))
+    if plot:
+        typer.echo(f"plot: {plot_confusion(result, plot)}", err=True)
+    if as_json:
+        typer.echo(json.dumps(result))
+        return
+    typer.echo(f"{result['dataset']} {split}: {100 * result['accuracy']:.2f}% of {result['images']:,} images")
+    width = max(len(c) for c in result["classes"])
+    for name, acc in result["per_class"].items():
+        typer.echo(f"  {name:<{width}}  " + ("-" if acc is None else f"{100 * acc:.2f}%"))
+
+
+@app.command()
+def push(
+    model_source: Annotated[str, typer.Argument(metavar="MODEL", help="A model folder, or a finished run folder.")],
+    repo_id: Annotated[str, typer.Argument(help="The Hub repository, owner/name (made if missing).")],
+    private: Annotated[bool, typer.Option(help="Make a new repository private.")] = False,
+) -> None:
+    """Upload a model folder (weights, config, model card) to the Hugging Face Hub."""
+    from mixer_ft.push import push as upload
+
+    typer.echo(upload(model_source, repo_id, private=private))
+
+
 @app.command()
 def table(
     results: Annotated[str, typer.Option(help="Folder of run records.")] = "results",
@@ -234,6 +327,28 @@ def bench(
                        f"{rec['finetune_vs_step']:.2f}x the bare step")
     if where:
         typer.echo(f"record: {where}", err=True)
+
+
+def _echo_prediction(fmt: str, path: str, top: list[dict], header: bool) -> None:
+    """One image's top-k as a table row, a JSON line or CSV rows (one per rank)."""
+    if fmt == "json":
+        first = top[0]
+        typer.echo(json.dumps({"path": path, "label": first["label"], "index": first["index"],
+                               "probability": first["score"],
+                               "top_k": [{"label": t["label"], "index": t["index"], "probability": t["score"]}
+                                         for t in top]}))
+    elif fmt == "csv":
+        import csv
+        import io
+
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        if header:
+            writer.writerow(["path", "rank", "label", "index", "probability"])
+        writer.writerows([path, r + 1, t["label"], t["index"], f"{t['score']:.6f}"] for r, t in enumerate(top))
+        typer.echo(buf.getvalue(), nl=False)
+    else:
+        typer.echo(f"{path}  " + ", ".join(f"{t['label']} {100 * t['score']:.1f}%" for t in top))
 
 
 def _find_recipe(relative: str):  # noqa: ANN202

@@ -42,7 +42,7 @@ HUB_DATASETS = {  # --dataset name -> (Hub id, label column)
 }
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
-_CACHE_FORMAT = 1  # bump when the cache layout changes
+_CACHE_FORMAT = 2  # bump when the cache layout or decoding changes (2: EXIF orientation applied)
 
 
 def canonical_dataset(source: str, classes: list[str], n_test: int) -> str:

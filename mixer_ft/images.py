@@ -1,5 +1,9 @@
 """Decoding images to RGB uint8 arrays: the one place both the data cache and prediction read
-pixels, so a model sees at prediction time exactly what it saw in training."""
+pixels, so a model sees at prediction time exactly what it saw in training.
+
+Photos are turned upright by their EXIF orientation first, as a viewer shows them; every PIL
+mode becomes RGB (16-bit and float images scaled to 8 bits, not clipped).
+"""
 
 from __future__ import annotations
 
@@ -12,6 +16,21 @@ import numpy as np
 # What a source hands over for one image: its name and a getter for its bytes or PIL image
 # (called only when the image is decoded), or a ready uint8 array (CIFAR's pickles).
 ImageItem = tuple[str, Callable[[], Any]] | np.ndarray
+_WIDE_MODES = {"I;16": 1 / 257, "I;16L": 1 / 257, "I;16B": 1 / 257, "I;16N": 1 / 257, "I": 1 / 257, "F": 255.0}  # to 0..255
+
+
+def to_rgb(img: Any) -> Any:
+    """A PIL image as upright 8-bit RGB."""
+    from PIL import Image, ImageOps
+
+    img = ImageOps.exif_transpose(img)
+    if img.mode in _WIDE_MODES:  # 16-bit PNGs, 32-bit ints and floats: scale to 0..255
+        scale = _WIDE_MODES[img.mode]
+        if img.mode == "F" and float(np.asarray(img).max()) > 1.0:
+            scale = 1.0  # floats already in 0..255
+        gray = np.clip(np.asarray(img, dtype=np.float64) * scale, 0, 255).round().astype(np.uint8)
+        img = Image.fromarray(gray)
+    return img if img.mode == "RGB" else img.convert("RGB")
 
 
 def to_rgb_array(item: ImageItem, size: tuple[int, int] | None = None) -> np.ndarray:
@@ -28,11 +47,10 @@ def to_rgb_array(item: ImageItem, size: tuple[int, int] | None = None) -> np.nda
         return item if img is None else np.asarray(img.resize(size[::-1], Image.BILINEAR))
     _, get = item
     obj = get()
-    img = obj if isinstance(obj, Image.Image) else Image.open(io.BytesIO(obj))
-    img = img.convert("RGB")
+    img = to_rgb(obj if isinstance(obj, Image.Image) else Image.open(io.BytesIO(obj)))
     if size and img.size != size[::-1]:
         img = img.resize(size[::-1], Image.BILINEAR)
     return np.asarray(img, dtype=np.uint8)
 
 
-__all__ = ["ImageItem", "to_rgb_array"]
+__all__ = ["ImageItem", "to_rgb", "to_rgb_array"]

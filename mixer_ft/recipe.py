@@ -36,7 +36,7 @@ class Recipe:
     """Everything a fine-tune run needs; a run record stores it whole."""
 
     upstream: str = "in21k"  # in1k | in21k | none | any weight source (file, URL, hf-hub:, timm:)
-    model: str = "B/16"  # a variant, or "custom" with the sizes in `architecture`
+    model: str | None = None  # a variant; "custom" with the sizes in `architecture`; None: see `variant`
     dataset: str = "cifar10"
     architecture: dict[str, Any] = field(default_factory=dict)  # MixerConfig fields to set
     image_column: str | None = None
@@ -98,14 +98,24 @@ class Recipe:
         if self.model == "custom":
             need = {"patch_size", "hidden_dim", "num_blocks", "tokens_mlp_dim", "channels_mlp_dim"}
             check(need <= set(self.architecture), f"model = \"custom\" needs architecture.{{{', '.join(sorted(need))}}}.")
-            check(self.upstream == "none", "a custom architecture has no pretrained weights: set upstream = \"none\".")
+            check(self.upstream == "none", "model = \"custom\" trains the architecture in `architecture` from scratch: "
+                  "set upstream = \"none\", or leave model unset to fine-tune the architecture of the upstream weights.")
+
+    @property
+    def variant(self) -> str | None:
+        """The variant to build: ``model``; unset, B/16 for in1k, in21k and none, and None (the
+        architecture the upstream weights hold) for a weight file or folder."""
+        if self.model is not None:
+            return self.model
+        return "B/16" if self.upstream in ("in1k", "in21k", "none") else None
 
     @property
     def run_name(self) -> str:
         if self.name:
             return self.name
         up = self.upstream if self.upstream in ("in1k", "in21k", "none") else "custom-weights"
-        return f"{up}_{self.model.replace('/', '').lower()}_{Path(self.dataset).name.split('.')[0]}"
+        model = (self.variant or "from-weights").replace("/", "").lower()
+        return f"{up}_{model}_{Path(self.dataset).name.split('.')[0]}"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

@@ -28,6 +28,23 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_flags() -> set[str]:
+    """The processor's feature flags (x86 "flags", ARM "Features" in /proc/cpuinfo); empty elsewhere."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def cpu_native_bf16() -> bool:
+    """Whether the CPU computes bf16 natively (AVX512-BF16, AMX or ARM's BF16); elsewhere torch emulates
+    it, about a hundred times slower than fp32."""
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
 def hardware(device: torch.device, num_processes: int) -> dict[str, Any]:
     """The device name and how many took part."""
     if device.type == "cuda":

@@ -46,8 +46,9 @@ def build_model(recipe: Recipe, num_classes: int) -> MlpMixer:
     if recipe.model == "custom":
         return MlpMixer(MixerConfig.from_dict({**arch, "num_classes": num_classes}))
     if recipe.upstream == "none":
-        return create_model(recipe.model, num_classes=num_classes, **arch)
-    return create_model(recipe.model, pretrained=recipe.upstream, num_classes=num_classes, **arch)
+        return create_model(recipe.variant, num_classes=num_classes, **arch)
+    # With no variant named, the architecture is the upstream file's, whatever it is.
+    return create_model(recipe.variant, pretrained=recipe.upstream, num_classes=num_classes, **arch)
 
 
 class Checkpoints:
@@ -321,6 +322,11 @@ def evaluate(run: Run, split: str) -> tuple[float, int]:
     return float(counts[0] / max(int(counts[1]), 1)), int(counts[1])
 
 
+def evaluation_views(run: Run) -> dict[str, Any]:
+    """How the run scores images, as its model folder and checkpoints record it."""
+    return {"flip": run.recipe.eval_flip, "translate": run.recipe.eval_translate, "precision": run.precision}
+
+
 def save_checkpoint(run: Run) -> None:
     """Everything a resume needs, written atomically by the main process."""
     acc = run.accelerator
@@ -330,6 +336,8 @@ def save_checkpoint(run: Run) -> None:
             "step": run.step, "model": run.net.state_dict(), "optimizers": [o.state_dict() for o in run.optimizers],
             "schedules": [s.state_dict() for s in run.schedules], "torch_rng": torch.get_rng_state(),
             "recipe": run.recipe.to_dict(), "history": json.dumps(run.history), "elapsed_s": run.elapsed,
+            # So that the checkpoint alone is a usable model (`mixer-ft predict runs/<name>`):
+            "model_config": run.net.config.to_dict(), "classes": run.data.classes, "evaluation": evaluation_views(run),
         })
     acc.wait_for_everyone()
 
@@ -384,7 +392,7 @@ def run_record(run: Run, test: tuple[float, int], minival: tuple[float, int]) ->
     r, n_train = run.recipe, len(run.splits["train"][1])
     trained = run.total * r.global_batch
     return {
-        "name": r.run_name, "upstream": r.upstream, "model": r.model,
+        "name": r.run_name, "upstream": r.upstream, "model": run.net.config.variant or "custom",
         "dataset": run.data.dataset_id, "data_source": r.dataset, "data_location": run.data.location,
         "classes": run.data.classes,
         "test_accuracy": round(test[0], 5), "test_images": test[1],
@@ -408,8 +416,13 @@ def finish(run: Run) -> dict[str, Any]:
     acc, record = run.accelerator, {}
     acc.wait_for_everyone()
     if acc.is_main_process:
-        save_pretrained(run.net, run.out / "model")
         record = run_record(run, test, minival)
+        provenance = {k: record[k] for k in ("name", "upstream", "dataset", "data_source", "test_accuracy", "test_images",
+                                             "minival_accuracy", "minival_images", "steps", "global_batch",
+                                             "git_commit", "finished")}
+        provenance |= {"val_fraction": run.recipe.val_fraction, "seed": run.recipe.seed}
+        save_pretrained(run.net, run.out / "model", classes=run.data.classes, evaluation=evaluation_views(run),
+                        provenance=provenance)
         path = write_record(run.recipe.results_dir, record)
         atomic_write_text(run.out / "record.json", json.dumps(record, indent=2) + "\n")
         acc.print(f"test accuracy {test[0]:.4f} ({test[1]} images), minival {minival[0]:.4f}; "

@@ -33,7 +33,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import zipfile
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -64,6 +64,9 @@ class Checkpoint:
     gelu: str = "exact"
     mean: tuple[float, ...] = DEFAULT_MEAN
     std: tuple[float, ...] = DEFAULT_STD
+    classes: list[str] | None = None  # class names in head order, where the source names them
+    evaluation: dict[str, Any] = field(default_factory=dict)  # test-time views it was scored with
+    provenance: dict[str, Any] = field(default_factory=dict)  # how it was made (a mixer_ft model folder)
 
     def config(self) -> MixerConfig:
         """The architecture read off the tensor shapes, with this checkpoint's preprocessing."""
@@ -203,13 +206,19 @@ def _load_timm(source: str) -> Checkpoint:
 
 
 def _load_folder(path: Path, source: str) -> Checkpoint:
+    """A model folder; or a run folder: its model/, else its newest training checkpoint."""
     weights = next((path / f for f in WEIGHT_FILES if (path / f).is_file()), None)
     if weights is None:
         npz = sorted(path.glob("*.npz"))
         weights = npz[0] if len(npz) == 1 else None
+    if weights is None and (path / "model").is_dir():
+        return _load_folder(path / "model", source)
+    if weights is None and (steps := sorted((path / "checkpoints").glob("step_*.pt"))):
+        return _load_file(steps[-1], source)
     if weights is None:
         raise CheckpointError(
-            f"Folder {path} holds no weights: expected one of {', '.join(WEIGHT_FILES)} or a single .npz."
+            f"Folder {path} holds no weights: expected one of {', '.join(WEIGHT_FILES)}, a single .npz, or a "
+            "run folder (model/ or checkpoints/)."
         )
     ckpt = _load_file(weights, source)
     cfg_file = path / "config.json"
@@ -223,10 +232,19 @@ def _load_folder(path: Path, source: str) -> Checkpoint:
 
 
 def _apply_metadata(ckpt: Checkpoint, meta: dict[str, Any], tag: str) -> None:
-    """Preprocessing and GELU flavour from a config.json (ours or timm's) and the weight tag."""
+    """Preprocessing, GELU flavour and class names from a config.json (ours or timm's) and the weight tag."""
+    names = meta.get("label_names") or meta.get("pretrained_cfg", {}).get("label_names")
+    if isinstance(names, list) and names:
+        ckpt.classes = [str(n) for n in names]
     ours = meta.get("mixer_ft")
     if ours:
-        ckpt.gelu, ckpt.mean, ckpt.std = ours["gelu"], tuple(ours["mean"]), tuple(ours["std"])
+        try:
+            cfg = ours.get("config", ours)  # before model cards, the config stood alone
+            ckpt.gelu, ckpt.mean, ckpt.std = cfg["gelu"], tuple(cfg["mean"]), tuple(cfg["std"])
+            ckpt.evaluation, ckpt.provenance = dict(ours.get("evaluation", {})), dict(ours.get("provenance", {}))
+        except (AttributeError, KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"The mixer_ft section of {ckpt.source}'s config.json is malformed ({e!r}); "
+                                  "save the model again or remove config.json.") from None
         return
     pcfg = meta.get("pretrained_cfg", meta)
     if "mean" in pcfg and "std" in pcfg:
@@ -243,14 +261,18 @@ def _load_file(path: Path, source: str) -> Checkpoint:
     if suffix == ".npz":
         return Checkpoint(npz_to_state_dict(_read_npz(path), str(path)), source, str(path), gelu="tanh")
     if suffix == ".safetensors":
-        sd = _read_safetensors(path)
-    elif suffix in (".pth", ".pt", ".bin"):
-        sd = _read_torch(path)
-    else:
+        return Checkpoint(_read_safetensors(path), source, str(path))
+    if suffix not in (".pth", ".pt", ".bin"):
         raise CheckpointError(
             f"Don't know how to read {path}: expected .npz (Google), .safetensors, or .pth/.pt/.bin (PyTorch)."
         )
-    return Checkpoint(sd, source, str(path))
+    sd, wrapper = _read_torch(path)
+    ckpt = Checkpoint(sd, source, str(path))
+    if isinstance(wrapper.get("model_config"), dict):  # a mixer_ft training checkpoint describes its model
+        _apply_metadata(ckpt, {"label_names": wrapper.get("classes"),
+                               "mixer_ft": {"config": wrapper["model_config"],
+                                            "evaluation": wrapper.get("evaluation", {})}}, tag="")
+    return ckpt
 
 
 def _unreadable(path: Path, e: BaseException) -> CheckpointError:
@@ -287,7 +309,8 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         raise _unreadable(path, e) from None
 
 
-def _read_torch(path: Path) -> dict[str, torch.Tensor]:
+def _read_torch(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """(state dict, the dict that wrapped it or {}): training checkpoints wrap the weights."""
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as e:
@@ -301,15 +324,16 @@ def _read_torch(path: Path) -> dict[str, torch.Tensor]:
     except (RuntimeError, EOFError, OSError, zipfile.BadZipFile) as e:
         raise _unreadable(path, e) from None
     # Training checkpoints often wrap the weights; unwrap one level, as timm does.
+    wrapper: dict[str, Any] = {}
     if isinstance(obj, dict):
         for key in ("state_dict", "model", "model_state_dict"):
             if isinstance(obj.get(key), dict):
-                obj = obj[key]
+                wrapper, obj = obj, obj[key]
                 break
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+    if not isinstance(obj, dict) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
         raise CheckpointError(f"{path} does not hold a state dict (a mapping of names to tensors).")
     # Weights saved from a DistributedDataParallel wrapper carry a "module." prefix.
-    return {k.removeprefix("module."): v for k, v in obj.items()}
+    return {str(k).removeprefix("module."): v for k, v in obj.items()}, wrapper
 
 
 # --------------------------------------------------------------------------- Google .npz layout
@@ -498,7 +522,12 @@ def create_model(
             raise ConfigError("create_model needs a variant name, pretrained weights, or both.")
         changes = overrides | ({} if num_classes is None else {"num_classes": num_classes})
         return MlpMixer(MixerConfig.from_variant(name, **changes))
-    ckpt = load_checkpoint(pretrained, variant=name)
+    return model_from_checkpoint(load_checkpoint(pretrained, variant=name), name, num_classes, **overrides)
+
+
+def model_from_checkpoint(ckpt: Checkpoint, name: str | None = None, num_classes: int | None = None,
+                          **overrides: Any) -> MlpMixer:
+    """The model ``ckpt`` holds (strictly loaded), as :func:`create_model` describes its arguments."""
     found = ckpt.config() if "head.weight" in ckpt.state_dict else None
     base = found or infer_config(ckpt.state_dict, num_classes=num_classes or 1000, source=ckpt.source)
     keep = {"img_size": base.img_size, "num_classes": base.num_classes, "in_chans": base.in_chans,
@@ -565,39 +594,56 @@ def download(url: str, *, timeout: float = 60.0) -> Path:
     return dest
 
 
-def save_pretrained(model: MlpMixer, directory: str | Path) -> Path:
-    """Save ``model`` as ``model.safetensors`` + ``config.json``, loadable by us and by timm.
+def _timm_fields(cfg: MixerConfig) -> dict[str, Any]:
+    """What timm's ``local-dir:`` loader reads; the variant's function fixes patch, width and depth."""
+    return {
+        "architecture": timm_name(cfg.variant),  # type: ignore[arg-type]
+        "num_classes": cfg.num_classes,
+        "num_features": cfg.hidden_dim,
+        "model_args": {"img_size": cfg.img_size, "in_chans": cfg.in_chans},
+        "pretrained_cfg": {
+            "input_size": [cfg.in_chans, cfg.img_size, cfg.img_size], "mean": list(cfg.mean),
+            "std": list(cfg.std), "interpolation": "bilinear", "crop_pct": 1.0, "num_classes": cfg.num_classes,
+        },
+    }
 
-    For the paper's variants the config carries timm's fields (``architecture``, ``model_args``,
-    ``pretrained_cfg``) so ``timm.create_model("local-dir:DIR", pretrained=True)`` reads it too
-    (running timm's exact GELU); ours is under ``mixer_ft``.
+
+def save_pretrained(model: MlpMixer, directory: str | Path, *, classes: list[str] | None = None,
+                    evaluation: dict[str, Any] | None = None, provenance: dict[str, Any] | None = None) -> Path:
+    """Save ``model`` as a folder that describes itself: weights, config and a model card.
+
+    ``model.safetensors``; ``config.json`` with the architecture and preprocessing, the class
+    names (``label_names``, as timm's configs have them), the evaluation views and how the model
+    was made (under ``mixer_ft``); ``README.md``, a Hugging Face model card. For the paper's
+    variants the config also carries timm's fields, so ``timm.create_model("local-dir:DIR",
+    pretrained=True)`` reads the folder (running timm's exact GELU). The folder is what
+    ``huggingface_hub.upload_folder`` pushes as it is.
+
+    Args:
+        classes: class names in head order.
+        evaluation: test-time views it was scored with (``flip``, ``translate``, ``precision``).
+        provenance: how it was made (upstream, data set, accuracy, steps, commit, ...).
     """
     from safetensors.torch import save_file
 
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    from mixer_ft.card import model_card
+
     cfg = model.config
-    config: dict[str, Any] = {"mixer_ft": cfg.to_dict()}
-    if cfg.variant:  # timm registers the paper's variants only; a custom Mixer loads here alone
-        config = {
-            "architecture": timm_name(cfg.variant),
-            "num_classes": cfg.num_classes,
-            "num_features": cfg.hidden_dim,
-            # The variant's function fixes patch, width and depth; only these are free.
-            "model_args": {"img_size": cfg.img_size, "in_chans": cfg.in_chans},
-            "pretrained_cfg": {
-                "input_size": [cfg.in_chans, cfg.img_size, cfg.img_size], "mean": list(cfg.mean),
-                "std": list(cfg.std), "interpolation": "bilinear", "crop_pct": 1.0,
-                "num_classes": cfg.num_classes,
-            },
-        } | config
+    if classes is not None and len(classes) != cfg.num_classes:
+        raise ConfigError(f"{len(classes)} class names for a head of {cfg.num_classes} classes.")
+    config: dict[str, Any] = _timm_fields(cfg) if cfg.variant else {}
+    if classes:
+        config["label_names"] = list(classes)
+    config["mixer_ft"] = {"config": cfg.to_dict(), "evaluation": evaluation or {}, "provenance": provenance or {}}
+    directory = Path(directory)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     atomic_write(directory / "model.safetensors", lambda p: save_file(tensors, str(p)))
     atomic_write_text(directory / "config.json", json.dumps(config, indent=2) + "\n")
+    atomic_write_text(directory / "README.md", model_card(cfg, classes, evaluation, provenance))
     return directory
 
 
 __all__ = [
     "VARIANTS", "Checkpoint", "create_model", "download", "infer_config", "load_checkpoint",
-    "load_strict", "npz_to_state_dict", "save_pretrained", "upstream_sources",
+    "load_strict", "model_from_checkpoint", "npz_to_state_dict", "save_pretrained", "upstream_sources",
 ]

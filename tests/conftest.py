@@ -102,3 +102,20 @@ def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
             else:
                 p.copy_(torch.randn(p.shape, generator=g) / p[0].numel() ** 0.5)
     return model
+
+
+@pytest.fixture(scope="session")
+def smoke_run(cifar_subset, tmp_path_factory):
+    """The README's smoke recipe run once on 1,000 real CIFAR-10 training images: (run folder, record, data)."""
+    import json
+    import subprocess
+    import sys
+
+    data = cifar_subset(train=100, test=20)
+    root = tmp_path_factory.mktemp("smoke")
+    out = subprocess.run([sys.executable, "-m", "mixer_ft", "finetune", "--recipe", "recipes/smoke.toml",
+                          "--dataset", str(data), "--output-dir", str(root / "smoke"),
+                          "--set", f'results_dir="{root / "results"}"'],
+                         capture_output=True, text=True, cwd=REPO, env=os.environ.copy(), timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    return root / "smoke", json.loads((root / "results" / "smoke_cifar10.json").read_text()), data

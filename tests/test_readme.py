@@ -3,6 +3,7 @@
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -43,13 +44,17 @@ def mixer_ft_invocations():
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory):
+def workdir(tmp_path_factory, cifar_subset):
     """A folder laid out like the checkout (recipes/, ../shared), so README paths resolve while
-    runs write their folders and records there, not into the repository."""
+    runs write their folders and records there, not into the repository; photos/ holds a user's
+    images (real CIFAR-10 test JPEGs, one of them cat.jpg)."""
     root = tmp_path_factory.mktemp("readme")
-    (root / "work").mkdir()
+    (root / "work" / "photos").mkdir(parents=True)
     (root / "work" / "recipes").symlink_to(REPO / "recipes")
     (root / "shared").symlink_to(SHARED)
+    for folder in sorted((cifar_subset(train=100, test=20) / "test").iterdir()):
+        first = sorted(folder.iterdir())[0]
+        shutil.copy(first, root / "work" / "photos" / f"{folder.name}.jpg")
     return root / "work"
 
 
@@ -89,3 +94,19 @@ def test_every_readme_command_runs_or_only_lacks_a_download(workdir):
             assert "error: " in out.stderr and "offline" in out.stderr.lower(), (cmd, out.stderr[-2000:])
             assert out.returncode == 2 or cmd[1] == "launch", (cmd, out.returncode)
     assert (workdir / "results" / "smoke_cifar10.json").is_file()  # the smoke run in the README ran
+
+
+def test_the_readme_python_api_example_runs(workdir):
+    # After the commands above: runs/smoke_cifar10 is the README's smoke run.
+    blocks = [b for b in re.findall(r"```python\n(.*?)```", README, re.S) if "Classifier" in b]
+    assert len(blocks) == 1 and (workdir / "runs" / "smoke_cifar10" / "model").is_dir()
+    scope: dict = {}
+    cwd = os.getcwd()
+    os.chdir(workdir)
+    try:
+        exec(compile(blocks[0], "README.md", "exec"), scope)
+        one, both = scope["classify"]("photos/cat.jpg", top_k=3), scope["classify"](["photos/cat.jpg"] * 2)
+    finally:
+        os.chdir(cwd)
+    classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+    assert len(one) == 3 and one[0]["label"] in classes and len(both) == 2 and both[0] == both[1]

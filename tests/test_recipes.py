@@ -69,7 +69,7 @@ def test_unknown_keys_and_bad_values_are_refused(tmp_path):
         from_dict({"optimizer": "lamb"})
     with pytest.raises(ConfigError, match="unknown architecture field"):
         from_dict({"architecture": {"depth": 3}})
-    with pytest.raises(ConfigError, match="custom architecture has no pretrained weights"):
+    with pytest.raises(ConfigError, match="leave model unset to fine-tune the architecture of the upstream weights"):
         from_dict({"model": "custom", "architecture": {"patch_size": 4, "hidden_dim": 8, "num_blocks": 1,
                                                       "tokens_mlp_dim": 4, "channels_mlp_dim": 8}})
     with pytest.raises(ConfigError, match="translate must be a non-negative whole number"):

@@ -16,7 +16,7 @@ from safetensors.torch import load_file, save_file
 
 from conftest import REPO, randomize_
 from mixer_ft import create_model
-from mixer_ft.infer import images_to_batch, load_classifier, predict
+from mixer_ft.infer import Classifier, predict
 from mixer_ft.model import MixerConfig, MlpMixer
 from mixer_ft.optim import make_optimizers
 from mixer_ft.preprocess import Preprocess
@@ -47,9 +47,8 @@ def run_args(tmp, cut, name="run", *extra):
             "--set", f'name="{name}"', *extra]
 
 
-def test_smoke_recipe_learns_and_writes_a_complete_record(tmp_path, cut):
-    finetune("--recipe", "recipes/smoke.toml", *run_args(tmp_path, cut, "smoke"))
-    rec = json.loads((tmp_path / "results" / "smoke.json").read_text())
+def test_smoke_recipe_learns_and_writes_a_complete_record(smoke_run):
+    run, rec, cut = smoke_run
     assert rec["test_accuracy"] > 0.25, rec["test_accuracy"]  # chance is 0.10
     assert rec["test_images"] == 200 and rec["minival_images"] == 20
     for key in ("upstream", "model", "dataset", "minival_accuracy", "steps", "global_batch", "wall_clock_s",
@@ -60,11 +59,11 @@ def test_smoke_recipe_learns_and_writes_a_complete_record(tmp_path, cut):
     assert 0 <= rec["minival_accuracy"] <= 1 and rec["images_per_s"] > 0
     # The saved model is the trained one: loaded for inference and fed the test JPEGs themselves,
     # it scores the record's accuracy.
-    model, pre = load_classifier(str(tmp_path / "smoke" / "model"))
+    classify = Classifier.from_pretrained(run / "model", device="cpu")
+    assert classify.classes == rec["classes"]  # the folder names its classes
     files = sorted((cut / "test").rglob("*.jpg"))
-    labels = np.array([rec["classes"].index(f.parent.name) for f in files])
-    with torch.no_grad():
-        acc = (predict(model, pre.eval(images_to_batch(files))).numpy() == labels).mean()
+    top = [r[0]["label"] for r in classify(files, top_k=1)]
+    acc = np.mean([label == f.parent.name for label, f in zip(top, files)])
     assert len(files) == 200 and acc == pytest.approx(rec["test_accuracy"], abs=1e-6)
 
 

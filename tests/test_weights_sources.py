@@ -177,7 +177,7 @@ def test_saved_folder_round_trips_through_us_and_timm(tmp_path):
 
     src = small_model(num_classes=10, img_size=64)
     save_pretrained(src, tmp_path / "out")
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["config.json", "model.safetensors"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["README.md", "config.json", "model.safetensors"]
     back = create_model(pretrained=str(tmp_path / "out"))
     assert back.config == src.config
     assert_same_weights(back, src)

@@ -1,0 +1,89 @@
+"""The model card (README.md) of a saved model folder, in the Hugging Face format.
+
+A YAML metadata header (library, tags, data set, metrics and results as ``model-index``), then
+what the model is, its numbers, and how to load it. The header is written as JSON values, which
+YAML reads as they are.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from mixer_ft.model import MixerConfig, timm_name
+
+# Data set ids the card links to on the Hub.
+_HUB_DATASETS = {"cifar10": "uoft-cs/cifar10", "cifar100": "uoft-cs/cifar100"}
+
+
+def _header(cfg: MixerConfig, classes: list[str] | None, provenance: dict[str, Any]) -> list[str]:
+    tags = ["image-classification", "mlp-mixer", "mixer_ft"] + (["timm"] if cfg.variant else [])
+    lines = ["---", "library_name: mixer_ft", "pipeline_tag: image-classification", "tags:"]
+    lines += [f"- {t}" for t in tags]
+    dataset = provenance.get("dataset")
+    hub_id = _HUB_DATASETS.get(dataset) or (dataset[3:] if isinstance(dataset, str) and dataset.startswith("hf:") else None)
+    if hub_id:
+        lines += ["datasets:", f"- {hub_id}"]
+    lines += ["metrics:", "- accuracy"]
+    if "test_accuracy" in provenance:
+        result = {"task": {"type": "image-classification", "name": "Image Classification"},
+                  "dataset": {"name": dataset, "type": hub_id or dataset, "split": "test"},
+                  "metrics": [{"type": "accuracy", "value": provenance["test_accuracy"], "name": "Test accuracy"}]}
+        lines += ["model-index:", f"- name: {json.dumps(provenance.get('name', 'mixer'))}",
+                  f"  results: [{json.dumps(result)}]"]
+    return lines + ["---", ""]
+
+
+def _facts(cfg: MixerConfig, classes: list[str] | None, evaluation: dict[str, Any],
+           provenance: dict[str, Any]) -> list[str]:
+    def pct(key: str) -> str:
+        return f"{100 * provenance[key]:.2f}% ({provenance.get(key.replace('accuracy', 'images'), '?'):,} images)"
+
+    rows = [("architecture", cfg.describe()),
+            ("input", f"{cfg.img_size}x{cfg.img_size} RGB, the whole image resized (bilinear), "
+                      f"normalised with mean {list(cfg.mean)} and std {list(cfg.std)}"),
+            ("GELU", f"{cfg.gelu}")]
+    if classes:
+        shown = ", ".join(classes[:20]) + (f", ... ({len(classes)} in all)" if len(classes) > 20 else "")
+        rows.append(("classes", shown))
+    views = ["the image"] + (["its mirror image"] if evaluation.get("flip") else [])
+    if evaluation.get("translate"):
+        views.append(f"copies shifted {evaluation['translate']} pixels diagonally")
+    rows.append(("evaluation views", ", ".join(views)))
+    for key, label in (("upstream", "upstream weights"), ("dataset", "fine-tuned on"), ("steps", "steps"),
+                       ("global_batch", "global batch"), ("git_commit", "mixer_ft commit")):
+        if provenance.get(key) is not None:
+            rows.append((label, str(provenance[key])))
+    for key in ("test_accuracy", "minival_accuracy"):
+        if key in provenance:
+            rows.append((key.replace("_", " "), pct(key)))
+    return ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
+
+
+def model_card(cfg: MixerConfig, classes: list[str] | None = None, evaluation: dict[str, Any] | None = None,
+               provenance: dict[str, Any] | None = None) -> str:
+    """README.md text for a model folder holding a model of ``cfg``."""
+    evaluation, provenance = evaluation or {}, provenance or {}
+    name = provenance.get("name", "mixer")
+    lines = _header(cfg, classes, provenance)
+    what = f"A {cfg.describe().split(' (')[0]} image classifier"
+    if provenance.get("upstream") not in (None, "none"):
+        what += f" fine-tuned from `{provenance['upstream']}` weights"
+    if provenance.get("dataset"):
+        what += f" on {provenance['dataset']}"
+    lines += [f"# {name}", "", what + ", made with mixer_ft, a toolkit for fine-tuning MLP-Mixers.", ""]
+    lines += _facts(cfg, classes, evaluation, provenance) + ["", "## Use it", "", "```bash",
+              "mixer-ft predict path/to/this/folder photo.jpg --top-k 3",
+              "mixer-ft evaluate path/to/this/folder --dataset DATA --json", "```", "", "```python",
+              "from mixer_ft import Classifier", "", 'classify = Classifier.from_pretrained("path/to/this/folder")',
+              'classify("photo.jpg")  # [{"label": ..., "score": ...}, ...]', "```"]
+    if cfg.variant:
+        gelu = ("this model was trained with the tanh one, about 1e-4 apart in the logits" if cfg.gelu == "tanh"
+                else "as this model was trained")
+        lines += ["", "## In timm", "", f"The weights are timm's `{timm_name(cfg.variant)}` with this folder's head, "
+                  f"so timm loads the folder as it is (timm runs the exact GELU: {gelu}).", "", "```python",
+                  "import timm", "", 'model = timm.create_model("local-dir:path/to/this/folder", pretrained=True)', "```"]
+    return "\n".join(lines) + "\n"
+
+
+__all__ = ["model_card"]
