@@ -27,8 +27,8 @@ _ARCH_FIELDS = {f.name for f in dataclasses.fields(MixerConfig)} - {"num_classes
 # optimisation, so a checkpoint resumes only under the same value: a key added to Recipe is
 # checked on resume unless it is named here.
 RESUMABLE_KEYS = frozenset({"output_dir", "results_dir", "name", "tracker", "log_every", "eval_every",
-                            "checkpoint_every", "micro_batch", "mixed_precision", "fast_path", "eval_flip",
-                            "eval_translate"})
+                            "checkpoint_every", "micro_batch", "mixed_precision", "fast_path", "compile",
+                            "eval_flip", "eval_translate"})
 
 
 @dataclass(frozen=True)
@@ -59,6 +59,7 @@ class Recipe:
     eval_translate: int = 0  # also on copies shifted this many pixels diagonally each way (edges repeat)
     mixed_precision: str = "auto"  # auto = bf16 where the device has it, else fp32
     fast_path: bool = True  # token-major layout, fused optimizer; plus torch.compile on CUDA
+    compile: bool | None = None  # torch.compile (inductor) on any device; None: with the fast path on CUDA
     eval_every: int = 1000  # minival accuracy every N steps (0: only at the end)
     checkpoint_every: int = 1000
     log_every: int = 50
@@ -187,7 +188,7 @@ def from_dict(data: dict[str, Any]) -> Recipe:
               else isinstance(value, int) and not isinstance(value, bool) if t == "int"
               else isinstance(value, dict) if t.startswith("dict")
               else isinstance(value, str) if t in ("str", "str | None")
-              else isinstance(value, bool) if t == "bool" else True)
+              else isinstance(value, bool) if t in ("bool", "bool | None") else True)
         if value is not None and not ok:
             raise ConfigError(f"Recipe key {key!r} must be {t}, got {value!r}.")
     return Recipe(**data)

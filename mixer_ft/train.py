@@ -148,36 +148,53 @@ def _schedule_length(recipe: Recipe, n_train: int) -> tuple[int, int]:
     return steps_per_epoch, math.ceil(recipe.epochs * steps_per_epoch) if recipe.epochs else recipe.steps
 
 
-def _micro_batch(recipe: Recipe, per_process: int, model: torch.nn.Module, device: torch.device) -> int:
-    """The per-process forward-pass size. "auto" probes the largest that fits a CUDA device."""
+def _micro_batch(recipe: Recipe, per_process: int, model: MlpMixer, device: torch.device, precision: str) -> int:
+    """The per-process forward-pass size. "auto" probes the largest that fits the device's memory."""
     if recipe.micro_batch is None:
         return per_process
-    if recipe.micro_batch != "auto":
-        micro = int(recipe.micro_batch)
-    elif device.type != "cuda":
-        return per_process  # host memory, not the batch, bounds a CPU run
+    if recipe.micro_batch == "auto":
+        micro = _probe_micro_batch(model, per_process, device, precision)
     else:
-        micro = _probe_micro_batch(model, per_process, device)
+        micro = int(recipe.micro_batch)
     if per_process % micro:
         raise ConfigError(f"micro-batch {micro} does not divide the {per_process} images each process takes "
                           f"from a global batch of {recipe.global_batch}; use a divisor.")
     return micro
 
 
-def _probe_micro_batch(model: MlpMixer, per_process: int, device: torch.device) -> int:
-    """The largest divisor of ``per_process`` whose forward and backward fit the device's memory."""
-    size = model.config.img_size
+def _out_of_memory(e: RuntimeError) -> bool:
+    """torch's OOM error (CUDA and others), or the CPU allocator's plain RuntimeError."""
+    return isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in str(e)
+
+
+def _probe_micro_batch(model: MlpMixer, per_process: int, device: torch.device, precision: str) -> int:
+    """The largest divisor of ``per_process`` whose forward and backward fit the device's memory.
+
+    The probe leaves no trace: gradients are dropped, the weights are untouched (no optimizer
+    step) and no random numbers are drawn, so training is the same as with that micro-batch given.
+    """
+    cfg, dtype = model.config, {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    model.to(device)
     for m in [d for d in range(per_process, 0, -1) if per_process % d == 0]:
         try:
-            x = torch.zeros(m, 3, size, size, device=device)
-            with torch.autocast("cuda", dtype=torch.bfloat16):
-                model.to(device)(x).float().sum().backward()
-            model.zero_grad(set_to_none=True)
+            x = torch.zeros(m, cfg.in_chans, cfg.img_size, cfg.img_size, device=device)
+            with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+                model(x).float().sum().backward()
             return m
-        except torch.cuda.OutOfMemoryError:
+        except RuntimeError as e:
+            if not _out_of_memory(e):
+                raise
+        finally:
             model.zero_grad(set_to_none=True)
-            torch.cuda.empty_cache()
-    raise ConfigError("Not even a micro-batch of 1 fits this device's memory.")
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    raise ConfigError(f"Not even a micro-batch of 1 fits this device's memory ({device}).")
+
+
+def _compiles(recipe: Recipe, device: torch.device) -> bool:
+    """Whether torch.compile runs: as the recipe says, else with the fast path on CUDA only (on a
+    CPU its start-up outweighs a short run's gain)."""
+    return recipe.compile if recipe.compile is not None else recipe.fast_path and device.type == "cuda"
 
 
 def _precision(recipe: Recipe, device: torch.device) -> str:
@@ -204,11 +221,10 @@ def setup(recipe: Recipe, *, fresh: bool = False) -> Run:
 
     torch.manual_seed(recipe.seed)  # the same initial weights on every process
     model = build_model(recipe, len(data.classes)).set_fast_path(recipe.fast_path)
-    micro = _micro_batch(recipe, per_process, model, state.device)
     precision = _precision(recipe, state.device)
+    micro = _micro_batch(recipe, per_process, model, state.device, precision)
     fast_device = state.device.type in ("cpu", "cuda")
-    # Compilation pays on a GPU; on a CPU its start-up outweighs a short run's gain.
-    compile_ = recipe.fast_path and state.device.type == "cuda"
+    compile_ = _compiles(recipe, state.device)
     accelerator = Accelerator(mixed_precision=precision,
                               gradient_accumulation_steps=per_process // micro, log_with=recipe.tracker,
                               project_dir=str(out), cpu=use_cpu, dynamo_backend="inductor" if compile_ else "no")
@@ -387,6 +403,19 @@ class Progress:
 # --------------------------------------------------------------------------- the end
 
 
+def _compiled(model: torch.nn.Module) -> bool:
+    from accelerate.utils import is_compiled_module
+
+    return is_compiled_module(model)
+
+
+def _graph_breaks() -> int:
+    """Graph breaks torch.compile met in this process (each costs a return to Python mid-step)."""
+    from torch._dynamo.utils import counters
+
+    return sum(counters["graph_break"].values())
+
+
 def run_record(run: Run, test: tuple[float, int], minival: tuple[float, int]) -> dict[str, Any]:
     """Everything needed to repeat the run and compare it, as results/<name>.json holds it."""
     r, n_train = run.recipe, len(run.splits["train"][1])
@@ -399,6 +428,7 @@ def run_record(run: Run, test: tuple[float, int], minival: tuple[float, int]) ->
         "minival_accuracy": round(minival[0], 5), "minival_images": minival[1],
         "steps": run.total, "global_batch": r.global_batch, "epochs": round(trained / n_train, 3),
         "micro_batch": run.micro, "accumulation": run.accum, "mixed_precision": run.precision,
+        "compiled": _compiled(run.model), "graph_breaks": _graph_breaks() if _compiled(run.model) else None,
         "wall_clock_s": round(run.elapsed, 1), "images_per_s": round(trained / max(run.elapsed, 1e-9), 1),
         "hardware": hardware(run.device, run.accelerator.num_processes), "versions": versions(),
         "git_commit": git_commit(), "config": r.to_dict(), "model_config": run.net.config.to_dict(),

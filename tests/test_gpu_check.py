@@ -1,0 +1,23 @@
+"""The project's GPU check (benchmarks/gpu_check.sh), dry-run on the CPU: every step must end with rc=0,
+so the first run on a GPU spends its minutes on the GPU, not on a broken command."""
+
+import json
+import os
+import subprocess
+
+from conftest import CIFAR_TGZ, REPO
+
+
+def test_the_gpu_check_dry_run_ends_every_step_with_rc_0(tmp_path):
+    env = os.environ | {"GPU_CHECK_DRY": "1", "OUT": str(tmp_path), "GPU_CHECK_DATA": str(CIFAR_TGZ),
+                        "PYTHON": os.sys.executable}
+    out = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh")], capture_output=True, text=True,
+                         env=env, timeout=1200)
+    log = (tmp_path / "log.txt").read_text()
+    codes = [line for line in log.splitlines() if line.startswith("rc=")]
+    assert len(codes) == 4 and set(codes) == {"rc=0"}, log[-4000:]
+    assert out.returncode == 0
+    benches = [json.loads(p.read_text()) for p in tmp_path.glob("cpu_*.json")]
+    assert benches and all(b["ours_images_per_s"] > 0 and b["timm_images_per_s"] > 0 for b in benches)
+    record = json.loads((tmp_path / "gpu_check_l16.json").read_text())
+    assert record["test_images"] == 10_000 and record["steps"] == 2 and record["global_batch"] == 8
