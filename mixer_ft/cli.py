@@ -270,6 +270,7 @@ def reproduce(
 
     from mixer_ft import table as tables
     from mixer_ft.errors import ConfigError
+    from mixer_ft.recipe import find_recipe
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     published = {p.id: p for p in tables.published_rows()}
@@ -282,7 +283,7 @@ def reproduce(
         if row_id in done:
             typer.echo(f"{row_id}: already in {results}, skipped")
             continue
-        recipe = _find_recipe(published[row_id].recipe)
+        recipe = find_recipe(published[row_id].recipe)
         cmd = [sys.executable, "-m", "mixer_ft", "finetune", "--recipe", str(recipe), "--set", f"results_dir={json.dumps(results)}"]
         cmd += ["--dataset", dataset] if dataset else []
         typer.echo(f"{row_id}: {' '.join(cmd[2:])}")
@@ -351,18 +352,6 @@ def _echo_prediction(fmt: str, path: str, top: list[dict], header: bool) -> None
         typer.echo(f"{path}  " + ", ".join(f"{t['label']} {100 * t['score']:.1f}%" for t in top))
 
 
-def _find_recipe(relative: str):  # noqa: ANN202
-    """A recipe path from published.toml, looked up from here, then beside the package's source."""
-    from pathlib import Path
-
-    from mixer_ft.errors import ConfigError
-
-    for base in (Path.cwd(), Path(__file__).resolve().parents[1]):
-        if (base / relative).is_file():
-            return base / relative
-    raise ConfigError(f"Recipe {relative} not found here or beside the package; run from a mixer_ft checkout.")
-
-
 def _positive_int(text: str, flag: str) -> int:
     try:
         value = int(text)
@@ -377,8 +366,17 @@ def _positive_int(text: str, flag: str) -> int:
 
 def main() -> None:
     """Entry point: run the app; a user error prints its message and exits 2, no traceback."""
+    from mixer_ft.errors import RunStopped
+
     try:
         app()
+    except RunStopped as e:
+        if e.announce:
+            typer.echo(str(e), err=True)
+        sys.exit(e.exit_code)
     except MixerFtError as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(2)
+    except KeyboardInterrupt:  # a second Ctrl-C, or one outside a run's steps
+        typer.echo("interrupted", err=True)
+        sys.exit(130)

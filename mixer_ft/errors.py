@@ -29,4 +29,17 @@ class TrainingError(MixerFtError):
     """A run that cannot go on (diverged, or a checkpoint that does not match the recipe)."""
 
 
-__all__ = ["CheckpointError", "ConfigError", "DataError", "MixerFtError", "TrainingError", "WeightsUnavailable"]
+class RunStopped(MixerFtError):
+    """A run stopped on request (SIGINT or SIGTERM) after writing a checkpoint; not a failure of the input.
+
+    Attributes:
+        exit_code: 128 + the signal's number, as a shell reports a process the signal ended.
+        announce: False on all but the main process of a multi-process run, which says it once.
+    """
+
+    def __init__(self, message: str, exit_code: int, announce: bool = True) -> None:
+        super().__init__(message)
+        self.exit_code, self.announce = exit_code, announce
+
+
+__all__ = ["CheckpointError", "ConfigError", "DataError", "MixerFtError", "RunStopped", "TrainingError", "WeightsUnavailable"]

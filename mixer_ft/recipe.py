@@ -143,13 +143,30 @@ def _same(key: str, saved: Any, now: Any) -> bool:
     return key == "dataset" and Path(saved).exists() and Path(now).exists() and Path(saved).samefile(now)
 
 
-def resume_conflicts(saved: dict[str, Any], recipe: Recipe) -> list[str]:
-    """The keys outside :data:`RESUMABLE_KEYS` whose value in a checkpoint's recipe differs from ``recipe``'s.
-
-    A key the checkpoint lacks (it was written before the key existed) counts at its default.
-    """
-    return [f.name for f in dataclasses.fields(recipe) if f.name not in RESUMABLE_KEYS
+def _differences(saved: dict[str, Any], recipe: Recipe, free: frozenset[str]) -> list[str]:
+    """Keys outside ``free`` whose value in ``saved`` differs from ``recipe``'s; a key ``saved`` lacks
+    (it was written before the key existed) counts at its default."""
+    return [f.name for f in dataclasses.fields(recipe) if f.name not in free
             and not _same(f.name, saved.get(f.name, _field_default(f)), getattr(recipe, f.name))]
+
+
+def resume_conflicts(saved: dict[str, Any], recipe: Recipe) -> list[str]:
+    """The keys outside :data:`RESUMABLE_KEYS` whose value in a checkpoint's recipe differs from ``recipe``'s."""
+    return _differences(saved, recipe, RESUMABLE_KEYS)
+
+
+def protocol_differences(config: dict[str, Any], recipe: Recipe) -> list[str]:
+    """How a run's recipe (a record's ``config``) departs from ``recipe``'s protocol: the keys that
+    define the optimisation, whatever the data set's path, the seed, the folders or the name."""
+    return _differences(config, recipe, RESUMABLE_KEYS | {"dataset", "seed"})
+
+
+def find_recipe(relative: str) -> Path:
+    """A shipped recipe (``recipes/...``), looked up from the working folder, then beside the package."""
+    for base in (Path.cwd(), Path(__file__).resolve().parents[1]):
+        if (base / relative).is_file():
+            return base / relative
+    raise ConfigError(f"Recipe {relative} not found here or beside the package; run from a mixer_ft checkout.")
 
 
 def check_keys(d: dict[str, Any], what: str) -> None:

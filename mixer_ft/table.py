@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mixer_ft.data import canonical_dataset
-from mixer_ft.errors import ConfigError
+from mixer_ft.errors import ConfigError, MixerFtError
 
 log = logging.getLogger(__name__)
 FORMATS = ("table", "markdown", "csv", "json")
@@ -34,9 +34,24 @@ class Published:
     hardware: str
     recipe: str
 
-    def matches(self, run: dict[str, Any]) -> bool:
+    def matches(self, run: dict[str, Any], protocol: Any) -> bool:
+        """Whether ``run`` was made with this row's protocol (its recipe ``protocol``), on its data set."""
+        from mixer_ft.recipe import protocol_differences
+
         same_model = self.upstream == "none" or run["model"] == self.model  # any small Mixer from scratch
-        return run["upstream"] == self.upstream and same_model and run["dataset_id"] == self.dataset
+        return (run["upstream"] == self.upstream and same_model and run["dataset_id"] == self.dataset
+                and protocol is not None and isinstance(run.get("config"), dict)
+                and not protocol_differences(run["config"], protocol))
+
+    def protocol(self) -> Any:
+        """The row's recipe, or None (with a warning) where it cannot be found or read."""
+        from mixer_ft.recipe import find_recipe, load_recipe
+
+        try:
+            return load_recipe(find_recipe(self.recipe))
+        except MixerFtError as e:
+            log.warning("row %s: no run can be matched to it (%s)", self.id, e)
+            return None
 
     @property
     def command(self) -> str:
@@ -78,7 +93,8 @@ def build(results: str | Path = "results") -> tuple[list[dict[str, Any]], list[d
     """(rows, unmatched runs): each published row with our best run of it, and runs matching none."""
     runs, rows, used = load_runs(results), [], set()
     for pub in published_rows():
-        mine = [r for r in runs if pub.matches(r)]
+        protocol = pub.protocol()
+        mine = [r for r in runs if pub.matches(r, protocol)]
         used.update(r["file"] for r in mine)
         best = max(mine, key=lambda r: r["test_accuracy"], default=None)
         row = {"id": pub.id, "upstream": pub.upstream, "model": pub.model, "dataset": pub.dataset,

@@ -16,6 +16,7 @@ import json
 import logging
 import math
 import shutil
+import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 
 from mixer_ft.atomic import atomic_write, atomic_write_text
 from mixer_ft.data import ImageData, load_data
-from mixer_ft.errors import ConfigError, TrainingError
+from mixer_ft.errors import ConfigError, RunStopped, TrainingError
 from mixer_ft.infer import count_correct
 from mixer_ft.model import MixerConfig, MlpMixer
 from mixer_ft.optim import make_optimizers, make_schedules
@@ -105,6 +106,10 @@ class Run:
 
 
 # --------------------------------------------------------------------------- setup
+
+
+def run_folder(recipe: Recipe) -> Path:
+    return Path(recipe.output_dir or Path("runs") / recipe.run_name)
 
 
 def _use_cpu() -> bool:
@@ -210,7 +215,7 @@ def setup(recipe: Recipe, *, fresh: bool = False) -> Run:
     use_cpu = _use_cpu()
     state = PartialState(cpu=use_cpu)
     per_process = _check_recipe_needs(recipe, state.num_processes)
-    out = Path(recipe.output_dir or Path("runs") / recipe.run_name)
+    out = run_folder(recipe)
     if state.is_main_process:
         _writable(out, "output folder")
         _writable(Path(recipe.results_dir), "results folder")
@@ -233,8 +238,10 @@ def setup(recipe: Recipe, *, fresh: bool = False) -> Run:
     model, *optimizers = accelerator.prepare(model, *raw_opts)
     net: MlpMixer = accelerator.unwrap_model(model)
     checkpoints = Checkpoints(out)
-    if fresh and accelerator.is_main_process and checkpoints.folder.exists():
-        shutil.rmtree(checkpoints.folder)  # starting over: an old run's later steps must not be resumed
+    if fresh and accelerator.is_main_process:  # starting over: nothing of an old run may be taken for this one's
+        for old in (checkpoints.folder, out / "model"):
+            shutil.rmtree(old, ignore_errors=True)
+        (out / "record.json").unlink(missing_ok=True)
     accelerator.wait_for_everyone()
     return Run(recipe, accelerator, out, data, splits, model, net, optimizers, schedules,
                Preprocess.for_model(net.config, recipe.crop_area_min, recipe.translate), checkpoints, total,
@@ -400,6 +407,48 @@ class Progress:
             run.accelerator.log({"minival/accuracy": accuracy}, step=run.step)
 
 
+class StopSignals:
+    """SIGINT and SIGTERM (Ctrl-C, a cloud's preemption) ask the run to stop after the current step.
+
+    The step finishes, a checkpoint is written and the run ends with 128 + the signal's number; a
+    second Ctrl-C stops at once. All processes of a run agree on the step they stop at.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.signum, self.previous = 0, {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if signum == signal.SIGINT and self.signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+
+    def __enter__(self) -> StopSignals:
+        self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+    def requested(self, run: Run) -> int:
+        """The signal any process received (0: none), the same answer on every process."""
+        if run.accelerator.num_processes == 1:
+            return self.signum
+        flag = torch.tensor([self.signum], device=run.device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        return int(flag.item())
+
+
+def stop(run: Run, signum: int, checkpointed: bool) -> None:
+    """End the run at its current step, with a checkpoint to resume from."""
+    if not checkpointed:
+        save_checkpoint(run)
+    raise RunStopped(f"stopped at step {run.step} of {run.total}; run the same command to resume",
+                     128 + signum, announce=run.accelerator.is_main_process)
+
+
 # --------------------------------------------------------------------------- the end
 
 
@@ -468,23 +517,38 @@ def finetune(recipe: Recipe, *, resume: bool = True) -> dict[str, Any]:
 
     With ``resume``, a run whose output folder holds checkpoints continues from the newest.
     """
-    run = setup(recipe, fresh=not resume)
-    if resume:
-        restore(run)
+    from mixer_ft import preflight
+
+    preflight.check(recipe.upstream, recipe.variant, recipe.dataset)
+    made = [p for p in (run_folder(recipe), Path(recipe.results_dir)) if not p.exists()]
+    try:
+        run = setup(recipe, fresh=not resume)
+        if resume:
+            restore(run)
+    except BaseException:
+        for folder in made:  # a run that never started leaves no empty folders behind
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
+        raise
     progress, r = Progress(run), recipe
     run.model.train()
-    for step in range(run.step, run.total):
-        t0 = time.perf_counter()
-        loss, correct, images = train_step(run, step)
-        stop_if_diverged(run, loss, step)
-        seconds = time.perf_counter() - t0
-        run.elapsed += seconds
-        run.step = step + 1
-        progress.step(loss, correct, images, seconds)
-        if r.eval_every and run.step % r.eval_every == 0 and run.step < run.total:
-            progress.minival(evaluate(run, "minival")[0])
-        if (r.checkpoint_every and run.step % r.checkpoint_every == 0) or run.step == run.total:
-            save_checkpoint(run)  # always at the end: running the finished run again only re-evaluates
+    with StopSignals() as signals:
+        for step in range(run.step, run.total):
+            t0 = time.perf_counter()
+            loss, correct, images = train_step(run, step)
+            stop_if_diverged(run, loss, step)
+            seconds = time.perf_counter() - t0
+            run.elapsed += seconds
+            run.step = step + 1
+            progress.step(loss, correct, images, seconds)
+            if r.eval_every and run.step % r.eval_every == 0 and run.step < run.total:
+                progress.minival(evaluate(run, "minival")[0])
+            due = (r.checkpoint_every and run.step % r.checkpoint_every == 0) or run.step == run.total
+            if due:
+                save_checkpoint(run)  # always at the end: running the finished run again only re-evaluates
+            if (signum := signals.requested(run)) and run.step < run.total:
+                progress.bar.close()
+                stop(run, signum, checkpointed=bool(due))
     progress.bar.close()
     return finish(run)
 

@@ -12,15 +12,24 @@ from PIL import Image
 
 from conftest import REPO
 from mixer_ft.data import CIFAR10_CLASSES
+from mixer_ft.recipe import load_recipe
 from mixer_ft.table import COLUMNS, build, render
 
 ROWS = ["in1k_b16_cifar10", "in1k_l16_cifar10", "in21k_b16_cifar10", "in21k_l16_cifar10", "scratch_cifar10"]
 
 
-def record(name, upstream, model, dataset, acc, hours, count=1, **extra):
+def protocol(recipe, **changes):
+    """A record's config: the shipped recipe, run with other data set paths, seeds and folders."""
+    return load_recipe(REPO / "recipes" / f"{recipe}.toml").to_dict() | changes
+
+
+def record(name, upstream, model, dataset, acc, hours, count=1, recipe=None, **extra):
+    recipe = recipe or (f"{upstream}_{model.replace('/', '').lower()}_{dataset}" if upstream != "none" else
+                        "scratch_cifar10")
+    config = protocol(recipe, dataset=dataset, seed=len(name), output_dir=f"runs/{name}", name=name)
     return {"name": name, "upstream": upstream, "model": model, "dataset": dataset, "test_accuracy": acc,
             "test_images": 10_000, "classes": CIFAR10_CLASSES, "wall_clock_s": hours * 3600,
-            "hardware": {"device": "NVIDIA H200", "type": "cuda", "count": count}, **extra}
+            "hardware": {"device": "NVIDIA H200", "type": "cuda", "count": count}, "config": config, **extra}
 
 
 @pytest.fixture
@@ -112,3 +121,32 @@ def test_the_checkout_table_shows_the_published_rows_and_the_scratch_run():
     assert len(rows) == 5 and [r["published_accuracy"] for r in rows] == [0.9672, 0.9659, 0.9682, 0.9834, 0.5562]
     recorded = json.loads((REPO / "results" / "scratch_cifar10.json").read_text())
     assert rows[4]["accuracy"] == recorded["test_accuracy"]  # the committed from-scratch run is shown
+
+
+def test_a_row_counts_only_runs_made_with_its_protocol(results):
+    # The smoke recipe on CIFAR-10 and a scratch run with another learning rate are other runs,
+    # however close their upstream, model and data set are to the scratch row.
+    smoke = record("smoke", "none", "custom", "cifar10", 0.3371, 0.01, recipe="smoke")
+    tweaked = record("tweaked", "none", "custom", "cifar10", 0.79, 0.5)
+    tweaked["config"]["lr"] = 0.01
+    legacy = record("legacy", "in21k", "L/16", "cifar10", 0.99, 1.0)
+    del legacy["config"]  # no recipe recorded: no way to know its protocol
+    for r in (smoke, tweaked, legacy):
+        (results / f"{r['name']}.json").write_text(json.dumps(r))
+    rows, other = build(results)
+    by_id = {r["id"]: r for r in rows}
+    assert by_id["scratch_cifar10"]["runs"] == 1 and by_id["scratch_cifar10"]["accuracy"] == 0.7712
+    assert by_id["in21k_l16_cifar10"]["runs"] == 2
+    assert sorted(o["accuracy"] for o in other) == [0.3371, 0.79, 0.88, 0.99]
+
+
+def test_the_readme_smoke_run_never_fills_the_scratch_row(smoke_run):
+    run, rec, _ = smoke_run
+    results = run.parent / "results"
+    out = cli("table", "--results", str(results), "--format", "json")
+    assert out.returncode == 0, out.stderr
+    table = json.loads(out.stdout)
+    assert all(r["accuracy"] is None for r in table["rows"])
+    assert [o["accuracy"] for o in table["other_runs"]] == [rec["test_accuracy"]]
+    out = cli("reproduce", "--rows", "scratch_cifar10", "--results", str(results), "--dataset", "/nowhere")
+    assert "scratch_cifar10: already in" not in out.stdout  # not taken as done: it tries (and fails) to run it

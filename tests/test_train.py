@@ -158,7 +158,7 @@ def test_tensorboard_tracker_writes_events(tmp_path, cut):
 @pytest.mark.parametrize("extra,needle", [
     (["--set", "learning_rate=0.1"], "Unknown --set key 'learning_rate'"),
     (["--batch", 64, "--micro-batch", 48], "micro-batch 48 does not divide"),
-    (["--dataset", "/no/such/data"], "No data set '/no/such/data'"),
+    (["--dataset", "/no/such/data"], "the data set /no/such/data: no such file or folder"),
     (["--model", "X/99"], "Unknown Mixer variant"),
     (["--micro-batch", "lots"], "--micro-batch takes a positive integer"),
 ])
@@ -228,3 +228,58 @@ def test_muon_takes_the_blocks_weight_matrices_and_adamw_the_rest():
     assert {d for n, d in owned[adamw].items() if n.endswith("bias") or "norm" in n} == {0.0}
     # Plain recipes keep their single optimizer.
     assert [type(o) for o in make_optimizers(recipe.replace(optimizer="adamw"), model)] == [torch.optim.AdamW]
+
+
+LAUNCH2 = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "mixer_ft"]
+
+
+def stop_after_first_checkpoint(cmd, folder, sig, log):
+    """Start ``cmd``; once its first checkpoint interval is done, send ``sig``; returns (exit status, stderr)."""
+    with open(log, "w") as err:
+        proc = subprocess.Popen(list(map(str, cmd)), stdout=subprocess.DEVNULL, stderr=err, env=os.environ.copy(),
+                                cwd=REPO)
+        first = folder / "checkpoints" / "step_00000050.pt"
+        deadline = time.time() + 300
+        while not first.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+        proc.send_signal(sig)
+        proc.wait(timeout=300)
+    return proc.returncode, log.read_text()
+
+
+@pytest.mark.parametrize("sig,code,processes", [(signal.SIGTERM, 143, 1), (signal.SIGINT, 130, 1),
+                                                (signal.SIGTERM, None, 2)], ids=["sigterm", "ctrl-c", "sigterm-2-processes"])
+def test_a_signal_stops_at_a_checkpoint_and_the_resumed_run_ends_as_the_uninterrupted_one(tmp_path, cut, sig, code,
+                                                                                           processes):
+    common = ["finetune", "--steps", 200, "--batch", 32, "--lr", 0.05, "--warmup", 5, "--eval-every", 0,
+              "--mixed-precision", "no", "--set", "checkpoint_every=50", "--set", "log_every=50", *TINY]
+    launcher = [sys.executable, "-m", "mixer_ft"] if processes == 1 else LAUNCH2
+    subprocess.run([*launcher, *map(str, common), *map(str, run_args(tmp_path, cut, "whole"))], check=True,
+                   capture_output=True, env=os.environ.copy(), cwd=REPO)
+    code_, stderr = stop_after_first_checkpoint([*launcher, *common, *run_args(tmp_path, cut, "stopped")],
+                                                tmp_path / "stopped", sig, tmp_path / "stderr.txt")
+    steps = sorted((tmp_path / "stopped" / "checkpoints").glob("step_*.pt"))
+    stopped_at = int(steps[-1].stem.split("_")[1])
+    assert 50 <= stopped_at < 200 and not (tmp_path / "stopped" / "model").exists(), stderr[-2000:]
+    assert f"stopped at step {stopped_at} of 200; run the same command to resume" in stderr
+    if processes == 1:  # under torchrun the launcher's own exit status and messages are torch's
+        assert code_ == code and "Traceback" not in stderr
+    out = subprocess.run([*launcher, *map(str, common), *map(str, run_args(tmp_path, cut, "stopped"))],
+                         capture_output=True, text=True, env=os.environ.copy(), cwd=REPO)
+    assert out.returncode == 0 and f"resuming {tmp_path / 'stopped'} at step {stopped_at}/200" in out.stdout + out.stderr
+    a = load_file(tmp_path / "whole" / "model" / "model.safetensors")
+    b = load_file(tmp_path / "stopped" / "model" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a), "bit-for-bit equal on CPU"
+
+
+def test_offline_a_run_that_cannot_start_says_everything_it_misses_at_once(tmp_path):
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "mixer_ft", "finetune", "--upstream", "in21k", "--model", "L/16",
+                          "--dataset", "cifar10"], capture_output=True, text=True, env=os.environ.copy(), cwd=tmp_path,
+                         timeout=60)
+    took = time.perf_counter() - t0
+    assert out.returncode == 2 and "Traceback" not in out.stderr and took < 10, (took, out.stderr)
+    assert "the in21k L/16 weights" in out.stderr and "Mixer-L_16.npz at " in out.stderr
+    assert "the data set cifar10 (uoft-cs/cifar10)" in out.stderr
+    assert list(tmp_path.iterdir()) == []  # no empty runs/ or results/ folders left behind
