@@ -1,18 +1,39 @@
 """mixer_ft: fine-tune pretrained MLP-Mixer checkpoints.
 
-Importing the package loads torch only; timm, datasets and huggingface_hub are imported
-where they are used, so the CLI starts fast.
+Importing the package loads nothing heavy: torch and the model come with the first name that
+needs them (``mixer_ft.create_model``, ``mixer_ft.Classifier``, ...), and timm, datasets and
+huggingface_hub where they are used, so the command line starts fast.
 """
 
-from mixer_ft.errors import CheckpointError, ConfigError, DataError, MixerFtError, TrainingError, WeightsUnavailable
-from mixer_ft.infer import Classifier
-from mixer_ft.model import VARIANTS, MixerConfig, MlpMixer, canonical_variant, num_params
-from mixer_ft.weights import create_model, load_checkpoint, save_pretrained, upstream_sources
+from importlib import import_module
+from typing import Any
+
+from mixer_ft.config import VARIANTS, MixerConfig, canonical_variant
+from mixer_ft.errors import (
+    CheckpointError,
+    ConfigError,
+    DataError,
+    MixerFtError,
+    RunStopped,
+    TrainingError,
+    WeightsUnavailable,
+)
 
 __version__ = "0.1.0"
 
+# Public names that need torch: the module each lives in, imported on first use (PEP 562).
+_LAZY = {"Classifier": "infer", "MlpMixer": "model", "num_params": "model", "create_model": "weights",
+         "load_checkpoint": "weights", "save_pretrained": "weights", "upstream_sources": "weights"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(f"mixer_ft.{_LAZY[name]}"), name)
+    raise AttributeError(f"module 'mixer_ft' has no attribute {name!r}")
+
+
 __all__ = [
     "VARIANTS", "CheckpointError", "Classifier", "ConfigError", "DataError", "MixerConfig", "MixerFtError", "MlpMixer",
-    "TrainingError", "WeightsUnavailable", "__version__", "canonical_variant", "create_model", "load_checkpoint",
-    "num_params", "save_pretrained", "upstream_sources",
+    "RunStopped", "TrainingError", "WeightsUnavailable", "__version__", "canonical_variant", "create_model",
+    "load_checkpoint", "num_params", "save_pretrained", "upstream_sources",
 ]

@@ -41,8 +41,9 @@ def inspect(
     import torch
 
     from mixer_ft.model import MixerConfig, MlpMixer, num_params
-    from mixer_ft.weights import load_checkpoint
+    from mixer_ft.weights import load_checkpoint, load_strict
 
+    ckpt = None
     try:
         cfg, path = MixerConfig.from_variant(source), None
         where = "variant definition (no weights)"
@@ -52,6 +53,8 @@ def inspect(
         where = path or source
     with torch.device("meta"):  # counting parameters needs no memory
         net = MlpMixer(cfg)
+    if ckpt is not None:  # every tensor must fit the architecture the file's shapes name
+        load_strict(net, ckpt)
     cfg = net.config
     info = {"source": source, "path": path, "variant": cfg.variant, **cfg.to_dict(),
             "num_tokens": cfg.num_tokens, "num_params": num_params(net)}

@@ -24,6 +24,7 @@ import re
 import shutil
 import tarfile
 import tempfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -206,12 +207,16 @@ class _FolderReader(_Reader):
                 if where and p.is_file():
                     yield where[0], where[1], (str(p), p.read_bytes)
             return
-        with tarfile.open(self.path) as tar:  # streamed: a .tar.gz is read once, in order
-            for member in tar:
-                where = _split_of(Path(member.name).parts)
-                if where and member.isfile():
-                    data = tar.extractfile(member).read()  # type: ignore[union-attr]
-                    yield where[0], where[1], (member.name, lambda d=data: d)
+        try:
+            with tarfile.open(self.path) as tar:  # streamed: a .tar.gz is read once, in order
+                for member in tar:
+                    where = _split_of(Path(member.name).parts)
+                    if where and member.isfile():
+                        data = tar.extractfile(member).read()  # type: ignore[union-attr]
+                        yield where[0], where[1], (member.name, lambda d=data: d)
+        except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+            raise DataError(f"{self.path} is truncated or damaged ({type(e).__name__}: {e}); download or copy it "
+                            "again.") from None
 
 
 class _SafeUnpickler(pickle.Unpickler):
@@ -277,8 +282,8 @@ class _CifarPythonReader(_Reader):
             with tarfile.open(self.path) as tar:
                 return {Path(m.name).name: tar.extractfile(m).read() for m in tar  # type: ignore[union-attr]
                         if m.isfile() and Path(m.name).name in wanted}
-        except (tarfile.TarError, EOFError, OSError) as e:
-            raise DataError(f"{self.path} is truncated or not a tar.gz archive ({e}).") from None
+        except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+            raise DataError(f"{self.path} is truncated or not a tar.gz archive ({type(e).__name__}: {e}).") from None
 
     def items(self) -> Iterator[tuple[str, str | int, Any]]:
         blobs = self._blobs()

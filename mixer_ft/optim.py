@@ -10,10 +10,10 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-import torch
-from torch import nn
+if TYPE_CHECKING:  # torch is imported where optimizers are built: the command line starts without it
+    import torch
+    from torch import nn
 
-if TYPE_CHECKING:
     from mixer_ft.recipe import Recipe
 
 
@@ -25,11 +25,15 @@ def _groups(recipe: Recipe, params: list[tuple[str, nn.Parameter]]) -> list[dict
 
 def _sgd(recipe: Recipe, model: nn.Module, fused: bool) -> list[torch.optim.Optimizer]:
     """The upstream protocol's: plain (not Nesterov) momentum SGD."""
+    import torch
+
     groups = _groups(recipe, list(model.named_parameters()))
     return [torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=False, fused=fused)]
 
 
 def _adamw(recipe: Recipe, model: nn.Module, fused: bool) -> list[torch.optim.Optimizer]:
+    import torch
+
     return [torch.optim.AdamW(_groups(recipe, list(model.named_parameters())), lr=recipe.lr, fused=fused)]
 
 
@@ -40,6 +44,8 @@ def _muon(recipe: Recipe, model: nn.Module, fused: bool) -> list[torch.optim.Opt
     weight decay. The patch stem and the head stay with AdamW, as Muon's authors advise, and so
     do the biases and norm gains.
     """
+    import torch
+
     named = list(model.named_parameters())
     matrices = [p for n, p in named if n.startswith("blocks.") and p.ndim == 2]
     taken = {id(p) for p in matrices}
@@ -70,6 +76,8 @@ def lr_factor(step: int, warmup: int, total: int) -> float:
 def make_schedules(optimizers: list[torch.optim.Optimizer], warmup: int,
                    total: int) -> list[torch.optim.lr_scheduler.LambdaLR]:
     """One :func:`lr_factor` schedule per optimizer."""
+    import torch
+
     return [torch.optim.lr_scheduler.LambdaLR(o, lambda s: lr_factor(s + 1, warmup, total)) for o in optimizers]
 
 

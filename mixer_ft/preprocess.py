@@ -21,10 +21,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from mixer_ft.model import DEFAULT_MEAN, DEFAULT_STD, MixerConfig
+from mixer_ft.config import AREA_RANGE, ASPECT_RANGE, DEFAULT_MEAN, DEFAULT_STD, MixerConfig
 
-AREA_RANGE = (0.05, 1.0)
-ASPECT_RANGE = (3 / 4, 4 / 3)
 MAX_ATTEMPTS = 10  # TF's default; after that the whole image is used
 
 

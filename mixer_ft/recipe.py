@@ -15,10 +15,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mixer_ft.config import AREA_RANGE, GELU_FLAVOURS, MixerConfig
 from mixer_ft.errors import ConfigError
-from mixer_ft.model import GELU_FLAVOURS, MixerConfig
 from mixer_ft.optim import OPTIMIZERS
-from mixer_ft.preprocess import AREA_RANGE
 
 PRECISIONS = ("auto", "no", "bf16", "fp16")
 _ARCH_FIELDS = {f.name for f in dataclasses.fields(MixerConfig)} - {"num_classes"}
@@ -185,14 +184,19 @@ def load_recipe(path: str | Path, **overrides: Any) -> Recipe:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise ConfigError(f"No recipe at {path}. The recipes shipped with mixer_ft are in recipes/.") from None
-    except tomllib.TOMLDecodeError as e:
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
         raise ConfigError(f"Recipe {path} is not valid TOML: {e}.") from None
+    except OSError as e:
+        raise ConfigError(f"Cannot read recipe {path}: {e.strerror or e}.") from None
     check_keys(data, f"recipe ({path.name})")
     merged = data | overrides
     for key, value in overrides.items():  # a table (architecture) is updated, not replaced
         if isinstance(value, dict) and isinstance(data.get(key), dict):
             merged[key] = data[key] | value
-    return from_dict(merged)
+    try:
+        return from_dict(merged)
+    except ConfigError as e:
+        raise ConfigError(f"{e} (recipe {path}{' with the flags given' if overrides else ''})") from None
 
 
 def from_dict(data: dict[str, Any]) -> Recipe:

@@ -39,18 +39,48 @@ def cpu_flags() -> set[str]:
     return set()
 
 
+def bf16_slowdown(size: int = 256, repeats: int = 5) -> float:
+    """How many times slower a bf16 matrix product runs than an fp32 one on this CPU, measured now."""
+    import time
+
+    a = torch.randn(size, size)
+    times = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        x = a.to(dtype)
+        x @ x  # warm-up
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            x @ x
+        times[dtype] = time.perf_counter() - t0
+    return times[torch.bfloat16] / max(times[torch.float32], 1e-9)
+
+
 def cpu_native_bf16() -> bool:
     """Whether the CPU computes bf16 natively (AVX512-BF16, AMX or ARM's BF16); elsewhere torch emulates
     it, about a hundred times slower than fp32."""
     return bool(cpu_flags() & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
+def cpu_isa() -> str:
+    """The CPU's instruction set level for matrix work, e.g. "AVX2", "AVX512", "AVX512_BF16", "AMX".
+
+    Two CPUs of one name can differ here by a hundredfold in bf16 (native or emulated), so run
+    records and benchmarks name it.
+    """
+    flags = cpu_flags()
+    for level, flag in (("AMX", "amx_bf16"), ("AVX512_BF16", "avx512_bf16"), ("AVX512", "avx512f"), ("AVX2", "avx2"),
+                        ("SVE", "sve"), ("NEON+BF16", "bf16"), ("NEON", "asimd")):
+        if flag in flags:
+            return level
+    return torch.backends.cpu.get_cpu_capability()
+
+
 def hardware(device: torch.device, num_processes: int) -> dict[str, Any]:
-    """The device name and how many took part."""
+    """The device name (a CPU's with its cores and instruction set level) and how many took part."""
     if device.type == "cuda":
         name = torch.cuda.get_device_name(device)
     else:
-        name = f"CPU ({cpu_name()}, {os.cpu_count()} cores)"
+        name = f"CPU ({cpu_name()}, {os.cpu_count()} cores, {cpu_isa()})"
     return {"device": name, "type": device.type, "count": num_processes}
 
 
@@ -65,9 +95,28 @@ def versions() -> dict[str, str]:
     return out
 
 
+def _installed_from() -> Path | None:
+    """The checkout `pip install .` was run in, as pip records it (PEP 610 direct_url.json)."""
+    import json
+    import urllib.parse
+
+    try:
+        info = json.loads(metadata.distribution("mixer_ft").read_text("direct_url.json") or "{}")
+    except (metadata.PackageNotFoundError, ValueError):
+        return None
+    url = urllib.parse.urlsplit(info.get("url", ""))
+    return Path(urllib.parse.unquote(url.path)) if url.scheme == "file" else None
+
+
 def git_commit(cwd: Path | None = None) -> str | None:
-    """The commit the code ran from, with '+dirty' when the tree had changes; None outside git."""
-    where = cwd or Path(__file__).resolve().parent
+    """The commit the code ran from, with '+dirty' when the tree had changes; None outside git.
+
+    Installed with `pip install .`, the package no longer sits in the checkout: the commit is then
+    read from the checkout pip installed it from, where it still exists.
+    """
+    here = Path(__file__).resolve().parent
+    source = _installed_from()
+    where = cwd or (source if source and source.is_dir() and not str(here).startswith(str(source)) else here)
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True,
                                 timeout=10, check=True).stdout.strip()

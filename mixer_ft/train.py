@@ -203,9 +203,17 @@ def _compiles(recipe: Recipe, device: torch.device) -> bool:
 
 
 def _precision(recipe: Recipe, device: torch.device) -> str:
-    if recipe.mixed_precision != "auto":
-        return recipe.mixed_precision
-    return "bf16" if device.type == "cuda" and torch.cuda.is_bf16_supported() else "no"
+    """"auto": bf16 where the device computes it natively (a GPU that has it, a CPU with AVX512-BF16
+    or AMX), else fp32. An explicit bf16 on a CPU that would emulate it runs, with a warning."""
+    from mixer_ft.records import bf16_slowdown, cpu_isa, cpu_native_bf16
+
+    native = torch.cuda.is_bf16_supported() if device.type == "cuda" else device.type == "cpu" and cpu_native_bf16()
+    if recipe.mixed_precision == "auto":
+        return "bf16" if native else "no"
+    if recipe.mixed_precision == "bf16" and device.type == "cpu" and not native:
+        log.warning("mixed_precision = \"bf16\" on a CPU without native bf16 (%s): a bf16 matrix product ran "
+                    "%.0fx slower than fp32 here. Use --mixed-precision auto or no.", cpu_isa(), bf16_slowdown())
+    return recipe.mixed_precision
 
 
 def setup(recipe: Recipe, *, fresh: bool = False) -> Run:

@@ -484,13 +484,17 @@ def load_strict(model: MlpMixer, ckpt: Checkpoint, *, new_head: bool = False) ->
         if any(".mlp_tokens." in m for m in misshaped):
             hint = (" The token-mixing MLPs are sized for the checkpoint's token count, so the input size "
                     "cannot simply change.")
+        requested = model.config.describe()
         try:
-            found = f"a {ckpt.config().describe()}"
+            found = ckpt.config().describe()
         except MixerFtError:
             found = "no recognisable Mixer"
+        head = (f"Weights from {ckpt.source} do not fit the {requested} their own shapes describe: the file is "
+                "damaged or not a plain Mixer." if found == requested else
+                f"Weights from {ckpt.source} do not fit the requested {requested}: the file holds "
+                f"{'a ' if found[0] != 'n' else ''}{found}.")
         raise CheckpointError(
-            f"Weights from {ckpt.source} do not fit the requested {model.config.describe()}: the file holds "
-            f"{found}.{hint}\n  missing: {', '.join(missing) or 'none'}\n  unexpected: "
+            f"{head}{hint}\n  missing: {', '.join(missing) or 'none'}\n  unexpected: "
             f"{', '.join(unexpected) or 'none'}\n  mis-shaped: {', '.join(misshaped) or 'none'}"
         )
     sd = {k: v.to(torch.float32).contiguous() for k, v in sd.items()}

@@ -8,7 +8,7 @@ import sys
 import pytest
 from safetensors.torch import save_file
 
-from conftest import randomize_
+from conftest import REPO, randomize_
 from mixer_ft import create_model
 
 
@@ -60,3 +60,26 @@ def test_console_script_is_the_same_app():
     exe = os.path.join(os.path.dirname(sys.executable), "mixer-ft")
     out = subprocess.run([exe, "inspect", "S/32", "--json"], capture_output=True, text=True, timeout=300)
     assert json.loads(out.stdout)["num_params"] == 19_104_624
+
+
+def test_installed_with_pip_the_records_still_name_the_commit(tmp_path):
+    # `pip install .` copies the package out of the checkout; the commit is read where pip took it from.
+    pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target",
+                          str(tmp_path / "site"), str(REPO)], capture_output=True, text=True, timeout=600)
+    assert pip.returncode == 0, pip.stderr[-2000:]
+    code = "import mixer_ft.records as r; print(r.__file__); print(r.git_commit())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=60,
+                         env=os.environ | {"PYTHONPATH": str(tmp_path / "site")}).stdout.splitlines()
+    head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()
+    assert out[0].startswith(str(tmp_path / "site")) and out[1].removesuffix("+dirty") == head
+
+
+def test_results_are_written_with_the_users_usual_file_mode(tmp_path):
+    from mixer_ft.atomic import atomic_write_text
+
+    old = os.umask(0o022)
+    try:
+        path = atomic_write_text(tmp_path / "record.json", "{}")
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o644  # not mkstemp's private 0600

@@ -80,7 +80,33 @@ def test_state_dict_names_are_timms():
     assert not any(n.split(".")[0].isdigit() for n in names)
 
 
-def test_import_does_not_pull_in_timm_or_datasets():
-    code = "import sys, mixer_ft, mixer_ft.cli; print(sorted(m for m in ('timm', 'datasets', 'huggingface_hub') if m in sys.modules))"
+def test_the_command_line_starts_without_torch_timm_or_datasets():
+    # `mixer-ft --help` and the package import load none of them: torch alone takes seconds to import.
+    heavy = "('torch', 'timm', 'datasets', 'huggingface_hub', 'accelerate')"
+    code = f"import sys, mixer_ft, mixer_ft.cli; print(sorted(m for m in {heavy} if m in sys.modules))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+    code = f"import sys, runpy; sys.argv = ['mixer-ft', '--help']\ntry: runpy.run_module('mixer_ft', run_name='__main__')\n" \
+           f"except SystemExit: pass\nprint(sorted(m for m in {heavy} if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert out.strip() == "[]"
+    assert "finetune" in out and out.strip().endswith("[]")
+    # A name that needs torch still comes when asked for.
+    code = "import mixer_ft, sys; mixer_ft.create_model; print('torch' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "True"
+
+
+def test_auto_precision_is_bf16_only_where_the_cpu_computes_it_natively(monkeypatch, caplog):
+    import logging
+
+    from mixer_ft import records
+    from mixer_ft.recipe import Recipe
+    from mixer_ft.train import _precision
+
+    cpu = torch.device("cpu")
+    assert _precision(Recipe(mixed_precision="auto"), cpu) == ("bf16" if records.cpu_native_bf16() else "no")
+    assert records.hardware(cpu, 1)["device"].endswith(f", {records.cpu_isa()})")
+    # A CPU with AVX2 only (the flags it reports), asked for bf16 explicitly: it runs, with the measured cost.
+    monkeypatch.setattr(records, "cpu_flags", lambda: {"avx2", "fma"})
+    assert _precision(Recipe(mixed_precision="auto"), cpu) == "no" and records.cpu_isa() == "AVX2"
+    with caplog.at_level(logging.WARNING):
+        assert _precision(Recipe(mixed_precision="bf16"), cpu) == "bf16"
+    assert "without native bf16 (AVX2)" in caplog.text and "slower than fp32" in caplog.text

@@ -10,7 +10,7 @@ import pytest
 from conftest import REPO
 from mixer_ft import ConfigError
 from mixer_ft.optim import lr_factor
-from mixer_ft.recipe import RESUMABLE_KEYS, Recipe, from_dict, load_recipe, parse_override, resume_conflicts
+from mixer_ft.recipe import RESUMABLE_KEYS, Recipe, default, from_dict, load_recipe, parse_override, resume_conflicts
 
 RECIPES = sorted((REPO / "recipes").glob("*.toml"))
 
@@ -101,8 +101,13 @@ def test_the_committed_scratch_record_was_made_by_the_scratch_recipe():
     # The header's figures are the record's, so the recipe may not drift from the run behind them.
     recorded = json.loads((REPO / "results" / "scratch_cifar10.json").read_text())["config"]
     recipe = load_recipe(REPO / "recipes" / "scratch_cifar10.toml").to_dict()
-    where = {"dataset", "name", "output_dir", "results_dir"}  # given on the command line: where, not how
-    assert {k: v for k, v in recorded.items() if k not in where} == {k: v for k, v in recipe.items() if k not in where}
+    # Given on the command line (where, not how); and the precision, "auto" now, which was bf16 on the
+    # recorded runs' CPU (it has native bf16, as "auto" requires).
+    where = {"dataset", "name", "output_dir", "results_dir", "mixed_precision"}
+    assert recorded["mixed_precision"] == "bf16" and load_recipe(REPO / "recipes" / "scratch_cifar10.toml").mixed_precision == "auto"
+    # A key added since the run counts at its default, as when a checkpoint resumes.
+    assert {k: recorded.get(k, default(k)) for k in recipe if k not in where} == \
+        {k: v for k, v in recipe.items() if k not in where}
 
 
 def test_a_new_optimisation_key_added_to_the_recipe_alone_makes_a_resume_refuse():
@@ -121,7 +126,7 @@ def test_only_the_listed_keys_may_change_on_resume():
     saved = Recipe().to_dict()
     free = {"output_dir": "elsewhere", "results_dir": "r", "name": "n", "tracker": "tensorboard", "log_every": 7,
             "eval_every": 3, "checkpoint_every": 9, "micro_batch": "auto", "mixed_precision": "no",
-            "fast_path": False, "eval_flip": True, "eval_translate": 1}
+            "fast_path": False, "compile": True, "eval_flip": True, "eval_translate": 1}
     assert set(free) == RESUMABLE_KEYS
     assert resume_conflicts(saved, Recipe(**free)) == []
     changed = {"lr": 0.1, "label_smoothing": 0.1, "image_column": "img", "architecture": {"gelu": "exact"},
