@@ -81,6 +81,8 @@ def data(
     label_column: Annotated[Optional[str], typer.Option(help="Label column of a Hub data set.")] = None,
     val_fraction: Annotated[float, typer.Option(help="Share of train held out as minival.")] = default("val_fraction"),
     seed: Annotated[int, typer.Option(help="Seed of the train/minival cut.")] = default("seed"),
+    test_fraction: Annotated[float, typer.Option(help="Of a folder without split folders (<class>/*), the share "
+                                                      "of each class held out as the test split.")] = default("test_fraction"),
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Show a data set's splits, classes and image size (decoding it into the cache on first use)."""
@@ -89,7 +91,8 @@ def data(
     from mixer_ft.data import load_data
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    info = load_data(source, image_column=image_column, label_column=label_column).summary(val_fraction, seed)
+    info = load_data(source, image_column=image_column, label_column=label_column,
+                     test_fraction=test_fraction).summary(val_fraction, seed)
     if as_json:
         typer.echo(json.dumps(info))
         return
@@ -98,6 +101,7 @@ def data(
     typer.echo(f"{'read from':<11} {info['location']}")
     for split, n in info["splits"].items():
         typer.echo(f"{split:<11} {n:,} images")
+    typer.echo(f"{'test split':<11} {info['test_from']}")
     typer.echo(f"{'image size':<11} {h}x{w}")
     typer.echo(f"{'classes':<11} {len(info['classes'])}: {' '.join(info['classes'])}")
     if info["skipped"]:
@@ -217,7 +221,8 @@ def evaluate(
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     clf = Classifier.from_pretrained(model_source, variant=model, device=device, mirror=flip, shift=translate)
     made = clf.provenance  # the run's own cut of train into train and minival
-    result = evaluate_split(clf, load_data(dataset), split, val_fraction=made.get("val_fraction", default("val_fraction")),
+    data = load_data(dataset, test_fraction=made.get("test_fraction", default("test_fraction")))
+    result = evaluate_split(clf, data, split, val_fraction=made.get("val_fraction", default("val_fraction")),
                             seed=made.get("seed", default("seed")))
     if plot:
         typer.echo(f"plot: {plot_confusion(result, plot)}", err=True)

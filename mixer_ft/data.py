@@ -24,6 +24,7 @@ import re
 import shutil
 import tarfile
 import tempfile
+import zipfile
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -32,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from mixer_ft.config import TEST_FRACTION
 from mixer_ft.errors import ConfigError, DataError
 from mixer_ft.images import to_rgb_array
 
@@ -75,6 +77,7 @@ class ImageData:
     images: dict[str, np.ndarray]
     labels: dict[str, np.ndarray]
     skipped: int = 0
+    test_from: str = ""  # which split of the source is the reported test split, and why
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -108,7 +111,7 @@ class ImageData:
         sizes = {k: len(idx) for k, (_, idx) in self.splits(val_fraction, seed).items()}
         h, w = self.image_size
         return {"source": self.source, "location": self.location, "splits": sizes, "classes": self.classes,
-                "image_size": [h, w], "skipped": self.skipped}
+                "image_size": [h, w], "skipped": self.skipped, "test_from": self.test_from}
 
 
 # --------------------------------------------------------------------------- entry point
@@ -120,6 +123,7 @@ def load_data(
     image_column: str | None = None,
     label_column: str | None = None,
     store_size: int | None = None,
+    test_fraction: float = TEST_FRACTION,
 ) -> ImageData:
     """Read ``source`` (see the module docstring), decoding into the cache on first use.
 
@@ -127,8 +131,10 @@ def load_data(
         image_column, label_column: for Hub sets whose columns are not found automatically.
         store_size: resize every image to this square size when caching; by default images keep
             the size of the first one (others are resized to it, with a count in the log).
+        test_fraction: of an image folder without split folders, the share of each class held out
+            as the test split.
     """
-    reader = _reader(source, image_column, label_column)
+    reader = _reader(source, image_column, label_column, test_fraction)
     key = hashlib.sha1(json.dumps([_CACHE_FORMAT, reader.fingerprint(), store_size]).encode()).hexdigest()[:16]
     from mixer_ft.weights import cache_dir
 
@@ -138,7 +144,7 @@ def load_data(
     return _open_cache(folder, source)
 
 
-def _reader(source: str, image_column: str | None, label_column: str | None) -> _Reader:
+def _reader(source: str, image_column: str | None, label_column: str | None, test_fraction: float) -> _Reader:
     if source in HUB_DATASETS:
         repo, label = HUB_DATASETS[source]
         return _HubReader(repo, image_column or "img", label_column or label, alias=source)
@@ -153,9 +159,9 @@ def _reader(source: str, image_column: str | None, label_column: str | None) -> 
         )
     if _is_cifar_python(path):
         return _CifarPythonReader(path)
-    if path.is_dir() or tarfile.is_tarfile(path):
-        return _FolderReader(path)
-    raise DataError(f"{path} is neither a folder nor a .tar/.tar.gz archive of an image folder.")
+    if path.is_dir() or zipfile.is_zipfile(path) or tarfile.is_tarfile(path):
+        return _FolderReader(path, test_fraction)
+    raise DataError(f"{path} is neither a folder nor a .tar, .tar.gz or .zip archive of an image folder.")
 
 
 # --------------------------------------------------------------------------- readers
@@ -166,6 +172,7 @@ class _Reader:
 
     location: str
     classes: list[str] | None = None  # known up front, or collected while reading
+    test_from: str = "its test split"  # which split is reported as test, and why
 
     def fingerprint(self) -> list[Any]:
         raise NotImplementedError
@@ -179,44 +186,88 @@ def _file_fingerprint(path: Path) -> list[Any]:
     return [str(path.resolve()), st.st_size, st.st_mtime_ns]
 
 
-def _split_of(parts: tuple[str, ...]) -> tuple[str, str] | None:
-    """('.../train/cat/001.jpg') -> ('train', 'cat'); None if not in the image-folder layout."""
-    if len(parts) >= 3 and parts[-3] in ("train", "test") and Path(parts[-1]).suffix.lower() in IMAGE_SUFFIXES:
-        return parts[-3], parts[-2]
-    return None
+# Split folder names, as image-folder data sets spell them; "validation" is reported when there is no "test".
+_SPLITS = {"train": "train", "test": "test", "val": "validation", "valid": "validation", "validation": "validation"}
+
+
+def _layout(names: list[str], test_fraction: float, where: str) -> tuple[dict[str, tuple[str, str]], str]:
+    """{image name: (split, class)} for an image folder's file names, and which split is reported as test and why.
+
+    ``train/<class>/*`` with ``test/`` or ``val/``/``validation/`` (test preferred); or, with no split
+    folders, ``<class>/*`` with a seeded, stratified ``test_fraction`` of each class held out.
+    """
+    images = [n for n in names if Path(n).suffix.lower() in IMAGE_SUFFIXES]
+    split_of = {n: (_SPLITS[p[-3].lower()], p[-2]) for n in images
+                if len(p := Path(n).parts) >= 3 and p[-3].lower() in _SPLITS}
+    if split_of:
+        present = {s for s, _ in split_of.values()}
+        test = "test" if "test" in present else "validation" if "validation" in present else None
+        if test is None:
+            raise DataError(f"{where} has a train/ folder but no test/, val/ or validation/ folder to report on; "
+                            "add one, or put the class folders at the top to have a test split held out.")
+        why = "its test/ folder" if test == "test" else "its validation folder (there is no test/ folder)"
+        if test == "test" and "validation" in present:
+            why += "; its validation folder is not used (the minival is cut from train, as upstream)"
+        return {n: ("test" if s == test else s, c) for n, (s, c) in split_of.items() if s in ("train", test)}, why
+    by_class: dict[str, list[str]] = {}
+    for n in images:
+        if len(Path(n).parts) >= 2:
+            by_class.setdefault(Path(n).parts[-2], []).append(n)
+    rng, out = np.random.default_rng(0), {}
+    for cls in sorted(by_class):
+        files = sorted(by_class[cls])
+        held = {files[i] for i in rng.permutation(len(files))[: round(len(files) * test_fraction)]}
+        out |= {f: ("test" if f in held else "train", cls) for f in files}
+    return out, (f"no split folders: {test_fraction:.0%} of each class held out as the test split (seeded, "
+                 "stratified; --test-fraction / recipe key test_fraction)")
 
 
 class _FolderReader(_Reader):
-    def __init__(self, path: Path) -> None:
-        self.path, self.location = path, str(path)
+    """An image folder, or one packed as .tar, .tar.gz or .zip (see :func:`_layout`)."""
+
+    def __init__(self, path: Path, test_fraction: float = TEST_FRACTION) -> None:
+        if not 0 < test_fraction < 1:
+            raise ConfigError(f"test_fraction must be in (0, 1), got {test_fraction}.")
+        self.path, self.location, self.test_fraction = path, str(path), test_fraction
+        self.test_from = ""
 
     def fingerprint(self) -> list[Any]:
         if self.path.is_file():
-            return ["folder-archive", *_file_fingerprint(self.path)]
+            return ["folder-archive", *_file_fingerprint(self.path), self.test_fraction]
         files = sorted(p for p in self.path.rglob("*") if p.is_file())
         h = hashlib.sha1()
         for p in files:
             st = p.stat()
             h.update(f"{p.relative_to(self.path)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-        return ["folder", str(self.path.resolve()), h.hexdigest()]
+        return ["folder", str(self.path.resolve()), h.hexdigest(), self.test_fraction]
+
+    def _damaged(self, e: BaseException) -> DataError:
+        return DataError(f"{self.path} is truncated or damaged ({type(e).__name__}: {e}); download or copy it again.")
 
     def items(self) -> Iterator[tuple[str, str | int, Any]]:
-        if self.path.is_dir():
-            for p in sorted(self.path.rglob("*")):
-                where = _split_of(p.relative_to(self.path).parts)
-                if where and p.is_file():
-                    yield where[0], where[1], (str(p), p.read_bytes)
-            return
         try:
-            with tarfile.open(self.path) as tar:  # streamed: a .tar.gz is read once, in order
-                for member in tar:
-                    where = _split_of(Path(member.name).parts)
-                    if where and member.isfile():
-                        data = tar.extractfile(member).read()  # type: ignore[union-attr]
-                        yield where[0], where[1], (member.name, lambda d=data: d)
-        except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
-            raise DataError(f"{self.path} is truncated or damaged ({type(e).__name__}: {e}); download or copy it "
-                            "again.") from None
+            if self.path.is_dir():
+                files = {str(p.relative_to(self.path)): p for p in sorted(self.path.rglob("*")) if p.is_file()}
+                assign, self.test_from = _layout(list(files), self.test_fraction, self.location)
+                for name, path in files.items():
+                    if name in assign:
+                        yield *assign[name], (str(path), path.read_bytes)
+            elif zipfile.is_zipfile(self.path):
+                with zipfile.ZipFile(self.path) as zf:
+                    assign, self.test_from = _layout(zf.namelist(), self.test_fraction, self.location)
+                    for name in zf.namelist():
+                        if name in assign:
+                            yield *assign[name], (name, lambda n=name: zf.read(n))
+            else:
+                with tarfile.open(self.path) as tar:  # names first, then the images in archive order
+                    members = [m for m in tar.getmembers() if m.isfile()]
+                    assign, self.test_from = _layout([m.name for m in members], self.test_fraction, self.location)
+                    for m in members:
+                        if m.name in assign:
+                            data = tar.extractfile(m).read()  # type: ignore[union-attr]
+                            yield *assign[m.name], (m.name, lambda d=data: d)
+        except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, zlib.error) as e:
+            raise self._damaged(e) from None
 
 
 class _SafeUnpickler(pickle.Unpickler):
@@ -358,6 +409,7 @@ class _HubReader(_Reader):
     def items(self) -> Iterator[tuple[str, str | int, Any]]:
         ds = self._dataset()
         test = "test" if "test" in ds else "validation" if "validation" in ds else None
+        self.test_from = f"its {test} split" + (" (it has no test split)" if test == "validation" else "")
         if "train" not in ds or test is None:
             raise DataError(f"{self.repo} needs a train split and a test (or validation) split; it has "
                             f"{', '.join(ds)}.")
@@ -437,7 +489,7 @@ def _build_cache(reader: _Reader, folder: Path, store_size: int | None) -> None:
         for split, split_ids in ids.items():
             np.save(tmp / f"{split}_labels.npy", split_ids)
         meta = {"format": _CACHE_FORMAT, "location": reader.location, "classes": classes, "size": list(size),
-                "counts": {s: len(v) for s, v in ids.items()}, "skipped": skipped}
+                "counts": {s: len(v) for s, v in ids.items()}, "skipped": skipped, "test_from": reader.test_from}
         (tmp / "meta.json").write_text(json.dumps(meta))  # written last: its presence marks a whole cache
         if folder.exists():
             shutil.rmtree(folder)
@@ -452,4 +504,5 @@ def _open_cache(folder: Path, source: str) -> ImageData:
     images = {s: np.memmap(folder / f"{s}.u8", dtype=np.uint8, mode="r", shape=(n, h, w, 3))
               for s, n in meta["counts"].items()}
     labels = {s: np.load(folder / f"{s}_labels.npy") for s in meta["counts"]}
-    return ImageData(source, meta["location"], meta["classes"], images, labels, meta["skipped"])  # type: ignore[arg-type]
+    return ImageData(source, meta["location"], meta["classes"], images, labels,  # type: ignore[arg-type]
+                     meta["skipped"], meta.get("test_from", ""))

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mixer_ft.config import AREA_RANGE, GELU_FLAVOURS, MixerConfig
+from mixer_ft.config import AREA_RANGE, GELU_FLAVOURS, TEST_FRACTION, MixerConfig
 from mixer_ft.errors import ConfigError
 from mixer_ft.optim import OPTIMIZERS
 
@@ -41,6 +41,7 @@ class Recipe:
     image_column: str | None = None
     label_column: str | None = None
     val_fraction: float = 0.02
+    test_fraction: float = TEST_FRACTION  # of a folder without split folders: each class's share held out as test
     steps: int = 10_000
     epochs: float | None = None  # instead of steps: passes over train[:98%]
     global_batch: int = 512
@@ -89,6 +90,7 @@ class Recipe:
             pixels = getattr(self, key)
             check(pixels >= 0, f"{key} must be a non-negative whole number of pixels, got {pixels!r}.")
         check(0 <= self.val_fraction < 1, f"val_fraction must be in [0, 1), got {self.val_fraction}.")
+        check(0 < self.test_fraction < 1, f"test_fraction must be in (0, 1), got {self.test_fraction}.")
         check(min(self.eval_every, self.checkpoint_every) >= 0 and self.log_every >= 1,
               "eval_every and checkpoint_every must be >= 0, log_every >= 1.")
         check(self.seed >= 0, f"seed must be non-negative, got {self.seed}.")

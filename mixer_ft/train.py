@@ -228,7 +228,8 @@ def setup(recipe: Recipe, *, fresh: bool = False) -> Run:
         _writable(out, "output folder")
         _writable(Path(recipe.results_dir), "results folder")
     with state.main_process_first():  # one process decodes into the cache, the others read it
-        data = load_data(recipe.dataset, image_column=recipe.image_column, label_column=recipe.label_column)
+        data = load_data(recipe.dataset, image_column=recipe.image_column, label_column=recipe.label_column,
+                         test_fraction=recipe.test_fraction)
     splits = data.splits(recipe.val_fraction, recipe.seed)
     steps_per_epoch, total = _schedule_length(recipe, len(splits["train"][1]))
 
@@ -507,7 +508,8 @@ def finish(run: Run) -> dict[str, Any]:
         provenance = {k: record[k] for k in ("name", "upstream", "dataset", "data_source", "test_accuracy", "test_images",
                                              "minival_accuracy", "minival_images", "steps", "global_batch",
                                              "git_commit", "finished")}
-        provenance |= {"val_fraction": run.recipe.val_fraction, "seed": run.recipe.seed}
+        provenance |= {"val_fraction": run.recipe.val_fraction, "seed": run.recipe.seed,
+                       "test_fraction": run.recipe.test_fraction}
         save_pretrained(run.net, run.out / "model", classes=run.data.classes, evaluation=evaluation_views(run),
                         provenance=provenance)
         path = write_record(run.recipe.results_dir, record)

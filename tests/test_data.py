@@ -207,3 +207,68 @@ def test_data_command_on_the_whole_cifar10_archive():
 def test_data_command_bad_input(args, needle):
     out = run_cli(*args)
     assert out.returncode == 2 and needle in out.stderr and "Traceback" not in out.stderr
+
+
+def _photo(path, w, h, seed):
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 255, (h, w, 3), dtype=np.uint8)).save(path, quality=90)
+
+
+def _photos(root, layout):
+    """Small JPEGs of mixed sizes and orientations: {split folder or "": {class: count}}."""
+    k = 0
+    for split, classes in layout.items():
+        for cls, n in classes.items():
+            (root / split / cls).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                w, h = (48, 36) if k % 2 else (36, 48)  # landscape and portrait
+                _photo(root / split / cls / f"{i:03d}.jpg", w, h, k)
+                k += 1
+    return root
+
+
+def data_json(*args):
+    out = subprocess.run([sys.executable, "-m", "mixer_ft", "data", *map(str, args), "--json"], capture_output=True,
+                         text=True, env=os.environ.copy(), timeout=300)
+    assert out.returncode == 0, out.stderr
+    return json.loads(out.stdout)
+
+
+@pytest.mark.parametrize("val", ["val", "validation"])
+def test_train_and_val_folders_report_on_val(tmp_path, val):
+    root = _photos(tmp_path / "photos", {"train": {"cat": 6, "dog": 4}, val: {"cat": 2, "dog": 3}})
+    info = data_json(root)
+    assert info["classes"] == ["cat", "dog"] and info["splits"]["test"] == 5
+    assert info["splits"]["train"] + info["splits"]["minival"] == 10 and "validation folder" in info["test_from"]
+
+
+def test_train_val_and_test_folders_report_on_test(tmp_path):
+    root = _photos(tmp_path / "photos", {"train": {"a": 5}, "validation": {"a": 2}, "test": {"a": 3}})
+    info = data_json(root)
+    assert info["splits"]["test"] == 3 and info["test_from"].startswith("its test/ folder")
+
+
+def test_a_plain_class_folder_gets_a_seeded_stratified_test_split(tmp_path):
+    import zipfile
+
+    root = _photos(tmp_path / "photos", {"": {"cat": 10, "dog": 5, "owl": 20}})
+    info = data_json(root)
+    assert info["classes"] == ["cat", "dog", "owl"] and info["splits"]["test"] == 2 + 1 + 4
+    assert "held out" in info["test_from"]
+    tenth = data_json(root, "--test-fraction", 0.1)
+    assert tenth["splits"]["test"] == 1 + 0 + 2  # round(0.5) is 0: Python rounds half to even
+    data = load_data(str(root))
+    again = load_data(str(root))
+    assert np.array_equal(data.labels["test"], again.labels["test"]) and sorted(set(data.labels["test"])) == [0, 1, 2]
+    # The same folder zipped (with a top folder, as archives often have) gives the same split.
+    with zipfile.ZipFile(tmp_path / "photos.zip", "w") as zf:
+        for f in sorted(root.rglob("*.jpg")):
+            zf.write(f, f"photos/{f.relative_to(root)}")
+    zipped = load_data(str(tmp_path / "photos.zip"))
+    assert np.array_equal(zipped.labels["test"], data.labels["test"])
+
+
+def test_a_train_folder_without_anything_to_report_on_is_refused(tmp_path):
+    root = _photos(tmp_path / "photos", {"train": {"cat": 2}})
+    with pytest.raises(DataError, match="no test/, val/ or validation/ folder"):
+        load_data(str(root))
