@@ -145,8 +145,11 @@ class MixerConfig:
 # The upstream Inception crop (vit_jax input_pipeline, TF's sample_distorted_bounding_box).
 AREA_RANGE = (0.05, 1.0)  # share of the image a crop keeps
 ASPECT_RANGE = (3 / 4, 4 / 3)
+# The data cache keeps each image at its own size, scaled down (aspect kept) so that its longer side
+# is at most this: no image takes more than 3 x 512 x 512 bytes, whatever the photo's resolution.
+MAX_SIDE = 512
 TEST_FRACTION = 0.2  # share of each class held out as the test split of a folder that has no split folders
 
 
-__all__ = ["AREA_RANGE", "ASPECT_RANGE", "TEST_FRACTION", "DEFAULT_MEAN", "DEFAULT_STD", "GELU_FLAVOURS", "VARIANTS", "MixerConfig",
-           "canonical_variant", "timm_name"]
+__all__ = ["AREA_RANGE", "ASPECT_RANGE", "DEFAULT_MEAN", "DEFAULT_STD", "GELU_FLAVOURS", "MAX_SIDE", "TEST_FRACTION",
+           "VARIANTS", "MixerConfig", "canonical_variant", "timm_name"]

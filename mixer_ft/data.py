@@ -27,13 +27,13 @@ import tempfile
 import zipfile
 import zlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from mixer_ft.config import TEST_FRACTION
+from mixer_ft.config import MAX_SIDE, TEST_FRACTION
 from mixer_ft.errors import ConfigError, DataError
 from mixer_ft.images import to_rgb_array
 
@@ -45,7 +45,7 @@ HUB_DATASETS = {  # --dataset name -> (Hub id, label column)
 }
 CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
-_CACHE_FORMAT = 2  # bump when the cache layout or decoding changes (2: EXIF orientation applied)
+_CACHE_FORMAT = 3  # bump when the cache layout or decoding changes (3: images at their own bounded size)
 
 
 def canonical_dataset(source: str, classes: list[str], n_test: int) -> str:
@@ -78,10 +78,11 @@ class ImageData:
     labels: dict[str, np.ndarray]
     skipped: int = 0
     test_from: str = ""  # which split of the source is the reported test split, and why
+    extents: dict[str, np.ndarray | None] = field(default_factory=dict)  # split -> (h, w) of each image; None: one size
 
     @property
     def image_size(self) -> tuple[int, int]:
-        """(height, width) of the stored images."""
+        """(height, width) of the stored images: the largest, where they differ (see ``extents``)."""
         return tuple(self.images["train"].shape[1:3])  # type: ignore[return-value]
 
     @property
@@ -111,7 +112,8 @@ class ImageData:
         sizes = {k: len(idx) for k, (_, idx) in self.splits(val_fraction, seed).items()}
         h, w = self.image_size
         return {"source": self.source, "location": self.location, "splits": sizes, "classes": self.classes,
-                "image_size": [h, w], "skipped": self.skipped, "test_from": self.test_from}
+                "image_size": [h, w], "one_size": all(e is None for e in self.extents.values()),
+                "skipped": self.skipped, "test_from": self.test_from}
 
 
 # --------------------------------------------------------------------------- entry point
@@ -124,23 +126,24 @@ def load_data(
     label_column: str | None = None,
     store_size: int | None = None,
     test_fraction: float = TEST_FRACTION,
+    max_side: int = MAX_SIDE,
 ) -> ImageData:
     """Read ``source`` (see the module docstring), decoding into the cache on first use.
 
     Args:
         image_column, label_column: for Hub sets whose columns are not found automatically.
-        store_size: resize every image to this square size when caching; by default images keep
-            the size of the first one (others are resized to it, with a count in the log).
+        store_size: resize every image to this square size when caching; by default each image keeps
+            its own size and aspect, scaled down so that its longer side is at most ``max_side``.
         test_fraction: of an image folder without split folders, the share of each class held out
             as the test split.
     """
     reader = _reader(source, image_column, label_column, test_fraction)
-    key = hashlib.sha1(json.dumps([_CACHE_FORMAT, reader.fingerprint(), store_size]).encode()).hexdigest()[:16]
+    key = hashlib.sha1(json.dumps([_CACHE_FORMAT, reader.fingerprint(), store_size, max_side]).encode()).hexdigest()[:16]
     from mixer_ft.weights import cache_dir
 
     folder = cache_dir() / "data" / key
     if not (folder / "meta.json").is_file():
-        _build_cache(reader, folder, store_size)
+        _build_cache(reader, folder, store_size, max_side)
     return _open_cache(folder, source)
 
 
@@ -428,31 +431,31 @@ class _HubReader(_Reader):
 # --------------------------------------------------------------------------- the cache
 
 
-def _decode_all(reader: _Reader, tmp: Path, size: tuple[int, int] | None) -> tuple[dict[str, list], tuple[int, int], int]:
-    """Decode every image of ``reader`` into tmp/<split>.u8; returns (labels by split, stored size, skipped)."""
+def _decode_all(reader: _Reader, tmp: Path, size: tuple[int, int] | None,
+                max_side: int) -> tuple[dict[str, list], dict[str, np.ndarray], int]:
+    """Decode every image of ``reader`` into tmp/<split>.u8, one after another at its own (bounded) size.
+
+    Returns (labels by split, (h, w) of each image by split, images skipped).
+    """
     from PIL import UnidentifiedImageError
 
     labels: dict[str, list] = {"train": [], "test": []}
-    skipped, resized = [], 0
+    shapes: dict[str, list] = {"train": [], "test": []}
+    skipped = []
     with open(tmp / "train.u8", "wb") as train, open(tmp / "test.u8", "wb") as test:
         outs = {"train": train, "test": test}
         for split, label, item in reader.items():
             try:
-                arr = to_rgb_array(item, size)
+                arr = to_rgb_array(item, size, max_side=max_side)
             except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
                 skipped.append(f"{item[0]} ({type(e).__name__})")
                 continue
-            if size is None:
-                size = arr.shape[:2]
-            elif arr.shape[:2] != size:
-                arr, resized = to_rgb_array(arr, size), resized + 1
             outs[split].write(arr.tobytes())
             labels[split].append(label)
+            shapes[split].append(arr.shape[:2])
     if skipped:
         log.warning("skipped %d image(s) that could not be decoded: %s%s", len(skipped),
                     ", ".join(skipped[:5]), ", ..." if len(skipped) > 5 else "")
-    if resized:
-        log.warning("resized %d image(s) to the stored size %dx%d", resized, *size)  # type: ignore[misc]
     for split in ("train", "test"):
         if not labels[split]:
             bad = f" ({len(skipped)} could not be decoded)" if skipped else ""
@@ -461,7 +464,7 @@ def _decode_all(reader: _Reader, tmp: Path, size: tuple[int, int] | None) -> tup
                 f"{split}/<class>/<image> (e.g. {split}/cat/0001.jpg), a CIFAR python-version archive, "
                 f"or a Hub data set with train and test splits."
             )
-    return labels, size, len(skipped)  # type: ignore[return-value]
+    return labels, {k: np.array(v, dtype=np.int64).reshape(-1, 2) for k, v in shapes.items()}, len(skipped)
 
 
 def _label_ids(reader: _Reader, labels: dict[str, list]) -> tuple[list[str], dict[str, np.ndarray]]:
@@ -479,16 +482,18 @@ def _label_ids(reader: _Reader, labels: dict[str, list]) -> tuple[list[str], dic
     return classes, ids
 
 
-def _build_cache(reader: _Reader, folder: Path, store_size: int | None) -> None:
+def _build_cache(reader: _Reader, folder: Path, store_size: int | None, max_side: int) -> None:
     """Decode every image once into raw uint8 files, written beside and renamed into place."""
     folder.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
     try:
-        labels, size, skipped = _decode_all(reader, tmp, (store_size, store_size) if store_size else None)
+        labels, shapes, skipped = _decode_all(reader, tmp, (store_size, store_size) if store_size else None, max_side)
         classes, ids = _label_ids(reader, labels)
         for split, split_ids in ids.items():
             np.save(tmp / f"{split}_labels.npy", split_ids)
-        meta = {"format": _CACHE_FORMAT, "location": reader.location, "classes": classes, "size": list(size),
+            np.save(tmp / f"{split}_shapes.npy", shapes[split])
+        size = np.concatenate(list(shapes.values())).max(0).tolist()
+        meta = {"format": _CACHE_FORMAT, "location": reader.location, "classes": classes, "size": size,
                 "counts": {s: len(v) for s, v in ids.items()}, "skipped": skipped, "test_from": reader.test_from}
         (tmp / "meta.json").write_text(json.dumps(meta))  # written last: its presence marks a whole cache
         if folder.exists():
@@ -500,9 +505,45 @@ def _build_cache(reader: _Reader, folder: Path, store_size: int | None) -> None:
 
 def _open_cache(folder: Path, source: str) -> ImageData:
     meta = json.loads((folder / "meta.json").read_text())
-    h, w = meta["size"]
-    images = {s: np.memmap(folder / f"{s}.u8", dtype=np.uint8, mode="r", shape=(n, h, w, 3))
-              for s, n in meta["counts"].items()}
+    images, extents = {}, {}
+    for split, n in meta["counts"].items():
+        shapes = np.load(folder / f"{split}_shapes.npy")
+        flat = np.memmap(folder / f"{split}.u8", dtype=np.uint8, mode="r")
+        if (shapes == shapes[0]).all():  # one size for all (CIFAR): a plain (N, H, W, 3) array
+            images[split], extents[split] = flat.reshape(n, *shapes[0], 3), None
+        else:
+            images[split], extents[split] = RaggedImages(flat, shapes), shapes
     labels = {s: np.load(folder / f"{s}_labels.npy") for s in meta["counts"]}
     return ImageData(source, meta["location"], meta["classes"], images, labels,  # type: ignore[arg-type]
-                     meta["skipped"], meta.get("test_from", ""))
+                     meta["skipped"], meta.get("test_from", ""), extents)
+
+
+class RaggedImages:
+    """Images of several sizes stored one after another in a flat uint8 file. Indexing with an array
+    of indices gives them padded (zeros, bottom and right) into one (n, H, W, 3) array; their own
+    sizes are ``ImageData.extents``."""
+
+    dtype = np.dtype(np.uint8)
+
+    def __init__(self, flat: np.ndarray, shapes: np.ndarray) -> None:
+        self.flat, self.shapes = flat, shapes
+        self.offsets = np.concatenate([[0], np.cumsum(shapes[:, 0] * shapes[:, 1] * 3)])
+        self.shape = (len(shapes), int(shapes[:, 0].max()), int(shapes[:, 1].max()), 3)
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+    def image(self, i: int) -> np.ndarray:
+        h, w = self.shapes[i]
+        return self.flat[self.offsets[i]:self.offsets[i + 1]].reshape(h, w, 3)
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        if np.ndim(index) == 0:
+            return self.image(int(index))
+        index = np.arange(len(self))[index] if isinstance(index, slice) else np.asarray(index)
+        h, w = self.shapes[index].max(0) if len(index) else (0, 0)
+        out = np.zeros((len(index), h, w, 3), dtype=np.uint8)
+        for k, i in enumerate(index):
+            img = self.image(int(i))
+            out[k, :img.shape[0], :img.shape[1]] = img
+        return out

@@ -51,7 +51,8 @@ def evaluate_split(clf: Classifier, data: ImageData, split: str = "test", *, val
     confusion = np.zeros((k, k), dtype=np.int64)
     with clf.scoring():
         for pred, y in split_predictions(clf.model, clf.pre, data.images[array], data.labels[array], idx, clf.device,
-                                         mirror=clf.mirror, shift=clf.shift, batch=batch):
+                                         mirror=clf.mirror, shift=clf.shift, batch=batch,
+                                         extents=data.extents.get(array)):
             np.add.at(confusion, (y.numpy(), pred.numpy()), 1)
     per_row = confusion.sum(1)
     return {

@@ -33,8 +33,23 @@ def to_rgb(img: Any) -> Any:
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
-def to_rgb_array(item: ImageItem, size: tuple[int, int] | None = None) -> np.ndarray:
-    """Decode ``item`` to an RGB uint8 array (H, W, 3), resized (bilinear) to ``size`` = (H, W) if given.
+def _bounded(size: tuple[int, int], max_side: int | None) -> tuple[int, int]:
+    """(w, h) scaled down, aspect kept, so the longer side is at most ``max_side``."""
+    w, h = size
+    if not max_side or max(w, h) <= max_side:
+        return w, h
+    scale = max_side / max(w, h)
+    return max(1, round(w * scale)), max(1, round(h * scale))
+
+
+def to_rgb_array(item: ImageItem, size: tuple[int, int] | None = None, max_side: int | None = None) -> np.ndarray:
+    """Decode ``item`` to an upright RGB uint8 array (H, W, 3).
+
+    Args:
+        size: (H, W) to resize to (bilinear), whatever the aspect.
+        max_side: else, scale down (bilinear, aspect kept) so the longer side is at most this. A JPEG
+            is decoded at a reduced scale when that is still at least the size kept (PIL's draft
+            mode): a 12-MP photo bound for 512 pixels decodes at 1/4 of the work or less.
 
     Raises:
         PIL.UnidentifiedImageError, OSError, ValueError, SyntaxError: the bytes are not an image PIL
@@ -47,9 +62,13 @@ def to_rgb_array(item: ImageItem, size: tuple[int, int] | None = None) -> np.nda
         return item if img is None else np.asarray(img.resize(size[::-1], Image.BILINEAR))
     _, get = item
     obj = get()
-    img = to_rgb(obj if isinstance(obj, Image.Image) else Image.open(io.BytesIO(obj)))
-    if size and img.size != size[::-1]:
-        img = img.resize(size[::-1], Image.BILINEAR)
+    img = obj if isinstance(obj, Image.Image) else Image.open(io.BytesIO(obj))
+    if max_side and not size and img.format == "JPEG":
+        img.draft(img.mode, _bounded(img.size, max_side))  # the decoder's own 1/2, 1/4, 1/8 scaling
+    img = to_rgb(img)
+    target = size[::-1] if size else _bounded(img.size, max_side)
+    if img.size != target:
+        img = img.resize(target, Image.BILINEAR)
     return np.asarray(img, dtype=np.uint8)
 
 

@@ -17,10 +17,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mixer_ft.config import MAX_SIDE
 from mixer_ft.errors import ConfigError
-from mixer_ft.images import to_rgb, to_rgb_array
+from mixer_ft.images import to_rgb_array
 from mixer_ft.model import MlpMixer
-from mixer_ft.preprocess import Preprocess, iterate_batches
+from mixer_ft.preprocess import Preprocess, index_batches
 
 EVAL_BATCH = 256
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -57,22 +58,26 @@ def predict(model: torch.nn.Module, images: torch.Tensor, mirror: bool = False, 
 
 def split_predictions(model: torch.nn.Module, pre: Preprocess, images: np.ndarray, labels: np.ndarray,
                       indices: np.ndarray, device: torch.device, *, mirror: bool = False, shift: int = 0,
-                      batch: int = EVAL_BATCH) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+                      batch: int = EVAL_BATCH, extents: np.ndarray | None = None
+                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """(predicted, true) labels on the CPU, batch by batch, over ``indices`` of a uint8 NHWC array.
 
+    ``extents``: each image's own (h, w), where images of several sizes are padded into the array.
     The caller chooses the mode and precision (``model.eval()``, ``torch.no_grad()``, autocast).
     """
-    for _, x, y in iterate_batches(images, labels, indices, batch, shuffle=False):
-        yield predict(model, pre.eval(x.to(device)), mirror=mirror, shift=shift).cpu(), y
+    for _, idx in index_batches(indices, batch):
+        x = torch.from_numpy(np.ascontiguousarray(images[idx])).to(device)
+        own = None if extents is None else torch.from_numpy(extents[idx]).to(device)
+        yield predict(model, pre.eval(x, own), mirror=mirror, shift=shift).cpu(), torch.from_numpy(labels[idx])
 
 
 def count_correct(model: torch.nn.Module, pre: Preprocess, images: np.ndarray, labels: np.ndarray,
                   indices: np.ndarray, device: torch.device, *, mirror: bool = False, shift: int = 0,
-                  batch: int = EVAL_BATCH) -> tuple[int, int]:
+                  batch: int = EVAL_BATCH, extents: np.ndarray | None = None) -> tuple[int, int]:
     """(correct, scored) over ``indices``; see :func:`split_predictions`."""
     correct = seen = 0
     for pred, y in split_predictions(model, pre, images, labels, indices, device, mirror=mirror, shift=shift,
-                                     batch=batch):
+                                     batch=batch, extents=extents):
         correct += int((pred == y).sum())
         seen += len(y)
     return correct, seen
@@ -173,9 +178,9 @@ def as_rgb_array(image: Any) -> np.ndarray:
     from PIL import Image
 
     if isinstance(image, (str, Path)):
-        return to_rgb_array((str(image), Path(image).read_bytes))
+        return to_rgb_array((str(image), Path(image).read_bytes), max_side=MAX_SIDE)
     if isinstance(image, Image.Image):
-        return np.asarray(to_rgb(image), dtype=np.uint8)
+        return to_rgb_array(("image", lambda: image), max_side=MAX_SIDE)
     if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim in (2, 3):
         if image.ndim == 2:
             return np.repeat(image[..., None], 3, axis=2)
@@ -226,7 +231,7 @@ def label_files(clf: Classifier, files: list[Path], *, top_k: int = 1,
         decoded: list[tuple[Path, np.ndarray | str]] = []
         for f in files[start:start + batch]:
             try:
-                decoded.append((f, to_rgb_array((str(f), f.read_bytes))))
+                decoded.append((f, to_rgb_array((str(f), f.read_bytes), max_side=MAX_SIDE)))
             except UnidentifiedImageError:
                 decoded.append((f, "empty file" if f.stat().st_size == 0 else "not an image PIL can read"))
             except (OSError, ValueError, SyntaxError) as e:  # truncated or damaged image data

@@ -26,9 +26,18 @@ from mixer_ft.config import AREA_RANGE, ASPECT_RANGE, DEFAULT_MEAN, DEFAULT_STD,
 MAX_ATTEMPTS = 10  # TF's default; after that the whole image is used
 
 
-def inception_boxes(n: int, height: int, width: int, generator: torch.Generator,
+def inception_boxes(n: int, height: int | torch.Tensor, width: int | torch.Tensor, generator: torch.Generator,
                     area_range: tuple[float, float] = AREA_RANGE) -> torch.Tensor:
-    """Random crop boxes (n, 4) as integer (x0, y0, w, h), Inception style."""
+    """Random crop boxes (n, 4) as integer (x0, y0, w, h), Inception style.
+
+    ``height`` and ``width`` are the images' own: one size for all, or one per image ((n,) tensors),
+    so each crop keeps its image's aspect ratio and stays inside it.
+    """
+    if isinstance(height, torch.Tensor):
+        height, width = height.long()[:, None], width.long()[:, None]
+        full_w, full_h = width[:, 0], height[:, 0]
+    else:
+        full_w, full_h = torch.full((n,), width), torch.full((n,), height)
     area = height * width * torch.empty(n, MAX_ATTEMPTS).uniform_(*area_range, generator=generator)
     log_r = torch.empty(n, MAX_ATTEMPTS).uniform_(math.log(ASPECT_RANGE[0]), math.log(ASPECT_RANGE[1]),
                                                   generator=generator)
@@ -38,35 +47,42 @@ def inception_boxes(n: int, height: int, width: int, generator: torch.Generator,
     ok = (w >= 1) & (h >= 1) & (w <= width) & (h <= height)
     first = torch.where(ok.any(1), ok.float().argmax(1), torch.full((n,), -1))
     rows = torch.arange(n)
-    w = torch.where(first >= 0, w[rows, first.clamp(min=0)], torch.full((n,), width))
-    h = torch.where(first >= 0, h[rows, first.clamp(min=0)], torch.full((n,), height))
+    w = torch.where(first >= 0, w[rows, first.clamp(min=0)], full_w)
+    h = torch.where(first >= 0, h[rows, first.clamp(min=0)], full_h)
     u = torch.rand(n, 2, generator=generator)
-    x0 = torch.floor(u[:, 0] * (width - w + 1)).long()
-    y0 = torch.floor(u[:, 1] * (height - h + 1)).long()
+    x0 = torch.floor(u[:, 0] * (full_w - w + 1)).long()
+    y0 = torch.floor(u[:, 1] * (full_h - h + 1)).long()
     return torch.stack([x0, y0, w, h], 1)
 
 
 def _interp_matrix(start: torch.Tensor, length: torch.Tensor, size: int, extent: int, flip: torch.Tensor | None,
-                   device: torch.device) -> torch.Tensor:
-    """(n, size, extent) bilinear weights taking ``extent`` pixels to ``size`` over a box."""
+                   device: torch.device, limit: torch.Tensor | None = None) -> torch.Tensor:
+    """(n, size, extent) bilinear weights taking ``extent`` pixels to ``size`` over a box.
+
+    ``limit``: each image's own extent (n,), where images of several sizes share a padded array.
+    """
     n = start.shape[0]
     t = torch.arange(size, device=device, dtype=torch.float32) + 0.5
     # Source coordinate of each output pixel centre (half-pixel centres, as TF's bilinear resize),
-    # clamped to the image like grid_sample's border padding.
-    src = (start[:, None] + t * (length[:, None] / size) - 0.5).clamp(0, extent - 1)
+    # clamped to the image like grid_sample's border padding: to its own edge, never the padding.
+    src = start[:, None] + t * (length[:, None] / size) - 0.5
+    if limit is None:
+        src = src.clamp(0, extent - 1)
+    else:
+        src = torch.minimum(src.clamp(min=0), (limit.to(device, torch.float32) - 1)[:, None])
     if flip is not None:
         src = torch.where(flip[:, None], src.flip(1), src)
     lo = src.floor()
     frac = src - lo
     lo = lo.long()
-    hi = (lo + 1).clamp(max=extent - 1)
+    hi = (lo + 1).clamp(max=extent - 1) if limit is None else torch.minimum(lo + 1, (limit.to(device) - 1)[:, None])
     m = torch.zeros(n, size, extent, device=device)
     m.scatter_add_(2, lo[..., None], (1 - frac)[..., None])
     return m.scatter_add_(2, hi[..., None], frac[..., None])
 
 
 def crop_resize(images: torch.Tensor, boxes: torch.Tensor, size: int, flip: torch.Tensor | None = None,
-                dtype: torch.dtype = torch.float32) -> torch.Tensor:
+                dtype: torch.dtype = torch.float32, extents: torch.Tensor | None = None) -> torch.Tensor:
     """Crop each NHWC image to its box (x0, y0, w, h), resize to ``size`` (bilinear), optionally flip.
 
     Bilinear resizing is separable, so it is two batched matrix products with per-image
@@ -76,8 +92,9 @@ def crop_resize(images: torch.Tensor, boxes: torch.Tensor, size: int, flip: torc
     n, height, width, c = images.shape
     dev = images.device
     boxes = boxes.to(dev, torch.float32)
-    rows = _interp_matrix(boxes[:, 1], boxes[:, 3], size, height, None, dev)
-    cols = _interp_matrix(boxes[:, 0], boxes[:, 2], size, width, None if flip is None else flip.to(dev), dev)
+    limits = (None, None) if extents is None else (extents[:, 0], extents[:, 1])  # (h, w) of each padded image
+    rows = _interp_matrix(boxes[:, 1], boxes[:, 3], size, height, None, dev, limits[0])
+    cols = _interp_matrix(boxes[:, 0], boxes[:, 2], size, width, None if flip is None else flip.to(dev), dev, limits[1])
     x = images.to(torch.float32).reshape(n, height, width * c)
     y = torch.bmm(rows, x).view(n, size, width, c).permute(0, 3, 1, 2).reshape(n, c * size, width)
     return torch.bmm(y, cols.transpose(1, 2)).view(n, c, size, size).to(dtype)
@@ -98,7 +115,8 @@ class Preprocess:
         """The pipeline of a model: its input size and its checkpoint's normalisation."""
         return cls(config.img_size, tuple(config.mean), tuple(config.std), crop_area_min, translate)
 
-    def sample(self, n: int, height: int, width: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(self, n: int, height: int | torch.Tensor, width: int | torch.Tensor,
+               generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         """Random crop boxes and flips for ``n`` images, drawn from ``generator`` (on the CPU).
 
         Drawn for a whole global batch at once, so each image's augmentation is the same
@@ -119,14 +137,21 @@ class Preprocess:
         std = torch.tensor(self.std, device=images.device) * 255
         return (images.float() - mean) / std
 
-    def train(self, images: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
-        """Crop to ``boxes``, resize, flip where ``flip``, normalise: uint8 NHWC -> float NCHW."""
-        return crop_resize(self._normalise(images), boxes, self.size, flip)
+    def train(self, images: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor,
+              extents: torch.Tensor | None = None) -> torch.Tensor:
+        """Crop to ``boxes``, resize, flip where ``flip``, normalise: uint8 NHWC -> float NCHW.
 
-    def eval(self, images: torch.Tensor) -> torch.Tensor:
-        """Resize the whole image, normalise."""
+        ``extents``: each image's (h, w) where images of several sizes are padded into one array.
+        """
+        return crop_resize(self._normalise(images), boxes, self.size, flip, extents=extents)
+
+    def eval(self, images: torch.Tensor, extents: torch.Tensor | None = None) -> torch.Tensor:
+        """Resize each whole image (its own extent, where given), normalise."""
         n, h, w, _ = images.shape
         x = self._normalise(images)
+        if extents is not None:
+            boxes = torch.cat([torch.zeros(n, 2, dtype=torch.long), extents.flip(1).long().cpu()], 1)
+            return crop_resize(x, boxes, self.size, extents=extents)
         if (h, w) == (self.size, self.size):
             return x.permute(0, 3, 1, 2).contiguous()
         return crop_resize(x, torch.tensor([[0, 0, w, h]]).expand(n, 4), self.size)
@@ -140,6 +165,15 @@ def batch_seed(seed: int, epoch: int, index: int) -> int:
 def epoch_order(indices: np.ndarray, seed: int, epoch: int) -> np.ndarray:
     """``indices`` in the shuffled order of one epoch, fixed by (seed, epoch) alone."""
     return indices[np.random.default_rng((seed, epoch)).permutation(len(indices))]
+
+
+def index_batches(indices: np.ndarray, batch_size: int, *, shuffle: bool = False, seed: int = 0, epoch: int = 0,
+                  start: int = 0, num_shards: int = 1, shard: int = 0) -> Iterator[tuple[int, np.ndarray]]:
+    """(batch index, sorted image indices) of each batch; see :func:`iterate_batches`."""
+    order = epoch_order(indices, seed, epoch) if shuffle else indices
+    for b in range(start, -(-len(order) // batch_size)):
+        # Sorted reads are kinder to a memory map on disk; labels follow the same order.
+        yield b, np.sort(order[b * batch_size:(b + 1) * batch_size][shard::num_shards])
 
 
 def iterate_batches(
@@ -160,9 +194,6 @@ def iterate_batches(
     Only one batch is ever copied out of the memory map. ``num_shards``/``shard`` give each
     process its own slice of every global batch; ``start`` skips batches already done.
     """
-    order = epoch_order(indices, seed, epoch) if shuffle else indices
-    for b in range(start, -(-len(order) // batch_size)):
-        idx = order[b * batch_size:(b + 1) * batch_size][shard::num_shards]
-        # Sorted reads are kinder to a memory map on disk; labels follow the same order.
-        idx = np.sort(idx)
+    for b, idx in index_batches(indices, batch_size, shuffle=shuffle, seed=seed, epoch=epoch, start=start,
+                                num_shards=num_shards, shard=shard):
         yield b, torch.from_numpy(np.ascontiguousarray(images[idx])), torch.from_numpy(labels[idx])

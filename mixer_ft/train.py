@@ -294,7 +294,12 @@ def batch_share(run: Run, step: int) -> tuple[np.ndarray, torch.Tensor, torch.Te
         run.order = (epoch, epoch_order(run.splits["train"][1], r.seed, epoch))
     batch = run.order[1][b * r.global_batch:(b + 1) * r.global_batch]  # type: ignore[index]
     gen = torch.Generator().manual_seed(batch_seed(r.seed, epoch, b))
-    boxes, flips = run.pre.sample(len(batch), *run.data.image_size, gen)
+    extents = run.data.extents.get("train")
+    if extents is None:  # one size for all
+        boxes, flips = run.pre.sample(len(batch), *run.data.image_size, gen)
+    else:  # each crop inside its own image, with its own aspect ratio
+        own = torch.from_numpy(extents[batch])
+        boxes, flips = run.pre.sample(len(batch), own[:, 0], own[:, 1], gen)
     share = slice(acc.process_index, None, acc.num_processes)
     return batch[share], boxes[share], flips[share]
 
@@ -303,14 +308,15 @@ def train_step(run: Run, step: int) -> tuple[torch.Tensor, torch.Tensor, int]:
     """One optimizer step; returns (loss averaged over processes, this process's correct count, its images)."""
     r, acc, device = run.recipe, run.accelerator, run.device
     batch, boxes, flips = batch_share(run, step)
-    images, labels = run.data.images["train"], run.data.labels["train"]
+    images, labels, extents = run.data.images["train"], run.data.labels["train"], run.data.extents.get("train")
     step_loss, correct = torch.zeros((), device=device), torch.zeros((), device=device)
     for a in range(run.accum):
         part = slice(a * run.micro, (a + 1) * run.micro)
         x = torch.from_numpy(np.ascontiguousarray(images[batch[part]])).to(device, non_blocking=True)
         y = torch.from_numpy(labels[batch[part]]).to(device, non_blocking=True)
+        own = None if extents is None else torch.from_numpy(extents[batch[part]]).to(device)
         with acc.accumulate(run.model):
-            logits = run.model(run.pre.train(x, boxes[part], flips[part]))
+            logits = run.model(run.pre.train(x, boxes[part], flips[part], own))
             loss = F.cross_entropy(logits.float(), y, label_smoothing=r.label_smoothing)
             acc.backward(loss)
             if acc.sync_gradients and r.grad_clip:
@@ -348,7 +354,8 @@ def evaluate(run: Run, split: str) -> tuple[float, int]:
     with torch.no_grad(), acc.autocast():
         correct, seen = count_correct(run.net, run.pre, run.data.images[array], run.data.labels[array],
                                       idx[acc.process_index::acc.num_processes], run.device,
-                                      mirror=run.recipe.eval_flip, shift=run.recipe.eval_translate)
+                                      mirror=run.recipe.eval_flip, shift=run.recipe.eval_translate,
+                                      extents=run.data.extents.get(array))
     run.net.train()
     counts = acc.reduce(torch.tensor([correct, seen], device=run.device), "sum")
     return float(counts[0] / max(int(counts[1]), 1)), int(counts[1])

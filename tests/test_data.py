@@ -5,15 +5,17 @@ import json
 import os
 import pathlib
 import pickle
+import shutil
 import subprocess
 import sys
 import tarfile
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
-from conftest import CIFAR_TGZ
+from conftest import CIFAR_TGZ, REPO
 from mixer_ft.data import load_data
 from mixer_ft.errors import DataError
 
@@ -272,3 +274,80 @@ def test_a_train_folder_without_anything_to_report_on_is_refused(tmp_path):
     root = _photos(tmp_path / "photos", {"train": {"cat": 2}})
     with pytest.raises(DataError, match="no test/, val/ or validation/ folder"):
         load_data(str(root))
+
+
+def _portrait_marker(h=600, w=400):
+    """An upright portrait whose content shows orientation and aspect: the top third red, the rest blue."""
+    img = np.zeros((h, w, 3), np.uint8)
+    img[: h // 3, :, 0] = 255
+    img[h // 3:, :, 2] = 255
+    return img
+
+
+@pytest.fixture(scope="module")
+def phone_photos(tmp_path_factory):
+    """train/ + val/ of JPEGs as phones make them: 12-MP landscape, 12-MP portrait stored sideways with
+    an EXIF rotation, small ones of both orientations, and the portrait marker (also sideways + EXIF)."""
+    root = tmp_path_factory.mktemp("phone") / "photos"
+    rng = np.random.default_rng(0)
+
+    def save(path, array, rotate=False):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        img = Image.fromarray(array)
+        exif = Image.Exif()
+        if rotate:  # stored turned a quarter to the left; EXIF 6 says "turn right to view"
+            img = img.transpose(Image.Transpose.ROTATE_90)
+            exif[0x0112] = 6
+        img.save(path, quality=85, exif=exif)
+
+    smooth = np.kron(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8), np.ones((126, 126, 1), np.uint8))
+    save(root / "train" / "cat" / "big_landscape.jpg", smooth)  # 3024 x 4032
+    save(root / "train" / "dog" / "big_portrait.jpg", smooth.transpose(1, 0, 2).copy(), rotate=True)
+    for i in range(4):
+        for cls in ("cat", "dog"):
+            shape = (200, 300, 3) if i % 2 else (300, 200, 3)
+            save(root / ("train" if i < 3 else "val") / cls / f"small{i}.jpg", rng.integers(0, 255, shape, dtype=np.uint8))
+    save(root / "val" / "cat" / "marker.jpg", _portrait_marker(), rotate=True)
+    return root
+
+
+def test_phone_photos_are_cached_bounded_upright_and_in_their_own_aspect(phone_photos):
+    info = data_json(phone_photos)
+    assert info["classes"] == ["cat", "dog"] and info["splits"]["test"] == 3 and not info["one_size"]
+    assert info["splits"]["train"] + info["splits"]["minival"] == 8
+    data = load_data(str(phone_photos))
+    for split in ("train", "test"):
+        shapes = data.extents[split]
+        assert shapes.max() <= 512  # each image's longer side, so at most 3 x 512 x 512 bytes
+        stored = len(np.asarray(data.images[split].flat))
+        assert stored == (shapes[:, 0] * shapes[:, 1] * 3).sum() <= len(shapes) * 3 * 512 * 512
+    train_shapes = {tuple(s) for s in data.extents["train"]}
+    assert (384, 512) in train_shapes and (512, 384) in train_shapes  # 12-MP landscape, and portrait turned upright
+    # The marker, scored as evaluation sees it: upright (red on top) and in its own aspect, as a
+    # direct resize of the upright original gives it, not squashed into another photo's shape.
+    from mixer_ft.preprocess import Preprocess
+
+    test = data.extents["test"]
+    k = [i for i, (h, w) in enumerate(test) if (h, w) == (512, 341)]
+    assert len(k) == 1, test
+    x = data.images["test"][np.array(k)]
+    out = Preprocess(48, mean=(0, 0, 0), std=(1, 1, 1)).eval(torch.from_numpy(x), torch.from_numpy(test[k]))[0]
+    expect = np.asarray(Image.fromarray(_portrait_marker()).resize((48, 48), Image.BILINEAR), np.float32) / 255
+    assert np.abs(out.permute(1, 2, 0).numpy() - expect).mean() < 0.05
+    assert out[0, :12].mean() > 0.9 and out[2, 20:].mean() > 0.9  # red on top, blue below
+
+
+def test_the_same_photos_as_plain_class_folders_and_a_smoke_run_on_them(phone_photos, tmp_path):
+    plain = tmp_path / "plain"
+    for f in phone_photos.rglob("*.jpg"):
+        (plain / f.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, plain / f.parent.name / f"{f.parent.parent.name}_{f.name}")
+    info = data_json(plain)
+    assert info["classes"] == ["cat", "dog"] and info["splits"]["test"] == 1 + 1  # 20% of 6 and of 5, rounded
+    out = subprocess.run([sys.executable, "-m", "mixer_ft", "finetune", "--recipe", "recipes/smoke.toml", "--dataset",
+                          str(phone_photos), "--steps", "3", "--batch", "4", "--eval-every", "0", "--output-dir",
+                          str(tmp_path / "run"), "--set", f'results_dir="{tmp_path / "results"}"'],
+                         capture_output=True, text=True, env=os.environ.copy(), timeout=600, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rec = json.loads((tmp_path / "results" / "smoke_cifar10.json").read_text())
+    assert rec["test_images"] == 3 and rec["steps"] == 3
