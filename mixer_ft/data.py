@@ -259,8 +259,9 @@ class _FolderReader(_Reader):
                 with zipfile.ZipFile(self.path) as zf:
                     assign, self.test_from = _layout(zf.namelist(), self.test_fraction, self.location)
                     for name in zf.namelist():
-                        if name in assign:
-                            yield *assign[name], (name, lambda n=name: zf.read(n))
+                        if name in assign:  # read now: the archive closes when the last item is taken
+                            data = zf.read(name)
+                            yield *assign[name], (name, lambda d=data: d)
             else:
                 with tarfile.open(self.path) as tar:  # names first, then the images in archive order
                     members = [m for m in tar.getmembers() if m.isfile()]
@@ -431,24 +432,81 @@ class _HubReader(_Reader):
 # --------------------------------------------------------------------------- the cache
 
 
+def decode_workers() -> int:
+    """Processes that decode images into the cache: ``$MIXER_FT_WORKERS``, else one per core."""
+    try:
+        return max(1, int(os.environ.get("MIXER_FT_WORKERS") or os.cpu_count() or 1))
+    except ValueError:
+        raise ConfigError(f"MIXER_FT_WORKERS must be a whole number, got {os.environ['MIXER_FT_WORKERS']!r}.") from None
+
+
+def _read(item: Any) -> Any:
+    """An item's bytes (or PIL image, or array), read here; a file that cannot be read becomes an error."""
+    if isinstance(item, np.ndarray):
+        return item
+    try:
+        return item[1]()
+    except OSError as e:
+        return OSError(e.strerror or str(e))
+
+
+def _decode(payload: tuple[Any, tuple[int, int] | None, int]) -> np.ndarray | str:
+    """One image (bytes, a PIL image or an array) decoded, or why it could not be (a worker process runs this)."""
+    from PIL import UnidentifiedImageError
+
+    data, size, max_side = payload
+    if isinstance(data, OSError):
+        return f"unreadable: {data}"
+    try:
+        return to_rgb_array(data if isinstance(data, np.ndarray) else ("", lambda: data), size, max_side=max_side)
+    except UnidentifiedImageError:
+        return "not an image"
+    except (OSError, ValueError, SyntaxError) as e:
+        return type(e).__name__
+
+
+def _decoded(reader: _Reader, size: tuple[int, int] | None,
+             max_side: int) -> Iterator[tuple[str, str | int, str, np.ndarray | str]]:
+    """(split, label, name, image or why not) for each image of ``reader``, in order.
+
+    Encoded images are decoded in worker processes, a bounded window of them at a time, so host
+    memory stays bounded; a progress bar shows images done and images/s.
+    """
+    import itertools
+    import multiprocessing
+
+    from tqdm.auto import tqdm
+
+    workers = decode_workers() if "fork" in multiprocessing.get_all_start_methods() else 1
+    items = reader.items()
+    pool = multiprocessing.get_context("fork").Pool(workers) if workers > 1 else None
+    try:
+        with tqdm(desc=f"decoding {Path(reader.location).name}", unit="img", disable=None, leave=False) as bar:
+            while window := list(itertools.islice(items, 64 * workers)):
+                payloads = [(_read(item), size, max_side) for _, _, item in window]
+                results = pool.map(_decode, payloads, chunksize=4) if pool else map(_decode, payloads)
+                for (split, label, item), arr in zip(window, results):
+                    yield split, label, "array" if isinstance(item, np.ndarray) else item[0], arr
+                    bar.update(1)
+    finally:
+        if pool:
+            pool.terminate()
+
+
 def _decode_all(reader: _Reader, tmp: Path, size: tuple[int, int] | None,
                 max_side: int) -> tuple[dict[str, list], dict[str, np.ndarray], int]:
     """Decode every image of ``reader`` into tmp/<split>.u8, one after another at its own (bounded) size.
 
     Returns (labels by split, (h, w) of each image by split, images skipped).
     """
-    from PIL import UnidentifiedImageError
-
     labels: dict[str, list] = {"train": [], "test": []}
     shapes: dict[str, list] = {"train": [], "test": []}
     skipped = []
     with open(tmp / "train.u8", "wb") as train, open(tmp / "test.u8", "wb") as test:
         outs = {"train": train, "test": test}
-        for split, label, item in reader.items():
-            try:
-                arr = to_rgb_array(item, size, max_side=max_side)
-            except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as e:
-                skipped.append(f"{item[0]} ({type(e).__name__})")
+        for split, label, name, arr in _decoded(reader, size, max_side):
+            if isinstance(arr, str):
+                skipped.append(f"{name} ({arr})")
                 continue
             outs[split].write(arr.tobytes())
             labels[split].append(label)
