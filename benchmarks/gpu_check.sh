@@ -3,7 +3,7 @@
 #
 # On a GPU machine, from the checkout, with the data copied into .gpu/ (a folder git ignores):
 #   mkdir -p .gpu && cp ../shared/data/cifar10-jpeg.tar.gz .gpu/
-#   bash benchmarks/gpu_check.sh                  # about 6 minutes; the device tool: carry [".gpu"]
+#   bash benchmarks/gpu_check.sh                  # about 7 minutes; the device tool: carry [".gpu"]
 # Here, on the CPU, tiny sizes, to check the commands (CI runs this):
 #   GPU_CHECK_DRY=1 GPU_CHECK_DATA=../shared/data/cifar10-jpeg.tar.gz bash benchmarks/gpu_check.sh
 #
@@ -12,6 +12,8 @@
 #    accuracy is not the point) on the real CIFAR-10 JPEGs: data, auto micro-batch, compile,
 #    accumulation, the full 10,000-image test. Its images/s times 5.12M images (10,000 steps x 512)
 #    is that table row's wall-clock on this GPU.
+# 3. `mixer-ft fewshot` on that run's saved model (the model folder loads; features on the GPU).
+# 4. benchmarks/resolution_cost.py: B/16's training step at 224 against 448 (tiled weights).
 # Every step ends with a line `rc=N`; a non-zero one is a bug to fix. Commit the records under
 # results/bench/ and put the figures in the README's GPU row, with the GPU's name.
 set -uo pipefail
@@ -21,25 +23,33 @@ OUT="${OUT:-/tmp/gpu-check-out}"; mkdir -p "$OUT"
 DATA="${GPU_CHECK_DATA:-.gpu/cifar10-jpeg.tar.gz}"
 PY="${PYTHON:-python3}"
 LOG="$OUT/log.txt"
-run() { echo "+ $*" | tee -a "$LOG"; "$@" 2>&1 | tee -a "$LOG"; echo "rc=${PIPESTATUS[0]}" | tee -a "$LOG"; }
+# run LIMIT CMD...: a step that hangs (a stuck compile, say) is stopped at LIMIT seconds (rc=124) so the
+# steps after it still run inside the device call's time.
+run() { local limit=$1; shift; echo "+ $*" | tee -a "$LOG"; timeout -s INT -k 20 "$limit" "$@" 2>&1 | tee -a "$LOG"
+        echo "rc=${PIPESTATUS[0]}" | tee -a "$LOG"; }
 
 if [ -n "${GPU_CHECK_DRY:-}" ]; then
   DEV=cpu; B16="--model S/32 --batch 4 --steps 2"; L16="--model S/32 --batch 4 --steps 2"; FT_STEPS=2; FT_BATCH=8
   FT_MODEL="--model S/32 --set architecture.img_size=64"   # a small final evaluation on the CPU
+  RES="--model S/32 --batch 2 --steps 1 --device cpu"
 else
   DEV=cuda; B16="--model B/16 --batch 256"; L16="--model L/16 --batch 128"; FT_STEPS=40; FT_BATCH=512
   FT_MODEL="--model L/16"
+  RES="--model B/16 --batch 64 --steps 10"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee -a "$LOG"
 fi
-run "$PY" -c "import sys, torch, timm, accelerate, safetensors, typer; print(sys.version.split()[0], 'torch', torch.__version__, 'timm', timm.__version__, 'accelerate', accelerate.__version__, 'cuda', torch.cuda.is_available())"
+run 60 "$PY" -c "import sys, torch, timm, accelerate, safetensors, typer; print(sys.version.split()[0], 'torch', torch.__version__, 'timm', timm.__version__, 'accelerate', accelerate.__version__, 'cuda', torch.cuda.is_available())"
 if [ ! -f "$DATA" ]; then
   echo "no data at $DATA: copy ../shared/data/cifar10-jpeg.tar.gz there (see the top of this file)" | tee -a "$LOG"
   echo "rc=1" | tee -a "$LOG"
 fi
 
-run "$PY" -m mixer_ft bench $B16 --device $DEV --out "$OUT" --json
-run "$PY" -m mixer_ft bench $L16 --device $DEV --out "$OUT" --json
-[ -f "$DATA" ] && run "$PY" -m mixer_ft finetune --recipe recipes/in21k_l16_cifar10.toml --upstream none $FT_MODEL \
+run 130 "$PY" -m mixer_ft bench $B16 --device $DEV --out "$OUT" --json
+run 130 "$PY" -m mixer_ft bench $L16 --device $DEV --out "$OUT" --json
+[ -f "$DATA" ] && run 300 "$PY" -m mixer_ft finetune --recipe recipes/in21k_l16_cifar10.toml --upstream none $FT_MODEL \
   --dataset "$DATA" --steps "$FT_STEPS" --batch "$FT_BATCH" --warmup 4 --eval-every 0 --output-dir /tmp/gpu-check-run \
   --fresh --set checkpoint_every=0 --set results_dir="\"$OUT\"" --set name=gpu_check_l16
+[ -f "$DATA" ] && run 120 "$PY" -m mixer_ft fewshot --upstream /tmp/gpu-check-run/model --dataset "$DATA" \
+  --shots 1,10 --seeds 2 --results "$OUT" --json
+run 150 "$PY" benchmarks/resolution_cost.py $RES --out "$OUT"
 ls -la "$OUT" | tee -a "$LOG"

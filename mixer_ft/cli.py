@@ -8,6 +8,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from mixer_ft.config import FEWSHOT_SHOTS
 from mixer_ft.errors import MixerFtError
 from mixer_ft.recipe import default
 
@@ -16,6 +17,16 @@ def _default(key: str) -> str:
     """A recipe default for help text, taken from Recipe (parentheses: brackets are markup to Rich)."""
     return f" (default: {default(key)})"
 
+
+_SHOTS = ",".join(map(str, FEWSHOT_SHOTS))
+
+# Options of every command that builds a model from weights.
+Variant = Annotated[Optional[str], typer.Option("--model", "-m", help="Variant, needed with in1k/in21k.")]
+Device = Annotated[Optional[str], typer.Option(help="cpu or cuda (default: cuda where available).")]
+ImgSize = Annotated[Optional[int], typer.Option(help="Build the model for this input size (default: the weights' "
+                                                "own). A whole multiple of it tiles the weights exactly.")]
+Resize = Annotated[str, typer.Option(help="How the weights reach another --img-size: tile (exact, whole "
+                                     "multiples) or resample (approximate, any multiple of the patch).")]
 
 app = typer.Typer(
     help="Fine-tune pretrained MLP-Mixer checkpoints.",
@@ -34,27 +45,33 @@ def _root() -> None:
 def inspect(
     source: Annotated[str, typer.Argument(help="A variant (B/16), a weight source (file, folder, URL, "
                                                 "hf-hub:..., timm:...) or an upstream name (in1k, in21k).")],
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Variant, needed with in1k/in21k.")] = None,
+    model: Variant = None,
+    img_size: ImgSize = None,
+    resize: Resize = "tile",
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Show the architecture, parameter count, GELU flavour and classes of a variant or checkpoint."""
     import torch
 
-    from mixer_ft.model import MixerConfig, MlpMixer, num_params
-    from mixer_ft.weights import load_checkpoint, load_strict
+    from mixer_ft.model import MixerConfig, MlpMixer, canonical_variant, num_params
+    from mixer_ft.weights import load_checkpoint, load_strict, model_from_checkpoint
 
-    ckpt = None
+    ckpt, size = None, {"img_size": img_size} if img_size else {}
     try:
-        cfg, path = MixerConfig.from_variant(source), None
-        where = "variant definition (no weights)"
+        canonical_variant(source)
     except MixerFtError:
         ckpt = load_checkpoint(source, variant=model)
         cfg, path = ckpt.config(), ckpt.path
         where = path or source
+    else:
+        cfg, path = MixerConfig.from_variant(source, **size), None
+        where = "variant definition (no weights)"
     with torch.device("meta"):  # counting parameters needs no memory
         net = MlpMixer(cfg)
     if ckpt is not None:  # every tensor must fit the architecture the file's shapes name
         load_strict(net, ckpt)
+        if img_size:
+            net = model_from_checkpoint(ckpt, model, resize=resize, img_size=img_size)
     cfg = net.config
     info = {"source": source, "path": path, "variant": cfg.variant, **cfg.to_dict(),
             "num_tokens": cfg.num_tokens, "num_params": num_params(net)}
@@ -162,12 +179,14 @@ def predict(
     model_source: Annotated[str, typer.Argument(metavar="MODEL", help=_MODEL_HELP)],
     inputs: Annotated[list[str], typer.Argument(metavar="INPUT...", help="Image files, folders (searched "
                                                 "recursively) or globs.")],
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Variant, needed with in1k/in21k.")] = None,
+    model: Variant = None,
     top_k: Annotated[int, typer.Option(help="Classes shown per image.")] = 1,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per image, one per line.")] = False,
     as_csv: Annotated[bool, typer.Option("--csv", help="CSV: one row per image and rank.")] = False,
     batch: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
-    device: Annotated[Optional[str], typer.Option(help="cpu or cuda (default: cuda where available).")] = None,
+    device: Device = None,
+    img_size: ImgSize = None,
+    resize: Resize = "tile",
 ) -> None:
     """Label images with a trained model: top-k classes and probabilities for each."""
     from tqdm.auto import tqdm
@@ -180,7 +199,7 @@ def predict(
     if as_json and as_csv:
         raise ConfigError("Choose one of --json and --csv.")
     files = collect_images(inputs)
-    clf = Classifier.from_pretrained(model_source, variant=model, device=device)
+    clf = Classifier.from_pretrained(model_source, variant=model, device=device, img_size=img_size, resize=resize)
     fmt = "json" if as_json else "csv" if as_csv else "table"
     bad: list[str] = []
     with tqdm(total=len(files), unit="img", disable=len(files) <= batch or None, file=sys.stderr) as bar:
@@ -202,14 +221,16 @@ def evaluate(
     model_source: Annotated[str, typer.Argument(metavar="MODEL", help=_MODEL_HELP)],
     dataset: Annotated[str, typer.Option(help="Any --dataset source: cifar10, hf:owner/name, a folder or archive.")],
     split: Annotated[str, typer.Option(help="test, minival or train.")] = "test",
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Variant, needed with in1k/in21k.")] = None,
+    model: Variant = None,
     flip: Annotated[Optional[bool], typer.Option("--flip/--no-flip", help="Also score mirror images "
                                                  "(default: as the model was scored in training).")] = None,
     translate: Annotated[Optional[int], typer.Option(help="Also score copies shifted N pixels (default: as in "
                                                      "training).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     plot: Annotated[Optional[str], typer.Option(help="Draw the confusion matrix to this PNG.")] = None,
-    device: Annotated[Optional[str], typer.Option(help="cpu or cuda (default: cuda where available).")] = None,
+    device: Device = None,
+    img_size: ImgSize = None,
+    resize: Resize = "tile",
 ) -> None:
     """Score a model on a labelled data set: accuracy, per-class accuracy, confusion matrix."""
     import logging
@@ -219,7 +240,8 @@ def evaluate(
     from mixer_ft.infer import Classifier
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    clf = Classifier.from_pretrained(model_source, variant=model, device=device, mirror=flip, shift=translate)
+    clf = Classifier.from_pretrained(model_source, variant=model, device=device, mirror=flip, shift=translate,
+                                     img_size=img_size, resize=resize)
     made = clf.provenance  # the run's own cut of train into train and minival
     data = load_data(dataset, test_fraction=made.get("test_fraction", default("test_fraction")))
     result = evaluate_split(clf, data, split, val_fraction=made.get("val_fraction", default("val_fraction")),
@@ -248,6 +270,40 @@ def push(
 
 
 @app.command()
+def fewshot(
+    upstream: Annotated[str, typer.Option(help="The weights whose features are scored: any --upstream source.")],
+    dataset: Annotated[str, typer.Option(help="Any --dataset source: cifar10, hf:owner/name, a folder or archive.")],
+    model: Variant = None,
+    shots: Annotated[str, typer.Option(help="Training images per class, comma-separated.")] = _SHOTS,
+    seeds: Annotated[int, typer.Option(help="Random draws of the shots per count; mean and std over them.")] = 3,
+    split: Annotated[str, typer.Option(help="The split scored: test or minival.")] = "test",
+    img_size: ImgSize = None,
+    resize: Resize = "tile",
+    device: Device = None,
+    results: Annotated[str, typer.Option(help="Folder for the record (kind \"fewshot\").")] = "results",
+    as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+) -> None:
+    """Few-shot linear evaluation of frozen features: a closed-form least-squares classifier on K
+    images per class (big_vision's fewshot_lsr, l2 = 1024), accuracy per K over several draws."""
+    import logging
+
+    from mixer_ft.fewshot import parse_shots, run_fewshot
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    rec = run_fewshot(upstream, dataset, variant=model, shots=parse_shots(shots), seeds=seeds, split=split,
+                      img_size=img_size, resize=resize, device=device, results_dir=results)
+    if as_json:
+        typer.echo(json.dumps({k: rec[k] for k in ("upstream", "model", "dataset", "split", "test_images",
+                                                   "seeds", "l2_reg", "shots")}))
+    else:
+        typer.echo(f"{rec['model']} features of {upstream} on {rec['dataset']} ({rec['split']}, "
+                   f"{rec['test_images']:,} images), {rec['seeds']} seeds:")
+        for k, r in rec["shots"].items():
+            typer.echo(f"  {k:>3}-shot  {100 * r['mean']:.2f}% +- {100 * r['std']:.2f}")
+    typer.echo(f"record: {rec['file']}", err=True)
+
+
+@app.command()
 def table(
     results: Annotated[str, typer.Option(help="Folder of run records.")] = "results",
     format: Annotated[str, typer.Option("--format", help="table, markdown, csv or json.")] = "table",
@@ -260,7 +316,7 @@ def table(
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     rows, other = tables.build(results)
-    typer.echo(tables.render(rows, other, format), nl=False)
+    typer.echo(tables.render(rows, other, format, fewshot=tables.fewshot_runs(results)), nl=False)
     if plot:
         typer.echo(f"plot: {tables.plot(rows, plot)}", err=True)
 
@@ -307,7 +363,8 @@ def bench(
     batch: Annotated[int, typer.Option(help="Images per step.")] = 64,
     device: Annotated[Optional[str], typer.Option(help="cpu or cuda [cuda where available].")] = None,
     precision: Annotated[Optional[str], typer.Option(help="fp32 or bf16 [bf16 on CUDA, fp32 on CPU].")] = None,
-    img_size: Annotated[int, typer.Option(help="Input size.")] = 224,
+    img_size: Annotated[int, typer.Option(help="Input size; a whole multiple of 224 gets the tiled architecture that "
+                                          "fine-tuning the 224 weights at that size trains.")] = 224,
     steps: Annotated[int, typer.Option(help="Timed steps of each model, taken in alternation (after 3 warm-up steps).")] = 20,
     fast: Annotated[bool, typer.Option(help="Our fast path: token-major layout, fused optimizer, torch.compile "
                                             "on CUDA (--no-fast: the plain model and optimizer).")] = True,

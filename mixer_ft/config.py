@@ -5,6 +5,7 @@ the upstream input pipeline's constants. No torch here, so the command line star
 from __future__ import annotations
 
 import dataclasses
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -12,6 +13,8 @@ from typing import Any
 from mixer_ft.errors import ConfigError
 
 GELU_FLAVOURS = ("tanh", "exact")
+# Pretrained weights at another input size (mixer_ft.resolution): exact tiling, or approximate resampling.
+RESIZE_METHODS = ("tile", "resample")
 # Google's weights see pixels in [-1, 1]: (x - 0.5) / 0.5 for x in [0, 1]. The default of every
 # config, checkpoint and preprocessing that does not say otherwise.
 DEFAULT_MEAN = (0.5, 0.5, 0.5)
@@ -85,9 +88,11 @@ class MixerConfig:
         if self.gelu not in GELU_FLAVOURS:
             raise ConfigError(f"gelu must be one of {GELU_FLAVOURS}, got {self.gelu!r}.")
         if self.img_size % self.patch_size:
+            lower = self.img_size // self.patch_size * self.patch_size
+            near = [n for n in (lower, lower + self.patch_size) if n > 0]
             raise ConfigError(
                 f"img_size {self.img_size} is not a multiple of the patch size {self.patch_size}; "
-                f"use e.g. {self.img_size // self.patch_size * self.patch_size}."
+                f"sizes near it that work: {', '.join(map(str, near))}."
             )
         if len(self.mean) != self.in_chans or len(self.std) != self.in_chans:
             raise ConfigError(f"mean and std need {self.in_chans} values each (one per input channel).")
@@ -98,9 +103,18 @@ class MixerConfig:
 
     @property
     def variant(self) -> str | None:
-        """The paper's name for this architecture ("B/16"), or None for a custom one."""
-        arch = (self.patch_size, self.hidden_dim, self.num_blocks, self.tokens_mlp_dim, self.channels_mlp_dim)
-        return next((name for name, dims in VARIANTS.items() if dims == arch), None)
+        """The paper's name for this architecture ("B/16"), or None for a custom one.
+
+        K^2 times the token-MLP width, on a token grid K tiles wide, is the same variant: it is what
+        tiling pre-trained weights gives (:mod:`mixer_ft.resolution`).
+        """
+        grid = self.img_size // self.patch_size
+        for name, (p, c, n, ds, dc) in VARIANTS.items():
+            k = math.isqrt(self.tokens_mlp_dim // ds)
+            if (p, c, n, dc) == (self.patch_size, self.hidden_dim, self.num_blocks, self.channels_mlp_dim) \
+                    and self.tokens_mlp_dim == ds * k * k and grid % k == 0:
+                return name
+        return None
 
     def describe(self) -> str:
         """One line naming the architecture, e.g. for messages."""
@@ -148,8 +162,10 @@ ASPECT_RANGE = (3 / 4, 4 / 3)
 # The data cache keeps each image at its own size, scaled down (aspect kept) so that its longer side
 # is at most this: no image takes more than 3 x 512 x 512 bytes, whatever the photo's resolution.
 MAX_SIDE = 512
+FEWSHOT_SHOTS = (1, 5, 10, 25)  # training images per class that `mixer-ft fewshot` scores by default (the paper's)
 TEST_FRACTION = 0.2  # share of each class held out as the test split of a folder that has no split folders
 
 
-__all__ = ["AREA_RANGE", "ASPECT_RANGE", "DEFAULT_MEAN", "DEFAULT_STD", "GELU_FLAVOURS", "MAX_SIDE", "TEST_FRACTION",
+__all__ = ["AREA_RANGE", "ASPECT_RANGE", "DEFAULT_MEAN", "DEFAULT_STD", "FEWSHOT_SHOTS", "GELU_FLAVOURS", "MAX_SIDE", "RESIZE_METHODS",
+           "TEST_FRACTION",
            "VARIANTS", "MixerConfig", "canonical_variant", "timm_name"]

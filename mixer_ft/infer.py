@@ -96,11 +96,11 @@ def imagenet_names(num_classes: int) -> list[str] | None:
 
 def _default_precision(recorded: str | None, device: torch.device) -> str:
     """bf16 on a GPU that has it; on a CPU, what the model was scored with if the CPU computes it natively."""
-    if device.type == "cuda":
-        return "bf16" if torch.cuda.is_bf16_supported() else "no"
-    from mixer_ft.records import cpu_native_bf16
+    from mixer_ft.records import native_bf16
 
-    return "bf16" if recorded == "bf16" and cpu_native_bf16() else "no"
+    if device.type == "cuda":
+        return "bf16" if native_bf16(device) else "no"
+    return "bf16" if recorded == "bf16" and native_bf16(device) else "no"
 
 
 class Classifier:
@@ -122,15 +122,17 @@ class Classifier:
     @classmethod
     def from_pretrained(cls, source: str | Path, *, variant: str | None = None, device: str | None = None,
                         mirror: bool | None = None, shift: int | None = None,
-                        precision: str | None = None) -> Classifier:
+                        precision: str | None = None, img_size: int | None = None,
+                        resize: str = "tile") -> Classifier:
         """Load any model source: a model folder, a run folder or any weight source of ``--upstream``.
 
-        The test-time views and precision are those the model was scored with unless given.
+        The test-time views and precision are those the model was scored with unless given;
+        ``img_size`` and ``resize`` as :func:`mixer_ft.weights.create_model` takes them.
         """
         from mixer_ft.weights import load_checkpoint, model_from_checkpoint
 
         ckpt = load_checkpoint(str(source), variant=variant)
-        model = model_from_checkpoint(ckpt, variant)
+        model = model_from_checkpoint(ckpt, variant, resize=resize, **({"img_size": img_size} if img_size else {}))
         n = model.config.num_classes
         classes = ckpt.classes or imagenet_names(n) or [str(i) for i in range(n)]
         dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -242,14 +244,5 @@ def label_files(clf: Classifier, files: list[Path], *, top_k: int = 1,
             yield f, (clf.top_k(next(probs), top_k) if isinstance(a, np.ndarray) else a)
 
 
-def images_to_batch(images: list[str | Path | np.ndarray], size: tuple[int, int] | None = None) -> torch.Tensor:
-    """uint8 NHWC batch of image files or decoded arrays, decoded as the data cache decodes them.
-
-    ``size`` = (H, W) resizes each to it (needed when they differ).
-    """
-    arrays = [to_rgb_array(p if isinstance(p, np.ndarray) else (str(p), Path(p).read_bytes), size) for p in images]
-    return torch.from_numpy(np.stack(arrays))
-
-
 __all__ = ["EVAL_BATCH", "Classifier", "as_rgb_array", "collect_images", "count_correct", "imagenet_names",
-           "images_to_batch", "label_files", "predict", "split_predictions", "view_logits"]
+           "label_files", "predict", "split_predictions", "view_logits"]

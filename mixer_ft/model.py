@@ -138,7 +138,7 @@ class MlpMixer(nn.Module):
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Pooled features (batch, hidden_dim), before the head."""
-        fast = bool(self.blocks) and self.blocks[0].fast
+        fast = len(self.blocks) > 0 and self.blocks[0].fast  # not bool(ModuleList): torch 2.11's dynamo breaks there
         x = self.stem.forward_token_major(x) if fast else self.stem(x)
         for block in self.blocks:
             x = block(x)

@@ -15,12 +15,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mixer_ft.config import AREA_RANGE, GELU_FLAVOURS, TEST_FRACTION, MixerConfig
+from mixer_ft.config import AREA_RANGE, GELU_FLAVOURS, RESIZE_METHODS, TEST_FRACTION, MixerConfig
 from mixer_ft.errors import ConfigError
 from mixer_ft.optim import OPTIMIZERS
 
 PRECISIONS = ("auto", "no", "bf16", "fp16")
-_ARCH_FIELDS = {f.name for f in dataclasses.fields(MixerConfig)} - {"num_classes"}
+# MixerConfig fields, and how pretrained weights reach another img_size (mixer_ft.resolution).
+_ARCH_FIELDS = {f.name for f in dataclasses.fields(MixerConfig)} - {"num_classes"} | {"resize"}
 # Keys a run may change when it resumes: where it writes, what it logs, how a step is computed
 # (micro-batch, precision, fast path) and how it is scored. Every other key defines the
 # optimisation, so a checkpoint resumes only under the same value: a key added to Recipe is
@@ -97,6 +98,10 @@ class Recipe:
         unknown = set(self.architecture) - _ARCH_FIELDS
         check(not unknown, f"unknown architecture field(s) {sorted(unknown)}; valid: {sorted(_ARCH_FIELDS)}.")
         check(self.architecture.get("gelu", "tanh") in GELU_FLAVOURS, f"gelu must be one of {GELU_FLAVOURS}.")
+        resize = self.architecture.get("resize")
+        check(resize is None or resize in RESIZE_METHODS, f"architecture.resize must be one of {RESIZE_METHODS}.")
+        check(resize is None or self.upstream != "none", "architecture.resize says how pretrained weights reach another "
+              "img_size; with upstream = \"none\" there are none: leave it out.")
         if self.model == "custom":
             need = {"patch_size", "hidden_dim", "num_blocks", "tokens_mlp_dim", "channels_mlp_dim"}
             check(need <= set(self.architecture), f"model = \"custom\" needs architecture.{{{', '.join(sorted(need))}}}.")

@@ -61,6 +61,13 @@ def cpu_native_bf16() -> bool:
     return bool(cpu_flags() & {"avx512_bf16", "amx_bf16", "bf16"})
 
 
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 natively: a GPU that has it, a CPU with AVX512-BF16, AMX or ARM bf16."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and cpu_native_bf16()
+
+
 def cpu_isa() -> str:
     """The CPU's instruction set level for matrix work, e.g. "AVX2", "AVX512", "AVX512_BF16", "AMX".
 

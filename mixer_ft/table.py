@@ -69,6 +69,8 @@ def load_runs(results: str | Path) -> list[dict[str, Any]]:
     for path in sorted(Path(results).glob("*.json")):
         try:
             run = json.loads(path.read_text())
+            if isinstance(run, dict) and run.get("kind") == "fewshot":
+                continue  # listed apart: fewshot_runs
             for key, kind in _REQUIRED.items():
                 value = run[key]
                 if not isinstance(value, (int, float) if kind is float else kind) or isinstance(value, bool):
@@ -82,6 +84,37 @@ def load_runs(results: str | Path) -> list[dict[str, Any]]:
         except (OSError, ValueError, KeyError, TypeError) as e:
             log.warning("skipping %s: not a run record (%s: %s)", path, type(e).__name__, e)
     return runs
+
+
+def fewshot_runs(results: str | Path) -> list[dict[str, Any]]:
+    """Few-shot records (``mixer-ft fewshot``) in ``results``, oldest first; malformed ones skipped."""
+    runs = []
+    for path in sorted(Path(results).glob("*.json")):
+        try:
+            run = json.loads(path.read_text())
+            if isinstance(run, dict) and run.get("kind") == "fewshot":
+                _ = {k: (v["mean"], v["std"]) for k, v in run["shots"].items()}, run["model"], run["dataset"]
+                runs.append(run)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            log.warning("skipping %s: not a few-shot record (%s: %s)", path, type(e).__name__, e)
+    return sorted(runs, key=lambda r: str(r.get("finished", "")))
+
+
+def _fewshot_lines(runs: list[dict[str, Any]], markdown: bool) -> list[str]:
+    """Few-shot records as their own table: accuracy mean +- std over seeds per shot count."""
+    if not runs:
+        return []
+    shots = sorted({int(k) for r in runs for k in r["shots"]})
+    head = ["upstream", "model", "dataset", "split", "seeds", *(f"{k}-shot" for k in shots)]
+    body = [[str(r.get("upstream", "?")), r["model"], r["dataset"], str(r.get("split", "test")), str(r.get("seeds", "?")),
+             *(f"{100 * r['shots'][str(k)]['mean']:.2f}% +- {100 * r['shots'][str(k)]['std']:.2f}"
+               if str(k) in r["shots"] else "-" for k in shots)] for r in runs]
+    title = "Few-shot linear evaluation (frozen features, l2-regularised least squares):"
+    if markdown:
+        return ["", title, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + \
+            ["| " + " | ".join(row) + " |" for row in body]
+    widths = [max(len(x) for x in col) for col in zip(head, *body)]
+    return ["", title] + ["  ".join(f"{x:<{w}}" for x, w in zip(row, widths)) for row in [head, *body]]
 
 
 def _hardware(run: dict[str, Any]) -> str:
@@ -180,15 +213,18 @@ def _text(body: list, notes: list[str], extra: list) -> list[str]:
     return lines
 
 
-def render(rows: list[dict[str, Any]], other: list[dict[str, Any]], fmt: str = "table") -> str:
-    """The table in one of FORMATS."""
+def render(rows: list[dict[str, Any]], other: list[dict[str, Any]], fmt: str = "table",
+           fewshot: list[dict[str, Any]] | None = None) -> str:
+    """The table in one of FORMATS; few-shot records (if any) follow, apart from the fine-tune rows."""
     if fmt not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}.")
     if fmt == "json":
-        return json.dumps({"rows": [{k: r[k] for k in COLUMNS} for r in rows], "other_runs": other}, indent=2)
-    if fmt == "csv":
+        doc = {"rows": [{k: r[k] for k in COLUMNS} for r in rows], "other_runs": other}
+        return json.dumps(doc | ({"fewshot": fewshot} if fewshot else {}), indent=2)
+    if fmt == "csv":  # one header, the fine-tune columns: few-shot records are in the other formats
         return _csv(rows, other)
     lines = (_markdown if fmt == "markdown" else _text)(*_cells(rows, other))
+    lines += _fewshot_lines(fewshot or [], fmt == "markdown")
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -49,7 +49,8 @@ def build_model(recipe: Recipe, num_classes: int) -> MlpMixer:
     if recipe.upstream == "none":
         return create_model(recipe.variant, num_classes=num_classes, **arch)
     # With no variant named, the architecture is the upstream file's, whatever it is.
-    return create_model(recipe.variant, pretrained=recipe.upstream, num_classes=num_classes, **arch)
+    resize = arch.pop("resize", "tile")  # how the weights reach another img_size (mixer_ft.resolution)
+    return create_model(recipe.variant, pretrained=recipe.upstream, num_classes=num_classes, resize=resize, **arch)
 
 
 class Checkpoints:
@@ -97,6 +98,10 @@ class Run:
     precision: str
     step: int = 0  # steps done
     elapsed: float = 0.0  # seconds spent in training steps, over every part of a resumed run
+    # The first step of each (re)start compiles, autotunes kernels and first touches the data (38 s
+    # of a 51 s run on an H200): kept apart, so that images/s is the rate a long run goes at.
+    warmup_s: float = 0.0
+    warmup_steps: int = 0
     history: dict[str, list] = field(default_factory=lambda: {"loss": [], "minival": []})
     order: tuple[int, np.ndarray | None] = (-1, None)  # (epoch, its shuffled train indices)
 
@@ -205,9 +210,9 @@ def _compiles(recipe: Recipe, device: torch.device) -> bool:
 def _precision(recipe: Recipe, device: torch.device) -> str:
     """"auto": bf16 where the device computes it natively (a GPU that has it, a CPU with AVX512-BF16
     or AMX), else fp32. An explicit bf16 on a CPU that would emulate it runs, with a warning."""
-    from mixer_ft.records import bf16_slowdown, cpu_isa, cpu_native_bf16
+    from mixer_ft.records import bf16_slowdown, cpu_isa, native_bf16
 
-    native = torch.cuda.is_bf16_supported() if device.type == "cuda" else device.type == "cpu" and cpu_native_bf16()
+    native = native_bf16(device)
     if recipe.mixed_precision == "auto":
         return "bf16" if native else "no"
     if recipe.mixed_precision == "bf16" and device.type == "cpu" and not native:
@@ -245,7 +250,10 @@ def setup(recipe: Recipe, *, fresh: bool = False) -> Run:
     raw_opts = make_optimizers(recipe, model, fused=recipe.fast_path and fast_device)
     schedules = make_schedules(raw_opts, recipe.warmup_steps, total)
     model, *optimizers = accelerator.prepare(model, *raw_opts)
-    net: MlpMixer = accelerator.unwrap_model(model)
+    # The bare module: without keep_torch_compile=False a compiled model unwraps to its
+    # OptimizedModule, whose state dict names every weight "_orig_mod.*" (checkpoints and the saved
+    # model would not load). Evaluation runs eager on it.
+    net: MlpMixer = accelerator.unwrap_model(model, keep_torch_compile=False)
     checkpoints = Checkpoints(out)
     if fresh and accelerator.is_main_process:  # starting over: nothing of an old run may be taken for this one's
         for old in (checkpoints.folder, out / "model"):
@@ -276,6 +284,7 @@ def restore(run: Run) -> None:
         schedule.load_state_dict(s_state)
     torch.set_rng_state(saved["torch_rng"])
     run.step, run.history, run.elapsed = saved["step"], json.loads(saved["history"]), saved["elapsed_s"]
+    run.warmup_s, run.warmup_steps = saved.get("warmup_s", 0.0), saved.get("warmup_steps", 0)
     run.accelerator.print(f"resuming {run.out} at step {run.step}/{run.total}")
 
 
@@ -375,6 +384,7 @@ def save_checkpoint(run: Run) -> None:
             "step": run.step, "model": run.net.state_dict(), "optimizers": [o.state_dict() for o in run.optimizers],
             "schedules": [s.state_dict() for s in run.schedules], "torch_rng": torch.get_rng_state(),
             "recipe": run.recipe.to_dict(), "history": json.dumps(run.history), "elapsed_s": run.elapsed,
+            "warmup_s": run.warmup_s, "warmup_steps": run.warmup_steps,
             # So that the checkpoint alone is a usable model (`mixer-ft predict runs/<name>`):
             "model_config": run.net.config.to_dict(), "classes": run.data.classes, "evaluation": evaluation_views(run),
         })
@@ -393,23 +403,27 @@ class Progress:
             run.accelerator.init_trackers(r.run_name, config=flat)
         self.bar = tqdm(total=run.total, initial=run.step, disable=not run.accelerator.is_local_main_process,
                         desc=r.run_name, unit="step", dynamic_ncols=True)
-        self.window = torch.zeros(4, device=run.device)  # loss sum, steps, correct, images since the last line
+        # loss sum, steps, correct, images, images of timed steps (all but a start's first) since the last line
+        self.window = torch.zeros(5, device=run.device)
         self.window_s = 0.0
 
-    def step(self, loss: torch.Tensor, correct: torch.Tensor, images: int, seconds: float) -> None:
+    def step(self, loss: torch.Tensor, correct: torch.Tensor, images: int, seconds: float, warmup: bool) -> None:
         run, done = self.run, self.run.step
-        self.window_s += seconds
+        self.window_s += 0.0 if warmup else seconds
         self.window += torch.stack([loss, torch.ones((), device=run.device), correct.float(),
-                                    torch.tensor(float(images), device=run.device)])
+                                    torch.tensor(float(images), device=run.device),
+                                    torch.tensor(0.0 if warmup else float(images), device=run.device)])
         if done % run.recipe.log_every == 0 or done == run.total:
             w = run.accelerator.reduce(self.window, "sum")
+            rate = round(float(w[4]) / self.window_s, 1) if self.window_s > 0 else None
             entry = {"step": done, "loss": round(float(w[0] / w[1]), 5), "train_accuracy": round(float(w[2] / w[3]), 5),
-                     "lr": run.schedules[0].get_last_lr()[0], "images_per_s": round(float(w[3]) / max(self.window_s, 1e-9), 1)}
+                     "lr": run.schedules[0].get_last_lr()[0], "images_per_s": rate}
             run.history["loss"].append(entry)
             self.bar.set_postfix(loss=f"{entry['loss']:.4f}", acc=f"{entry['train_accuracy']:.3f}",
-                                 img_s=f"{entry['images_per_s']:.0f}")
+                                 **({"img_s": f"{rate:.0f}"} if rate else {}))
             if run.recipe.tracker:
-                run.accelerator.log({f"train/{k}": v for k, v in entry.items() if k != "step"}, step=done)
+                run.accelerator.log({f"train/{k}": v for k, v in entry.items() if k != "step" and v is not None},
+                                    step=done)
             self.window.zero_()
             self.window_s = 0.0
         self.bar.update(1)
@@ -481,10 +495,18 @@ def _graph_breaks() -> int:
     return sum(counters["graph_break"].values())
 
 
+def steady_rate(run: Run) -> float:
+    """Images/s of the steps after each (re)start's first; of all steps if there are no others."""
+    steps, seconds = run.total - run.warmup_steps, run.elapsed - run.warmup_s
+    if steps < 1 or seconds <= 0:
+        steps, seconds = run.total, run.elapsed
+    return steps * run.recipe.global_batch / max(seconds, 1e-9)
+
+
 def run_record(run: Run, test: tuple[float, int], minival: tuple[float, int]) -> dict[str, Any]:
     """Everything needed to repeat the run and compare it, as results/<name>.json holds it."""
     r, n_train = run.recipe, len(run.splits["train"][1])
-    trained = run.total * r.global_batch
+    trained, compiled = run.total * r.global_batch, _compiled(run.model)
     return {
         "name": r.run_name, "upstream": r.upstream, "model": run.net.config.variant or "custom",
         "dataset": run.data.dataset_id, "data_source": r.dataset, "data_location": run.data.location,
@@ -493,8 +515,9 @@ def run_record(run: Run, test: tuple[float, int], minival: tuple[float, int]) ->
         "minival_accuracy": round(minival[0], 5), "minival_images": minival[1],
         "steps": run.total, "global_batch": r.global_batch, "epochs": round(trained / n_train, 3),
         "micro_batch": run.micro, "accumulation": run.accum, "mixed_precision": run.precision,
-        "compiled": _compiled(run.model), "graph_breaks": _graph_breaks() if _compiled(run.model) else None,
-        "wall_clock_s": round(run.elapsed, 1), "images_per_s": round(trained / max(run.elapsed, 1e-9), 1),
+        "compiled": compiled, "graph_breaks": _graph_breaks() if compiled else None,
+        "wall_clock_s": round(run.elapsed, 1), "images_per_s": round(steady_rate(run), 1),
+        "warmup_s": round(run.warmup_s, 2),
         "hardware": hardware(run.device, run.accelerator.num_processes), "versions": versions(),
         "git_commit": git_commit(), "config": r.to_dict(), "model_config": run.net.config.to_dict(),
         "model_dir": str(run.out / "model"), "history": run.history,
@@ -550,14 +573,17 @@ def finetune(recipe: Recipe, *, resume: bool = True) -> dict[str, Any]:
     progress, r = Progress(run), recipe
     run.model.train()
     with StopSignals() as signals:
-        for step in range(run.step, run.total):
+        start = run.step
+        for step in range(start, run.total):
             t0 = time.perf_counter()
             loss, correct, images = train_step(run, step)
             stop_if_diverged(run, loss, step)
             seconds = time.perf_counter() - t0
+            warmup = step == start
             run.elapsed += seconds
+            run.warmup_s, run.warmup_steps = run.warmup_s + warmup * seconds, run.warmup_steps + warmup
             run.step = step + 1
-            progress.step(loss, correct, images, seconds)
+            progress.step(loss, correct, images, seconds, warmup)
             if r.eval_every and run.step % r.eval_every == 0 and run.step < run.total:
                 progress.minival(evaluate(run, "minival")[0])
             due = (r.checkpoint_every and run.step % r.checkpoint_every == 0) or run.step == run.total

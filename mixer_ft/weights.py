@@ -23,6 +23,7 @@ this toolkit carries its own.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import json
 import math
@@ -507,6 +508,7 @@ def create_model(
     *,
     pretrained: str | None = None,
     num_classes: int | None = None,
+    resize: str = "tile",
     **overrides: Any,
 ) -> MlpMixer:
     """Build a Mixer, optionally with pretrained weights.
@@ -516,7 +518,10 @@ def create_model(
             and the architecture then comes from the checkpoint.
         pretrained: any weight source (see :mod:`mixer_ft.weights`).
         num_classes: a new class count; the checkpoint's head is then replaced by a zero one.
-        **overrides: other :class:`~mixer_ft.model.MixerConfig` fields, e.g. ``gelu="exact"``.
+        resize: with ``pretrained`` and an ``img_size`` other than the checkpoint's: ``"tile"``
+            (exact, whole multiples of its size) or ``"resample"`` (approximate, any size); see
+            :mod:`mixer_ft.resolution`.
+        **overrides: other :class:`~mixer_ft.model.MixerConfig` fields, e.g. ``img_size=448``.
 
     Returns:
         The model; its configuration is ``model.config``.
@@ -526,19 +531,28 @@ def create_model(
             raise ConfigError("create_model needs a variant name, pretrained weights, or both.")
         changes = overrides | ({} if num_classes is None else {"num_classes": num_classes})
         return MlpMixer(MixerConfig.from_variant(name, **changes))
-    return model_from_checkpoint(load_checkpoint(pretrained, variant=name), name, num_classes, **overrides)
+    return model_from_checkpoint(load_checkpoint(pretrained, variant=name), name, num_classes, resize=resize,
+                                 **overrides)
+
+
+_KEPT = ("img_size", "num_classes", "in_chans", "gelu", "mean", "std")  # from the checkpoint, whatever the variant
 
 
 def model_from_checkpoint(ckpt: Checkpoint, name: str | None = None, num_classes: int | None = None,
-                          **overrides: Any) -> MlpMixer:
+                          resize: str = "tile", **overrides: Any) -> MlpMixer:
     """The model ``ckpt`` holds (strictly loaded), as :func:`create_model` describes its arguments."""
+    from mixer_ft.resolution import resize_state_dict
+
     found = ckpt.config() if "head.weight" in ckpt.state_dict else None
     base = found or infer_config(ckpt.state_dict, num_classes=num_classes or 1000, source=ckpt.source)
-    keep = {"img_size": base.img_size, "num_classes": base.num_classes, "in_chans": base.in_chans,
-            "gelu": ckpt.gelu, "mean": base.mean, "std": base.std}
-    cfg = MixerConfig.from_variant(name, **keep) if name is not None else base.replace(gelu=ckpt.gelu)
+    if overrides.get("img_size", base.img_size) != base.img_size:
+        sd, base = resize_state_dict(ckpt.state_dict, base, overrides["img_size"], resize)
+        ckpt = dataclasses.replace(ckpt, state_dict=sd)
+    base = base.replace(gelu=ckpt.gelu)
+    if name is not None and base.variant != canonical_variant(name):  # load_strict reports what differs
+        base = MixerConfig.from_variant(name, **{k: getattr(base, k) for k in _KEPT})
     new_head = num_classes is not None and (found is None or num_classes != found.num_classes)
-    cfg = cfg.replace(**overrides, **({"num_classes": num_classes} if num_classes is not None else {}))
+    cfg = base.replace(**overrides, **({"num_classes": num_classes} if num_classes is not None else {}))
     with torch.device("meta"):  # weights come from the checkpoint: skip the random init
         model = MlpMixer(cfg)
     return load_strict(model, ckpt, new_head=new_head)
@@ -604,7 +618,8 @@ def _timm_fields(cfg: MixerConfig) -> dict[str, Any]:
         "architecture": timm_name(cfg.variant),  # type: ignore[arg-type]
         "num_classes": cfg.num_classes,
         "num_features": cfg.hidden_dim,
-        "model_args": {"img_size": cfg.img_size, "in_chans": cfg.in_chans},
+        "model_args": {"img_size": cfg.img_size, "in_chans": cfg.in_chans,  # the ratios: a tiled model's token MLP
+                       "mlp_ratio": [cfg.tokens_mlp_dim / cfg.hidden_dim, cfg.channels_mlp_dim / cfg.hidden_dim]},
         "pretrained_cfg": {
             "input_size": [cfg.in_chans, cfg.img_size, cfg.img_size], "mean": list(cfg.mean),
             "std": list(cfg.std), "interpolation": "bilinear", "crop_pct": 1.0, "num_classes": cfg.num_classes,

@@ -68,3 +68,18 @@ def test_token_major_stem_equals_the_conv_stem(size):
     assert fast.shape == (16, 2, 16)
     torch.testing.assert_close(fast, model.stem(x).transpose(0, 1), rtol=1e-5, atol=1e-5)
     torch.testing.assert_close(model.set_fast_path(True)(x), model.set_fast_path(False)(x), rtol=1e-5, atol=1e-5)
+
+
+def test_bench_at_448_times_the_tiled_architecture_against_a_timm_mixer_of_the_same_widths(tmp_path):
+    from mixer_ft.bench import _timm_model, save
+    from mixer_ft.model import num_params
+    from mixer_ft.resolution import resized_config
+
+    cfg = resized_config(MixerConfig.from_variant("S/32"), 448, "tile")
+    assert cfg.tokens_mlp_dim == 4 * 256 and cfg.num_tokens == 196
+    with torch.device("meta"):
+        assert num_params(_timm_model("S/32", cfg)) == num_params(MlpMixer(cfg))
+    # A record at 448 does not overwrite the one at 224.
+    rec = {"device": "CPU (x)", "model": "S/32", "batch": 4, "precision": "fp32"}
+    assert save(rec | {"img_size": 224}, tmp_path).name == "cpu_S32_b4_fp32.json"
+    assert save(rec | {"img_size": 448}, tmp_path).name == "cpu_S32_448px_b4_fp32.json"

@@ -90,6 +90,15 @@ def test_compiled_finetune_follows_the_eager_loss_curve_on_one_and_two_processes
     for other in (one, two):
         np.testing.assert_allclose([e["loss"] for e in other["history"]["loss"]], curve, atol=1e-4)
         assert other["test_accuracy"] == pytest.approx(eager["test_accuracy"], abs=0.02)
+    # What a compiled run saves is the plain model (no "_orig_mod." names): it loads, and equals the eager run's.
+    want = load_file(tmp_path / "eager" / "model" / "model.safetensors")
+    for name in ("compiled", "compiled2"):
+        got = load_file(tmp_path / name / "model" / "model.safetensors")
+        assert got.keys() == want.keys()
+        for k in want:
+            torch.testing.assert_close(got[k], want[k], atol=1e-4, rtol=1e-3)
+        last = torch.load(sorted((tmp_path / name / "checkpoints").glob("*.pt"))[-1], weights_only=False)
+        assert set(last["model"]) == set(want)
 
 
 def test_auto_micro_batch_backs_off_an_injected_oom_and_leaves_the_model_untouched():

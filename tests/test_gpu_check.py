@@ -15,9 +15,14 @@ def test_the_gpu_check_dry_run_ends_every_step_with_rc_0(tmp_path):
                          env=env, timeout=1200)
     log = (tmp_path / "log.txt").read_text()
     codes = [line for line in log.splitlines() if line.startswith("rc=")]
-    assert len(codes) == 4 and set(codes) == {"rc=0"}, log[-4000:]
+    assert len(codes) == 6 and set(codes) == {"rc=0"}, log[-4000:]
     assert out.returncode == 0
     benches = [json.loads(p.read_text()) for p in tmp_path.glob("cpu_*.json")]
     assert benches and all(b["ours_images_per_s"] > 0 and b["timm_images_per_s"] > 0 for b in benches)
     record = json.loads((tmp_path / "gpu_check_l16.json").read_text())
     assert record["test_images"] == 10_000 and record["steps"] == 2 and record["global_batch"] == 8
+    # The run's saved model loads for few-shot features, and the resolution benchmark recorded its ratio.
+    fewshot = json.loads(next(tmp_path.glob("fewshot_*.json")).read_text())
+    assert fewshot["kind"] == "fewshot" and set(fewshot["shots"]) == {"1", "10"} and fewshot["test_images"] == 10_000
+    cost = json.loads(next(tmp_path.glob("resolution_cost_*.json")).read_text())
+    assert cost["sizes"] == [224, 448] and cost["cost_per_image"] > 1

@@ -57,6 +57,10 @@ def test_smoke_recipe_learns_and_writes_a_complete_record(smoke_run):
     assert rec["hardware"]["count"] == 1 and rec["hardware"]["device"].startswith("CPU")
     assert rec["versions"]["torch"] == torch.__version__ and rec["config"]["steps"] == rec["steps"] == 300
     assert 0 <= rec["minival_accuracy"] <= 1 and rec["images_per_s"] > 0
+    # images/s is the steady rate: the first step (compile, warm-up) is timed apart, not averaged in.
+    assert 0 <= rec["warmup_s"] < rec["wall_clock_s"]
+    steady = (rec["steps"] - 1) * rec["global_batch"] / (rec["wall_clock_s"] - rec["warmup_s"])
+    assert rec["images_per_s"] == pytest.approx(steady, rel=0.03)
     # The saved model is the trained one: loaded for inference and fed the test JPEGs themselves,
     # it scores the record's accuracy.
     classify = Classifier.from_pretrained(run / "model", device="cpu")

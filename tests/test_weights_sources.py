@@ -15,7 +15,7 @@ from safetensors.torch import save_file
 from test_weights_npz import flax_mixer_params
 
 from conftest import randomize_
-from mixer_ft import CheckpointError, WeightsUnavailable, create_model, load_checkpoint, save_pretrained
+from mixer_ft import CheckpointError, ConfigError, WeightsUnavailable, create_model, load_checkpoint, save_pretrained
 from mixer_ft.weights import cached_path, upstream_sources
 
 
@@ -214,8 +214,8 @@ def test_another_architecture_or_input_size_is_refused(tmp_path):
     save_file(small_model().state_dict(), tmp_path / "s32.safetensors")
     with pytest.raises(CheckpointError, match="holds a Mixer-S/32"):
         create_model("B/32", pretrained=str(tmp_path / "s32.safetensors"))
-    with pytest.raises(CheckpointError, match="token-mixing MLPs are sized"):
-        create_model(pretrained=str(tmp_path / "s32.safetensors"), img_size=448)
+    with pytest.raises(ConfigError, match="not a whole multiple of these weights' 224"):
+        create_model(pretrained=str(tmp_path / "s32.safetensors"), img_size=320)
 
 
 def test_pickle_that_would_write_a_file_is_refused_and_writes_nothing(tmp_path):
