@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from mixer_ft.atomic import atomic_write_text
-from mixer_ft.bench import TrainStep, forward_flops, measure_pair
+from mixer_ft.bench import TrainStep, device_slug, forward_flops, measure_pair
 from mixer_ft.model import MixerConfig, MlpMixer
 from mixer_ft.records import hardware, versions
 from mixer_ft.resolution import resized_config
@@ -55,8 +55,7 @@ def main() -> None:
         "peak_memory_bytes": [small_r["peak_memory_bytes"], big_r["peak_memory_bytes"]],
         "timed_steps": args.steps, "versions": versions(), "date": time.strftime("%Y-%m-%d"),
     }
-    dev_name = "".join(c if c.isalnum() else "-" for c in record["device"].split("(")[0].strip()).strip("-").lower()
-    path = Path(args.out) / f"resolution_cost_{dev_name}_{args.model.replace('/', '')}_{big.img_size}px.json"
+    path = Path(args.out) / f"resolution_cost_{device_slug(record['device'])}_{args.model.replace('/', '')}_{big.img_size}px.json"
     atomic_write_text(path, json.dumps(record, indent=2) + "\n")
     print(json.dumps({k: record[k] for k in ("model", "device", "sizes", "images_per_s", "cost_per_image",
                                               "flop_ratio")}))

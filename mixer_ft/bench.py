@@ -172,9 +172,14 @@ def run_bench(model: str = "S/32", batch: int = 16, device: str | None = None, i
     return record
 
 
+def device_slug(device: str) -> str:
+    """A device's name as a file-name part: "NVIDIA H200" -> "nvidia-h200", "CPU (Intel ...)" -> "cpu"."""
+    return "".join(ch if ch.isalnum() else "-" for ch in device.split("(")[0].strip()).strip("-").lower()
+
+
 def save(record: dict[str, Any], folder: str | Path = "results/bench") -> Path:
     """results/bench/<device>_<model>_b<batch>_<precision>.json, written atomically."""
-    dev = "".join(ch if ch.isalnum() else "-" for ch in record["device"].split("(")[0].strip()).strip("-").lower()
+    dev = device_slug(record["device"])
     size = "" if record.get("img_size", 224) == 224 else f"_{record['img_size']}px"
     name = f"{dev}_{record['model'].replace('/', '')}{size}_b{record['batch']}_{record['precision']}.json"
     path = Path(folder) / name
@@ -182,4 +187,4 @@ def save(record: dict[str, Any], folder: str | Path = "results/bench") -> Path:
     return path
 
 
-__all__ = ["TrainStep", "forward_flops", "measure_pair", "run_bench", "save"]
+__all__ = ["TrainStep", "device_slug", "forward_flops", "measure_pair", "run_bench", "save"]

@@ -66,12 +66,13 @@ def inspect(
     else:
         cfg, path = MixerConfig.from_variant(source, **size), None
         where = "variant definition (no weights)"
-    with torch.device("meta"):  # counting parameters needs no memory
-        net = MlpMixer(cfg)
-    if ckpt is not None:  # every tensor must fit the architecture the file's shapes name
-        load_strict(net, ckpt)
-        if img_size:
-            net = model_from_checkpoint(ckpt, model, resize=resize, img_size=img_size)
+    if ckpt is not None and img_size:  # the weights resized, then strictly loaded
+        net = model_from_checkpoint(ckpt, model, resize=resize, img_size=img_size)
+    else:
+        with torch.device("meta"):  # counting parameters needs no memory
+            net = MlpMixer(cfg)
+        if ckpt is not None:  # every tensor must fit the architecture the file's shapes name
+            load_strict(net, ckpt)
     cfg = net.config
     info = {"source": source, "path": path, "variant": cfg.variant, **cfg.to_dict(),
             "num_tokens": cfg.num_tokens, "num_params": num_params(net)}

@@ -20,8 +20,8 @@ import torch
 from mixer_ft.config import FEWSHOT_SHOTS as SHOTS
 from mixer_ft.data import ImageData
 from mixer_ft.errors import ConfigError, DataError
-from mixer_ft.infer import EVAL_BATCH
-from mixer_ft.preprocess import Preprocess, index_batches
+from mixer_ft.infer import EVAL_BATCH, eval_batches
+from mixer_ft.preprocess import Preprocess
 
 L2_REG = 1024.0  # big_vision's fewshot configs
 BIAS_CONSTANT = 100.0  # big_vision's: large, so that the regulariser leaves the bias nearly free
@@ -31,12 +31,10 @@ SPLITS = ("test", "minival")  # scored split; the shots always come from train
 def features(model: torch.nn.Module, pre: Preprocess, data: ImageData, array: str, indices: np.ndarray,
              device: torch.device, batch: int = EVAL_BATCH) -> np.ndarray:
     """Pooled float64 features (len(indices), hidden_dim) of one split's images, preprocessed as for testing."""
-    images, extents, out = data.images[array], data.extents.get(array), []
+    out = []
     with torch.no_grad():
-        for _, idx in index_batches(indices, batch):
-            x = torch.from_numpy(np.ascontiguousarray(images[idx])).to(device)
-            own = None if extents is None else torch.from_numpy(extents[idx]).to(device)
-            out.append(model.forward_features(pre.eval(x, own)).double().cpu().numpy())
+        for _, x in eval_batches(pre, data.images[array], indices, device, batch, data.extents.get(array)):
+            out.append(model.forward_features(x).double().cpu().numpy())
     return np.concatenate(out) if out else np.zeros((0, model.config.hidden_dim))
 
 
@@ -73,16 +71,19 @@ def draws(labels: np.ndarray, pool: np.ndarray, num_classes: int, shots: int, se
     return np.stack([rng.permutation(pool[labels[pool] == c])[:shots] for c in range(num_classes)])
 
 
-def _check_split(split: str) -> None:
+def check_arguments(shots: list[int], seeds: int, split: str) -> None:
+    """Errors for a request no data set can meet (run before loading anything)."""
+    if not shots or min(shots) < 1:
+        raise ConfigError(f"--shots takes positive whole numbers, e.g. 1,5,10,25; got {shots}.")
+    if seeds < 1:
+        raise ConfigError(f"--seeds must be at least 1, got {seeds}.")
     if split not in SPLITS:
         raise ConfigError(f"Unknown split {split!r} to score; choose one of {', '.join(SPLITS)} "
                           "(the shots always come from train).")
 
 
 def check_request(data: ImageData, labels: np.ndarray, pool: np.ndarray, shots: list[int]) -> None:
-    """Errors, before any feature is computed, for shots a data set cannot give."""
-    if not shots or min(shots) < 1:
-        raise ConfigError(f"--shots must be positive whole numbers, e.g. 1,5,10,25; got {shots}.")
+    """Errors, before any feature is computed, for shots this data set cannot give."""
     if len(data.classes) < 2:
         raise DataError(f"{data.location} has {len(data.classes)} class: a classifier needs at least two.")
     counts = np.bincount(labels[pool], minlength=len(data.classes))
@@ -96,7 +97,7 @@ def evaluate_fewshot(model: torch.nn.Module, pre: Preprocess, data: ImageData, s
                      split: str = "test", *, val_fraction: float = 0.02, device: torch.device | None = None,
                      batch: int = EVAL_BATCH) -> dict[str, Any]:
     """Few-shot accuracy per shot count over ``seeds`` draws: {"shots": {K: {mean, std, per_seed}}, ...}."""
-    _check_split(split)
+    check_arguments(shots, seeds, split)
     device = device or next(model.parameters()).device
     splits = data.splits(val_fraction, 0)
     (train_array, pool), (test_array, test_idx) = splits["train"], splits[split]
@@ -136,12 +137,9 @@ def record_name(upstream: str, cfg: Any, dataset_id: str, split: str) -> str:
 def parse_shots(text: str) -> list[int]:
     """"1,5,10,25" -> [1, 5, 10, 25]."""
     try:
-        shots = sorted({int(s) for s in text.split(",") if s.strip()})
+        return sorted({int(s) for s in text.split(",") if s.strip()})
     except ValueError:
         raise ConfigError(f"--shots takes whole numbers separated by commas, e.g. 1,5,10,25; got {text!r}.") from None
-    if not shots or shots[0] < 1:
-        raise ConfigError(f"--shots takes positive whole numbers, e.g. 1,5,10,25; got {text!r}.")
-    return shots
 
 
 def run_fewshot(upstream: str, dataset: str, *, variant: str | None = None, shots: tuple[int, ...] | list[int] = SHOTS,
@@ -154,9 +152,7 @@ def run_fewshot(upstream: str, dataset: str, *, variant: str | None = None, shot
     from mixer_ft.records import git_commit, hardware, versions, write_record
     from mixer_ft.weights import create_model
 
-    if seeds < 1:
-        raise ConfigError(f"--seeds must be at least 1, got {seeds}.")
-    _check_split(split)  # before minutes of loading
+    check_arguments(list(shots), seeds, split)  # before minutes of loading
     preflight.check(upstream, variant, dataset)  # weights and data both, named in one message
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     model = create_model(variant, pretrained=upstream, resize=resize, **({"img_size": img_size} if img_size else {}))

@@ -65,10 +65,20 @@ def split_predictions(model: torch.nn.Module, pre: Preprocess, images: np.ndarra
     ``extents``: each image's own (h, w), where images of several sizes are padded into the array.
     The caller chooses the mode and precision (``model.eval()``, ``torch.no_grad()``, autocast).
     """
+    for idx, x in eval_batches(pre, images, indices, device, batch, extents):
+        yield predict(model, x, mirror=mirror, shift=shift).cpu(), torch.from_numpy(labels[idx])
+
+
+def eval_batches(pre: Preprocess, images: np.ndarray, indices: np.ndarray, device: torch.device,
+                 batch: int = EVAL_BATCH, extents: np.ndarray | None = None) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    """(indices, preprocessed NCHW batch) over ``indices`` of a uint8 NHWC array, as for testing.
+
+    ``extents``: each image's own (h, w), where images of several sizes are padded into the array.
+    """
     for _, idx in index_batches(indices, batch):
         x = torch.from_numpy(np.ascontiguousarray(images[idx])).to(device)
         own = None if extents is None else torch.from_numpy(extents[idx]).to(device)
-        yield predict(model, pre.eval(x, own), mirror=mirror, shift=shift).cpu(), torch.from_numpy(labels[idx])
+        yield idx, pre.eval(x, own)
 
 
 def count_correct(model: torch.nn.Module, pre: Preprocess, images: np.ndarray, labels: np.ndarray,
@@ -98,9 +108,7 @@ def _default_precision(recorded: str | None, device: torch.device) -> str:
     """bf16 on a GPU that has it; on a CPU, what the model was scored with if the CPU computes it natively."""
     from mixer_ft.records import native_bf16
 
-    if device.type == "cuda":
-        return "bf16" if native_bf16(device) else "no"
-    return "bf16" if recorded == "bf16" and native_bf16(device) else "no"
+    return "bf16" if native_bf16(device) and (device.type == "cuda" or recorded == "bf16") else "no"
 
 
 class Classifier:
@@ -244,5 +252,5 @@ def label_files(clf: Classifier, files: list[Path], *, top_k: int = 1,
             yield f, (clf.top_k(next(probs), top_k) if isinstance(a, np.ndarray) else a)
 
 
-__all__ = ["EVAL_BATCH", "Classifier", "as_rgb_array", "collect_images", "count_correct", "imagenet_names",
+__all__ = ["EVAL_BATCH", "Classifier", "as_rgb_array", "collect_images", "count_correct", "eval_batches", "imagenet_names",
            "label_files", "predict", "split_predictions", "view_logits"]

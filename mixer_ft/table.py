@@ -7,6 +7,7 @@ import io
 import json
 import logging
 import tomllib
+from collections.abc import Callable
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -63,41 +64,60 @@ def published_rows() -> list[Published]:
     return [Published(**row) for row in tomllib.loads(text)["row"]]
 
 
-def load_runs(results: str | Path) -> list[dict[str, Any]]:
-    """Every run record in ``results``; a malformed one is skipped with a warning naming it."""
-    runs = []
+def _fewshot(record: Any) -> bool:
+    return isinstance(record, dict) and record.get("kind") == "fewshot"
+
+
+def _read_records(results: str | Path, check: Callable[[Any, Path], dict[str, Any] | None],
+                  what: str) -> list[dict[str, Any]]:
+    """The JSON files in ``results`` that ``check`` returns a record for (None passes a file over);
+    one it raises on is skipped with a warning naming it."""
+    records = []
     for path in sorted(Path(results).glob("*.json")):
         try:
-            run = json.loads(path.read_text())
-            if isinstance(run, dict) and run.get("kind") == "fewshot":
-                continue  # listed apart: fewshot_runs
-            for key, kind in _REQUIRED.items():
-                value = run[key]
-                if not isinstance(value, (int, float) if kind is float else kind) or isinstance(value, bool):
-                    raise TypeError(f"{key} is {value!r}")
-            if not 0 <= run["test_accuracy"] <= 1:
-                raise ValueError(f"test_accuracy {run['test_accuracy']} is not a fraction")
-            run["dataset_id"] = canonical_dataset(str(run.get("dataset", "")), run.get("classes") or [],
-                                                  int(run.get("test_images") or 0))
-            run["file"] = str(path)
-            runs.append(run)
+            record = check(json.loads(path.read_text()), path)
+            if record is not None:
+                records.append(record)
         except (OSError, ValueError, KeyError, TypeError) as e:
-            log.warning("skipping %s: not a run record (%s: %s)", path, type(e).__name__, e)
-    return runs
+            log.warning("skipping %s: not a %s (%s: %s)", path, what, type(e).__name__, e)
+    return records
+
+
+def _run_record(run: Any, path: Path) -> dict[str, Any] | None:
+    if _fewshot(run):
+        return None  # listed apart: fewshot_runs
+    for key, kind in _REQUIRED.items():
+        value = run[key]
+        if not isinstance(value, (int, float) if kind is float else kind) or isinstance(value, bool):
+            raise TypeError(f"{key} is {value!r}")
+    if not 0 <= run["test_accuracy"] <= 1:
+        raise ValueError(f"test_accuracy {run['test_accuracy']} is not a fraction")
+    run["dataset_id"] = canonical_dataset(str(run.get("dataset", "")), run.get("classes") or [],
+                                          int(run.get("test_images") or 0))
+    run["file"] = str(path)
+    return run
+
+
+def _fewshot_record(run: Any, path: Path) -> dict[str, Any] | None:
+    if not _fewshot(run):
+        return None
+    missing = [k for k in ("model", "dataset", "shots") if k not in run]
+    if missing:
+        raise KeyError(", ".join(missing))
+    for shots, result in run["shots"].items():
+        if not all(isinstance(result[k], (int, float)) for k in ("mean", "std")):
+            raise TypeError(f"{shots}-shot mean and std must be numbers")
+    return run
+
+
+def load_runs(results: str | Path) -> list[dict[str, Any]]:
+    """Every run record in ``results``; a malformed one is skipped with a warning naming it."""
+    return _read_records(results, _run_record, "run record")
 
 
 def fewshot_runs(results: str | Path) -> list[dict[str, Any]]:
     """Few-shot records (``mixer-ft fewshot``) in ``results``, oldest first; malformed ones skipped."""
-    runs = []
-    for path in sorted(Path(results).glob("*.json")):
-        try:
-            run = json.loads(path.read_text())
-            if isinstance(run, dict) and run.get("kind") == "fewshot":
-                _ = {k: (v["mean"], v["std"]) for k, v in run["shots"].items()}, run["model"], run["dataset"]
-                runs.append(run)
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            log.warning("skipping %s: not a few-shot record (%s: %s)", path, type(e).__name__, e)
-    return sorted(runs, key=lambda r: str(r.get("finished", "")))
+    return sorted(_read_records(results, _fewshot_record, "few-shot record"), key=lambda r: str(r.get("finished", "")))
 
 
 def _fewshot_lines(runs: list[dict[str, Any]], markdown: bool) -> list[str]:
