@@ -23,9 +23,15 @@ OUT="${OUT:-/tmp/gpu-check-out}"; mkdir -p "$OUT"
 DATA="${GPU_CHECK_DATA:-.gpu/cifar10-jpeg.tar.gz}"
 PY="${PYTHON:-python3}"
 LOG="$OUT/log.txt"
+# The fine-tune's run folder (checkpoints, model): a fresh temporary folder, not $OUT (an L/16 model is
+# 800 MB that need not come back) and not a fixed path another run could be using.
+RUN_DIR="$(mktemp -d "${TMPDIR:-/tmp}/gpu-check-run.XXXXXX")"
 # run LIMIT CMD...: a step that hangs (a stuck compile, say) is stopped at LIMIT seconds (rc=124) so the
-# steps after it still run inside the device call's time.
-run() { local limit=$1; shift; echo "+ $*" | tee -a "$LOG"; timeout -s INT -k 20 "$limit" "$@" 2>&1 | tee -a "$LOG"
+# steps after it still run inside the device call's time. The CPU dry run checks commands, not speed:
+# it has no limits, so a loaded machine cannot fail it.
+run() { local limit=$1; shift; echo "+ $*" | tee -a "$LOG"
+        if [ -n "${GPU_CHECK_DRY:-}" ]; then "$@" 2>&1 | tee -a "$LOG"
+        else timeout -s INT -k 20 "$limit" "$@" 2>&1 | tee -a "$LOG"; fi
         echo "rc=${PIPESTATUS[0]}" | tee -a "$LOG"; }
 
 if [ -n "${GPU_CHECK_DRY:-}" ]; then
@@ -47,9 +53,10 @@ fi
 run 130 "$PY" -m mixer_ft bench $B16 --device $DEV --out "$OUT" --json
 run 130 "$PY" -m mixer_ft bench $L16 --device $DEV --out "$OUT" --json
 [ -f "$DATA" ] && run 300 "$PY" -m mixer_ft finetune --recipe recipes/in21k_l16_cifar10.toml --upstream none $FT_MODEL \
-  --dataset "$DATA" --steps "$FT_STEPS" --batch "$FT_BATCH" --warmup 4 --eval-every 0 --output-dir /tmp/gpu-check-run \
+  --dataset "$DATA" --steps "$FT_STEPS" --batch "$FT_BATCH" --warmup 4 --eval-every 0 --output-dir "$RUN_DIR" \
   --fresh --set checkpoint_every=0 --set results_dir="\"$OUT\"" --set name=gpu_check_l16
-[ -f "$DATA" ] && run 120 "$PY" -m mixer_ft fewshot --upstream /tmp/gpu-check-run/model --dataset "$DATA" \
+[ -f "$DATA" ] && run 120 "$PY" -m mixer_ft fewshot --upstream "$RUN_DIR/model" --dataset "$DATA" \
   --shots 1,10 --seeds 2 --results "$OUT" --json
 run 150 "$PY" benchmarks/resolution_cost.py $RES --out "$OUT"
 ls -la "$OUT" | tee -a "$LOG"
+rm -rf "$RUN_DIR"

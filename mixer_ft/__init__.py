@@ -23,7 +23,7 @@ __version__ = "0.1.0"
 
 # Public names that need torch: the module each lives in, imported on first use (PEP 562).
 _LAZY = {"Classifier": "infer", "MlpMixer": "model", "num_params": "model", "create_model": "weights",
-         "load_checkpoint": "weights", "save_pretrained": "weights", "upstream_sources": "weights"}
+         "load_checkpoint": "sources", "save_pretrained": "model_folder", "upstream_sources": "sources"}
 
 
 def __getattr__(name: str) -> Any:

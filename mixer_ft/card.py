@@ -10,10 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from mixer_ft.model import MixerConfig, timm_name
-
-# Data set ids the card links to on the Hub.
-_HUB_DATASETS = {"cifar10": "uoft-cs/cifar10", "cifar100": "uoft-cs/cifar100"}
+from mixer_ft.config import MixerConfig, timm_name
+from mixer_ft.data_sources import hub_dataset_id
 
 
 def _header(cfg: MixerConfig, classes: list[str] | None, provenance: dict[str, Any]) -> list[str]:
@@ -21,7 +19,7 @@ def _header(cfg: MixerConfig, classes: list[str] | None, provenance: dict[str, A
     lines = ["---", "library_name: mixer_ft", "pipeline_tag: image-classification", "tags:"]
     lines += [f"- {t}" for t in tags]
     dataset = provenance.get("dataset")
-    hub_id = _HUB_DATASETS.get(dataset) or (dataset[3:] if isinstance(dataset, str) and dataset.startswith("hf:") else None)
+    hub_id = hub_dataset_id(dataset)
     if hub_id:
         lines += ["datasets:", f"- {hub_id}"]
     lines += ["metrics:", "- accuracy"]

@@ -208,7 +208,7 @@ def collect_images(inputs: list[str]) -> list[Path]:
     """
     import glob
 
-    from mixer_ft.data import IMAGE_SUFFIXES
+    from mixer_ft.data_sources import IMAGE_SUFFIXES
 
     def images_in(paths: list[Path]) -> list[Path]:
         return sorted(p for p in paths if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)

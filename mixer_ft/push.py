@@ -4,19 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from mixer_ft.errors import ConfigError, WeightsUnavailable
-from mixer_ft.weights import offline
-
-
-def model_folder(path: str | Path) -> Path:
-    """A model folder (model.safetensors + config.json); a run folder gives its model/."""
-    folder = Path(path).expanduser()
-    if (folder / "model" / "model.safetensors").is_file():
-        folder = folder / "model"
-    if not (folder / "model.safetensors").is_file() or not (folder / "config.json").is_file():
-        raise ConfigError(f"{path} is not a model folder (model.safetensors and config.json, as `mixer-ft finetune` "
-                          "writes to runs/<name>/model) or a finished run folder.")
-    return folder
+from mixer_ft.downloads import offline
+from mixer_ft.errors import WeightsUnavailable
+from mixer_ft.model_folder import model_folder
 
 
 def _connection_errors() -> tuple[type[BaseException], ...]:

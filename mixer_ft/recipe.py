@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import tomllib
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,8 +22,8 @@ from mixer_ft.errors import ConfigError
 from mixer_ft.optim import OPTIMIZERS
 
 PRECISIONS = ("auto", "no", "bf16", "fp16")
-# MixerConfig fields, and how pretrained weights reach another img_size (mixer_ft.resolution).
-_ARCH_FIELDS = {f.name for f in dataclasses.fields(MixerConfig)} - {"num_classes"} | {"resize"}
+# The `architecture` sub-table: MixerConfig's fields (the head's size comes from the data set).
+_ARCH_TYPES = {k: t for k, t in typing.get_type_hints(MixerConfig).items() if k != "num_classes"}
 # Keys a run may change when it resumes: where it writes, what it logs, how a step is computed
 # (micro-batch, precision, fast path) and how it is scored. Every other key defines the
 # optimisation, so a checkpoint resumes only under the same value: a key added to Recipe is
@@ -39,6 +41,7 @@ class Recipe:
     model: str | None = None  # a variant; "custom" with the sizes in `architecture`; None: see `variant`
     dataset: str = "cifar10"
     architecture: dict[str, Any] = field(default_factory=dict)  # MixerConfig fields to set
+    resize: str | None = None  # how pretrained weights reach another architecture.img_size: tile | resample
     image_column: str | None = None
     label_column: str | None = None
     val_fraction: float = 0.02
@@ -75,6 +78,14 @@ class Recipe:
             if not ok:
                 raise ConfigError(f"Recipe: {msg}")
 
+        if "resize" in self.architecture:  # recipes before 0.2 kept resize inside architecture
+            arch = dict(self.architecture)
+            moved = arch.pop("resize")
+            check(self.resize in (None, moved), f"resize is set twice: {self.resize!r} and architecture.resize "
+                  f"{moved!r}; keep the top-level key.")
+            object.__setattr__(self, "architecture", arch)
+            object.__setattr__(self, "resize", moved)
+
         check(self.steps >= 1, f"steps must be at least 1, got {self.steps}.")
         check(self.epochs is None or self.epochs > 0, f"epochs must be positive, got {self.epochs}.")
         check(self.global_batch >= 1, f"global_batch must be at least 1, got {self.global_batch}.")
@@ -95,12 +106,14 @@ class Recipe:
         check(min(self.eval_every, self.checkpoint_every) >= 0 and self.log_every >= 1,
               "eval_every and checkpoint_every must be >= 0, log_every >= 1.")
         check(self.seed >= 0, f"seed must be non-negative, got {self.seed}.")
-        unknown = set(self.architecture) - _ARCH_FIELDS
-        check(not unknown, f"unknown architecture field(s) {sorted(unknown)}; valid: {sorted(_ARCH_FIELDS)}.")
+        unknown = set(self.architecture) - set(_ARCH_TYPES)
+        check(not unknown, f"unknown architecture field(s) {sorted(unknown)}; valid: {sorted(_ARCH_TYPES)}.")
+        for key, value in self.architecture.items():
+            check(_type_ok(value, _ARCH_TYPES[key]), f"architecture.{key} must be {_type_name(_ARCH_TYPES[key])}, "
+                  f"got {value!r}.")
         check(self.architecture.get("gelu", "tanh") in GELU_FLAVOURS, f"gelu must be one of {GELU_FLAVOURS}.")
-        resize = self.architecture.get("resize")
-        check(resize is None or resize in RESIZE_METHODS, f"architecture.resize must be one of {RESIZE_METHODS}.")
-        check(resize is None or self.upstream != "none", "architecture.resize says how pretrained weights reach another "
+        check(self.resize is None or self.resize in RESIZE_METHODS, f"resize must be one of {RESIZE_METHODS}.")
+        check(self.resize is None or self.upstream != "none", "resize says how pretrained weights reach another "
               "img_size; with upstream = \"none\" there are none: leave it out.")
         if self.model == "custom":
             need = {"patch_size", "hidden_dim", "num_blocks", "tokens_mlp_dim", "channels_mlp_dim"}
@@ -132,6 +145,37 @@ class Recipe:
         return dataclasses.replace(self, **changes)
 
 
+def _type_ok(value: Any, hint: Any) -> bool:
+    """Whether a plain (TOML) value fits a type hint: int, float, str, bool, dict, tuple, unions of them."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return any(_type_ok(value, h) for h in typing.get_args(hint))
+    origin = typing.get_origin(hint) or hint
+    if hint is type(None):
+        return value is None
+    if hint is Any:
+        return True
+    if isinstance(value, bool):  # a bool is an int to Python, never to a recipe
+        return origin is bool
+    if origin is float:
+        return isinstance(value, (int, float))
+    if origin is tuple:  # tuple[float, ...]: TOML gives a list
+        item = typing.get_args(hint)[0] if typing.get_args(hint) else Any
+        return isinstance(value, (list, tuple)) and all(_type_ok(v, item) for v in value)
+    return isinstance(value, origin)
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def _migrated(saved: dict[str, Any]) -> dict[str, Any]:
+    """A recipe dict of an older checkpoint or record in today's keys (resize left architecture in 0.2)."""
+    arch = saved.get("architecture")
+    if isinstance(arch, dict) and "resize" in arch:
+        saved = dict(saved, architecture={k: v for k, v in arch.items() if k != "resize"}, resize=arch["resize"])
+    return saved
+
+
 def _field_default(f: dataclasses.Field) -> Any:
     return f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
 
@@ -152,6 +196,7 @@ def _same(key: str, saved: Any, now: Any) -> bool:
 def _differences(saved: dict[str, Any], recipe: Recipe, free: frozenset[str]) -> list[str]:
     """Keys outside ``free`` whose value in ``saved`` differs from ``recipe``'s; a key ``saved`` lacks
     (it was written before the key existed) counts at its default."""
+    saved = _migrated(saved)
     return [f.name for f in dataclasses.fields(recipe) if f.name not in free
             and not _same(f.name, saved.get(f.name, _field_default(f)), getattr(recipe, f.name))]
 
@@ -209,16 +254,10 @@ def load_recipe(path: str | Path, **overrides: Any) -> Recipe:
 def from_dict(data: dict[str, Any]) -> Recipe:
     """A recipe from plain values, unknown keys and wrong types refused with a clear message."""
     check_keys(data, "recipe")
-    types = {f.name: f.type for f in dataclasses.fields(Recipe)}
+    hints = typing.get_type_hints(Recipe)
     for key, value in data.items():
-        t = types[key]
-        ok = (isinstance(value, (int, float)) and not isinstance(value, bool) if t in ("float", "float | None")
-              else isinstance(value, int) and not isinstance(value, bool) if t == "int"
-              else isinstance(value, dict) if t.startswith("dict")
-              else isinstance(value, str) if t in ("str", "str | None")
-              else isinstance(value, bool) if t in ("bool", "bool | None") else True)
-        if value is not None and not ok:
-            raise ConfigError(f"Recipe key {key!r} must be {t}, got {value!r}.")
+        if value is not None and not _type_ok(value, hints[key]):
+            raise ConfigError(f"Recipe key {key!r} must be {_type_name(hints[key])}, got {value!r}.")
     return Recipe(**data)
 
 

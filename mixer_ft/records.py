@@ -6,13 +6,17 @@ import json
 import os
 import platform
 import subprocess
+import time
 from importlib import metadata
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
 from mixer_ft.atomic import atomic_write_text
+
+if TYPE_CHECKING:
+    from mixer_ft.train import Run
 
 RECORD_VERSION = 1
 
@@ -140,3 +144,46 @@ def write_record(results_dir: str | Path, record: dict[str, Any]) -> Path:
     path = Path(results_dir) / f"{record['name']}.json"
     atomic_write_text(path, json.dumps(record, indent=2, sort_keys=False) + "\n")
     return path
+
+
+def _compiled(model: torch.nn.Module) -> bool:
+    from accelerate.utils import is_compiled_module
+
+    return is_compiled_module(model)
+
+
+def _graph_breaks() -> int:
+    """Graph breaks torch.compile met in this process (each costs a return to Python mid-step)."""
+    from torch._dynamo.utils import counters
+
+    return sum(counters["graph_break"].values())
+
+
+def steady_rate(run: Run) -> float:
+    """Images/s of the steps after each (re)start's first; of all steps if there are no others."""
+    steps, seconds = run.total - run.warmup_steps, run.elapsed - run.warmup_s
+    if steps < 1 or seconds <= 0:
+        steps, seconds = run.total, run.elapsed
+    return steps * run.recipe.global_batch / max(seconds, 1e-9)
+
+
+def run_record(run: Run, test: tuple[float, int], minival: tuple[float, int]) -> dict[str, Any]:
+    """Everything needed to repeat the run and compare it, as results/<name>.json holds it."""
+    r, n_train = run.recipe, len(run.splits["train"][1])
+    trained, compiled = run.total * r.global_batch, _compiled(run.model)
+    return {
+        "name": r.run_name, "upstream": r.upstream, "model": run.net.config.variant or "custom",
+        "dataset": run.data.dataset_id, "data_source": r.dataset, "data_location": run.data.location,
+        "classes": run.data.classes,
+        "test_accuracy": round(test[0], 5), "test_images": test[1],
+        "minival_accuracy": round(minival[0], 5), "minival_images": minival[1],
+        "steps": run.total, "global_batch": r.global_batch, "epochs": round(trained / n_train, 3),
+        "micro_batch": run.micro, "accumulation": run.accum, "mixed_precision": run.precision,
+        "compiled": compiled, "graph_breaks": _graph_breaks() if compiled else None,
+        "wall_clock_s": round(run.elapsed, 1), "images_per_s": round(steady_rate(run), 1),
+        "warmup_s": round(run.warmup_s, 2),
+        "hardware": hardware(run.device, run.accelerator.num_processes), "versions": versions(),
+        "git_commit": git_commit(), "config": r.to_dict(), "model_config": run.net.config.to_dict(),
+        "model_dir": str(run.out / "model"), "history": run.history,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }

@@ -16,7 +16,6 @@ import json
 import logging
 import math
 import shutil
-import signal
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mixer_ft import devices
 from mixer_ft.atomic import atomic_write, atomic_write_text
 from mixer_ft.data import ImageData, load_data
 from mixer_ft.errors import ConfigError, RunStopped, TrainingError
@@ -34,7 +34,8 @@ from mixer_ft.model import MixerConfig, MlpMixer
 from mixer_ft.optim import make_optimizers, make_schedules
 from mixer_ft.preprocess import Preprocess, batch_seed, epoch_order
 from mixer_ft.recipe import Recipe, resume_conflicts
-from mixer_ft.records import git_commit, hardware, versions, write_record
+from mixer_ft.records import run_record, write_record
+from mixer_ft.signals import StopSignals
 
 log = logging.getLogger(__name__)
 
@@ -48,9 +49,10 @@ def build_model(recipe: Recipe, num_classes: int) -> MlpMixer:
         return MlpMixer(MixerConfig.from_dict({**arch, "num_classes": num_classes}))
     if recipe.upstream == "none":
         return create_model(recipe.variant, num_classes=num_classes, **arch)
-    # With no variant named, the architecture is the upstream file's, whatever it is.
-    resize = arch.pop("resize", "tile")  # how the weights reach another img_size (mixer_ft.resolution)
-    return create_model(recipe.variant, pretrained=recipe.upstream, num_classes=num_classes, resize=resize, **arch)
+    # With no variant named, the architecture is the upstream file's, whatever it is. resize: how the
+    # weights reach another img_size (mixer_ft.resolution).
+    return create_model(recipe.variant, pretrained=recipe.upstream, num_classes=num_classes,
+                        resize=recipe.resize or "tile", **arch)
 
 
 class Checkpoints:
@@ -117,15 +119,6 @@ def run_folder(recipe: Recipe) -> Path:
     return Path(recipe.output_dir or Path("runs") / recipe.run_name)
 
 
-def _use_cpu() -> bool:
-    """With no accelerator, processes started by `accelerate launch` (torchrun) talk over gloo on
-    the CPU; Accelerate only does that when told the run is a CPU run."""
-    from accelerate.utils import is_mps_available, is_xpu_available, parse_flag_from_env
-
-    return parse_flag_from_env("ACCELERATE_USE_CPU") or not (
-        torch.cuda.is_available() or is_mps_available() or is_xpu_available())
-
-
 def _writable(folder: Path, what: str) -> None:
     try:
         folder.mkdir(parents=True, exist_ok=True)
@@ -158,74 +151,11 @@ def _schedule_length(recipe: Recipe, n_train: int) -> tuple[int, int]:
     return steps_per_epoch, math.ceil(recipe.epochs * steps_per_epoch) if recipe.epochs else recipe.steps
 
 
-def _micro_batch(recipe: Recipe, per_process: int, model: MlpMixer, device: torch.device, precision: str) -> int:
-    """The per-process forward-pass size. "auto" probes the largest that fits the device's memory."""
-    if recipe.micro_batch is None:
-        return per_process
-    if recipe.micro_batch == "auto":
-        micro = _probe_micro_batch(model, per_process, device, precision)
-    else:
-        micro = int(recipe.micro_batch)
-    if per_process % micro:
-        raise ConfigError(f"micro-batch {micro} does not divide the {per_process} images each process takes "
-                          f"from a global batch of {recipe.global_batch}; use a divisor.")
-    return micro
-
-
-def _out_of_memory(e: RuntimeError) -> bool:
-    """torch's OOM error (CUDA and others), or the CPU allocator's plain RuntimeError."""
-    return isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in str(e)
-
-
-def _probe_micro_batch(model: MlpMixer, per_process: int, device: torch.device, precision: str) -> int:
-    """The largest divisor of ``per_process`` whose forward and backward fit the device's memory.
-
-    The probe leaves no trace: gradients are dropped, the weights are untouched (no optimizer
-    step) and no random numbers are drawn, so training is the same as with that micro-batch given.
-    """
-    cfg, dtype = model.config, {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
-    model.to(device)
-    for m in [d for d in range(per_process, 0, -1) if per_process % d == 0]:
-        try:
-            x = torch.zeros(m, cfg.in_chans, cfg.img_size, cfg.img_size, device=device)
-            with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
-                model(x).float().sum().backward()
-            return m
-        except RuntimeError as e:
-            if not _out_of_memory(e):
-                raise
-        finally:
-            model.zero_grad(set_to_none=True)
-            if device.type == "cuda":
-                torch.cuda.empty_cache()
-    raise ConfigError(f"Not even a micro-batch of 1 fits this device's memory ({device}).")
-
-
-def _compiles(recipe: Recipe, device: torch.device) -> bool:
-    """Whether torch.compile runs: as the recipe says, else with the fast path on CUDA only (on a
-    CPU its start-up outweighs a short run's gain)."""
-    return recipe.compile if recipe.compile is not None else recipe.fast_path and device.type == "cuda"
-
-
-def _precision(recipe: Recipe, device: torch.device) -> str:
-    """"auto": bf16 where the device computes it natively (a GPU that has it, a CPU with AVX512-BF16
-    or AMX), else fp32. An explicit bf16 on a CPU that would emulate it runs, with a warning."""
-    from mixer_ft.records import bf16_slowdown, cpu_isa, native_bf16
-
-    native = native_bf16(device)
-    if recipe.mixed_precision == "auto":
-        return "bf16" if native else "no"
-    if recipe.mixed_precision == "bf16" and device.type == "cpu" and not native:
-        log.warning("mixed_precision = \"bf16\" on a CPU without native bf16 (%s): a bf16 matrix product ran "
-                    "%.0fx slower than fp32 here. Use --mixed-precision auto or no.", cpu_isa(), bf16_slowdown())
-    return recipe.mixed_precision
-
-
 def setup(recipe: Recipe, *, fresh: bool = False) -> Run:
     """Data, model, optimizers and schedules, prepared by Accelerate; ``fresh`` drops old checkpoints."""
     from accelerate import Accelerator, PartialState
 
-    use_cpu = _use_cpu()
+    use_cpu = devices.use_cpu()
     state = PartialState(cpu=use_cpu)
     per_process = _check_recipe_needs(recipe, state.num_processes)
     out = run_folder(recipe)
@@ -240,10 +170,10 @@ def setup(recipe: Recipe, *, fresh: bool = False) -> Run:
 
     torch.manual_seed(recipe.seed)  # the same initial weights on every process
     model = build_model(recipe, len(data.classes)).set_fast_path(recipe.fast_path)
-    precision = _precision(recipe, state.device)
-    micro = _micro_batch(recipe, per_process, model, state.device, precision)
+    precision = devices.precision(recipe, state.device)
+    micro = devices.micro_batch(recipe, per_process, model, state.device, precision)
     fast_device = state.device.type in ("cpu", "cuda")
-    compile_ = _compiles(recipe, state.device)
+    compile_ = devices.compiles(recipe, state.device)
     accelerator = Accelerator(mixed_precision=precision,
                               gradient_accumulation_steps=per_process // micro, log_with=recipe.tracker,
                               project_dir=str(out), cpu=use_cpu, dynamo_backend="inductor" if compile_ else "no")
@@ -297,7 +227,7 @@ def batch_share(run: Run, step: int) -> tuple[np.ndarray, torch.Tensor, torch.Te
     Boxes and flips are drawn for the whole global batch, so each image's augmentation is the
     same whatever the number of processes.
     """
-    r, acc = run.recipe, run.accelerator
+    r, accel = run.recipe, run.accelerator
     epoch, b = divmod(step, run.steps_per_epoch)
     if run.order[0] != epoch:
         run.order = (epoch, epoch_order(run.splits["train"][1], r.seed, epoch))
@@ -309,13 +239,13 @@ def batch_share(run: Run, step: int) -> tuple[np.ndarray, torch.Tensor, torch.Te
     else:  # each crop inside its own image, with its own aspect ratio
         own = torch.from_numpy(extents[batch])
         boxes, flips = run.pre.sample(len(batch), own[:, 0], own[:, 1], gen)
-    share = slice(acc.process_index, None, acc.num_processes)
+    share = slice(accel.process_index, None, accel.num_processes)
     return batch[share], boxes[share], flips[share]
 
 
 def train_step(run: Run, step: int) -> tuple[torch.Tensor, torch.Tensor, int]:
     """One optimizer step; returns (loss averaged over processes, this process's correct count, its images)."""
-    r, acc, device = run.recipe, run.accelerator, run.device
+    r, accel, device = run.recipe, run.accelerator, run.device
     batch, boxes, flips = batch_share(run, step)
     images, labels, extents = run.data.images["train"], run.data.labels["train"], run.data.extents.get("train")
     step_loss, correct = torch.zeros((), device=device), torch.zeros((), device=device)
@@ -324,12 +254,12 @@ def train_step(run: Run, step: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         x = torch.from_numpy(np.ascontiguousarray(images[batch[part]])).to(device, non_blocking=True)
         y = torch.from_numpy(labels[batch[part]]).to(device, non_blocking=True)
         own = None if extents is None else torch.from_numpy(extents[batch[part]]).to(device)
-        with acc.accumulate(run.model):
+        with accel.accumulate(run.model):
             logits = run.model(run.pre.train(x, boxes[part], flips[part], own))
             loss = F.cross_entropy(logits.float(), y, label_smoothing=r.label_smoothing)
-            acc.backward(loss)
-            if acc.sync_gradients and r.grad_clip:
-                acc.clip_grad_norm_(run.model.parameters(), r.grad_clip)
+            accel.backward(loss)
+            if accel.sync_gradients and r.grad_clip:
+                accel.clip_grad_norm_(run.model.parameters(), r.grad_clip)
             for optimizer in run.optimizers:
                 optimizer.step()
                 optimizer.zero_grad(set_to_none=True)
@@ -337,7 +267,7 @@ def train_step(run: Run, step: int) -> tuple[torch.Tensor, torch.Tensor, int]:
         correct += (logits.argmax(1) == y).sum()
     for schedule in run.schedules:
         schedule.step()
-    return acc.reduce(step_loss, "mean"), correct, len(batch)
+    return accel.reduce(step_loss, "mean"), correct, len(batch)
 
 
 def stop_if_diverged(run: Run, loss: torch.Tensor, step: int) -> None:
@@ -358,15 +288,15 @@ def evaluate(run: Run, split: str) -> tuple[float, int]:
     Each process scores its own disjoint share: the summed counts count every image exactly once.
     """
     array, idx = run.splits[split]
-    acc = run.accelerator
+    accel = run.accelerator
     run.net.eval()
-    with torch.no_grad(), acc.autocast():
+    with torch.no_grad(), accel.autocast():
         correct, seen = count_correct(run.net, run.pre, run.data.images[array], run.data.labels[array],
-                                      idx[acc.process_index::acc.num_processes], run.device,
+                                      idx[accel.process_index::accel.num_processes], run.device,
                                       mirror=run.recipe.eval_flip, shift=run.recipe.eval_translate,
                                       extents=run.data.extents.get(array))
     run.net.train()
-    counts = acc.reduce(torch.tensor([correct, seen], device=run.device), "sum")
+    counts = accel.reduce(torch.tensor([correct, seen], device=run.device), "sum")
     return float(counts[0] / max(int(counts[1]), 1)), int(counts[1])
 
 
@@ -377,9 +307,9 @@ def evaluation_views(run: Run) -> dict[str, Any]:
 
 def save_checkpoint(run: Run) -> None:
     """Everything a resume needs, written atomically by the main process."""
-    acc = run.accelerator
-    acc.wait_for_everyone()
-    if acc.is_main_process:
+    accel = run.accelerator
+    accel.wait_for_everyone()
+    if accel.is_main_process:
         run.checkpoints.save({
             "step": run.step, "model": run.net.state_dict(), "optimizers": [o.state_dict() for o in run.optimizers],
             "schedules": [s.state_dict() for s in run.schedules], "torch_rng": torch.get_rng_state(),
@@ -388,7 +318,7 @@ def save_checkpoint(run: Run) -> None:
             # So that the checkpoint alone is a usable model (`mixer-ft predict runs/<name>`):
             "model_config": run.net.config.to_dict(), "classes": run.data.classes, "evaluation": evaluation_views(run),
         })
-    acc.wait_for_everyone()
+    accel.wait_for_everyone()
 
 
 class Progress:
@@ -437,40 +367,6 @@ class Progress:
             run.accelerator.log({"minival/accuracy": accuracy}, step=run.step)
 
 
-class StopSignals:
-    """SIGINT and SIGTERM (Ctrl-C, a cloud's preemption) ask the run to stop after the current step.
-
-    The step finishes, a checkpoint is written and the run ends with 128 + the signal's number; a
-    second Ctrl-C stops at once. All processes of a run agree on the step they stop at.
-    """
-
-    SIGNALS = (signal.SIGINT, signal.SIGTERM)
-
-    def __init__(self) -> None:
-        self.signum, self.previous = 0, {}
-
-    def _handle(self, signum: int, frame: Any) -> None:
-        if signum == signal.SIGINT and self.signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        self.signum = signum
-
-    def __enter__(self) -> StopSignals:
-        self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        for s, handler in self.previous.items():
-            signal.signal(s, handler)
-
-    def requested(self, run: Run) -> int:
-        """The signal any process received (0: none), the same answer on every process."""
-        if run.accelerator.num_processes == 1:
-            return self.signum
-        flag = torch.tensor([self.signum], device=run.device)
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-        return int(flag.item())
-
-
 def stop(run: Run, signum: int, checkpointed: bool) -> None:
     """End the run at its current step, with a checkpoint to resume from."""
     if not checkpointed:
@@ -482,58 +378,15 @@ def stop(run: Run, signum: int, checkpointed: bool) -> None:
 # --------------------------------------------------------------------------- the end
 
 
-def _compiled(model: torch.nn.Module) -> bool:
-    from accelerate.utils import is_compiled_module
-
-    return is_compiled_module(model)
-
-
-def _graph_breaks() -> int:
-    """Graph breaks torch.compile met in this process (each costs a return to Python mid-step)."""
-    from torch._dynamo.utils import counters
-
-    return sum(counters["graph_break"].values())
-
-
-def steady_rate(run: Run) -> float:
-    """Images/s of the steps after each (re)start's first; of all steps if there are no others."""
-    steps, seconds = run.total - run.warmup_steps, run.elapsed - run.warmup_s
-    if steps < 1 or seconds <= 0:
-        steps, seconds = run.total, run.elapsed
-    return steps * run.recipe.global_batch / max(seconds, 1e-9)
-
-
-def run_record(run: Run, test: tuple[float, int], minival: tuple[float, int]) -> dict[str, Any]:
-    """Everything needed to repeat the run and compare it, as results/<name>.json holds it."""
-    r, n_train = run.recipe, len(run.splits["train"][1])
-    trained, compiled = run.total * r.global_batch, _compiled(run.model)
-    return {
-        "name": r.run_name, "upstream": r.upstream, "model": run.net.config.variant or "custom",
-        "dataset": run.data.dataset_id, "data_source": r.dataset, "data_location": run.data.location,
-        "classes": run.data.classes,
-        "test_accuracy": round(test[0], 5), "test_images": test[1],
-        "minival_accuracy": round(minival[0], 5), "minival_images": minival[1],
-        "steps": run.total, "global_batch": r.global_batch, "epochs": round(trained / n_train, 3),
-        "micro_batch": run.micro, "accumulation": run.accum, "mixed_precision": run.precision,
-        "compiled": compiled, "graph_breaks": _graph_breaks() if compiled else None,
-        "wall_clock_s": round(run.elapsed, 1), "images_per_s": round(steady_rate(run), 1),
-        "warmup_s": round(run.warmup_s, 2),
-        "hardware": hardware(run.device, run.accelerator.num_processes), "versions": versions(),
-        "git_commit": git_commit(), "config": r.to_dict(), "model_config": run.net.config.to_dict(),
-        "model_dir": str(run.out / "model"), "history": run.history,
-        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-    }
-
-
 def finish(run: Run) -> dict[str, Any]:
     """Score minival and test, save the model and write the run record; returns the record."""
-    from mixer_ft.weights import save_pretrained
+    from mixer_ft.model_folder import save_pretrained
 
     minival, test = evaluate(run, "minival"), evaluate(run, "test")
     run.history["minival"].append({"step": run.total, "accuracy": round(minival[0], 5)})
-    acc, record = run.accelerator, {}
-    acc.wait_for_everyone()
-    if acc.is_main_process:
+    accel, record = run.accelerator, {}
+    accel.wait_for_everyone()
+    if accel.is_main_process:
         record = run_record(run, test, minival)
         provenance = {k: record[k] for k in ("name", "upstream", "dataset", "data_source", "test_accuracy", "test_images",
                                              "minival_accuracy", "minival_images", "steps", "global_batch",
@@ -544,11 +397,11 @@ def finish(run: Run) -> dict[str, Any]:
                         provenance=provenance)
         path = write_record(run.recipe.results_dir, record)
         atomic_write_text(run.out / "record.json", json.dumps(record, indent=2) + "\n")
-        acc.print(f"test accuracy {test[0]:.4f} ({test[1]} images), minival {minival[0]:.4f}; "
+        accel.print(f"test accuracy {test[0]:.4f} ({test[1]} images), minival {minival[0]:.4f}; "
                   f"record {path}, model {run.out / 'model'}")
     if run.recipe.tracker:
-        acc.end_training()
-    acc.wait_for_everyone()
+        accel.end_training()
+    accel.wait_for_everyone()
     return record
 
 

@@ -3,10 +3,15 @@
 The variables are set at import, before huggingface_hub reads them into its constants.
 """
 
+import contextlib
 import hashlib
+import io
+import logging
 import os
 import shutil
+import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 
 _ROOT = Path(tempfile.mkdtemp(prefix="mixer_ft_tests_"))
@@ -29,6 +34,67 @@ CIFAR_TGZ = SHARED / "data" / "cifar10-jpeg.tar.gz"
 
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_ROOT, ignore_errors=True)
+
+
+@dataclass
+class Result:
+    """What a `mixer-ft` command did: its exit status and what it printed (as subprocess.run's result)."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def _reset_accelerate() -> None:
+    """Accelerate keeps its process state in singletons: a second run in one process must start clean."""
+    if "accelerate" in sys.modules:
+        from accelerate.state import AcceleratorState, GradientState, PartialState
+
+        AcceleratorState._reset_state(reset_partial_state=True)
+        PartialState._reset_state()
+        GradientState._reset_state()
+
+
+def run_cli(*args, cwd: Path | None = None, env: dict | None = None) -> Result:
+    """`mixer-ft ARGS` through `cli.main` in this process: its exit status, stdout and stderr.
+
+    The same entry point as the console script, without paying a torch import per call. Warnings
+    that commands log go to the captured stderr, as they do in a terminal. ``env`` adds variables
+    for the call (only what is read at call time: huggingface_hub reads its own at import).
+    Anything but SystemExit escaping main is a crash: it propagates and fails the test.
+    """
+    from mixer_ft.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    handler = logging.StreamHandler(err)
+    handler.setFormatter(logging.Formatter("%(levelname)s: %(message)s"))
+    root, saved_env, saved_argv, saved_cwd = logging.getLogger(), dict(os.environ), sys.argv, os.getcwd()
+    root.addHandler(handler)
+    sys.argv = ["mixer-ft", *map(str, args)]
+    os.environ.update(env or {})
+    code = 0
+    try:
+        if cwd is not None:
+            os.chdir(cwd)
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            try:
+                main()
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else (0 if e.code is None else 1)
+    finally:
+        os.chdir(saved_cwd)
+        sys.argv = saved_argv
+        os.environ.clear()
+        os.environ.update(saved_env)
+        root.removeHandler(handler)
+        _reset_accelerate()
+    return Result(code, out.getvalue(), err.getvalue())
+
+
+@pytest.fixture
+def cli():
+    """The in-process `mixer-ft` runner (:func:`run_cli`)."""
+    return run_cli
 
 
 @pytest.fixture
@@ -105,17 +171,47 @@ def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 
 
 @pytest.fixture(scope="session")
-def smoke_run(cifar_subset, tmp_path_factory):
-    """The README's smoke recipe run once on 1,000 real CIFAR-10 training images: (run folder, record, data)."""
-    import json
-    import subprocess
-    import sys
+def readme_workdir(cifar_subset, tmp_path_factory) -> Path:
+    """A folder laid out like the checkout, so that the README's and docs' commands run verbatim.
 
-    data = cifar_subset(train=100, test=20)
-    root = tmp_path_factory.mktemp("smoke")
-    out = subprocess.run([sys.executable, "-m", "mixer_ft", "finetune", "--recipe", "recipes/smoke.toml",
-                          "--dataset", str(data), "--output-dir", str(root / "smoke"),
-                          "--set", f'results_dir="{root / "results"}"'],
-                         capture_output=True, text=True, cwd=REPO, env=os.environ.copy(), timeout=600)
+    ``work/`` has ``recipes/`` (the repository's) and ``photos/`` (a user's images: real CIFAR-10 test
+    JPEGs, five a class in ``photos/<class>/`` and one a class beside them, one of them ``cat.jpg``);
+    ``../shared/data/cifar10-jpeg.tar.gz`` is a small cut of CIFAR-10 (100 train and 20 test images a
+    class) packed in the real archive's layout and in the same order as its folder, so the archive and
+    ``cifar_subset(100, 20)`` give the same splits.
+    Runs and records that the commands make land in ``work/``, never in the repository.
+    """
+    import tarfile
+
+    cut = cifar_subset(train=100, test=20)
+    root = tmp_path_factory.mktemp("readme")
+    work, data = root / "work", root / "shared" / "data"
+    (work / "photos").mkdir(parents=True)
+    data.mkdir(parents=True)
+    (work / "recipes").symlink_to(REPO / "recipes")
+    with tarfile.open(data / "cifar10-jpeg.tar.gz", "w:gz") as tar:
+        for f in sorted(p for p in cut.rglob("*") if p.is_file()):
+            tar.add(f, arcname=str(f.relative_to(cut)))
+    for folder in sorted((cut / "test").iterdir()):
+        first, *more = sorted(folder.iterdir())[:6]
+        shutil.copy(first, work / "photos" / f"{folder.name}.jpg")
+        (work / "photos" / folder.name).mkdir()
+        for f in more:
+            shutil.copy(f, work / "photos" / folder.name / f.name)
+    return work
+
+
+# The README's smoke run, as the README spells it.
+SMOKE_COMMAND = ("finetune", "--recipe", "recipes/smoke.toml", "--dataset", "../shared/data/cifar10-jpeg.tar.gz")
+
+
+@pytest.fixture(scope="session")
+def smoke_run(readme_workdir, cifar_subset):
+    """The README's smoke run, made once (300 steps on 1,000 real CIFAR-10 training images) in the README's
+    work folder: (run folder, its record, the same images as an image folder)."""
+    import json
+
+    out = run_cli(*SMOKE_COMMAND, cwd=readme_workdir)
     assert out.returncode == 0, out.stderr[-3000:]
-    return root / "smoke", json.loads((root / "results" / "smoke_cifar10.json").read_text()), data
+    record = json.loads((readme_workdir / "results" / "smoke_cifar10.json").read_text())
+    return readme_workdir / "runs" / "smoke_cifar10", record, cifar_subset(train=100, test=20)

@@ -1,15 +1,12 @@
 """The speed benchmark's arithmetic and output, and that the fast path computes the same thing."""
 
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from conftest import randomize_
+from conftest import randomize_, run_cli
 from mixer_ft import MixerConfig, create_model
 from mixer_ft.bench import forward_flops
 from mixer_ft.model import MlpMixer
@@ -38,9 +35,7 @@ def test_fast_and_plain_paths_agree_on_outputs_and_gradients(variant):
 
 
 def test_bench_command_prints_the_documented_json():
-    out = subprocess.run([sys.executable, "-m", "mixer_ft", "bench", "--model", "S/32", "--batch", "16",
-                          "--device", "cpu", "--json", "--steps", "2"], capture_output=True, text=True,
-                         env=os.environ.copy(), timeout=600)
+    out = run_cli("bench", "--model", "S/32", "--batch", "16", "--device", "cpu", "--json", "--steps", "2")
     assert out.returncode == 0, out.stderr
     rec = json.loads(out.stdout)
     assert list(rec) == ["model", "batch", "device", "ours_images_per_s", "timm_images_per_s", "ratio",
@@ -53,8 +48,7 @@ def test_bench_command_prints_the_documented_json():
 def test_bench_refuses_a_missing_gpu():
     if torch.cuda.is_available():
         pytest.skip("a GPU is present")
-    out = subprocess.run([sys.executable, "-m", "mixer_ft", "bench", "--device", "cuda"], capture_output=True,
-                         text=True, env=os.environ.copy(), timeout=300)
+    out = run_cli("bench", "--device", "cuda")
     assert out.returncode == 2 and "no CUDA device" in out.stderr
 
 

@@ -8,13 +8,12 @@ import sys
 import pytest
 from safetensors.torch import save_file
 
-from conftest import REPO, randomize_
+from conftest import REPO, randomize_, run_cli
 from mixer_ft import create_model
 
 
-def run(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "mixer_ft", *args], capture_output=True, text=True,
-                          env=env or os.environ.copy(), timeout=300)
+def run(*args):
+    return run_cli(*args)
 
 
 def test_inspect_variant_text_and_json():

@@ -1,6 +1,7 @@
 """The CUDA path rehearsed on the CPU: torch.compile through `mixer-ft finetune` (1 and 2 processes),
 `--micro-batch auto` with an injected out-of-memory, bf16 autocast through the fast path."""
 
+import contextlib
 import json
 import os
 import subprocess
@@ -12,31 +13,33 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import REPO, randomize_
+from conftest import REPO, randomize_, run_cli
+from mixer_ft.devices import probe_micro_batch
 from mixer_ft.model import MixerConfig, MlpMixer
 from mixer_ft.recipe import Recipe
 from mixer_ft.records import cpu_native_bf16
-from mixer_ft.train import _probe_micro_batch, build_model
+from mixer_ft.train import build_model
 
 TINY = ["--set", "architecture.patch_size=8", "--set", "architecture.hidden_dim=32", "--set", "architecture.num_blocks=2",
         "--set", "architecture.tokens_mlp_dim=16", "--set", "architecture.channels_mlp_dim=64",
         "--set", "architecture.img_size=32", "--set", 'model="custom"', "--set", 'upstream="none"']
 ARCH = {"patch_size": 8, "hidden_dim": 32, "num_blocks": 2, "tokens_mlp_dim": 16, "channels_mlp_dim": 64, "img_size": 32}
 
-# Runs `mixer-ft` after registering a global forward pre-hook (a torch API) that raises torch's
-# out-of-memory error for any training forward pass of a Mixer above LIMIT images: an OOM
-# injected into torch, at a chosen size, with our code untouched.
-DRIVER = """
-import sys, torch
-LIMIT = int(sys.argv[1])
-def oom_above_limit(module, args):
-    if type(module).__name__ == "MlpMixer" and torch.is_grad_enabled() and args[0].shape[0] > LIMIT:
-        raise torch.OutOfMemoryError(f"injected: {args[0].shape[0]} images > {LIMIT}")
-torch.nn.modules.module.register_module_forward_pre_hook(oom_above_limit)
-from mixer_ft.cli import main
-sys.argv = ["mixer-ft", *sys.argv[2:]]
-main()
-"""
+
+@contextlib.contextmanager
+def oom_above(limit):
+    """A global forward pre-hook (a torch API) that raises torch's out-of-memory error for any
+    training forward pass of a Mixer above ``limit`` images: an OOM injected into torch, at a chosen
+    size, with our code untouched."""
+    def hook(module, args):
+        if type(module).__name__ == "MlpMixer" and torch.is_grad_enabled() and args[0].shape[0] > limit:
+            raise torch.OutOfMemoryError(f"injected: {args[0].shape[0]} images > {limit}")
+
+    handle = torch.nn.modules.module.register_module_forward_pre_hook(hook)
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 @pytest.fixture(scope="module")
@@ -68,14 +71,15 @@ def test_the_model_compiles_to_one_graph_without_breaks(fast):
     assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
 
 
+@pytest.mark.slow
 def test_compiled_finetune_follows_the_eager_loss_curve_on_one_and_two_processes(tmp_path, cut):
     common = ["--steps", 6, "--batch", 16, "--lr", 0.05, "--warmup", 2, "--eval-every", 0, "--mixed-precision", "no",
               "--set", "log_every=1"]
-    py = [sys.executable, "-m", "mixer_ft"]
-    run([*py, *args(tmp_path, cut, "eager", *common, "--set", "compile=false")])
-    run([*py, *args(tmp_path, cut, "compiled", *common, "--set", "compile=true")])
+    assert run_cli(*args(tmp_path, cut, "eager", *common, "--set", "compile=false"), cwd=REPO).returncode == 0
+    # Compiled runs in processes of their own: torch.compile's caches and graph-break counters are per process.
+    run([sys.executable, "-m", "mixer_ft", *args(tmp_path, cut, "compiled", *common, "--set", "compile=true")])
     # `accelerate launch --cpu` starts one process (its multi-CPU mode wants MPI); --multi_gpu starts
-    # two with torchrun, which on a machine without GPUs talk over gloo (see train._use_cpu).
+    # two with torchrun, which on a machine without GPUs talk over gloo (see devices.use_cpu).
     launch = [Path(sys.executable).parent / "accelerate", "launch", "--multi_gpu", "--num_processes", "2",
               "--num_machines", "1", "--mixed_precision", "no", "-m", "mixer_ft"]
     run([*launch, *args(tmp_path, cut, "compiled2", *common, "--set", "compile=true")])
@@ -114,8 +118,8 @@ def test_auto_micro_batch_backs_off_an_injected_oom_and_leaves_the_model_untouch
 
     handle = model.register_forward_pre_hook(oom_above_10)
     try:
-        assert _probe_micro_batch(model, 32, torch.device("cpu"), "no") == 8  # 32 and 16 do not fit; 8 does
-        assert _probe_micro_batch(model, 30, torch.device("cpu"), "no") == 10
+        assert probe_micro_batch(model, 32, torch.device("cpu"), "no") == 8  # 32 and 16 do not fit; 8 does
+        assert probe_micro_batch(model, 30, torch.device("cpu"), "no") == 10
     finally:
         handle.remove()
     assert all(p.grad is None for p in model.parameters())
@@ -125,15 +129,16 @@ def test_auto_micro_batch_backs_off_an_injected_oom_and_leaves_the_model_untouch
 
 def test_auto_micro_batch_trains_as_the_explicit_micro_batch_it_picks(tmp_path, cut):
     common = ["--steps", 4, "--batch", 32, "--lr", 0.05, "--warmup", 1, "--eval-every", 0]
-    run([sys.executable, "-c", DRIVER, 10, *args(tmp_path, cut, "auto", *common, "--micro-batch", "auto")])
-    run([sys.executable, "-m", "mixer_ft", *args(tmp_path, cut, "explicit", *common, "--micro-batch", 8)])
+    with oom_above(10):
+        assert run_cli(*args(tmp_path, cut, "auto", *common, "--micro-batch", "auto"), cwd=REPO).returncode == 0
+    assert run_cli(*args(tmp_path, cut, "explicit", *common, "--micro-batch", 8), cwd=REPO).returncode == 0
     auto = record(tmp_path, "auto")
     assert (auto["micro_batch"], auto["accumulation"]) == (8, 4)
     a = load_file(tmp_path / "auto" / "model" / "model.safetensors")
     b = load_file(tmp_path / "explicit" / "model" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a)
-    out = run([sys.executable, "-c", DRIVER, 0, *args(tmp_path, cut, "none", *common, "--micro-batch", "auto")],
-              check=False)
+    with oom_above(0):
+        out = run_cli(*args(tmp_path, cut, "none", *common, "--micro-batch", "auto"), cwd=REPO)
     assert out.returncode == 2 and "Not even a micro-batch of 1 fits" in out.stderr and "Traceback" not in out.stderr
 
 

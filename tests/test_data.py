@@ -2,12 +2,9 @@
 
 import io
 import json
-import os
 import pathlib
 import pickle
 import shutil
-import subprocess
-import sys
 import tarfile
 
 import numpy as np
@@ -15,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import CIFAR_TGZ, REPO
+from conftest import CIFAR_TGZ, REPO, run_cli
 from mixer_ft.data import load_data
 from mixer_ft.errors import DataError
 
@@ -187,18 +184,18 @@ def test_cifar10_offline_says_what_to_download_and_where():
     assert "cifar-10-python.tar.gz" in msg
 
 
-def run_cli(*args):
-    return subprocess.run([sys.executable, "-m", "mixer_ft", "data", *args], capture_output=True, text=True,
-                          env=os.environ.copy(), timeout=600)
+def data_cli(*args):
+    return run_cli("data", *args)
 
 
+@pytest.mark.slow
 def test_data_command_on_the_whole_cifar10_archive():
-    out = run_cli(str(CIFAR_TGZ), "--json")
+    out = data_cli(str(CIFAR_TGZ), "--json")
     assert out.returncode == 0, out.stderr
     info = json.loads(out.stdout)
     assert info["splits"] == {"train": 49_000, "minival": 1_000, "test": 10_000}
     assert info["classes"] == CLASSES and info["image_size"] == [32, 32] and info["skipped"] == 0
-    text = run_cli(str(CIFAR_TGZ)).stdout
+    text = data_cli(str(CIFAR_TGZ)).stdout
     assert "minival     1,000 images" in text and "airplane automobile bird" in text
 
 
@@ -207,7 +204,7 @@ def test_data_command_on_the_whole_cifar10_archive():
     (["cifar100"], "cifar-100-python.tar.gz"),
 ])
 def test_data_command_bad_input(args, needle):
-    out = run_cli(*args)
+    out = data_cli(*args)
     assert out.returncode == 2 and needle in out.stderr and "Traceback" not in out.stderr
 
 
@@ -230,8 +227,7 @@ def _photos(root, layout):
 
 
 def data_json(*args):
-    out = subprocess.run([sys.executable, "-m", "mixer_ft", "data", *map(str, args), "--json"], capture_output=True,
-                         text=True, env=os.environ.copy(), timeout=300)
+    out = run_cli("data", *args, "--json")
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 
@@ -344,10 +340,9 @@ def test_the_same_photos_as_plain_class_folders_and_a_smoke_run_on_them(phone_ph
         shutil.copy(f, plain / f.parent.name / f"{f.parent.parent.name}_{f.name}")
     info = data_json(plain)
     assert info["classes"] == ["cat", "dog"] and info["splits"]["test"] == 1 + 1  # 20% of 6 and of 5, rounded
-    out = subprocess.run([sys.executable, "-m", "mixer_ft", "finetune", "--recipe", "recipes/smoke.toml", "--dataset",
-                          str(phone_photos), "--steps", "3", "--batch", "4", "--eval-every", "0", "--output-dir",
-                          str(tmp_path / "run"), "--set", f'results_dir="{tmp_path / "results"}"'],
-                         capture_output=True, text=True, env=os.environ.copy(), timeout=600, cwd=REPO)
+    out = run_cli("finetune", "--recipe", "recipes/smoke.toml", "--dataset", phone_photos, "--steps", "3", "--batch", "4",
+                  "--eval-every", "0", "--output-dir", tmp_path / "run", "--set", f'results_dir="{tmp_path / "results"}"',
+                  cwd=REPO)
     assert out.returncode == 0, out.stderr[-2000:]
     rec = json.loads((tmp_path / "results" / "smoke_cifar10.json").read_text())
     assert rec["test_images"] == 3 and rec["steps"] == 3

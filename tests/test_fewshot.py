@@ -2,14 +2,11 @@
 CLI, its record and table section, and the requests it refuses."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
-from conftest import REPO
+from conftest import REPO, run_cli
 from mixer_ft.fewshot import lsr_accuracy, lsr_weights
 
 
@@ -37,8 +34,7 @@ def test_lsr_separates_informative_features_and_not_noise():
 
 
 def cli(*args):
-    return subprocess.run([sys.executable, "-m", "mixer_ft", *map(str, args)], capture_output=True, text=True,
-                          cwd=REPO, env=os.environ.copy(), timeout=600)
+    return run_cli(*args, cwd=REPO)
 
 
 def test_fewshot_on_real_images_reports_mean_and_std_and_a_record_the_table_lists_apart(smoke_run, tmp_path):

@@ -18,14 +18,18 @@ from huggingface_hub.repocard import metadata_load
 from PIL import Image
 from safetensors.torch import save_file
 
-from conftest import REPO, randomize_
+from conftest import REPO, randomize_, run_cli
 from mixer_ft import Classifier, create_model, save_pretrained
 from mixer_ft.images import to_rgb_array
 
 
 def cli(*args, env=None, cwd=REPO):
+    """`mixer-ft ARGS` in this process; with ``env``, in a process of its own (huggingface_hub reads its
+    variables at import)."""
+    if env is None:
+        return run_cli(*args, cwd=cwd)
     return subprocess.run([sys.executable, "-m", "mixer_ft", *map(str, args)], capture_output=True, text=True,
-                          env=env or os.environ.copy(), timeout=600, cwd=cwd)
+                          env=env, timeout=600, cwd=cwd)
 
 
 def ok(*args, **kw):

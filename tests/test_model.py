@@ -98,8 +98,8 @@ def test_auto_precision_is_bf16_only_where_the_cpu_computes_it_natively(monkeypa
     import logging
 
     from mixer_ft import records
+    from mixer_ft.devices import precision as _precision
     from mixer_ft.recipe import Recipe
-    from mixer_ft.train import _precision
 
     cpu = torch.device("cpu")
     assert _precision(Recipe(mixed_precision="auto"), cpu) == ("bf16" if records.cpu_native_bf16() else "no")

@@ -1,9 +1,8 @@
-"""Every command the README shows exists, parses and runs (offline, where it needs no download)."""
+"""Every command the README and docs/ show exists, parses and runs (offline, where it needs no download)."""
 
 import os
 import re
 import shlex
-import shutil
 import subprocess
 import sys
 import tomllib
@@ -12,10 +11,12 @@ from pathlib import Path
 import pytest
 import typer
 
-from conftest import REPO, SHARED
+from conftest import REPO, SMOKE_COMMAND, run_cli
 from mixer_ft.cli import app
 
 README = (REPO / "README.md").read_text()
+DOCS = sorted((REPO / "docs").glob("*.md"))
+PAGES = [README] + [page.read_text() for page in DOCS]  # the README and every docs page
 
 
 def bash_blocks(text):
@@ -28,9 +29,9 @@ def quickstart_commands():
 
 
 def invocations(program="mixer-ft"):
-    """Each `mixer-ft ...` (or `accelerate launch ...`) in any bash block of the README, as word lists."""
+    """Each `mixer-ft ...` (or `accelerate launch ...`) in any bash block of the README or docs/, as word lists."""
     found = []
-    for block in bash_blocks(README):
+    for block in (b for page in PAGES for b in bash_blocks(page)):
         for line in block.splitlines():
             for part in line.split("&&"):
                 words = shlex.split(part)
@@ -44,18 +45,14 @@ def mixer_ft_invocations():
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory, cifar_subset):
-    """A folder laid out like the checkout (recipes/, ../shared), so README paths resolve while
-    runs write their folders and records there, not into the repository; photos/ holds a user's
-    images (real CIFAR-10 test JPEGs, one of them cat.jpg)."""
-    root = tmp_path_factory.mktemp("readme")
-    (root / "work" / "photos").mkdir(parents=True)
-    (root / "work" / "recipes").symlink_to(REPO / "recipes")
-    (root / "shared").symlink_to(SHARED)
-    for folder in sorted((cifar_subset(train=100, test=20) / "test").iterdir()):
-        first = sorted(folder.iterdir())[0]
-        shutil.copy(first, root / "work" / "photos" / f"{folder.name}.jpg")
-    return root / "work"
+def workdir(readme_workdir, smoke_run):
+    """The README's folder (see conftest.readme_workdir), where its smoke run has been made once."""
+    return readme_workdir
+
+
+def test_the_readme_is_a_front_door_and_links_every_docs_page():
+    assert len(README.splitlines()) <= 200
+    assert DOCS and all(f"docs/{page.name}" in README for page in DOCS)
 
 
 def test_quickstart_is_two_commands_install_and_run_then_test():
@@ -84,16 +81,25 @@ def test_every_readme_command_parses():
             sub.make_context(args[0], list(args[1:]), parent=ctx)  # raises click.UsageError if bad
 
 
-def test_every_readme_command_runs_or_only_lacks_a_download(workdir):
-    commands = [[sys.executable, "-m", "mixer_ft", *a] for a in mixer_ft_invocations()]
-    commands += [[str(Path(sys.executable).parent / "accelerate"), *a] for a in invocations("accelerate")]
-    assert len(commands) >= 11
-    for cmd in commands:
-        out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(), timeout=600, cwd=workdir)
+@pytest.mark.slow
+def test_every_readme_command_runs_or_only_lacks_a_download(workdir, capfd):
+    commands = mixer_ft_invocations()
+    assert len(commands) >= 10 and list(SMOKE_COMMAND) in commands  # conftest's smoke run is the README's
+    for args in commands:  # in this process, through the console script's entry point
+        capfd.readouterr()
+        out = run_cli(*args, cwd=workdir)
+        stderr = out.stderr + capfd.readouterr().err  # `reproduce` runs each row as a process of its own
         if out.returncode != 0:  # allowed only for a download, which offline CI can't make
-            assert "error: " in out.stderr and "offline" in out.stderr.lower(), (cmd, out.stderr[-2000:])
-            assert out.returncode == 2 or cmd[1] == "launch", (cmd, out.returncode)
-    assert (workdir / "results" / "smoke_cifar10.json").is_file()  # the smoke run in the README ran
+            assert "error: " in stderr and "offline" in stderr.lower(), (args, stderr[-2000:])
+            assert out.returncode == 2, (args, out.returncode)
+    launches = invocations("accelerate")
+    assert launches
+    for args in launches:  # `accelerate launch` starts processes of its own
+        out = subprocess.run([str(Path(sys.executable).parent / "accelerate"), *args], capture_output=True, text=True,
+                             env=os.environ.copy(), timeout=600, cwd=workdir)
+        if out.returncode != 0:
+            assert "error: " in out.stderr and "offline" in out.stderr.lower(), (args, out.stderr[-2000:])
+    assert (workdir / "results" / "smoke_cifar10.json").is_file()
 
 
 def test_the_readme_python_api_example_runs(workdir):

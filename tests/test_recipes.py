@@ -132,3 +132,18 @@ def test_only_the_listed_keys_may_change_on_resume():
     changed = {"lr": 0.1, "label_smoothing": 0.1, "image_column": "img", "architecture": {"gelu": "exact"},
                "crop_area_min": 0.5, "optimizer": "adamw", "epochs": 2.0}
     assert sorted(resume_conflicts(saved, Recipe(**changed))) == sorted(changed)
+
+
+def test_architecture_is_typed_by_mixer_config_and_resize_moved_to_the_top_level():
+    old = {"upstream": "w.safetensors", "architecture": {"img_size": 48, "resize": "resample"}}
+    recipe = from_dict(old)  # a recipe written before resize left the architecture table
+    assert recipe.resize == "resample" and recipe.architecture == {"img_size": 48}
+    assert resume_conflicts(old, recipe) == []  # so its checkpoints still resume
+    assert resume_conflicts(old, recipe.replace(resize="tile")) == ["resize"]
+    for bad, needle in [({"architecture": {"hidden_dim": 1.5}}, "architecture.hidden_dim must be int"),
+                        ({"architecture": {"mean": [0.5, "x", 0.5]}}, "architecture.mean must be tuple"),
+                        ({"architecture": {"depth": 2}}, "unknown architecture field"),
+                        ({"epochs": True}, "'epochs' must be float | None"),
+                        ({"micro_batch": 2.5}, "'micro_batch' must be int | str | None")]:
+        with pytest.raises(ConfigError, match=re.escape(needle)):
+            from_dict(bad)

@@ -2,9 +2,6 @@
 source, resampling for other sizes, and the errors that name the sizes that work."""
 
 import json
-import os
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -12,7 +9,7 @@ import torch
 from safetensors.torch import save_file
 from test_weights_npz import flax_mixer_params
 
-from conftest import REPO, randomize_
+from conftest import REPO, randomize_, run_cli
 from mixer_ft import ConfigError, create_model, save_pretrained
 from mixer_ft.model import MixerConfig
 from mixer_ft.resolution import resize_state_dict
@@ -112,8 +109,7 @@ def test_resampled_token_weights_keep_what_a_token_constant_input_gives():
 
 
 def cli(*args):
-    return subprocess.run([sys.executable, "-m", "mixer_ft", *map(str, args)], capture_output=True, text=True,
-                          cwd=REPO, env=os.environ.copy(), timeout=600)
+    return run_cli(*args, cwd=REPO)
 
 
 def test_resampled_model_fine_tunes_on_real_images(smoke_run, tmp_path):
@@ -126,7 +122,7 @@ def test_resampled_model_fine_tunes_on_real_images(smoke_run, tmp_path):
               "--set", f'results_dir="{tmp_path / "results"}"', "--set", 'name="resampled"')
     assert out.returncode == 0, out.stderr[-2000:]
     rec = json.loads((tmp_path / "results" / "resampled.json").read_text())
-    assert rec["model_config"]["img_size"] == 48 and rec["config"]["architecture"]["resize"] == "resample"
+    assert rec["model_config"]["img_size"] == 48 and rec["config"]["resize"] == "resample"  # the old spelling moved up
     losses = [e["loss"] for e in rec["history"]["loss"]]
     assert losses[-1] < losses[0] - 0.05, losses
     assert rec["test_accuracy"] > 0.2  # chance is 0.1

@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import REPO, randomize_
+from conftest import REPO, randomize_, run_cli
 from mixer_ft import create_model
 from mixer_ft.infer import Classifier, predict
 from mixer_ft.model import MixerConfig, MlpMixer
@@ -35,8 +35,12 @@ def cut(cifar_subset):
 
 
 def finetune(*args, launcher=None, check=True, timeout=600):
-    cmd = (launcher or [sys.executable, "-m", "mixer_ft"]) + ["finetune", *map(str, args)]
-    out = subprocess.run(cmd, capture_output=True, text=True, env=os.environ.copy(), timeout=timeout, cwd=REPO)
+    """`mixer-ft finetune ARGS`: in this process, or as its own processes under ``launcher``."""
+    if launcher is None:
+        out = run_cli("finetune", *args, cwd=REPO)
+    else:
+        out = subprocess.run([*launcher, "finetune", *map(str, args)], capture_output=True, text=True,
+                             env=os.environ.copy(), timeout=timeout, cwd=REPO)
     if check:
         assert out.returncode == 0, out.stderr[-3000:]
     return out
@@ -88,6 +92,7 @@ def test_pretrained_variant_fine_tunes_and_timm_loads_the_result(tmp_path, cut):
         assert (theirs(x) - ours(x)).abs().max() <= 1e-5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("optimizer,lr", [("sgd", 0.05), ("muon", 0.005)])
 def test_sigkill_then_resume_ends_with_the_uninterrupted_weights(tmp_path, cut, optimizer, lr):
     common = ["--steps", 40, "--batch", 32, "--lr", lr, "--warmup", 5, "--eval-every", 0,
@@ -114,6 +119,7 @@ def test_sigkill_then_resume_ends_with_the_uninterrupted_weights(tmp_path, cut, 
     assert ra["test_accuracy"] == rb["test_accuracy"]
 
 
+@pytest.mark.slow
 def test_two_processes_follow_the_one_process_curve_and_count_each_test_image_once(tmp_path, cut):
     common = ["--steps", 8, "--batch", 32, "--lr", 0.05, "--warmup", 2, "--eval-every", 4,
               "--mixed-precision", "no", "--set", "log_every=1", *TINY]
@@ -238,40 +244,48 @@ LAUNCH2 = [str(BIN / "accelerate"), "launch", "--multi_gpu", "--num_processes", 
            "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "mixer_ft"]
 
 
+STEPS = 100
+
+
 def stop_after_first_checkpoint(cmd, folder, sig, log):
     """Start ``cmd``; once its first checkpoint interval is done, send ``sig``; returns (exit status, stderr)."""
     with open(log, "w") as err:
         proc = subprocess.Popen(list(map(str, cmd)), stdout=subprocess.DEVNULL, stderr=err, env=os.environ.copy(),
                                 cwd=REPO)
-        first = folder / "checkpoints" / "step_00000050.pt"
+        first = folder / "checkpoints" / "step_00000010.pt"
         deadline = time.time() + 300
         while not first.exists() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.02)
+            time.sleep(0.005)
         proc.send_signal(sig)
         proc.wait(timeout=300)
     return proc.returncode, log.read_text()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("sig,code,processes", [(signal.SIGTERM, 143, 1), (signal.SIGINT, 130, 1),
                                                 (signal.SIGTERM, None, 2)], ids=["sigterm", "ctrl-c", "sigterm-2-processes"])
 def test_a_signal_stops_at_a_checkpoint_and_the_resumed_run_ends_as_the_uninterrupted_one(tmp_path, cut, sig, code,
                                                                                            processes):
-    common = ["finetune", "--steps", 200, "--batch", 32, "--lr", 0.05, "--warmup", 5, "--eval-every", 0,
-              "--mixed-precision", "no", "--set", "checkpoint_every=50", "--set", "log_every=50", *TINY]
+    # Tens of steps: a checkpoint every 10, the signal once the first is written, 90 steps left to stop in.
+    common = ["finetune", "--steps", STEPS, "--batch", 32, "--lr", 0.05, "--warmup", 5, "--eval-every", 0,
+              "--mixed-precision", "no", "--set", "checkpoint_every=10", "--set", "log_every=10", *TINY]
     launcher = [sys.executable, "-m", "mixer_ft"] if processes == 1 else LAUNCH2
-    subprocess.run([*launcher, *map(str, common), *map(str, run_args(tmp_path, cut, "whole"))], check=True,
-                   capture_output=True, env=os.environ.copy(), cwd=REPO)
+    if processes == 1:  # the uninterrupted run needs no process of its own
+        assert run_cli(*common, *run_args(tmp_path, cut, "whole"), cwd=REPO).returncode == 0
+    else:
+        subprocess.run([*launcher, *map(str, common), *map(str, run_args(tmp_path, cut, "whole"))], check=True,
+                       capture_output=True, env=os.environ.copy(), cwd=REPO)
     code_, stderr = stop_after_first_checkpoint([*launcher, *common, *run_args(tmp_path, cut, "stopped")],
                                                 tmp_path / "stopped", sig, tmp_path / "stderr.txt")
     steps = sorted((tmp_path / "stopped" / "checkpoints").glob("step_*.pt"))
     stopped_at = int(steps[-1].stem.split("_")[1])
-    assert 50 <= stopped_at < 200 and not (tmp_path / "stopped" / "model").exists(), stderr[-2000:]
-    assert f"stopped at step {stopped_at} of 200; run the same command to resume" in stderr
+    assert 10 <= stopped_at < STEPS and not (tmp_path / "stopped" / "model").exists(), stderr[-2000:]
+    assert f"stopped at step {stopped_at} of {STEPS}; run the same command to resume" in stderr
     if processes == 1:  # under torchrun the launcher's own exit status and messages are torch's
         assert code_ == code and "Traceback" not in stderr
     out = subprocess.run([*launcher, *map(str, common), *map(str, run_args(tmp_path, cut, "stopped"))],
                          capture_output=True, text=True, env=os.environ.copy(), cwd=REPO)
-    assert out.returncode == 0 and f"resuming {tmp_path / 'stopped'} at step {stopped_at}/200" in out.stdout + out.stderr
+    assert out.returncode == 0 and f"resuming {tmp_path / 'stopped'} at step {stopped_at}/{STEPS}" in out.stdout + out.stderr
     a = load_file(tmp_path / "whole" / "model" / "model.safetensors")
     b = load_file(tmp_path / "stopped" / "model" / "model.safetensors")
     assert all(torch.equal(a[k], b[k]) for k in a), "bit-for-bit equal on CPU"

@@ -1,0 +1,131 @@
+"""The model folder: the one format this toolkit saves a model in, and reads back.
+
+``model.safetensors`` (timm's state-dict names); ``config.json`` with timm's fields where timm can
+build the architecture, the class names (``label_names``, as timm's configs have them) and, under
+``mixer_ft``, the exact architecture, the evaluation views and how the model was made; ``README.md``,
+a Hugging Face model card (:mod:`mixer_ft.card`). The folder is what ``huggingface_hub.upload_folder``
+pushes as it is. Importing this module loads no torch: push and preflight only look at files.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from mixer_ft.atomic import atomic_write, atomic_write_text
+from mixer_ft.config import timm_name
+from mixer_ft.errors import CheckpointError, ConfigError
+
+if TYPE_CHECKING:
+    from mixer_ft.checkpoint import Checkpoint
+    from mixer_ft.config import MixerConfig
+    from mixer_ft.model import MlpMixer
+
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.pth", "model.pt")
+
+
+def model_folder(path: str | Path) -> Path:
+    """A model folder (model.safetensors + config.json); a run folder gives its model/."""
+    folder = Path(path).expanduser()
+    if (folder / "model" / "model.safetensors").is_file():
+        folder = folder / "model"
+    if not (folder / "model.safetensors").is_file() or not (folder / "config.json").is_file():
+        raise ConfigError(f"{path} is not a model folder (model.safetensors and config.json, as `mixer-ft finetune` "
+                          "writes to runs/<name>/model) or a finished run folder.")
+    return folder
+
+
+def weights_in(path: Path) -> Path | None:
+    """The weight file of a model folder: one of WEIGHT_FILES, or its single .npz."""
+    found = next((path / f for f in WEIGHT_FILES if (path / f).is_file()), None)
+    if found is None:
+        npz = sorted(path.glob("*.npz"))
+        found = npz[0] if len(npz) == 1 else None
+    return found
+
+
+def read_config(folder: Path) -> dict[str, Any]:
+    """A folder's config.json ({} if it has none)."""
+    cfg_file = folder / "config.json"
+    if not cfg_file.is_file():
+        return {}
+    try:
+        return json.loads(cfg_file.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise CheckpointError(f"{cfg_file} is not valid JSON ({e}); repair or remove it.") from None
+
+
+def apply_metadata(ckpt: Checkpoint, meta: dict[str, Any], tag: str) -> None:
+    """Preprocessing, GELU flavour and class names from a config.json (ours or timm's) and the weight tag."""
+    names = meta.get("label_names") or meta.get("pretrained_cfg", {}).get("label_names")
+    if isinstance(names, list) and names:
+        ckpt.classes = [str(n) for n in names]
+    ours = meta.get("mixer_ft")
+    if ours:
+        try:
+            cfg = ours.get("config", ours)  # before model cards, the config stood alone
+            ckpt.gelu, ckpt.mean, ckpt.std = cfg["gelu"], tuple(cfg["mean"]), tuple(cfg["std"])
+            ckpt.evaluation, ckpt.provenance = dict(ours.get("evaluation", {})), dict(ours.get("provenance", {}))
+        except (AttributeError, KeyError, TypeError, ValueError) as e:
+            raise CheckpointError(f"The mixer_ft section of {ckpt.source}'s config.json is malformed ({e!r}); "
+                                  "save the model again or remove config.json.") from None
+        return
+    pcfg = meta.get("pretrained_cfg", meta)
+    if "mean" in pcfg and "std" in pcfg:
+        ckpt.mean, ckpt.std = tuple(pcfg["mean"]), tuple(pcfg["std"])
+    # Google's weights were trained in Flax with tanh GELU; everything else in timm's exact one.
+    ckpt.gelu = "tanh" if ".goog" in tag or tag.startswith("goog") else "exact"
+
+
+def _timm_fields(cfg: MixerConfig) -> dict[str, Any]:
+    """What timm's ``local-dir:`` loader reads; the variant's function fixes patch, width and depth."""
+    return {
+        "architecture": timm_name(cfg.variant),  # type: ignore[arg-type]
+        "num_classes": cfg.num_classes,
+        "num_features": cfg.hidden_dim,
+        "model_args": {"img_size": cfg.img_size, "in_chans": cfg.in_chans,  # the ratios: a tiled model's token MLP
+                       "mlp_ratio": [cfg.tokens_mlp_dim / cfg.hidden_dim, cfg.channels_mlp_dim / cfg.hidden_dim]},
+        "pretrained_cfg": {
+            "input_size": [cfg.in_chans, cfg.img_size, cfg.img_size], "mean": list(cfg.mean),
+            "std": list(cfg.std), "interpolation": "bilinear", "crop_pct": 1.0, "num_classes": cfg.num_classes,
+        },
+    }
+
+
+def save_pretrained(model: MlpMixer, directory: str | Path, *, classes: list[str] | None = None,
+                    evaluation: dict[str, Any] | None = None, provenance: dict[str, Any] | None = None) -> Path:
+    """Save ``model`` as a folder that describes itself: weights, config and a model card.
+
+    ``model.safetensors``; ``config.json`` with the architecture and preprocessing, the class
+    names (``label_names``, as timm's configs have them), the evaluation views and how the model
+    was made (under ``mixer_ft``); ``README.md``, a Hugging Face model card. For the paper's
+    variants the config also carries timm's fields, so ``timm.create_model("local-dir:DIR",
+    pretrained=True)`` reads the folder (running timm's exact GELU). The folder is what
+    ``huggingface_hub.upload_folder`` pushes as it is.
+
+    Args:
+        classes: class names in head order.
+        evaluation: test-time views it was scored with (``flip``, ``translate``, ``precision``).
+        provenance: how it was made (upstream, data set, accuracy, steps, commit, ...).
+    """
+    from safetensors.torch import save_file
+
+    from mixer_ft.card import model_card
+
+    cfg = model.config
+    if classes is not None and len(classes) != cfg.num_classes:
+        raise ConfigError(f"{len(classes)} class names for a head of {cfg.num_classes} classes.")
+    config: dict[str, Any] = _timm_fields(cfg) if cfg.variant else {}
+    if classes:
+        config["label_names"] = list(classes)
+    config["mixer_ft"] = {"config": cfg.to_dict(), "evaluation": evaluation or {}, "provenance": provenance or {}}
+    directory = Path(directory)
+    tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    atomic_write(directory / "model.safetensors", lambda p: save_file(tensors, str(p)))
+    atomic_write_text(directory / "config.json", json.dumps(config, indent=2) + "\n")
+    atomic_write_text(directory / "README.md", model_card(cfg, classes, evaluation, provenance))
+    return directory
+
+
+__all__ = ["WEIGHT_FILES", "apply_metadata", "model_folder", "read_config", "save_pretrained", "weights_in"]
