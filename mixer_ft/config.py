@@ -158,7 +158,7 @@ class MixerConfig:
 
 # The upstream Inception crop (vit_jax input_pipeline, TF's sample_distorted_bounding_box).
 AREA_RANGE = (0.05, 1.0)  # share of the image a crop keeps
-ASPECT_RANGE = (3 / 4, 4 / 3)
+ASPECT_RANGE = (0.75, 1.33)  # tf.image.sample_distorted_bounding_box's default, which vit_jax keeps
 # The data cache keeps each image at its own size, scaled down (aspect kept) so that its longer side
 # is at most this: no image takes more than 3 x 512 x 512 bytes, whatever the photo's resolution.
 MAX_SIDE = 512

@@ -24,10 +24,14 @@ def _groups(recipe: Recipe, params: list[tuple[str, nn.Parameter]]) -> list[dict
 
 
 def _sgd(recipe: Recipe, model: nn.Module, fused: bool) -> list[torch.optim.Optimizer]:
-    """The upstream protocol's: plain (not Nesterov) momentum SGD."""
+    """The upstream protocol's: plain (not Nesterov) momentum SGD, its buffer in ``momentum_dtype``."""
     import torch
 
     groups = _groups(recipe, list(model.named_parameters()))
+    if recipe.momentum_dtype == "bfloat16":
+        from mixer_ft.bf16_momentum import BF16MomentumSGD
+
+        return [BF16MomentumSGD(groups, lr=recipe.lr, momentum=recipe.momentum)]
     return [torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=False, fused=fused)]
 
 
@@ -67,7 +71,11 @@ def make_optimizers(recipe: Recipe, model: nn.Module, fused: bool = False) -> li
 
 
 def lr_factor(step: int, warmup: int, total: int) -> float:
-    """vit_jax's schedule at (1-based) ``step``: linear warm-up, then cosine to 0."""
+    """vit_jax's ``create_learning_rate_schedule`` at ``step``: linear warm-up, then cosine to 0.
+
+    optax counts updates from 0, so vit_jax's k-th update (1-based) uses ``lr_factor(k - 1)``: the
+    first update of a warm-up has rate 0. (vit_jax *logs* ``lr_fn(k)`` at step k.)
+    """
     progress = min(max((step - warmup) / max(total - warmup, 1), 0.0), 1.0)
     factor = 0.5 * (1.0 + math.cos(math.pi * progress))
     return factor * min(1.0, step / warmup) if warmup else factor
@@ -78,7 +86,8 @@ def make_schedules(optimizers: list[torch.optim.Optimizer], warmup: int,
     """One :func:`lr_factor` schedule per optimizer."""
     import torch
 
-    return [torch.optim.lr_scheduler.LambdaLR(o, lambda s: lr_factor(s + 1, warmup, total)) for o in optimizers]
+    # LambdaLR gives update k (from 0) the factor at k, as optax does.
+    return [torch.optim.lr_scheduler.LambdaLR(o, lambda s: lr_factor(s, warmup, total)) for o in optimizers]
 
 
 __all__ = ["OPTIMIZERS", "lr_factor", "make_optimizers", "make_schedules"]

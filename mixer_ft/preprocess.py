@@ -14,7 +14,6 @@ so a batch's augmentation depends only on (seed, epoch, batch index), whatever t
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -23,35 +22,56 @@ import torch
 
 from mixer_ft.config import AREA_RANGE, ASPECT_RANGE, DEFAULT_MEAN, DEFAULT_STD, MixerConfig
 
-MAX_ATTEMPTS = 10  # TF's default; after that the whole image is used
+MAX_ATTEMPTS = 100  # tf.image.sample_distorted_bounding_box's default; after that the whole image is used
+
+
+def _round(x: torch.Tensor) -> torch.Tensor:
+    """C's lrintf: to the nearest integer, halves to even (as torch.round)."""
+    return torch.round(x).long()
 
 
 def inception_boxes(n: int, height: int | torch.Tensor, width: int | torch.Tensor, generator: torch.Generator,
                     area_range: tuple[float, float] = AREA_RANGE) -> torch.Tensor:
-    """Random crop boxes (n, 4) as integer (x0, y0, w, h), Inception style.
+    """Random crop boxes (n, 4) as integer (x0, y0, w, h), drawn as vit_jax draws them.
 
-    ``height`` and ``width`` are the images' own: one size for all, or one per image ((n,) tensors),
-    so each crop keeps its image's aspect ratio and stays inside it.
+    vit_jax calls ``tf.image.sample_distorted_bounding_box`` with ``area_range`` and TF's defaults
+    (aspect ratio uniform in [0.75, 1.33], 100 attempts, then the whole image). TF's algorithm, read
+    from its kernel: the aspect ratio is uniform; the *height* (not the area) is uniform between the
+    heights of the smallest and the largest allowed area, the width its rounded product with the
+    ratio; an area pushed out of range by rounding is mended by one pixel of height, else the attempt
+    fails; the offset is uniform in [0, H - h) (so a box smaller than the image never touches its far
+    edge). ``height`` and ``width`` are the images' own: one size for all, or one per image ((n,)
+    tensors), so each crop keeps its image's aspect ratio and stays inside it.
     """
     if isinstance(height, torch.Tensor):
-        height, width = height.long()[:, None], width.long()[:, None]
-        full_w, full_h = width[:, 0], height[:, 0]
+        full_h, full_w = height.long(), width.long()
     else:
-        full_w, full_h = torch.full((n,), width), torch.full((n,), height)
-    area = height * width * torch.empty(n, MAX_ATTEMPTS).uniform_(*area_range, generator=generator)
-    log_r = torch.empty(n, MAX_ATTEMPTS).uniform_(math.log(ASPECT_RANGE[0]), math.log(ASPECT_RANGE[1]),
-                                                  generator=generator)
-    ratio = torch.exp(log_r)
-    w = torch.round(torch.sqrt(area * ratio)).long()
-    h = torch.round(torch.sqrt(area / ratio)).long()
-    ok = (w >= 1) & (h >= 1) & (w <= width) & (h <= height)
+        full_h, full_w = torch.full((n,), height), torch.full((n,), width)
+    big_h, big_w = full_h[:, None].float(), full_w[:, None].float()
+    min_area, max_area = area_range[0] * big_w * big_h, area_range[1] * big_w * big_h
+    ratio = torch.rand(n, MAX_ATTEMPTS, generator=generator) * (ASPECT_RANGE[1] - ASPECT_RANGE[0]) + ASPECT_RANGE[0]
+    h = _round(torch.sqrt(min_area / ratio))
+    max_h = _round(torch.sqrt(max_area / ratio))
+    too_wide = _round(max_h * ratio) > big_w  # the largest height whose rounded width still fits
+    fitted = ((big_w + 0.5 - 1e-7) / ratio).long()
+    fitted = torch.where(_round(fitted * ratio) > big_w, fitted - 1, fitted)
+    max_h = torch.minimum(torch.where(too_wide, fitted, max_h), full_h[:, None])
+    h = torch.minimum(h, max_h)
+    h = h + (torch.rand(n, MAX_ATTEMPTS, generator=generator) * (max_h - h + 1)).long()
+    w = _round(h * ratio)
+    small = w * h < min_area
+    h, w = torch.where(small, h + 1, h), torch.where(small, _round((h + 1) * ratio), w)
+    large = w * h > max_area
+    h, w = torch.where(large, h - 1, h), torch.where(large, _round((h - 1) * ratio), w)
+    area = w * h
+    ok = (area >= min_area) & (area <= max_area) & (w <= big_w) & (h <= big_h) & (w > 0) & (h > 0)
     first = torch.where(ok.any(1), ok.float().argmax(1), torch.full((n,), -1))
     rows = torch.arange(n)
     w = torch.where(first >= 0, w[rows, first.clamp(min=0)], full_w)
     h = torch.where(first >= 0, h[rows, first.clamp(min=0)], full_h)
     u = torch.rand(n, 2, generator=generator)
-    x0 = torch.floor(u[:, 0] * (full_w - w + 1)).long()
-    y0 = torch.floor(u[:, 1] * (full_h - h + 1)).long()
+    x0 = torch.floor(u[:, 0] * (full_w - w)).long()
+    y0 = torch.floor(u[:, 1] * (full_h - h)).long()
     return torch.stack([x0, y0, w, h], 1)
 
 
@@ -63,9 +83,12 @@ def _interp_matrix(start: torch.Tensor, length: torch.Tensor, size: int, extent:
     """
     n = start.shape[0]
     t = torch.arange(size, device=device, dtype=torch.float32) + 0.5
-    # Source coordinate of each output pixel centre (half-pixel centres, as TF's bilinear resize),
-    # clamped to the image like grid_sample's border padding: to its own edge, never the padding.
+    # Source coordinate of each output pixel centre (half-pixel centres, as TF's bilinear resize).
+    # Clamped first to the box, as tf.slice then tf.image.resize sees only the box's pixels, so a
+    # crop never takes pixels from outside it; then to the image (a box that `translate` moved past
+    # the edge repeats the border), its own edge, never the padding.
     src = start[:, None] + t * (length[:, None] / size) - 0.5
+    src = torch.minimum(torch.maximum(src, start[:, None]), (start + length - 1)[:, None])
     if limit is None:
         src = src.clamp(0, extent - 1)
     else:

@@ -22,6 +22,7 @@ from mixer_ft.errors import ConfigError
 from mixer_ft.optim import OPTIMIZERS
 
 PRECISIONS = ("auto", "no", "bf16", "fp16")
+MOMENTUM_DTYPES = ("float32", "bfloat16")
 # The `architecture` sub-table: MixerConfig's fields (the head's size comes from the data set).
 _ARCH_TYPES = {k: t for k, t in typing.get_type_hints(MixerConfig).items() if k != "num_classes"}
 # Keys a run may change when it resumes: where it writes, what it logs, how a step is computed
@@ -42,6 +43,7 @@ class Recipe:
     dataset: str = "cifar10"
     architecture: dict[str, Any] = field(default_factory=dict)  # MixerConfig fields to set
     resize: str | None = None  # how pretrained weights reach another architecture.img_size: tile | resample
+    new_head: bool | None = None  # a new zero head (True) or the checkpoint's (False); None: see train.head_choice
     image_column: str | None = None
     label_column: str | None = None
     val_fraction: float = 0.02
@@ -53,6 +55,7 @@ class Recipe:
     optimizer: str = "sgd"
     lr: float = 0.03
     momentum: float = 0.9  # SGD's, and Muon's
+    momentum_dtype: str = "float32"  # SGD's momentum buffer: float32, or bfloat16 as vit_jax's train.py keeps it
     weight_decay: float = 0.0
     warmup_steps: int = 500
     grad_clip: float = 1.0
@@ -92,6 +95,10 @@ class Recipe:
         check(self.micro_batch in (None, "auto") or (isinstance(self.micro_batch, int) and self.micro_batch >= 1),
               f"micro_batch must be a positive integer or \"auto\", got {self.micro_batch!r}.")
         check(self.optimizer in OPTIMIZERS, f"optimizer must be one of {tuple(OPTIMIZERS)}, got {self.optimizer!r}.")
+        check(self.momentum_dtype in MOMENTUM_DTYPES, f"momentum_dtype must be one of {MOMENTUM_DTYPES}, got "
+              f"{self.momentum_dtype!r}.")
+        check(self.momentum_dtype == "float32" or self.optimizer == "sgd",
+              "momentum_dtype = \"bfloat16\" is for optimizer = \"sgd\" (vit_jax's momentum buffer).")
         check(self.mixed_precision in PRECISIONS,
               f"mixed_precision must be one of {PRECISIONS}, got {self.mixed_precision!r}.")
         check(self.lr > 0 and self.warmup_steps >= 0 and self.grad_clip >= 0 and self.weight_decay >= 0,

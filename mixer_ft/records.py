@@ -179,7 +179,7 @@ def run_record(run: Run, test: tuple[float, int], minival: tuple[float, int]) ->
         "minival_accuracy": round(minival[0], 5), "minival_images": minival[1],
         "steps": run.total, "global_batch": r.global_batch, "epochs": round(trained / n_train, 3),
         "micro_batch": run.micro, "accumulation": run.accum, "mixed_precision": run.precision,
-        "compiled": compiled, "graph_breaks": _graph_breaks() if compiled else None,
+        "compiled": compiled, "graph_breaks": _graph_breaks() if compiled else None, "head": run.head,
         "wall_clock_s": round(run.elapsed, 1), "images_per_s": round(steady_rate(run), 1),
         "warmup_s": round(run.warmup_s, 2),
         "hardware": hardware(run.device, run.accelerator.num_processes), "versions": versions(),

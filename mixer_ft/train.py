@@ -17,6 +17,7 @@ import logging
 import math
 import shutil
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,19 +41,38 @@ from mixer_ft.signals import StopSignals
 log = logging.getLogger(__name__)
 
 
-def build_model(recipe: Recipe, num_classes: int) -> MlpMixer:
-    """The recipe's model with a fresh zero head for ``num_classes``."""
-    from mixer_ft.weights import create_model
+def head_choice(recipe: Recipe, theirs: list[str] | None, ours: list[str]) -> tuple[bool, str]:
+    """Whether the fine-tuned model gets a new zero head, and why (the run says it).
 
-    arch = dict(recipe.architecture)
+    As vit_jax's ``load_pretrained``, a new zero head always, unless the checkpoint names its classes
+    and they are the data set's, in order: a model of ours continuing on its own classes keeps its
+    head. The recipe key ``new_head`` forces either way.
+    """
+    if recipe.new_head is not None:
+        return recipe.new_head, f"the recipe says new_head = {str(recipe.new_head).lower()}"
+    if theirs is None:
+        return True, "the checkpoint does not name its classes (as upstream, the head is always new)"
+    if theirs == ours:
+        return False, f"the checkpoint's {len(theirs)} classes are the data set's, in order"
+    return True, f"the checkpoint's {len(theirs)} classes are not the data set's {len(ours)}, in order"
+
+
+def build_model(recipe: Recipe, classes: list[str]) -> tuple[MlpMixer, str]:
+    """The recipe's model for a data set of ``classes``, and how its head was made."""
+    from mixer_ft.sources import load_checkpoint
+    from mixer_ft.weights import create_model, model_from_checkpoint
+
+    arch, n = dict(recipe.architecture), len(classes)
     if recipe.model == "custom":
-        return MlpMixer(MixerConfig.from_dict({**arch, "num_classes": num_classes}))
+        return MlpMixer(MixerConfig.from_dict({**arch, "num_classes": n})), "new zero head (no upstream)"
     if recipe.upstream == "none":
-        return create_model(recipe.variant, num_classes=num_classes, **arch)
+        return create_model(recipe.variant, num_classes=n, **arch), "new zero head (no upstream)"
+    ckpt = load_checkpoint(recipe.upstream, variant=recipe.variant)
+    new, why = head_choice(recipe, ckpt.classes, classes)
     # With no variant named, the architecture is the upstream file's, whatever it is. resize: how the
     # weights reach another img_size (mixer_ft.resolution).
-    return create_model(recipe.variant, pretrained=recipe.upstream, num_classes=num_classes,
-                        resize=recipe.resize or "tile", **arch)
+    model = model_from_checkpoint(ckpt, recipe.variant, n, resize=recipe.resize or "tile", new_head=new, **arch)
+    return model, f"{'new zero head' if new else 'head kept from the checkpoint'}: {why}"
 
 
 class Checkpoints:
@@ -98,7 +118,9 @@ class Run:
     micro: int  # images per forward pass and process
     accum: int  # forward passes per step and process
     precision: str
+    head: str = ""  # how the model's head was made, and why (see head_choice)
     step: int = 0  # steps done
+    lr: float = 0.0  # the learning rate the last step used (its first optimizer's)
     elapsed: float = 0.0  # seconds spent in training steps, over every part of a resumed run
     # The first step of each (re)start compiles, autotunes kernels and first touches the data (38 s
     # of a 51 s run on an H200): kept apart, so that images/s is the rate a long run goes at.
@@ -169,7 +191,8 @@ def setup(recipe: Recipe, *, fresh: bool = False) -> Run:
     steps_per_epoch, total = _schedule_length(recipe, len(splits["train"][1]))
 
     torch.manual_seed(recipe.seed)  # the same initial weights on every process
-    model = build_model(recipe, len(data.classes)).set_fast_path(recipe.fast_path)
+    model, head = build_model(recipe, data.classes)
+    model.set_fast_path(recipe.fast_path)
     precision = devices.precision(recipe, state.device)
     micro = devices.micro_batch(recipe, per_process, model, state.device, precision)
     fast_device = state.device.type in ("cpu", "cuda")
@@ -190,9 +213,10 @@ def setup(recipe: Recipe, *, fresh: bool = False) -> Run:
             shutil.rmtree(old, ignore_errors=True)
         (out / "record.json").unlink(missing_ok=True)
     accelerator.wait_for_everyone()
+    accelerator.print(head)
     return Run(recipe, accelerator, out, data, splits, model, net, optimizers, schedules,
                Preprocess.for_model(net.config, recipe.crop_area_min, recipe.translate), checkpoints, total,
-               steps_per_epoch, micro, per_process // micro, precision)
+               steps_per_epoch, micro, per_process // micro, precision, head)
 
 
 def restore(run: Run) -> None:
@@ -243,19 +267,31 @@ def batch_share(run: Run, step: int) -> tuple[np.ndarray, torch.Tensor, torch.Te
     return batch[share], boxes[share], flips[share]
 
 
-def train_step(run: Run, step: int) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """One optimizer step; returns (loss averaged over processes, this process's correct count, its images)."""
-    r, accel, device = run.recipe, run.accelerator, run.device
+def micro_batches(run: Run, step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """This process's micro-batches of step ``step``: (model inputs, labels), each augmented when taken."""
     batch, boxes, flips = batch_share(run, step)
     images, labels, extents = run.data.images["train"], run.data.labels["train"], run.data.extents.get("train")
-    step_loss, correct = torch.zeros((), device=device), torch.zeros((), device=device)
     for a in range(run.accum):
         part = slice(a * run.micro, (a + 1) * run.micro)
-        x = torch.from_numpy(np.ascontiguousarray(images[batch[part]])).to(device, non_blocking=True)
-        y = torch.from_numpy(labels[batch[part]]).to(device, non_blocking=True)
-        own = None if extents is None else torch.from_numpy(extents[batch[part]]).to(device)
+        x = torch.from_numpy(np.ascontiguousarray(images[batch[part]])).to(run.device, non_blocking=True)
+        y = torch.from_numpy(labels[batch[part]]).to(run.device, non_blocking=True)
+        own = None if extents is None else torch.from_numpy(extents[batch[part]]).to(run.device)
+        yield run.pre.train(x, boxes[part], flips[part], own), y
+
+
+def optimizer_step(run: Run, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """One optimizer step over ``run.accum`` micro-batches: gradients averaged over them (and over
+    processes), clipped to the global norm once, then the update at this step's rate (as vit_jax:
+    ``accumulate_gradient``, then ``optax.chain(clip_by_global_norm, sgd)``).
+
+    Returns (loss averaged over micro-batches and processes, this process's correct count, its images).
+    """
+    r, accel, device = run.recipe, run.accelerator, run.device
+    step_loss, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
+    run.lr = run.schedules[0].get_last_lr()[0]  # the rate this update uses: the schedule moves on after it
+    for x, y in batches:
         with accel.accumulate(run.model):
-            logits = run.model(run.pre.train(x, boxes[part], flips[part], own))
+            logits = run.model(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=r.label_smoothing)
             accel.backward(loss)
             if accel.sync_gradients and r.grad_clip:
@@ -265,9 +301,15 @@ def train_step(run: Run, step: int) -> tuple[torch.Tensor, torch.Tensor, int]:
                 optimizer.zero_grad(set_to_none=True)
         step_loss += loss.detach() / run.accum
         correct += (logits.argmax(1) == y).sum()
+        seen += len(y)
     for schedule in run.schedules:
         schedule.step()
-    return accel.reduce(step_loss, "mean"), correct, len(batch)
+    return accel.reduce(step_loss, "mean"), correct, seen
+
+
+def train_step(run: Run, step: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Step ``step`` of the run: its micro-batches of the training data, then :func:`optimizer_step`."""
+    return optimizer_step(run, micro_batches(run, step))
 
 
 def stop_if_diverged(run: Run, loss: torch.Tensor, step: int) -> None:
@@ -347,7 +389,7 @@ class Progress:
             w = run.accelerator.reduce(self.window, "sum")
             rate = round(float(w[4]) / self.window_s, 1) if self.window_s > 0 else None
             entry = {"step": done, "loss": round(float(w[0] / w[1]), 5), "train_accuracy": round(float(w[2] / w[3]), 5),
-                     "lr": run.schedules[0].get_last_lr()[0], "images_per_s": rate}
+                     "lr": run.lr, "images_per_s": rate}
             run.history["loss"].append(entry)
             self.bar.set_postfix(loss=f"{entry['loss']:.4f}", acc=f"{entry['train_accuracy']:.3f}",
                                  **({"img_s": f"{rate:.0f}"} if rate else {}))

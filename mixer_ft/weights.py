@@ -107,8 +107,12 @@ _KEPT = ("img_size", "num_classes", "in_chans", "gelu", "mean", "std")  # from t
 
 
 def model_from_checkpoint(ckpt: Checkpoint, name: str | None = None, num_classes: int | None = None,
-                          resize: str = "tile", **overrides: Any) -> MlpMixer:
-    """The model ``ckpt`` holds (strictly loaded), as :func:`create_model` describes its arguments."""
+                          resize: str = "tile", new_head: bool | None = None, **overrides: Any) -> MlpMixer:
+    """The model ``ckpt`` holds (strictly loaded), as :func:`create_model` describes its arguments.
+
+    ``new_head``: True drops the checkpoint's head for a zero one, False keeps it (its class count must
+    be ``num_classes``); None replaces it only when ``num_classes`` differs from the checkpoint's.
+    """
     from mixer_ft.resolution import resize_state_dict
 
     found = ckpt.config() if "head.weight" in ckpt.state_dict else None
@@ -119,7 +123,12 @@ def model_from_checkpoint(ckpt: Checkpoint, name: str | None = None, num_classes
     base = base.replace(gelu=ckpt.gelu)
     if name is not None and base.variant != canonical_variant(name):  # load_strict reports what differs
         base = MixerConfig.from_variant(name, **{k: getattr(base, k) for k in _KEPT})
-    new_head = num_classes is not None and (found is None or num_classes != found.num_classes)
+    if new_head is None:
+        new_head = num_classes is not None and (found is None or num_classes != found.num_classes)
+    elif not new_head and (found is None or num_classes not in (None, found.num_classes)):
+        has = f"{found.num_classes} classes" if found else "no head"
+        raise ConfigError(f"new_head = false keeps the checkpoint's head, but {ckpt.source} has {has} and the data "
+                          f"set {num_classes}; leave new_head unset or true.")
     cfg = base.replace(**overrides, **({"num_classes": num_classes} if num_classes is not None else {}))
     with torch.device("meta"):  # weights come from the checkpoint: skip the random init
         model = MlpMixer(cfg)

@@ -108,7 +108,7 @@ def test_compiled_finetune_follows_the_eager_loss_curve_on_one_and_two_processes
 def test_auto_micro_batch_backs_off_an_injected_oom_and_leaves_the_model_untouched():
     recipe = Recipe(upstream="none", model="custom", architecture=ARCH)
     torch.manual_seed(0)
-    model = build_model(recipe, 10)
+    model, _ = build_model(recipe, [str(i) for i in range(10)])
     before = {k: v.clone() for k, v in model.state_dict().items()}
     rng = torch.get_rng_state()
 

@@ -82,22 +82,21 @@ def test_eval_at_native_size_is_only_scaling(size):
     assert math.isclose(float(out.max()), float(x.max()) / 127.5 - 1, rel_tol=1e-6)
 
 
-def test_random_crops_and_flips_match_an_independent_grid_sample():
+def test_random_crops_and_flips_match_an_independent_grid_sample_of_the_sliced_box():
     x = images(16)
     g = torch.Generator().manual_seed(3)
     boxes = inception_boxes(16, 32, 32, g)
     flip = torch.rand(16, generator=g) < 0.5
     out = crop_resize(x, boxes, 56, flip)
-    # Reference: sample each output pixel centre inside its box with grid_sample (border padding).
-    b = boxes.float()
-    t = (torch.arange(56) + 0.5) / 56
-    gx = (b[:, :1] + t * b[:, 2:3]) / 32 * 2 - 1
-    gy = (b[:, 1:2] + t * b[:, 3:4]) / 32 * 2 - 1
-    gx = torch.where(flip[:, None], gx.flip(1), gx)
-    grid = torch.stack(torch.broadcast_tensors(gx[:, None, :], gy[:, :, None]), dim=-1)
-    ref = F.grid_sample(x.permute(0, 3, 1, 2).float(), grid, mode="bilinear", padding_mode="border",
-                        align_corners=False)
-    torch.testing.assert_close(out, ref, atol=2e-3, rtol=0)
+    # Reference: slice each box out (as tf.slice), then sample each output pixel centre inside the
+    # slice with grid_sample (border padding: the slice's own edge, never pixels beyond the box).
+    t = (torch.arange(56) + 0.5) / 56 * 2 - 1
+    for i, (x0, y0, w, h) in enumerate(boxes.tolist()):
+        crop = x[i:i + 1, y0:y0 + h, x0:x0 + w].permute(0, 3, 1, 2).float()
+        gx = t.flip(0) if flip[i] else t
+        grid = torch.stack(torch.broadcast_tensors(gx[None, :], t[:, None]), dim=-1)[None]
+        ref = F.grid_sample(crop, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        torch.testing.assert_close(out[i:i + 1], ref, atol=2e-3, rtol=0)
 
 
 def test_translate_shifts_the_image_by_whole_pixels_repeating_its_border():

@@ -223,7 +223,7 @@ def test_muon_takes_the_blocks_weight_matrices_and_adamw_the_rest():
             "img_size": 32}
     recipe = Recipe(upstream="none", model="custom", architecture=arch, optimizer="muon", weight_decay=0.05,
                     momentum=0.95)
-    model = build_model(recipe, 10)
+    model, _ = build_model(recipe, [str(i) for i in range(10)])
     muon, adamw = make_optimizers(recipe, model)
     assert isinstance(muon, torch.optim.Muon) and isinstance(adamw, torch.optim.AdamW)
     name = {id(p): n for n, p in model.named_parameters()}
@@ -273,8 +273,9 @@ def test_a_signal_stops_at_a_checkpoint_and_the_resumed_run_ends_as_the_uninterr
     if processes == 1:  # the uninterrupted run needs no process of its own
         assert run_cli(*common, *run_args(tmp_path, cut, "whole"), cwd=REPO).returncode == 0
     else:
-        subprocess.run([*launcher, *map(str, common), *map(str, run_args(tmp_path, cut, "whole"))], check=True,
-                       capture_output=True, env=os.environ.copy(), cwd=REPO)
+        whole = subprocess.run([*launcher, *map(str, common), *map(str, run_args(tmp_path, cut, "whole"))],
+                               capture_output=True, text=True, env=os.environ.copy(), cwd=REPO)
+        assert whole.returncode == 0, whole.stderr[-3000:]
     code_, stderr = stop_after_first_checkpoint([*launcher, *common, *run_args(tmp_path, cut, "stopped")],
                                                 tmp_path / "stopped", sig, tmp_path / "stderr.txt")
     steps = sorted((tmp_path / "stopped" / "checkpoints").glob("step_*.pt"))
@@ -301,3 +302,25 @@ def test_offline_a_run_that_cannot_start_says_everything_it_misses_at_once(tmp_p
     assert "the in21k L/16 weights" in out.stderr and "Mixer-L_16.npz at " in out.stderr
     assert "the data set cifar10 (uoft-cs/cifar10)" in out.stderr
     assert list(tmp_path.iterdir()) == []  # no empty runs/ or results/ folders left behind
+
+
+def test_the_record_logs_the_rate_each_step_used(tmp_path, cut):
+    from mixer_ft.optim import lr_factor
+
+    finetune("--steps", 6, "--batch", 16, "--lr", 0.1, "--warmup", 3, "--eval-every", 0, "--set", "log_every=1",
+             *TINY, *run_args(tmp_path, cut, "lr"))
+    rec = json.loads((tmp_path / "results" / "lr.json").read_text())
+    logged = [(e["step"], e["lr"]) for e in rec["history"]["loss"]]
+    # optax counts updates from 0: step k (from 1) applies lr_fn(k - 1), so the first step's rate is 0.
+    assert logged == [(k, pytest.approx(0.1 * lr_factor(k - 1, 3, 6))) for k in range(1, 7)] and logged[0][1] == 0
+
+
+def test_the_head_is_new_unless_the_checkpoint_names_the_data_sets_classes_in_order():
+    from mixer_ft.train import head_choice
+
+    classes = ["cat", "dog"]
+    assert head_choice(Recipe(), None, classes)[0] is True  # Google's files name no classes: new, as upstream
+    assert head_choice(Recipe(), ["cat", "dog"], classes)[0] is False  # our model folder continuing
+    assert head_choice(Recipe(), ["dog", "cat"], classes)[0] is True  # same names, another order
+    assert head_choice(Recipe(new_head=True), classes, classes)[0] is True
+    assert head_choice(Recipe(new_head=False), None, classes) == (False, "the recipe says new_head = false")
