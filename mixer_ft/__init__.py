@@ -15,6 +15,7 @@ from mixer_ft.errors import (
     DataError,
     MixerFtError,
     RunStopped,
+    StorageError,
     TrainingError,
     WeightsUnavailable,
 )
@@ -34,6 +35,6 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "VARIANTS", "CheckpointError", "Classifier", "ConfigError", "DataError", "MixerConfig", "MixerFtError", "MlpMixer",
-    "RunStopped", "TrainingError", "WeightsUnavailable", "__version__", "canonical_variant", "create_model",
+    "RunStopped", "StorageError", "TrainingError", "WeightsUnavailable", "__version__", "canonical_variant", "create_model",
     "load_checkpoint", "num_params", "save_pretrained", "upstream_sources",
 ]

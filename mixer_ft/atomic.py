@@ -1,11 +1,19 @@
-"""Files that are whole or absent: write beside the target, fsync, then rename over it."""
+"""Files that are whole or absent: write beside the target, fsync, then rename over it. Plus the
+locks that keep two processes out of one run folder or one cache entry, and the sweep of what a
+killed writer left behind.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
+import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+
+from mixer_ft.errors import StorageError
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
@@ -13,19 +21,42 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
 
     A crash at any point leaves either the old file or the new one, never a torn one.
     """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private (0600); a result is the user's usual mode
+    path, tmp = Path(path), None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        os.close(fd)
         write(Path(tmp))
+        # mkstemp makes the file private (0600), and a writer may make its own; a result has the user's usual mode.
+        os.chmod(tmp, 0o666 & ~_umask())
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
+        if isinstance(e, RuntimeError) and not _is_storage_error(e, path):
+            raise
+        raise StorageError(f"Could not write {path}: {_why(e, path)}. Nothing there was changed; free space or "
+                           "choose another folder, then run the same command again.") from None
     finally:
-        Path(tmp).unlink(missing_ok=True)
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
     return path
+
+
+def _why(e: BaseException, path: Path) -> str:
+    """The cause of a failed write in words: the OS's, or (torch hides it) the free space left."""
+    if isinstance(e, OSError) and e.errno is not None:
+        return f"{e.strerror or os.strerror(e.errno)} ({errno.errorcode.get(e.errno, e.errno)})"
+    try:
+        free = shutil.disk_usage(next(p for p in [path, *path.parents] if p.exists())).free
+    except (OSError, StopIteration):
+        return str(e).splitlines()[0]
+    return f"{str(e).splitlines()[0]}; {free / 2**20:,.0f} MiB free on its device (a full disk?)"
+
+
+def _is_storage_error(e: RuntimeError, path: Path) -> bool:
+    """torch.save's failures to write (its zip writer's 'unexpected pos', 'file write failed')."""
+    return any(k in str(e) for k in ("unexpected pos", "write failed", "PytorchStreamWriter"))
 
 
 def _umask() -> int:
@@ -35,4 +66,48 @@ def _umask() -> int:
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:
-    return atomic_write(path, lambda tmp: tmp.write_text(text))
+    """Write ``text`` as UTF-8, atomically. Characters UTF-8 cannot hold (the undecodable bytes of a file
+    name, kept by Python as surrogates) are written as their escapes rather than failing the write."""
+    data = text.encode("utf-8", "backslashreplace")
+    return atomic_write(path, lambda tmp: tmp.write_bytes(data))
+
+
+@contextlib.contextmanager
+def locked(path: Path, *, wait: bool, holder: str = "") -> Iterator[None]:
+    """Hold an exclusive lock on ``path`` (an advisory lock the OS drops when the process dies).
+
+    Raises:
+        StorageError: ``wait`` is False and another process holds it (its note, e.g. pid, is named).
+    """
+    import fcntl
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            f.seek(0)
+            note = f.read().strip()
+            raise StorageError(f"{path.parent} is in use by another run{f' ({note})' if note else ''}; wait for it "
+                               "to end, or use another --output-dir.") from None
+        f.seek(0)
+        f.truncate()
+        f.write(holder)
+        f.flush()
+        try:
+            yield
+        finally:
+            f.seek(0)
+            f.truncate()
+
+
+def sweep_partial_writes(*folders: Path) -> list[Path]:
+    """Remove what killed writers left: atomic_write's temporary files (``.<name>.*.tmp``). Call it only
+    while holding the lock of the folders, so no live writer's file is taken."""
+    gone = []
+    for folder in folders:
+        for tmp in folder.glob(".*.tmp") if folder.is_dir() else []:
+            if tmp.is_file():
+                tmp.unlink(missing_ok=True)
+                gone.append(tmp)
+    return gone

@@ -114,16 +114,10 @@ def data(
     if as_json:
         typer.echo(json.dumps(info))
         return
-    h, w = info["image_size"]
-    typer.echo(f"{'source':<11} {info['source']}")
-    typer.echo(f"{'read from':<11} {info['location']}")
-    for split, n in info["splits"].items():
-        typer.echo(f"{split:<11} {n:,} images")
-    typer.echo(f"{'test split':<11} {info['test_from']}")
-    typer.echo(f"{'image size':<11} {h}x{w}")
-    typer.echo(f"{'classes':<11} {len(info['classes'])}: {' '.join(info['classes'])}")
-    if info["skipped"]:
-        typer.echo(f"{'skipped':<11} {info['skipped']} image(s) that could not be decoded")
+    from mixer_ft.data import summary_lines
+
+    for line in summary_lines(info):
+        typer.echo(line)
 
 
 @app.command()
@@ -193,6 +187,7 @@ def predict(
     from tqdm.auto import tqdm
 
     from mixer_ft.errors import ConfigError, DataError
+    from mixer_ft.images import printable
     from mixer_ft.infer import Classifier, collect_images, label_files
 
     if top_k < 1 or batch < 1:
@@ -206,9 +201,9 @@ def predict(
     with tqdm(total=len(files), unit="img", disable=len(files) <= batch or None, file=sys.stderr) as bar:
         for i, (path, result) in enumerate(label_files(clf, files, top_k=top_k, batch=batch)):
             if isinstance(result, str):
-                bad.append(f"{path} ({result})")
-            else:
-                _echo_prediction(fmt, str(path), result, header=i == 0)
+                bad.append(f"{printable(str(path))} ({result})")
+            else:  # JSON keeps a file name's undecodable bytes exactly (as \udcXX escapes); text and CSV print them
+                _echo_prediction(fmt, str(path) if as_json else printable(str(path)), result, header=i == 0)
             bar.update(1)
     if bad:
         typer.echo(f"warning: skipped {len(bad)} of {len(files)} file(s) that are not readable images: "

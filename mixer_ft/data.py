@@ -36,7 +36,7 @@ from mixer_ft.images import to_rgb_array
 
 log = logging.getLogger(__name__)
 
-_CACHE_FORMAT = 3  # bump when the cache layout or decoding changes (3: images at their own bounded size)
+_CACHE_FORMAT = 4  # bump when the cache layout, labels or decoding change (4: class = first folder under the split)
 
 
 def canonical_dataset(source: str, classes: list[str], n_test: int) -> str:
@@ -100,9 +100,13 @@ class ImageData:
 
     def summary(self, val_fraction: float = 0.02, seed: int = 0) -> dict[str, Any]:
         """What ``mixer-ft data --json`` prints."""
-        sizes = {k: len(idx) for k, (_, idx) in self.splits(val_fraction, seed).items()}
+        splits = self.splits(val_fraction, seed)
+        sizes = {k: len(idx) for k, (_, idx) in splits.items()}
+        counts = {k: dict(zip(self.classes, np.bincount(self.labels[a][idx], minlength=len(self.classes)).tolist()))
+                  for k, (a, idx) in splits.items()}
         h, w = self.image_size
         return {"source": self.source, "location": self.location, "splits": sizes, "classes": self.classes,
+                "class_counts": counts,
                 "image_size": [h, w], "one_size": all(e is None for e in self.extents.values()),
                 "skipped": self.skipped, "test_from": self.test_from}
 
@@ -157,9 +161,24 @@ def _read(item: Any) -> Any:
         return OSError(e.strerror or str(e))
 
 
+WINDOW_BYTES = 256 << 20  # encoded bytes held at once while decoding, whatever the images' sizes
+
+
+def _window(items: Iterator[tuple[str, str | int, Any]], most: int) -> list[tuple[tuple[str, str | int, Any], Any]]:
+    """The next images and their bytes: at most ``most`` of them, and no more once WINDOW_BYTES are held."""
+    window, held = [], 0
+    for item in items:
+        data = _read(item[2])
+        window.append((item, data))
+        held += len(data) if isinstance(data, (bytes, bytearray)) else 0
+        if len(window) >= most or held >= WINDOW_BYTES:
+            break
+    return window
+
+
 def _decode(payload: tuple[Any, tuple[int, int] | None, int]) -> np.ndarray | str:
     """One image (bytes, a PIL image or an array) decoded, or why it could not be (a worker process runs this)."""
-    from PIL import UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError
 
     data, size, max_side = payload
     if isinstance(data, OSError):
@@ -168,6 +187,8 @@ def _decode(payload: tuple[Any, tuple[int, int] | None, int]) -> np.ndarray | st
         return to_rgb_array(data if isinstance(data, np.ndarray) else ("", lambda: data), size, max_side=max_side)
     except UnidentifiedImageError:
         return "not an image"
+    except Image.DecompressionBombError as e:
+        return f"too large: {e}"
     except (OSError, ValueError, SyntaxError) as e:
         return type(e).__name__
 
@@ -179,7 +200,6 @@ def _decoded(reader: Reader, size: tuple[int, int] | None,
     Encoded images are decoded in worker processes, a bounded window of them at a time, so host
     memory stays bounded; a progress bar shows images done and images/s.
     """
-    import itertools
     import multiprocessing
 
     from tqdm.auto import tqdm
@@ -189,8 +209,9 @@ def _decoded(reader: Reader, size: tuple[int, int] | None,
     pool = multiprocessing.get_context("fork").Pool(workers) if workers > 1 else None
     try:
         with tqdm(desc=f"decoding {Path(reader.location).name}", unit="img", disable=None, leave=False) as bar:
-            while window := list(itertools.islice(items, 64 * workers)):
-                payloads = [(_read(item), size, max_side) for _, _, item in window]
+            while window := _window(items, 64 * workers):
+                payloads = [(data, size, max_side) for _, data in window]
+                window = [item for item, _ in window]
                 results = pool.map(_decode, payloads, chunksize=4) if pool else map(_decode, payloads)
                 for (split, label, item), arr in zip(window, results):
                     yield split, label, "array" if isinstance(item, np.ndarray) else item[0], arr
@@ -312,3 +333,25 @@ class RaggedImages:
             img = self.image(int(i))
             out[k, :img.shape[0], :img.shape[1]] = img
         return out
+
+
+def summary_lines(info: dict[str, Any]) -> list[str]:
+    """``mixer-ft data``'s text: what :meth:`ImageData.summary` holds, a line each, class counts included."""
+    out: list[str] = []
+    h, w = info["image_size"]
+    out.append(f"{'source':<11} {info['source']}")
+    out.append(f"{'read from':<11} {info['location']}")
+    for split, n in info["splits"].items():
+        out.append(f"{split:<11} {n:,} images")
+    out.append(f"{'test split':<11} {info['test_from']}")
+    out.append(f"{'image size':<11} {h}x{w}")
+    out.append(f"{'classes':<11} {len(info['classes'])}: {' '.join(info['classes'])}")
+    counts = info["class_counts"]
+    for name in info["classes"][:20]:  # images of each class in each split
+        out.append(f"  {name:<{max(map(len, info['classes'][:20]))}}  " +
+                   "  ".join(f"{split} {counts[split][name]:,}" for split in counts))
+    if len(info["classes"]) > 20:
+        out.append(f"  ... {len(info['classes']) - 20} more (--json lists every class)")
+    if info["skipped"]:
+        out.append(f"{'skipped':<11} {info['skipped']} image(s) that could not be decoded")
+    return out

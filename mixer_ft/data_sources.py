@@ -15,13 +15,12 @@ is one reader class here plus one entry in :data:`DATA_SOURCES`.
 from __future__ import annotations
 
 import hashlib
-import io
-import pickle
-import re
+import logging
+import os
 import tarfile
 import zipfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +28,9 @@ import numpy as np
 
 from mixer_ft.config import TEST_FRACTION
 from mixer_ft.errors import ConfigError, DataError
+from mixer_ft.images import MAX_FILE_BYTES, printable
 
+log = logging.getLogger(__name__)
 HUB_DATASETS = {  # --dataset name -> (Hub id, label column)
     "cifar10": ("uoft-cs/cifar10", "label"),
     "cifar100": ("uoft-cs/cifar100", "fine_label"),
@@ -54,7 +55,7 @@ class Reader:
         raise NotImplementedError
 
 
-def _file_fingerprint(path: Path) -> list[Any]:
+def file_fingerprint(path: Path) -> list[Any]:
     st = path.stat()
     return [str(path.resolve()), st.st_size, st.st_mtime_ns]
 
@@ -63,29 +64,63 @@ def _file_fingerprint(path: Path) -> list[Any]:
 _SPLITS = {"train": "train", "test": "test", "val": "validation", "valid": "validation", "validation": "validation"}
 
 
+def _split_at(parts: tuple[str, ...]) -> int | None:
+    """Index of the first split folder (train/, test/, val/, ...) on an image's path that has a class
+    folder below it; None when there is none."""
+    return next((i for i, p in enumerate(parts[:-2]) if p.lower() in _SPLITS), None)
+
+
+def _check_classes(classes: set[str], where: str) -> None:
+    """Class folders that differ only by case are one class spelt twice: refuse, naming them."""
+    folded: dict[str, list[str]] = {}
+    for c in classes:
+        folded.setdefault(c.casefold(), []).append(c)
+    twins = [sorted(v) for v in folded.values() if len(v) > 1]
+    if twins:
+        raise DataError(f"{where} has class folders that differ only by case: "
+                        f"{'; '.join(' and '.join(repr(c) for c in t) for t in sorted(twins))}. Merge or rename them.")
+
+
 def _layout(names: list[str], test_fraction: float, where: str) -> tuple[dict[str, tuple[str, str]], str]:
     """{image name: (split, class)} for an image folder's file names, and which split is reported as test and why.
 
-    ``train/<class>/*`` with ``test/`` or ``val/``/``validation/`` (test preferred); or, with no split
-    folders, ``<class>/*`` with a seeded, stratified ``test_fraction`` of each class held out.
+    ``train/<class>/...`` with ``test/`` or ``val/``/``validation/`` (test preferred); or, with no split
+    folders, ``<class>/...`` with a seeded, stratified ``test_fraction`` of each class held out. The class
+    is the first folder under the split folder (or under the folder all images share): images in
+    sub-folders of a class belong to it.
     """
     images = [n for n in names if Path(n).suffix.lower() in IMAGE_SUFFIXES]
-    split_of = {n: (_SPLITS[p[-3].lower()], p[-2]) for n in images
-                if len(p := Path(n).parts) >= 3 and p[-3].lower() in _SPLITS}
+    split_of = {}
+    for n in images:
+        parts = Path(n).parts
+        if (i := _split_at(parts)) is not None:
+            split_of[n] = (_SPLITS[parts[i].lower()], printable(parts[i + 1]))
     if split_of:
         present = {s for s, _ in split_of.values()}
         test = "test" if "test" in present else "validation" if "validation" in present else None
         if test is None:
             raise DataError(f"{where} has a train/ folder but no test/, val/ or validation/ folder to report on; "
                             "add one, or put the class folders at the top to have a test split held out.")
+        if outside := len(images) - len(split_of):
+            log.warning("%s: %d image(s) outside the split folders are not used", where, outside)
+        _check_classes({c for _, c in split_of.values()}, where)
         why = "its test/ folder" if test == "test" else "its validation folder (there is no test/ folder)"
         if test == "test" and "validation" in present:
             why += "; its validation folder is not used (the minival is cut from train, as upstream)"
         return {n: ("test" if s == test else s, c) for n, (s, c) in split_of.items() if s in ("train", test)}, why
+    # Plain class folders: drop the folders every image shares (an archive's top folder), then the
+    # first folder left is the class.
+    dirs = [Path(n).parts[:-1] for n in images]
+    common = 0
+    while dirs and all(len(d) > common and d[common] == dirs[0][common] for d in dirs):
+        common += 1
     by_class: dict[str, list[str]] = {}
-    for n in images:
-        if len(Path(n).parts) >= 2:
-            by_class.setdefault(Path(n).parts[-2], []).append(n)
+    for n, d in zip(images, dirs):
+        if len(d) > common:
+            by_class.setdefault(printable(d[common]), []).append(n)
+    if loose := sum(len(d) == common for d in dirs):
+        log.warning("%s: %d image(s) outside the class folders are not used", where, loose)
+    _check_classes(set(by_class), where)
     rng, out = np.random.default_rng(0), {}
     for cls in sorted(by_class):
         files = sorted(by_class[cls])
@@ -93,6 +128,29 @@ def _layout(names: list[str], test_fraction: float, where: str) -> tuple[dict[st
         out |= {f: ("test" if f in held else "train", cls) for f in files}
     return out, (f"no split folders: {test_fraction:.0%} of each class held out as the test split (seeded, "
                  "stratified; --test-fraction / recipe key test_fraction)")
+
+
+def _capped(size: int, read: Callable[[], bytes]) -> Callable[[], bytes]:
+    """``read``, unless the file is larger than an image may be: then a getter that says so, unread."""
+    if size <= MAX_FILE_BYTES:
+        return read
+
+    def refuse() -> bytes:
+        raise OSError(f"{size:,} bytes, more than the {MAX_FILE_BYTES >> 20} MiB an image file may have")
+    return refuse
+
+
+def _taken(get: Callable[[], bytes]) -> Callable[[], bytes]:
+    """Read an archive member now (the archive closes when the last item is taken); its error later."""
+    try:
+        data = get()
+    except OSError as e:
+        err = e
+
+        def fail() -> bytes:
+            raise err
+        return fail
+    return lambda: data
 
 
 class _FolderReader(Reader):
@@ -106,12 +164,12 @@ class _FolderReader(Reader):
 
     def fingerprint(self) -> list[Any]:
         if self.path.is_file():
-            return ["folder-archive", *_file_fingerprint(self.path), self.test_fraction]
+            return ["folder-archive", *file_fingerprint(self.path), self.test_fraction]
         files = sorted(p for p in self.path.rglob("*") if p.is_file())
         h = hashlib.sha1()
         for p in files:
             st = p.stat()
-            h.update(f"{p.relative_to(self.path)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            h.update(os.fsencode(p.relative_to(self.path)) + f"\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
         return ["folder", str(self.path.resolve()), h.hexdigest(), self.test_fraction]
 
     def _damaged(self, e: BaseException) -> DataError:
@@ -124,104 +182,24 @@ class _FolderReader(Reader):
                 assign, self.test_from = _layout(list(files), self.test_fraction, self.location)
                 for name, path in files.items():
                     if name in assign:
-                        yield *assign[name], (str(path), path.read_bytes)
+                        yield *assign[name], (printable(str(path)), _capped(path.stat().st_size, path.read_bytes))
             elif zipfile.is_zipfile(self.path):
                 with zipfile.ZipFile(self.path) as zf:
                     assign, self.test_from = _layout(zf.namelist(), self.test_fraction, self.location)
-                    for name in zf.namelist():
-                        if name in assign:  # read now: the archive closes when the last item is taken
-                            data = zf.read(name)
-                            yield *assign[name], (name, lambda d=data: d)
+                    for info in zf.infolist():
+                        if info.filename in assign:  # read now: the archive closes when the last item is taken
+                            get = _capped(info.file_size, lambda i=info: zf.read(i))
+                            yield *assign[info.filename], (printable(info.filename), _taken(get))
             else:
                 with tarfile.open(self.path) as tar:  # names first, then the images in archive order
                     members = [m for m in tar.getmembers() if m.isfile()]
                     assign, self.test_from = _layout([m.name for m in members], self.test_fraction, self.location)
                     for m in members:
                         if m.name in assign:
-                            data = tar.extractfile(m).read()  # type: ignore[union-attr]
-                            yield *assign[m.name], (m.name, lambda d=data: d)
+                            get = _capped(m.size, lambda m=m: tar.extractfile(m).read())  # type: ignore[union-attr]
+                            yield *assign[m.name], (printable(m.name), _taken(get))
         except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, zlib.error) as e:
             raise self._damaged(e) from None
-
-
-class _SafeUnpickler(pickle.Unpickler):
-    """Admits only what the CIFAR python-version pickles hold: dicts, lists, strings, numbers,
-    bytes and numpy arrays. Any other global (os.system, eval, ...) is refused before it runs."""
-
-    def find_class(self, module: str, name: str) -> Any:
-        if module == "numpy" and name in ("ndarray", "dtype"):
-            return getattr(np, name)
-        if (module, name) == ("_codecs", "encode"):  # how protocol 2 spells bytes under Python 3
-            import codecs
-
-            return codecs.encode
-        if name == "_reconstruct" and module in ("numpy.core.multiarray", "numpy._core.multiarray"):
-            try:
-                from numpy._core.multiarray import _reconstruct  # numpy >= 2
-            except ImportError:
-                from numpy.core.multiarray import _reconstruct
-            return _reconstruct
-        raise pickle.UnpicklingError(f"global {module}.{name} is not allowed")
-
-
-def _is_cifar_python(path: Path) -> bool:
-    name = path.name
-    return bool(re.fullmatch(r"cifar-(10|100)-(python\.tar\.gz|batches-py|python)", name))
-
-
-class _CifarPythonReader(Reader):
-    """The CIFAR-10/100 "python version" (pickled batches), as an archive or unpacked."""
-
-    def __init__(self, path: Path) -> None:
-        self.path, self.location = path, str(path)
-        self.cifar100 = "cifar-100" in path.name
-        self.files = ({"train": ["train"], "test": ["test"], "meta": "meta"} if self.cifar100 else
-                      {"train": [f"data_batch_{i}" for i in range(1, 6)], "test": ["test_batch"],
-                       "meta": "batches.meta"})
-
-    def fingerprint(self) -> list[Any]:
-        if self.path.is_file():
-            return ["cifar-python", *_file_fingerprint(self.path)]
-        return ["cifar-python", *[_file_fingerprint(p) for p in sorted(self.path.iterdir())]]
-
-    def _load(self, name: str, blobs: dict[str, bytes]) -> dict[str, Any]:
-        data = blobs.get(name)
-        if data is None:
-            raise DataError(f"{self.path} lacks {name!r}: not a complete CIFAR python-version archive.")
-        try:
-            obj = _SafeUnpickler(io.BytesIO(data), encoding="latin1").load()
-        except pickle.UnpicklingError as e:
-            raise DataError(
-                f"Refusing {self.path} ({name}): its pickle asks for something other than plain arrays and "
-                f"lists ({e}), which could run code. Download the archive again from the CIFAR page."
-            ) from None
-        except Exception as e:  # noqa: BLE001 - truncated or garbled pickle data
-            raise DataError(f"{self.path} ({name}) is corrupt ({type(e).__name__}: {e}).") from None
-        return {k.decode() if isinstance(k, bytes) else k: v for k, v in obj.items()}
-
-    def _blobs(self) -> dict[str, bytes]:
-        wanted = {*self.files["train"], *self.files["test"], self.files["meta"]}
-        if self.path.is_dir():
-            return {n: (self.path / n).read_bytes() for n in wanted if (self.path / n).is_file()}
-        try:
-            with tarfile.open(self.path) as tar:
-                return {Path(m.name).name: tar.extractfile(m).read() for m in tar  # type: ignore[union-attr]
-                        if m.isfile() and Path(m.name).name in wanted}
-        except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
-            raise DataError(f"{self.path} is truncated or not a tar.gz archive ({type(e).__name__}: {e}).") from None
-
-    def items(self) -> Iterator[tuple[str, str | int, Any]]:
-        blobs = self._blobs()
-        meta = self._load(self.files["meta"], blobs)
-        names = meta["fine_label_names" if self.cifar100 else "label_names"]
-        self.classes = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
-        for split in ("train", "test"):
-            for name in self.files[split]:
-                batch = self._load(name, blobs)
-                labels = batch["fine_labels" if self.cifar100 else "labels"]
-                data = np.asarray(batch["data"], dtype=np.uint8).reshape(-1, 3, 32, 32).transpose(0, 2, 3, 1)
-                for img, label in zip(data, labels):
-                    yield split, int(label), img
 
 
 class _HubReader(Reader):
@@ -383,11 +361,15 @@ class CifarPython(DataSource):
 
     def matches(self, source: str) -> bool:
         path = Path(source).expanduser()
-        return path.exists() and _is_cifar_python(path)
+        from mixer_ft.cifar_python import is_cifar_python
+
+        return path.exists() and is_cifar_python(path)
 
     def reader(self, source: str, image_column: str | None, label_column: str | None,
                test_fraction: float) -> Reader:
-        return _CifarPythonReader(Path(source).expanduser())
+        from mixer_ft.cifar_python import CifarPythonReader
+
+        return CifarPythonReader(Path(source).expanduser())
 
 
 class ImageFolder(DataSource):

@@ -29,6 +29,10 @@ class TrainingError(MixerFtError):
     """A run that cannot go on (diverged, or a checkpoint that does not match the recipe)."""
 
 
+class StorageError(MixerFtError):
+    """A file that could not be written (disk full, too large, read-only) or a folder another run holds."""
+
+
 class RunStopped(MixerFtError):
     """A run stopped on request (SIGINT or SIGTERM) after writing a checkpoint; not a failure of the input.
 
@@ -42,4 +46,5 @@ class RunStopped(MixerFtError):
         self.exit_code, self.announce = exit_code, announce
 
 
-__all__ = ["CheckpointError", "ConfigError", "DataError", "MixerFtError", "RunStopped", "TrainingError", "WeightsUnavailable"]
+__all__ = ["CheckpointError", "ConfigError", "DataError", "MixerFtError", "RunStopped", "StorageError", "TrainingError",
+           "WeightsUnavailable"]

@@ -10,6 +10,7 @@ seed draws and for the whole evaluation split, and reused across shot counts and
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 from typing import Any
@@ -127,10 +128,20 @@ def evaluate_fewshot(model: torch.nn.Module, pre: Preprocess, data: ImageData, s
             "seconds": round(time.perf_counter() - t0, 1)}
 
 
-def record_name(upstream: str, cfg: Any, dataset_id: str, split: str) -> str:
-    """fewshot_<weights>_<variant>[_<size>px]_<data set>[_<split>]: one file per thing measured."""
+def weights_digest(model: torch.nn.Module) -> str:
+    """8 hex digits of a hash of the model's weights: which model was measured, whatever its path."""
+    h = hashlib.blake2b(digest_size=4)
+    for name, t in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def record_name(upstream: str, cfg: Any, dataset_id: str, split: str, digest: str) -> str:
+    """fewshot_<weights>_<variant>_<size>px_<data set>[_<split>]_<weights digest>: one file per thing
+    measured, so that measuring other weights at the same path never replaces an earlier record."""
     parts = [upstream, (cfg.variant or "custom").replace("/", ""), f"{cfg.img_size}px", dataset_id]
-    parts += [] if split == "test" else [split]
+    parts += ([] if split == "test" else [split]) + [digest]
     return "fewshot_" + "_".join(re.sub(r"[^A-Za-z0-9.-]+", "-", p).strip("-.") for p in parts)
 
 
@@ -160,7 +171,8 @@ def run_fewshot(upstream: str, dataset: str, *, variant: str | None = None, shot
     data = load_data(dataset)
     result = evaluate_fewshot(model, Preprocess.for_model(model.config), data, list(shots), seeds, split, device=dev)
     cfg = model.config
-    record = {"kind": "fewshot", "name": name or record_name(upstream, cfg, data.dataset_id, split),
+    record = {"kind": "fewshot", "name": name or record_name(upstream, cfg, data.dataset_id, split,
+                                                           weights_digest(model)),
               "upstream": upstream, "model": cfg.variant or "custom", "dataset": data.dataset_id,
               "data_source": dataset, "classes": data.classes, "img_size": cfg.img_size, **result,
               "hardware": hardware(dev, 1), "versions": versions(), "git_commit": git_commit(),

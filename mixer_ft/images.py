@@ -16,7 +16,18 @@ import numpy as np
 # What a source hands over for one image: its name and a getter for its bytes or PIL image
 # (called only when the image is decoded), or a ready uint8 array (CIFAR's pickles).
 ImageItem = tuple[str, Callable[[], Any]] | np.ndarray
+# PIL's decompression-bomb bound (Image.MAX_IMAGE_PIXELS, about 89 Mpx: 268 MB as RGB). PIL itself
+# only warns up to twice that; an image above it is refused here, skipped and named like any unreadable one.
+MAX_PIXELS = 89_478_485
+# The most bytes one image file may have (an archive member or a file): larger ones are skipped unread.
+MAX_FILE_BYTES = 64 << 20
 _WIDE_MODES = {"I;16": 1 / 257, "I;16L": 1 / 257, "I;16B": 1 / 257, "I;16N": 1 / 257, "I": 1 / 257, "F": 255.0}  # to 0..255
+
+
+def printable(name: str) -> str:
+    """A file name as text that prints and writes anywhere: bytes that are not UTF-8 (which Python keeps
+    as surrogates) become their \\x escapes."""
+    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
 
 
 def to_rgb(img: Any) -> Any:
@@ -53,7 +64,8 @@ def to_rgb_array(item: ImageItem, size: tuple[int, int] | None = None, max_side:
 
     Raises:
         PIL.UnidentifiedImageError, OSError, ValueError, SyntaxError: the bytes are not an image PIL
-            can decode (callers skip and count such images).
+            can decode; PIL.Image.DecompressionBombError: more than :data:`MAX_PIXELS` pixels (callers
+            skip, name and count such images).
     """
     from PIL import Image
 
@@ -63,6 +75,9 @@ def to_rgb_array(item: ImageItem, size: tuple[int, int] | None = None, max_side:
     _, get = item
     obj = get()
     img = obj if isinstance(obj, Image.Image) else Image.open(io.BytesIO(obj))
+    if img.size[0] * img.size[1] > MAX_PIXELS:  # checked on the header, before any pixel is decoded
+        raise Image.DecompressionBombError(f"{img.size[0]}x{img.size[1]} pixels, more than the {MAX_PIXELS:,} "
+                                           "an image may have")
     if max_side and not size and img.format == "JPEG":
         img.draft(img.mode, _bounded(img.size, max_side))  # the decoder's own 1/2, 1/4, 1/8 scaling
     img = to_rgb(img)
@@ -72,4 +87,4 @@ def to_rgb_array(item: ImageItem, size: tuple[int, int] | None = None, max_side:
     return np.asarray(img, dtype=np.uint8)
 
 
-__all__ = ["ImageItem", "to_rgb", "to_rgb_array"]
+__all__ = ["MAX_FILE_BYTES", "MAX_PIXELS", "ImageItem", "printable", "to_rgb", "to_rgb_array"]

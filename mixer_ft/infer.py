@@ -235,15 +235,21 @@ def label_files(clf: Classifier, files: list[Path], *, top_k: int = 1,
                 batch: int = 64) -> Iterator[tuple[Path, list[dict[str, Any]] | str]]:
     """(file, its top-k) for each file, decoded and scored ``batch`` at a time; a file that cannot be
     read gives (file, why) instead, and the others are still labelled."""
-    from PIL import UnidentifiedImageError
+    from PIL import Image, UnidentifiedImageError
+
+    from mixer_ft.images import MAX_FILE_BYTES
 
     for start in range(0, len(files), batch):
         decoded: list[tuple[Path, np.ndarray | str]] = []
         for f in files[start:start + batch]:
             try:
+                if f.stat().st_size > MAX_FILE_BYTES:
+                    raise OSError(f"{f.stat().st_size:,} bytes, more than an image file may have")
                 decoded.append((f, to_rgb_array((str(f), f.read_bytes), max_side=MAX_SIDE)))
             except UnidentifiedImageError:
                 decoded.append((f, "empty file" if f.stat().st_size == 0 else "not an image PIL can read"))
+            except Image.DecompressionBombError as e:
+                decoded.append((f, f"too large: {e}"))
             except (OSError, ValueError, SyntaxError) as e:  # truncated or damaged image data
                 decoded.append((f, f"{type(e).__name__}: {e}"))
         good = [(f, a) for f, a in decoded if isinstance(a, np.ndarray)]

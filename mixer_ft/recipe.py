@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import tomllib
 import types
 import typing
@@ -113,6 +114,9 @@ class Recipe:
         check(min(self.eval_every, self.checkpoint_every) >= 0 and self.log_every >= 1,
               "eval_every and checkpoint_every must be >= 0, log_every >= 1.")
         check(self.seed >= 0, f"seed must be non-negative, got {self.seed}.")
+        check(self.name is None or (self.name == safe_name(self.name) and len(self.name) <= 120),
+              f"name {self.name!r} is used as a file and folder name: letters, digits, '.', '_', '+' and '-' "
+              f"only, not starting with '.' or '-', at most 120 characters (e.g. {safe_name(self.name or '')!r}).")
         unknown = set(self.architecture) - set(_ARCH_TYPES)
         check(not unknown, f"unknown architecture field(s) {sorted(unknown)}; valid: {sorted(_ARCH_TYPES)}.")
         for key, value in self.architecture.items():
@@ -138,11 +142,15 @@ class Recipe:
 
     @property
     def run_name(self) -> str:
+        """``name``, else the run folder's name (``output_dir``), else <upstream>_<model>_<data set>: a file
+        and folder name, never a path."""
         if self.name:
             return self.name
+        if self.output_dir and Path(self.output_dir).name not in ("", ".", ".."):
+            return safe_name(Path(self.output_dir).name)
         up = self.upstream if self.upstream in ("in1k", "in21k", "none") else "custom-weights"
         model = (self.variant or "from-weights").replace("/", "").lower()
-        return f"{up}_{model}_{Path(self.dataset).name.split('.')[0]}"
+        return safe_name(f"{up}_{model}_{Path(self.dataset).name.split('.')[0]}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -150,6 +158,11 @@ class Recipe:
     def replace(self, **changes: Any) -> Recipe:
         check_keys(changes, "override")
         return dataclasses.replace(self, **changes)
+
+
+def safe_name(text: str) -> str:
+    """``text`` as a plain file name: runs of other characters become '-', no leading '.' or '-'."""
+    return re.sub(r"[^A-Za-z0-9._+-]+", "-", text).strip(".-")[:120] or "run"
 
 
 def _type_ok(value: Any, hint: Any) -> bool:

@@ -14,8 +14,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from mixer_ft.atomic import atomic_write_text
+from mixer_ft.errors import ConfigError
 
 if TYPE_CHECKING:
+    from mixer_ft.recipe import Recipe
     from mixer_ft.train import Run
 
 RECORD_VERSION = 1
@@ -138,10 +140,12 @@ def git_commit(cwd: Path | None = None) -> str | None:
     return commit + ("+dirty" if dirty else "")
 
 
-def write_record(results_dir: str | Path, record: dict[str, Any]) -> Path:
-    """Write ``record`` as results_dir/<name>.json (atomically); returns the path."""
+def write_record(path: str | Path, record: dict[str, Any]) -> Path:
+    """Write ``record`` to ``path`` (atomically; a folder means <folder>/<name>.json); returns the path."""
     record = {"record_version": RECORD_VERSION, **record}
-    path = Path(results_dir) / f"{record['name']}.json"
+    path = Path(path)
+    if path.suffix != ".json":
+        path = path / f"{record['name']}.json"
     atomic_write_text(path, json.dumps(record, indent=2, sort_keys=False) + "\n")
     return path
 
@@ -172,7 +176,7 @@ def run_record(run: Run, test: tuple[float, int], minival: tuple[float, int]) ->
     r, n_train = run.recipe, len(run.splits["train"][1])
     trained, compiled = run.total * r.global_batch, _compiled(run.model)
     return {
-        "name": r.run_name, "upstream": r.upstream, "model": run.net.config.variant or "custom",
+        "name": r.run_name, "run_id": run.run_id, "upstream": r.upstream, "model": run.net.config.variant or "custom",
         "dataset": run.data.dataset_id, "data_source": r.dataset, "data_location": run.data.location,
         "classes": run.data.classes,
         "test_accuracy": round(test[0], 5), "test_images": test[1],
@@ -187,3 +191,33 @@ def run_record(run: Run, test: tuple[float, int], minival: tuple[float, int]) ->
         "model_dir": str(run.out / "model"), "history": run.history,
         "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+
+
+def record_path(recipe: Recipe) -> Path:
+    """Where the run's record goes: results/<name>.json."""
+    return Path(recipe.results_dir) / f"{recipe.run_name}.json"
+
+
+def check_record_is_ours(run: Run, fresh: bool) -> None:
+    """Refuse, before any training, a run whose record would replace another run's.
+
+    The record file is this run's when it carries this run's id (a resumed or re-evaluated run), or
+    when ``--fresh`` starts over the very run folder that made it. Anything else there is another
+    run's result, kept: the run stops with both named.
+    """
+    path = record_path(run.recipe)
+    if not path.exists() and not path.is_symlink():
+        return
+    try:
+        theirs = json.loads(path.read_text()) if path.is_file() and not path.is_symlink() else {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        theirs = {}
+    theirs = theirs if isinstance(theirs, dict) else {}
+    if theirs.get("run_id") == run.run_id:
+        return
+    folder = theirs.get("model_dir")
+    if fresh and isinstance(folder, str) and Path(folder).resolve() == (run.out / "model").resolve():
+        return
+    made_by = f"the run in {Path(folder).parent}" if isinstance(folder, str) else "another run (or not a run record)"
+    raise ConfigError(f"{path} holds the record of {made_by}, not of this run ({run.out}); it is kept. Give this "
+                      f"run its own name (--set name=...) or results folder (--set results_dir=...).")

@@ -12,11 +12,15 @@ intervals, then :func:`finish`. The steps share one :class:`Run`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
+import os
+import platform
 import shutil
 import time
+import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,15 +31,17 @@ import torch
 import torch.nn.functional as F
 
 from mixer_ft import devices
-from mixer_ft.atomic import atomic_write, atomic_write_text
+from mixer_ft.atomic import atomic_write_text, locked, sweep_partial_writes
+from mixer_ft.checkpoints import Checkpoints
 from mixer_ft.data import ImageData, load_data
 from mixer_ft.errors import ConfigError, RunStopped, TrainingError
 from mixer_ft.infer import count_correct
 from mixer_ft.model import MixerConfig, MlpMixer
 from mixer_ft.optim import make_optimizers, make_schedules
 from mixer_ft.preprocess import Preprocess, batch_seed, epoch_order
+from mixer_ft.progress import Progress
 from mixer_ft.recipe import Recipe, resume_conflicts
-from mixer_ft.records import run_record, write_record
+from mixer_ft.records import check_record_is_ours, record_path, run_record, write_record
 from mixer_ft.signals import StopSignals
 
 log = logging.getLogger(__name__)
@@ -75,29 +81,6 @@ def build_model(recipe: Recipe, classes: list[str]) -> tuple[MlpMixer, str]:
     return model, f"{'new zero head' if new else 'head kept from the checkpoint'}: {why}"
 
 
-class Checkpoints:
-    """Atomic training checkpoints in <output>/checkpoints, newest first on resume."""
-
-    keep = 2
-
-    def __init__(self, folder: Path) -> None:
-        self.folder = folder / "checkpoints"
-
-    def save(self, state: dict[str, Any]) -> Path:
-        path = atomic_write(self.folder / f"step_{state['step']:08d}.pt", lambda tmp: torch.save(state, tmp))
-        for old in sorted(self.folder.glob("step_*.pt"))[: -self.keep]:
-            old.unlink()
-        return path
-
-    def latest(self) -> dict[str, Any] | None:
-        for path in sorted(self.folder.glob("step_*.pt"), reverse=True):
-            try:
-                return torch.load(path, map_location="cpu", weights_only=True)
-            except Exception as e:  # noqa: BLE001 - damaged by something outside us: try the older one
-                log.warning("checkpoint %s is unreadable (%s); trying an older one", path, e)
-        return None
-
-
 @dataclass
 class Run:
     """What the steps of one fine-tune run share. Built by :func:`setup`."""
@@ -119,6 +102,7 @@ class Run:
     accum: int  # forward passes per step and process
     precision: str
     head: str = ""  # how the model's head was made, and why (see head_choice)
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])  # kept across resumes; records carry it
     step: int = 0  # steps done
     lr: float = 0.0  # the learning rate the last step used (its first optimizer's)
     elapsed: float = 0.0  # seconds spent in training steps, over every part of a resumed run
@@ -238,6 +222,7 @@ def restore(run: Run) -> None:
         schedule.load_state_dict(s_state)
     torch.set_rng_state(saved["torch_rng"])
     run.step, run.history, run.elapsed = saved["step"], json.loads(saved["history"]), saved["elapsed_s"]
+    run.run_id = saved.get("run_id") or run.run_id
     run.warmup_s, run.warmup_steps = saved.get("warmup_s", 0.0), saved.get("warmup_steps", 0)
     run.accelerator.print(f"resuming {run.out} at step {run.step}/{run.total}")
 
@@ -316,7 +301,7 @@ def stop_if_diverged(run: Run, loss: torch.Tensor, step: int) -> None:
     """A non-finite loss ends the run; the last good checkpoint stays for a resume."""
     if torch.isfinite(loss):
         return
-    last = sorted(run.checkpoints.folder.glob("step_*.pt"))
+    last = run.checkpoints.all()
     kept = f"The last good checkpoint is kept: {last[-1]}." if last else "No checkpoint was written yet."
     raise TrainingError(
         f"The loss became {loss.item()} at step {step + 1}: training diverged. {kept} Lower the "
@@ -356,57 +341,11 @@ def save_checkpoint(run: Run) -> None:
             "step": run.step, "model": run.net.state_dict(), "optimizers": [o.state_dict() for o in run.optimizers],
             "schedules": [s.state_dict() for s in run.schedules], "torch_rng": torch.get_rng_state(),
             "recipe": run.recipe.to_dict(), "history": json.dumps(run.history), "elapsed_s": run.elapsed,
-            "warmup_s": run.warmup_s, "warmup_steps": run.warmup_steps,
+            "warmup_s": run.warmup_s, "warmup_steps": run.warmup_steps, "run_id": run.run_id,
             # So that the checkpoint alone is a usable model (`mixer-ft predict runs/<name>`):
             "model_config": run.net.config.to_dict(), "classes": run.data.classes, "evaluation": evaluation_views(run),
         })
     accel.wait_for_everyone()
-
-
-class Progress:
-    """The progress bar, a loss line in the history every ``log_every`` steps, and the tracker."""
-
-    def __init__(self, run: Run) -> None:
-        from tqdm.auto import tqdm
-
-        self.run, r = run, run.recipe
-        if r.tracker:
-            flat = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in r.to_dict().items()}
-            run.accelerator.init_trackers(r.run_name, config=flat)
-        self.bar = tqdm(total=run.total, initial=run.step, disable=not run.accelerator.is_local_main_process,
-                        desc=r.run_name, unit="step", dynamic_ncols=True)
-        # loss sum, steps, correct, images, images of timed steps (all but a start's first) since the last line
-        self.window = torch.zeros(5, device=run.device)
-        self.window_s = 0.0
-
-    def step(self, loss: torch.Tensor, correct: torch.Tensor, images: int, seconds: float, warmup: bool) -> None:
-        run, done = self.run, self.run.step
-        self.window_s += 0.0 if warmup else seconds
-        self.window += torch.stack([loss, torch.ones((), device=run.device), correct.float(),
-                                    torch.tensor(float(images), device=run.device),
-                                    torch.tensor(0.0 if warmup else float(images), device=run.device)])
-        if done % run.recipe.log_every == 0 or done == run.total:
-            w = run.accelerator.reduce(self.window, "sum")
-            rate = round(float(w[4]) / self.window_s, 1) if self.window_s > 0 else None
-            entry = {"step": done, "loss": round(float(w[0] / w[1]), 5), "train_accuracy": round(float(w[2] / w[3]), 5),
-                     "lr": run.lr, "images_per_s": rate}
-            run.history["loss"].append(entry)
-            self.bar.set_postfix(loss=f"{entry['loss']:.4f}", acc=f"{entry['train_accuracy']:.3f}",
-                                 **({"img_s": f"{rate:.0f}"} if rate else {}))
-            if run.recipe.tracker:
-                run.accelerator.log({f"train/{k}": v for k, v in entry.items() if k != "step" and v is not None},
-                                    step=done)
-            self.window.zero_()
-            self.window_s = 0.0
-        self.bar.update(1)
-
-    def minival(self, accuracy: float) -> None:
-        run = self.run
-        run.history["minival"].append({"step": run.step, "accuracy": round(accuracy, 5)})
-        if run.accelerator.is_main_process:
-            self.bar.write(f"step {run.step}: minival accuracy {accuracy:.4f}")
-        if run.recipe.tracker:
-            run.accelerator.log({"minival/accuracy": accuracy}, step=run.step)
 
 
 def stop(run: Run, signum: int, checkpointed: bool) -> None:
@@ -437,7 +376,7 @@ def finish(run: Run) -> dict[str, Any]:
                        "test_fraction": run.recipe.test_fraction}
         save_pretrained(run.net, run.out / "model", classes=run.data.classes, evaluation=evaluation_views(run),
                         provenance=provenance)
-        path = write_record(run.recipe.results_dir, record)
+        path = write_record(record_path(run.recipe), record)
         atomic_write_text(run.out / "record.json", json.dumps(record, indent=2) + "\n")
         accel.print(f"test accuracy {test[0]:.4f} ({test[1]} images), minival {minival[0]:.4f}; "
                   f"record {path}, model {run.out / 'model'}")
@@ -455,16 +394,29 @@ def finetune(recipe: Recipe, *, resume: bool = True) -> dict[str, Any]:
     from mixer_ft import preflight
 
     preflight.check(recipe.upstream, recipe.variant, recipe.dataset)
-    made = [p for p in (run_folder(recipe), Path(recipe.results_dir)) if not p.exists()]
+    out = run_folder(recipe)
+    made = [p for p in (out, Path(recipe.results_dir)) if not p.exists()]
+    main = int(os.environ.get("RANK", "0")) == 0  # under torchrun; Accelerate is not set up yet
     try:
-        run = setup(recipe, fresh=not resume)
-        if resume:
-            restore(run)
+        with contextlib.ExitStack() as held:
+            if main:  # one run at a time in a run folder; what a killed run half-wrote goes
+                _writable(out, "output folder")
+                held.enter_context(locked(out / ".lock", wait=False, holder=f"pid {os.getpid()} on {platform.node()}"))
+                sweep_partial_writes(out, out / "checkpoints", out / "model")
+            return _run(recipe, resume)
     except BaseException:
         for folder in made:  # a run that never started leaves no empty folders behind
-            if folder.is_dir() and not any(folder.iterdir()):
-                folder.rmdir()
+            if folder.is_dir() and not any(p.name != ".lock" for p in folder.iterdir()):
+                shutil.rmtree(folder, ignore_errors=True)
         raise
+
+
+def _run(recipe: Recipe, resume: bool) -> dict[str, Any]:
+    """:func:`finetune` inside its run folder's lock."""
+    run = setup(recipe, fresh=not resume)
+    if resume:
+        restore(run)
+    check_record_is_ours(run, fresh=not resume)
     progress, r = Progress(run), recipe
     run.model.train()
     with StopSignals() as signals:

@@ -346,3 +346,24 @@ def test_the_same_photos_as_plain_class_folders_and_a_smoke_run_on_them(phone_ph
     assert out.returncode == 0, out.stderr[-2000:]
     rec = json.loads((tmp_path / "results" / "smoke_cifar10.json").read_text())
     assert rec["test_images"] == 3 and rec["steps"] == 3
+
+
+def test_the_class_is_the_first_folder_and_sub_folders_belong_to_it(tmp_path):
+    # Plain: cat/2019/*, dog/2019/*, dog/2020/* are two classes, not "2019" and "2020" with cats and dogs merged.
+    root = _photos(tmp_path / "plain", {"cat/2019": {"": 5}, "dog/2019": {"": 3}, "dog/2020": {"": 4}})
+    info = data_json(root, "--test-fraction", "0.25")
+    assert info["classes"] == ["cat", "dog"]
+    assert {c: info["class_counts"]["train"][c] + info["class_counts"]["minival"][c] + info["class_counts"]["test"][c]
+            for c in info["classes"]} == {"cat": 5, "dog": 7}
+    # Splits: train/cat/more/* belongs to cat, not dropped; an archive's top folder is not a class.
+    split = _photos(tmp_path / "top" / "photos", {"train/cat": {"": 3}, "train/cat/more": {"": 2}, "train/dog": {"": 4},
+                                                   "test/cat": {"": 2}, "test/dog": {"": 2}})
+    info = data_json(split.parent)
+    assert info["classes"] == ["cat", "dog"] and info["splits"]["train"] + info["splits"]["minival"] == 9
+    assert info["class_counts"]["test"] == {"cat": 2, "dog": 2}
+
+
+def test_class_folders_that_differ_only_by_case_are_refused_naming_both(tmp_path):
+    root = _photos(tmp_path / "p", {"": {"Cat": 3, "cat": 3, "dog": 3}})
+    out = run_cli("data", root)
+    assert out.returncode == 2 and "'Cat' and 'cat'" in out.stderr and "Traceback" not in out.stderr

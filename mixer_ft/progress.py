@@ -1,0 +1,60 @@
+"""What a run shows while it trains: the progress bar, a loss line in the history every
+``log_every`` steps (loss, accuracy, the learning rate the step used, images/s), minival, the tracker."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import torch
+
+if TYPE_CHECKING:
+    from mixer_ft.train import Run
+
+
+class Progress:
+    """The progress bar, a loss line in the history every ``log_every`` steps, and the tracker."""
+
+    def __init__(self, run: Run) -> None:
+        from tqdm.auto import tqdm
+
+        self.run, r = run, run.recipe
+        if r.tracker:
+            flat = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in r.to_dict().items()}
+            run.accelerator.init_trackers(r.run_name, config=flat)
+        self.bar = tqdm(total=run.total, initial=run.step, disable=not run.accelerator.is_local_main_process,
+                        desc=r.run_name, unit="step", dynamic_ncols=True)
+        # loss sum, steps, correct, images, images of timed steps (all but a start's first) since the last line
+        self.window = torch.zeros(5, device=run.device)
+        self.window_s = 0.0
+
+    def step(self, loss: torch.Tensor, correct: torch.Tensor, images: int, seconds: float, warmup: bool) -> None:
+        run, done = self.run, self.run.step
+        self.window_s += 0.0 if warmup else seconds
+        self.window += torch.stack([loss, torch.ones((), device=run.device), correct.float(),
+                                    torch.tensor(float(images), device=run.device),
+                                    torch.tensor(0.0 if warmup else float(images), device=run.device)])
+        if done % run.recipe.log_every == 0 or done == run.total:
+            w = run.accelerator.reduce(self.window, "sum")
+            rate = round(float(w[4]) / self.window_s, 1) if self.window_s > 0 else None
+            entry = {"step": done, "loss": round(float(w[0] / w[1]), 5), "train_accuracy": round(float(w[2] / w[3]), 5),
+                     "lr": run.lr, "images_per_s": rate}
+            run.history["loss"].append(entry)
+            self.bar.set_postfix(loss=f"{entry['loss']:.4f}", acc=f"{entry['train_accuracy']:.3f}",
+                                 **({"img_s": f"{rate:.0f}"} if rate else {}))
+            if run.recipe.tracker:
+                run.accelerator.log({f"train/{k}": v for k, v in entry.items() if k != "step" and v is not None},
+                                    step=done)
+            self.window.zero_()
+            self.window_s = 0.0
+        self.bar.update(1)
+
+    def minival(self, accuracy: float) -> None:
+        run = self.run
+        run.history["minival"].append({"step": run.step, "accuracy": round(accuracy, 5)})
+        if run.accelerator.is_main_process:
+            self.bar.write(f"step {run.step}: minival accuracy {accuracy:.4f}")
+        if run.recipe.tracker:
+            run.accelerator.log({"minival/accuracy": accuracy}, step=run.step)
+
+
+__all__ = ["Progress"]

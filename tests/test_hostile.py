@@ -1,0 +1,129 @@
+"""Hostile and unlucky input: nothing lost, nothing written outside the run's folders, nothing
+mislabelled, memory bounded. Each case ends in exit 0 with the right result, or one `error:` line
+and exit 2."""
+
+import json
+import os
+import struct
+import zipfile
+import zlib
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from conftest import REPO, run_cli
+
+TINY = ["--set", "architecture.patch_size=8", "--set", "architecture.hidden_dim=16", "--set", "architecture.num_blocks=1",
+        "--set", "architecture.tokens_mlp_dim=8", "--set", "architecture.channels_mlp_dim=32",
+        "--set", "architecture.img_size=32", "--set", 'model="custom"', "--set", 'upstream="none"']
+
+
+def bomb_png(width: int = 50_000, height: int = 50_000) -> bytes:
+    """A valid PNG header declaring ``width`` x ``height`` pixels, with almost no data behind it."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def photos(root, per_class=6, classes=("cat", "dog"), name=lambda i: f"{i:03d}.jpg"):
+    rng = np.random.default_rng(0)
+    for c in classes:
+        folder = root / c if isinstance(root, os.PathLike) else os.path.join(root, c)
+        os.makedirs(folder, exist_ok=True)
+        for i in range(per_class):
+            img = Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8))
+            img.save(os.path.join(folder, name(i)), format="JPEG")
+    return root
+
+
+def finetune(*args):
+    return run_cli("finetune", "--steps", 2, "--batch", 4, "--warmup", 0, "--eval-every", 0, *TINY, *map(str, args),
+                   cwd=REPO)
+
+
+def test_file_and_folder_names_that_are_not_utf8_work_end_to_end(tmp_path):
+    root = os.fsencode(tmp_path / "photos")
+    photos(root, classes=(b"caf\xe9", b"th\xe9"), name=lambda i: b"\xff%d.jpg" % i)
+    info = run_cli("data", os.fsdecode(root), "--json")
+    assert info.returncode == 0, info.stderr
+    assert json.loads(info.stdout)["classes"] == ["caf\\xe9", "th\\xe9"]  # printable, and one class each
+    out = finetune("--dataset", os.fsdecode(root), "--output-dir", tmp_path / "run",
+                   "--set", f'results_dir="{tmp_path / "results"}"', "--set", 'name="bytes"')
+    assert out.returncode == 0, out.stderr[-2000:]
+    card = (tmp_path / "run" / "model" / "README.md").read_text()
+    assert "caf\\xe9" in card
+    text = run_cli("predict", tmp_path / "run" / "model", os.fsdecode(root))
+    assert text.returncode == 0 and "\\xff0.jpg" in text.stdout, text.stderr
+    rows = [json.loads(line) for line in run_cli("predict", tmp_path / "run" / "model", os.fsdecode(root),
+                                                   "--json").stdout.splitlines()]
+    assert len(rows) == 12 and all(os.path.exists(os.fsencode(r["path"])) for r in rows)  # the exact names
+
+
+def test_a_decompression_bomb_is_skipped_and_named_and_the_other_images_are_labelled(tmp_path, smoke_run):
+    run, _, cut = smoke_run
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "bomb.png").write_bytes(bomb_png())
+    for f in sorted((cut / "test" / "cat").iterdir())[:3]:
+        (tmp_path / "in" / f.name).write_bytes(f.read_bytes())
+    out = run_cli("predict", run / "model", tmp_path / "in", "--json")
+    assert out.returncode == 0 and "Traceback" not in out.stderr
+    assert len(out.stdout.splitlines()) == 3 and "bomb.png (too large" in out.stderr
+    # In a data set, a bomb is one more unreadable image: skipped, named and counted.
+    data = photos(tmp_path / "data")
+    (data / "cat" / "bomb.png").write_bytes(bomb_png())
+    info = run_cli("data", data, "--json")
+    assert info.returncode == 0 and json.loads(info.stdout)["skipped"] == 1 and "bomb.png (too large" in info.stderr
+
+
+def test_an_archive_member_larger_than_an_image_may_be_is_skipped_unread(tmp_path):
+    from mixer_ft.images import MAX_FILE_BYTES
+
+    data = photos(tmp_path / "data")
+    with zipfile.ZipFile(tmp_path / "data.zip", "w", zipfile.ZIP_DEFLATED) as zf:
+        for f in sorted(data.rglob("*.jpg")):
+            zf.write(f, f.relative_to(data))
+        zf.writestr("dog/huge.jpg", b"\0" * (MAX_FILE_BYTES + 1))  # compresses to a few hundred KB
+    out = run_cli("data", tmp_path / "data.zip", "--json")
+    assert out.returncode == 0, out.stderr
+    assert json.loads(out.stdout)["skipped"] == 1 and "huge.jpg (unreadable:" in out.stderr and "MiB" in out.stderr
+
+
+@pytest.mark.parametrize("name", ["../../../x", "a/b", ".hidden", "/etc/passwd"])
+def test_a_name_is_never_a_path(tmp_path, cifar_subset, name):
+    out = finetune("--dataset", cifar_subset(train=100, test=20), "--set", f"name={json.dumps(name)}",
+                   "--set", f'results_dir="{tmp_path / "results"}"')
+    assert out.returncode == 2 and "is used as a file and folder name" in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "results").exists() and not (REPO / "runs" / name.lstrip("/")).exists()
+
+
+def test_a_run_never_replaces_another_runs_record(tmp_path, cifar_subset):
+    cut = cifar_subset(train=100, test=20)
+    common = ["--dataset", cut, "--set", f'results_dir="{tmp_path / "results"}"', "--set", 'name="same"']
+    assert finetune(*common, "--output-dir", tmp_path / "first").returncode == 0
+    record = (tmp_path / "results" / "same.json").read_text()
+    # Another run under the same name (here: the same recipe on other data) is refused before it trains.
+    out = finetune(*common, "--output-dir", tmp_path / "second")
+    assert out.returncode == 2 and "holds the record of the run in" in out.stderr and str(tmp_path / "first") in out.stderr
+    assert (tmp_path / "results" / "same.json").read_text() == record and not (tmp_path / "second" / "model").exists()
+    # The run itself, again (it re-evaluates) or started over with --fresh, may write its own record.
+    assert finetune(*common, "--output-dir", tmp_path / "first").returncode == 0
+    assert finetune(*common, "--output-dir", tmp_path / "first", "--fresh").returncode == 0
+
+
+def test_fewshot_records_of_different_weights_never_share_a_file(tmp_path, smoke_run):
+    run, _, cut = smoke_run
+    first = run_cli("fewshot", "--upstream", run / "model", "--dataset", cut, "--shots", "1", "--seeds", 1,
+                    "--results", tmp_path, "--json")
+    from mixer_ft import create_model, save_pretrained
+
+    model = create_model(pretrained=str(run / "model"))  # the same model at another path, one weight changed
+    with torch.no_grad():
+        model.head.bias[0] += 1
+    other = save_pretrained(model, tmp_path / "other")
+    second = run_cli("fewshot", "--upstream", other, "--dataset", cut, "--shots", "1", "--seeds", 1,
+                     "--results", tmp_path, "--json")
+    assert first.returncode == second.returncode == 0, second.stderr[-2000:]
+    assert len(list(tmp_path.glob("fewshot_*.json"))) == 2  # each weights' record in a file of its own
