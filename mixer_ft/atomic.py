@@ -47,11 +47,17 @@ def _why(e: BaseException, path: Path) -> str:
     """The cause of a failed write in words: the OS's, or (torch hides it) the free space left."""
     if isinstance(e, OSError) and e.errno is not None:
         return f"{e.strerror or os.strerror(e.errno)} ({errno.errorcode.get(e.errno, e.errno)})"
+    import resource
+
+    why = str(e).splitlines()[0]
+    limit = resource.getrlimit(resource.RLIMIT_FSIZE)[0]
+    if limit != resource.RLIM_INFINITY:
+        why += f"; File too large for this process's file-size limit (ulimit -f) of {limit:,} bytes?"
     try:
         free = shutil.disk_usage(next(p for p in [path, *path.parents] if p.exists())).free
     except (OSError, StopIteration):
-        return str(e).splitlines()[0]
-    return f"{str(e).splitlines()[0]}; {free / 2**20:,.0f} MiB free on its device (a full disk?)"
+        return why
+    return f"{why}; {free / 2**20:,.0f} MiB free on its device (a full disk?)"
 
 
 def _is_storage_error(e: RuntimeError, path: Path) -> bool:

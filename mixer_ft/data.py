@@ -28,10 +28,11 @@ from typing import Any
 
 import numpy as np
 
+from mixer_ft.atomic import locked
 from mixer_ft.config import MAX_SIDE, TEST_FRACTION
 from mixer_ft.data_sources import CIFAR10_CLASSES, HUB_DATASETS, Reader, open_reader
 from mixer_ft.downloads import cache_dir
-from mixer_ft.errors import ConfigError, DataError
+from mixer_ft.errors import ConfigError, DataError, StorageError
 from mixer_ft.images import to_rgb_array
 
 log = logging.getLogger(__name__)
@@ -270,7 +271,21 @@ def _label_ids(reader: Reader, labels: dict[str, list]) -> tuple[list[str], dict
 
 def _build_cache(reader: Reader, folder: Path, store_size: int | None, max_side: int) -> None:
     """Decode every image once into raw uint8 files, written beside and renamed into place."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with locked(folder.parent / f".{folder.name}.lock", wait=True):  # one builder; a killed one's files go
+            if (folder / "meta.json").is_file():
+                return  # another process built it while this one waited
+            for stale in folder.parent.glob(f".{folder.name}.*"):
+                if stale.is_dir():
+                    shutil.rmtree(stale, ignore_errors=True)
+            _build(reader, folder, store_size, max_side)
+    except OSError as e:
+        raise StorageError(f"Could not write the data cache {folder} ({e.strerror or e}); free space there or set "
+                           "MIXER_FT_CACHE to a folder with room, then run the same command again.") from None
+
+
+def _build(reader: Reader, folder: Path, store_size: int | None, max_side: int) -> None:
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
     try:
         labels, shapes, skipped = _decode_all(reader, tmp, (store_size, store_size) if store_size else None, max_side)

@@ -198,12 +198,13 @@ def record_path(recipe: Recipe) -> Path:
     return Path(recipe.results_dir) / f"{recipe.run_name}.json"
 
 
-def check_record_is_ours(run: Run, fresh: bool) -> None:
+def check_record_is_ours(run: Run) -> None:
     """Refuse, before any training, a run whose record would replace another run's.
 
-    The record file is this run's when it carries this run's id (a resumed or re-evaluated run), or
-    when ``--fresh`` starts over the very run folder that made it. Anything else there is another
-    run's result, kept: the run stops with both named.
+    The record file is this run's when it carries this run's id (a resumed or re-evaluated run) or was
+    written from this run's folder (the run started over there, with ``--fresh`` or after its
+    checkpoints were lost). Anything else there is another run's result, kept: the run stops with both
+    named.
     """
     path = record_path(run.recipe)
     if not path.exists() and not path.is_symlink():
@@ -213,10 +214,9 @@ def check_record_is_ours(run: Run, fresh: bool) -> None:
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         theirs = {}
     theirs = theirs if isinstance(theirs, dict) else {}
-    if theirs.get("run_id") == run.run_id:
-        return
     folder = theirs.get("model_dir")
-    if fresh and isinstance(folder, str) and Path(folder).resolve() == (run.out / "model").resolve():
+    if theirs.get("run_id") == run.run_id or (
+            isinstance(folder, str) and Path(folder).resolve() == (run.out / "model").resolve()):
         return
     made_by = f"the run in {Path(folder).parent}" if isinstance(folder, str) else "another run (or not a run record)"
     raise ConfigError(f"{path} holds the record of {made_by}, not of this run ({run.out}); it is kept. Give this "

@@ -416,7 +416,7 @@ def _run(recipe: Recipe, resume: bool) -> dict[str, Any]:
     run = setup(recipe, fresh=not resume)
     if resume:
         restore(run)
-    check_record_is_ours(run, fresh=not resume)
+    check_record_is_ours(run)
     progress, r = Progress(run), recipe
     run.model.train()
     with StopSignals() as signals:

@@ -127,3 +127,72 @@ def test_fewshot_records_of_different_weights_never_share_a_file(tmp_path, smoke
                      "--results", tmp_path, "--json")
     assert first.returncode == second.returncode == 0, second.stderr[-2000:]
     assert len(list(tmp_path.glob("fewshot_*.json"))) == 2  # each weights' record in a file of its own
+
+
+def small_run(tmp_path, cut, name, *extra):
+    return ["--dataset", cut, "--output-dir", tmp_path / name, "--set", f'results_dir="{tmp_path / "results"}"',
+            "--set", "checkpoint_every=2", *extra]
+
+
+def test_a_damaged_newest_checkpoint_is_skipped_and_never_outranks_a_new_one(tmp_path, cifar_subset, caplog):
+    from mixer_ft.checkpoints import Checkpoints
+
+    cut = cifar_subset(train=100, test=20)
+    assert run_cli("finetune", "--steps", 6, "--batch", 8, "--warmup", 0, "--eval-every", 0, *TINY,
+                   *map(str, small_run(tmp_path, cut, "run")), cwd=REPO).returncode == 0
+    ckpts = Checkpoints(tmp_path / "run")
+    four, six = ckpts.all()
+    data = bytearray(six.read_bytes())
+    data[len(data) // 2] ^= 0xFF  # one flipped bit deep in the tensor data: torch.load would not notice
+    six.write_bytes(bytes(data))
+    assert not ckpts.intact(six) and ckpts.intact(four)
+    assert ckpts.latest()["step"] == 4 and "does not match its digest" in caplog.text
+    # Resumed from step 4, the run writes step 6 anew: the damaged one is replaced, never kept above it.
+    out = run_cli("finetune", "--steps", 6, "--batch", 8, "--warmup", 0, "--eval-every", 0, *TINY,
+                  *map(str, small_run(tmp_path, cut, "run")), cwd=REPO)
+    assert out.returncode == 0 and "resuming" in out.stdout and "at step 4/6" in out.stdout
+    assert [p.name for p in ckpts.all()] == ["step_00000004.pt", "step_00000006.pt"] and ckpts.intact(ckpts.all()[-1])
+    # Two damaged newest ones and a restart from scratch: each new checkpoint stays; the later damaged ones go.
+    for p in ckpts.all():
+        p.write_bytes(b"garbage")
+    out = run_cli("finetune", "--steps", 6, "--batch", 8, "--warmup", 0, "--eval-every", 0, *TINY,
+                  *map(str, small_run(tmp_path, cut, "run")), cwd=REPO)
+    assert out.returncode == 0 and [p.name for p in ckpts.all()] == ["step_00000004.pt", "step_00000006.pt"]
+    assert all(ckpts.intact(p) for p in ckpts.all())
+
+
+def test_a_run_folder_in_use_is_refused_and_half_written_files_are_swept(tmp_path, cifar_subset):
+    from mixer_ft.atomic import locked
+
+    cut = cifar_subset(train=100, test=20)
+    args = ["finetune", "--steps", 2, "--batch", 8, "--warmup", 0, "--eval-every", 0, *TINY,
+            *small_run(tmp_path, cut, "run")]
+    with locked(tmp_path / "run" / ".lock", wait=False, holder="pid 12345 on elsewhere"):
+        out = run_cli(*args, cwd=REPO)
+    assert out.returncode == 2 and "is in use by another run (pid 12345 on elsewhere)" in out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "run" / "checkpoints").exists()
+    # What a killed writer leaves (atomic_write's temporary files) is removed by the next run there.
+    (tmp_path / "run" / "checkpoints").mkdir()
+    orphan = tmp_path / "run" / "checkpoints" / ".step_00000002.pt.abc123.tmp"
+    orphan.write_bytes(b"\0" * 1000)
+    assert run_cli(*args, cwd=REPO).returncode == 0 and not orphan.exists()
+
+
+def test_a_full_disk_while_checkpointing_is_one_line_and_loses_nothing(tmp_path, cifar_subset):
+    import resource
+    import subprocess
+    import sys
+
+    cut = cifar_subset(train=100, test=20)
+    args = ["finetune", "--steps", 4, "--batch", 8, "--warmup", 0, "--eval-every", 0, *TINY,
+            *map(str, small_run(tmp_path, cut, "run"))]
+    assert run_cli("data", cut).returncode == 0  # the data cache exists before the limit
+    limit = 8 << 10  # far below a checkpoint's size: the OS refuses the write (EFBIG), as a full disk would
+
+    def cap() -> None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    out = subprocess.run([sys.executable, "-m", "mixer_ft", *map(str, args)], capture_output=True, text=True,
+                         preexec_fn=cap, cwd=REPO, timeout=600)
+    assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert "error: Could not write" in out.stderr and "step_00000002.pt" in out.stderr and "File too large" in out.stderr
+    assert not list((tmp_path / "run" / "checkpoints").glob("*.pt"))  # nothing half-written was kept
