@@ -132,10 +132,10 @@ def run_bench(model: str = "S/32", batch: int = 16, device: str | None = None, i
               precision: str | None = None, steps: int = 20, warmup: int = 3, fast: bool = True,
               finetune_data: str | None = None) -> dict[str, Any]:
     """Measure ours and timm's step (and optionally the whole fine-tune path); return the record."""
+    from mixer_ft.devices import resolve_device
+
     variant = canonical_variant(model)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("--device cuda, but no CUDA device is visible here.")
+    dev = resolve_device(device)
     precision = precision or ("bf16" if dev.type == "cuda" else "fp32")
     if precision not in ("fp32", "bf16"):
         raise ConfigError(f"--precision must be fp32 or bf16, got {precision!r}.")

@@ -101,6 +101,18 @@ def _read_torch(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
 
 
 
+def _ranges(numbers: list[int]) -> str:
+    """[1, 2, 3, 7] -> "1-3, 7", at most a few runs shown."""
+    runs: list[list[int]] = []
+    for n in numbers:
+        if runs and n == runs[-1][1] + 1:
+            runs[-1][1] = n
+        else:
+            runs.append([n, n])
+    shown = [f"{a}" if a == b else f"{a}-{b}" for a, b in runs[:5]]
+    return ", ".join(shown) + (f", ... ({len(runs) - 5} more ranges)" if len(runs) > 5 else "")
+
+
 def infer_config(
     sd: dict[str, torch.Tensor],
     *,
@@ -126,7 +138,12 @@ def infer_config(
     side = math.isqrt(tokens)
     if side * side != tokens:
         raise CheckpointError(f"{source}: token-mixing MLP is sized for {tokens} tokens, not a square grid.")
-    blocks = 1 + max(int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k)))
+    indices = {int(m.group(1)) for k in sd if (m := re.match(r"blocks\.(\d+)\.", k))}
+    blocks = 1 + max(indices)
+    if len(indices) != blocks:  # checked before a model of that depth is built
+        gaps = sorted(set(range(blocks)) - indices)
+        raise CheckpointError(f"{source} names blocks up to {blocks - 1} but holds weights for {len(indices)} of them "
+                              f"(missing: {_ranges(gaps)}): the file is damaged or not a plain Mixer.")
     if "head.weight" in sd:
         num_classes = sd["head.weight"].shape[0]
     elif num_classes is None:

@@ -85,6 +85,13 @@ class CifarPythonReader(Reader):
             raise DataError(f"{self.path} is truncated or not a tar.gz archive ({type(e).__name__}: {e}).") from None
 
     def items(self) -> Iterator[tuple[str, str | int, Any]]:
+        try:
+            yield from self._items()
+        except (KeyError, ValueError, TypeError, AttributeError) as e:  # a pickle of the wrong shape or keys
+            raise DataError(f"{self.path} is not a CIFAR python-version archive as published: its batches have the "
+                            f"wrong keys or shapes ({type(e).__name__}: {str(e)[:200]}).") from None
+
+    def _items(self) -> Iterator[tuple[str, str | int, Any]]:
         blobs = self._blobs()
         meta = self._load(self.files["meta"], blobs)
         names = meta["fine_label_names" if self.cifar100 else "label_names"]

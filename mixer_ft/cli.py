@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
 from mixer_ft.config import FEWSHOT_SHOTS
-from mixer_ft.errors import MixerFtError
+from mixer_ft.errors import ConfigError, MixerFtError
 from mixer_ft.recipe import default
 
 
@@ -236,6 +237,7 @@ def evaluate(
     from mixer_ft.infer import Classifier
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    _check_plot(plot)  # before minutes of evaluation
     clf = Classifier.from_pretrained(model_source, variant=model, device=device, mirror=flip, shift=translate,
                                      img_size=img_size, resize=resize)
     made = clf.provenance  # the run's own cut of train into train and minival
@@ -258,10 +260,16 @@ def push(
     model_source: Annotated[str, typer.Argument(metavar="MODEL", help="A model folder, or a finished run folder.")],
     repo_id: Annotated[str, typer.Argument(help="The Hub repository, owner/name (made if missing).")],
     private: Annotated[bool, typer.Option(help="Make a new repository private.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be uploaded; upload nothing.")] = False,
 ) -> None:
     """Upload a model folder (weights, config, model card) to the Hugging Face Hub."""
+    from mixer_ft.push import files_to_push
     from mixer_ft.push import push as upload
 
+    if dry_run:
+        for f in files_to_push(model_source):
+            typer.echo(f"{f}  ({f.stat().st_size:,} bytes)")
+        return
     typer.echo(upload(model_source, repo_id, private=private))
 
 
@@ -286,6 +294,7 @@ def fewshot(
     from mixer_ft.fewshot import parse_shots, run_fewshot
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    _check_folder(results, "--results")
     rec = run_fewshot(upstream, dataset, variant=model, shots=parse_shots(shots), seeds=seeds, split=split,
                       img_size=img_size, resize=resize, device=device, results_dir=results)
     if as_json:
@@ -311,6 +320,7 @@ def table(
     from mixer_ft import table as tables
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    _check_plot(plot)
     rows, other = tables.build(results)
     typer.echo(tables.render(rows, other, format, fewshot=tables.fewshot_runs(results)), nl=False)
     if plot:
@@ -375,6 +385,8 @@ def bench(
         from mixer_ft.errors import ConfigError
 
         raise ConfigError("--batch and --steps must be positive.")
+    if out is not None:
+        _check_folder(out, "--out")
     rec = run_bench(model, batch, device, img_size, precision, steps, fast=fast, finetune_data=finetune_data)
     where = save(rec, out) if out else None
     if as_json:
@@ -411,6 +423,27 @@ def _echo_prediction(fmt: str, path: str, top: list[dict], header: bool) -> None
         typer.echo(buf.getvalue(), nl=False)
     else:
         typer.echo(f"{path}  " + ", ".join(f"{t['label']} {100 * t['score']:.1f}%" for t in top))
+
+
+def _check_plot(path: str | None) -> None:
+    """A --plot is checked before the work it draws: matplotlib is there and the name is an image's."""
+    if path is None:
+        return
+    import importlib.util
+
+    if importlib.util.find_spec("matplotlib") is None:
+        raise ConfigError("--plot needs matplotlib: pip install 'mixer_ft[plot]'.")
+    if Path(path).suffix.lower() not in (".png", ".pdf", ".svg", ".jpg", ".jpeg"):
+        raise ConfigError(f"--plot {path}: name an image file ending in .png, .pdf, .svg or .jpg.")
+    _check_folder(str(Path(path).parent), "--plot's folder")
+
+
+def _check_folder(path: str, flag: str) -> None:
+    """A folder an option names: given, and not a file."""
+    if not path.strip():
+        raise ConfigError(f"{flag} needs a folder name.")
+    if Path(path).exists() and not Path(path).is_dir():
+        raise ConfigError(f"{flag} {path} is a file, not a folder.")
 
 
 def _positive_int(text: str, flag: str) -> int:

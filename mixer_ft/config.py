@@ -96,10 +96,25 @@ class MixerConfig:
             )
         if len(self.mean) != self.in_chans or len(self.std) != self.in_chans:
             raise ConfigError(f"mean and std need {self.in_chans} values each (one per input channel).")
+        # Checked before anything is allocated: an absurd size is one message, not minutes of swapping.
+        if self.num_tokens > MAX_TOKENS:
+            raise ConfigError(f"{self.img_size}x{self.img_size} input with patch {self.patch_size} is {self.num_tokens:,} "
+                              f"tokens, more than the {MAX_TOKENS:,} mixer_ft builds ({int(MAX_TOKENS ** 0.5) * self.patch_size}"
+                              f" px at this patch); choose a smaller img_size.")
+        if self.param_count > MAX_PARAMS:
+            raise ConfigError(f"This Mixer would have {self.param_count:,} parameters, more than the {MAX_PARAMS:,} "
+                              "mixer_ft builds (H/14 has 432,350,952); check num_blocks and the widths.")
 
     @property
     def num_tokens(self) -> int:
         return (self.img_size // self.patch_size) ** 2
+
+    @property
+    def param_count(self) -> int:
+        """Parameters of the model this config builds, counted from the config alone."""
+        c, s, ds, dc = self.hidden_dim, self.num_tokens, self.tokens_mlp_dim, self.channels_mlp_dim
+        block = 4 * c + (2 * s * ds + ds + s) + (2 * c * dc + dc + c)
+        return self.patch_size ** 2 * self.in_chans * c + c + self.num_blocks * block + 2 * c + (c + 1) * self.num_classes
 
     @property
     def variant(self) -> str | None:
@@ -156,6 +171,11 @@ class MixerConfig:
         return base.replace(**changes) if changes else base
 
 
+# The largest Mixer mixer_ft builds: checked on the config, before any memory is taken. H/14 has
+# 432M parameters and 256 tokens at 224 px; these leave room for 448-px and wider models.
+MAX_PARAMS = 4_000_000_000
+MAX_TOKENS = 16_384  # a 2048x2048 image at patch 16: 64 times the paper's 196 tokens
+
 # The upstream Inception crop (vit_jax input_pipeline, TF's sample_distorted_bounding_box).
 AREA_RANGE = (0.05, 1.0)  # share of the image a crop keeps
 ASPECT_RANGE = (0.75, 1.33)  # tf.image.sample_distorted_bounding_box's default, which vit_jax keeps
@@ -166,6 +186,7 @@ FEWSHOT_SHOTS = (1, 5, 10, 25)  # training images per class that `mixer-ft fewsh
 TEST_FRACTION = 0.2  # share of each class held out as the test split of a folder that has no split folders
 
 
-__all__ = ["AREA_RANGE", "ASPECT_RANGE", "DEFAULT_MEAN", "DEFAULT_STD", "FEWSHOT_SHOTS", "GELU_FLAVOURS", "MAX_SIDE", "RESIZE_METHODS",
+__all__ = ["AREA_RANGE", "ASPECT_RANGE", "DEFAULT_MEAN", "DEFAULT_STD", "FEWSHOT_SHOTS", "GELU_FLAVOURS", "MAX_PARAMS",
+           "MAX_SIDE", "MAX_TOKENS", "RESIZE_METHODS",
            "TEST_FRACTION",
            "VARIANTS", "MixerConfig", "canonical_variant", "timm_name"]

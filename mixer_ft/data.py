@@ -90,6 +90,8 @@ class ImageData:
         """
         if not 0 <= val_fraction < 1:
             raise ConfigError(f"--val-fraction must be in [0, 1), got {val_fraction}.")
+        if not 0 <= seed < 2**32:
+            raise ConfigError(f"--seed must be a whole number from 0 to 2**32 - 1, got {seed}.")
         n = len(self.labels["train"])
         order = np.random.default_rng(seed).permutation(n)
         n_val = int(round(n * val_fraction))

@@ -15,6 +15,29 @@ from mixer_ft.recipe import Recipe
 log = logging.getLogger(__name__)
 
 
+def resolve_device(name: str | None) -> torch.device:
+    """``--device``: cpu, cuda or cuda:N (default: cuda where available, else cpu).
+
+    Raises:
+        ConfigError: an unknown device, or one this machine does not have.
+    """
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"Unknown device {name!r}; use cpu, cuda or cuda:N.") from None
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"Unknown device {name!r}; use cpu, cuda or cuda:N.")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: this machine has no CUDA device; use --device cpu.")
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s).")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"--device {name}: this machine has no Apple GPU; use --device cpu.")
+    return dev
+
+
 def use_cpu() -> bool:
     """With no accelerator, processes started by `accelerate launch` (torchrun) talk over gloo on
     the CPU; Accelerate only does that when told the run is a CPU run."""
@@ -87,4 +110,4 @@ def precision(recipe: Recipe, device: torch.device) -> str:
     return recipe.mixed_precision
 
 
-__all__ = ["compiles", "micro_batch", "precision", "probe_micro_batch", "use_cpu"]
+__all__ = ["compiles", "micro_batch", "precision", "probe_micro_batch", "resolve_device", "use_cpu"]

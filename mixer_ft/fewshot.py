@@ -165,7 +165,9 @@ def run_fewshot(upstream: str, dataset: str, *, variant: str | None = None, shot
 
     check_arguments(list(shots), seeds, split)  # before minutes of loading
     preflight.check(upstream, variant, dataset)  # weights and data both, named in one message
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    from mixer_ft.devices import resolve_device
+
+    dev = resolve_device(device)
     model = create_model(variant, pretrained=upstream, resize=resize, **({"img_size": img_size} if img_size else {}))
     model = model.to(dev)
     data = load_data(dataset)

@@ -47,6 +47,13 @@ def view_logits(model: torch.nn.Module, images: torch.Tensor, mirror: bool = Fal
     return logits
 
 
+def check_shift(shift: int, size: int) -> None:
+    """A test-time shift is a whole number of pixels from 0 to half the input size."""
+    if not 0 <= shift <= size // 2:
+        raise ConfigError(f"--translate takes a shift of 0 to {size // 2} pixels (half the {size}x{size} input), "
+                          f"got {shift}.")
+
+
 def num_views(mirror: bool, shift: int) -> int:
     return (3 if shift else 1) * (2 if mirror else 1)
 
@@ -121,6 +128,7 @@ class Classifier:
 
     def __init__(self, model: MlpMixer, classes: list[str], *, mirror: bool = False, shift: int = 0,
                  precision: str = "no", device: str | torch.device = "cpu") -> None:
+        check_shift(shift, model.config.img_size)
         self.device = torch.device(device)
         self.model = model.to(self.device).eval()
         self.pre = Preprocess.for_model(model.config)
@@ -143,7 +151,9 @@ class Classifier:
         model = model_from_checkpoint(ckpt, variant, resize=resize, **({"img_size": img_size} if img_size else {}))
         n = model.config.num_classes
         classes = ckpt.classes or imagenet_names(n) or [str(i) for i in range(n)]
-        dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+        from mixer_ft.devices import resolve_device
+
+        dev = resolve_device(device)
         views = ckpt.evaluation
         clf = cls(model, classes, device=dev,
                   mirror=views.get("flip", False) if mirror is None else mirror,

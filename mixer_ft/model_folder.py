@@ -52,30 +52,73 @@ def read_config(folder: Path) -> dict[str, Any]:
         return {}
     try:
         return json.loads(cfg_file.read_text())
-    except (OSError, json.JSONDecodeError) as e:
+    except (OSError, UnicodeDecodeError, RecursionError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{cfg_file} is not valid JSON ({e}); repair or remove it.") from None
 
 
 def apply_metadata(ckpt: Checkpoint, meta: dict[str, Any], tag: str) -> None:
-    """Preprocessing, GELU flavour and class names from a config.json (ours or timm's) and the weight tag."""
-    names = meta.get("label_names") or meta.get("pretrained_cfg", {}).get("label_names")
-    if isinstance(names, list) and names:
+    """Preprocessing, GELU flavour and class names from a config.json (ours or timm's) and the weight tag.
+
+    Raises:
+        CheckpointError: the config is not an object, or a field has the wrong type or count.
+    """
+    try:
+        _apply(ckpt, meta, tag)
+    except (AttributeError, KeyError, TypeError, ValueError, RecursionError) as e:
+        raise CheckpointError(f"The config.json of {ckpt.source} is malformed ({type(e).__name__}: {str(e)[:200]}); "
+                              "save the model again or remove config.json.") from None
+    head = ckpt.state_dict.get("head.weight")
+    if ckpt.classes is not None and head is not None and len(ckpt.classes) != head.shape[0]:
+        raise CheckpointError(f"The config.json of {ckpt.source} names {len(ckpt.classes)} classes, but the weights' "
+                              f"head has {head.shape[0]}; save the model again or fix label_names.")
+
+
+def _apply(ckpt: Checkpoint, meta: dict[str, Any], tag: str) -> None:
+    if not isinstance(meta, dict):
+        raise TypeError(f"a {type(meta).__name__}, not an object")
+    names = meta.get("label_names") or (meta.get("pretrained_cfg") or {}).get("label_names")
+    if names is not None and not (isinstance(names, list) and all(isinstance(n, (str, int)) for n in names)):
+        raise TypeError("label_names must be a list of names")
+    if names:
         ckpt.classes = [str(n) for n in names]
     ours = meta.get("mixer_ft")
     if ours:
-        try:
-            cfg = ours.get("config", ours)  # before model cards, the config stood alone
-            ckpt.gelu, ckpt.mean, ckpt.std = cfg["gelu"], tuple(cfg["mean"]), tuple(cfg["std"])
-            ckpt.evaluation, ckpt.provenance = dict(ours.get("evaluation", {})), dict(ours.get("provenance", {}))
-        except (AttributeError, KeyError, TypeError, ValueError) as e:
-            raise CheckpointError(f"The mixer_ft section of {ckpt.source}'s config.json is malformed ({e!r}); "
-                                  "save the model again or remove config.json.") from None
+        cfg = ours.get("config", ours)  # before model cards, the config stood alone
+        ckpt.gelu, ckpt.mean, ckpt.std = cfg["gelu"], _floats(cfg["mean"]), _floats(cfg["std"])
+        ckpt.evaluation, ckpt.provenance = dict(ours.get("evaluation", {})), dict(ours.get("provenance", {}))
+        if ckpt.gelu not in ("tanh", "exact"):
+            raise ValueError(f"gelu is {ckpt.gelu!r}")
         return
     pcfg = meta.get("pretrained_cfg", meta)
     if "mean" in pcfg and "std" in pcfg:
-        ckpt.mean, ckpt.std = tuple(pcfg["mean"]), tuple(pcfg["std"])
+        ckpt.mean, ckpt.std = _floats(pcfg["mean"]), _floats(pcfg["std"])
     # Google's weights were trained in Flax with tanh GELU; everything else in timm's exact one.
     ckpt.gelu = "tanh" if ".goog" in tag or tag.startswith("goog") else "exact"
+
+
+def _floats(values: Any) -> tuple[float, ...]:
+    if not isinstance(values, (list, tuple)) or not all(isinstance(v, (int, float)) for v in values):
+        raise TypeError(f"mean and std must be lists of numbers, got {str(values)[:60]}")
+    return tuple(float(v) for v in values)
+
+
+_PUBLIC_PREFIXES = ("hf-hub:", "timm:", "hf:", "http://", "https://")
+_PUBLIC_NAMES = ("in1k", "in21k", "none", "cifar10", "cifar100")
+
+
+def public(source: Any) -> Any:
+    """A weight or data source as a model folder may publish it: names and Hub ids as they are; a local
+    path only by its file or folder name (``local:photos``), never the machine's folders."""
+    if not isinstance(source, str) or source in _PUBLIC_NAMES or source.startswith(_PUBLIC_PREFIXES):
+        return source
+    path = Path(source)
+    name = path.parent.name if path.name == "model" and path.parent.name else path.name
+    return f"local:{name or 'data'}"
+
+
+def public_provenance(provenance: dict[str, Any]) -> dict[str, Any]:
+    """``provenance`` with every source in it made :func:`public` (it is pushed with the folder)."""
+    return {k: public(v) if k in ("upstream", "dataset", "data_source") else v for k, v in provenance.items()}
 
 
 def _timm_fields(cfg: MixerConfig) -> dict[str, Any]:
@@ -119,7 +162,8 @@ def save_pretrained(model: MlpMixer, directory: str | Path, *, classes: list[str
     config: dict[str, Any] = _timm_fields(cfg) if cfg.variant else {}
     if classes:
         config["label_names"] = list(classes)
-    config["mixer_ft"] = {"config": cfg.to_dict(), "evaluation": evaluation or {}, "provenance": provenance or {}}
+    provenance = public_provenance(provenance or {})
+    config["mixer_ft"] = {"config": cfg.to_dict(), "evaluation": evaluation or {}, "provenance": provenance}
     directory = Path(directory)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     atomic_write(directory / "model.safetensors", lambda p: save_file(tensors, str(p)))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import tomllib
 import types
@@ -113,7 +114,12 @@ class Recipe:
         check(0 < self.test_fraction < 1, f"test_fraction must be in (0, 1), got {self.test_fraction}.")
         check(min(self.eval_every, self.checkpoint_every) >= 0 and self.log_every >= 1,
               "eval_every and checkpoint_every must be >= 0, log_every >= 1.")
-        check(self.seed >= 0, f"seed must be non-negative, got {self.seed}.")
+        check(0 <= self.seed < 2**32, f"seed must be a whole number from 0 to 2**32 - 1, got {self.seed}.")
+        for key in ("lr", "momentum", "weight_decay", "grad_clip", "label_smoothing", "epochs", "val_fraction",
+                    "test_fraction", "crop_area_min"):
+            value = getattr(self, key)
+            check(value is None or math.isfinite(value), f"{key} must be a finite number, got {value}.")
+        check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}.")
         check(self.name is None or (self.name == safe_name(self.name) and len(self.name) <= 120),
               f"name {self.name!r} is used as a file and folder name: letters, digits, '.', '_', '+' and '-' "
               f"only, not starting with '.' or '-', at most 120 characters (e.g. {safe_name(self.name or '')!r}).")

@@ -234,7 +234,8 @@ class LocalPath(WeightSource):
                 "run folder (model/ or checkpoints/)."
             )
         ckpt = load_file(weights, source)
-        if meta := read_config(path):
+        meta = read_config(path)
+        if meta != {}:  # a config.json that is null, [1] or a number is malformed too
             apply_metadata(ckpt, meta, tag="")
         return ckpt
 

@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import logging
+import math
 import tomllib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,6 +22,7 @@ FORMATS = ("table", "markdown", "csv", "json")
 COLUMNS = ("upstream", "model", "dataset", "published_accuracy", "published_wall_clock_h", "published_hardware",
            "accuracy", "delta_points", "wall_clock_h", "hardware", "device_hours", "runs", "mean_accuracy",
            "min_accuracy")
+MAX_RECORD_BYTES = 16 << 20  # a record is a few kB; anything this large is not one
 _REQUIRED = {"upstream": str, "model": str, "test_accuracy": float, "wall_clock_s": float, "hardware": dict}
 
 
@@ -75,21 +77,32 @@ def _read_records(results: str | Path, check: Callable[[Any, Path], dict[str, An
     records = []
     for path in sorted(Path(results).glob("*.json")):
         try:
+            if not path.is_file() or path.stat().st_size > MAX_RECORD_BYTES:  # a FIFO would hang the read
+                raise ValueError("not a regular file" if not path.is_file() else "larger than any record")
             record = check(json.loads(path.read_text()), path)
             if record is not None:
                 records.append(record)
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            log.warning("skipping %s: not a %s (%s: %s)", path, what, type(e).__name__, e)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError) as e:
+            log.warning("skipping %s: not a %s (%s: %s)", path, what, type(e).__name__, str(e)[:200])
     return records
 
 
 def _run_record(run: Any, path: Path) -> dict[str, Any] | None:
     if _fewshot(run):
         return None  # listed apart: fewshot_runs
+    if not isinstance(run, dict):
+        raise TypeError(f"a {type(run).__name__}, not an object")
     for key, kind in _REQUIRED.items():
         value = run[key]
         if not isinstance(value, (int, float) if kind is float else kind) or isinstance(value, bool):
-            raise TypeError(f"{key} is {value!r}")
+            raise TypeError(f"{key} is {str(value)[:80]!r}")
+        if kind is float and not math.isfinite(value):
+            raise ValueError(f"{key} is {value}")
+    if not isinstance(run["hardware"].get("count", 1), int) or not isinstance(run["hardware"].get("device", ""), str):
+        raise TypeError("hardware count and device must be a number and a name")
+    for key in ("dataset", "name"):
+        if not isinstance(run.get(key, ""), str):
+            raise TypeError(f"{key} is not text")
     if not 0 <= run["test_accuracy"] <= 1:
         raise ValueError(f"test_accuracy {run['test_accuracy']} is not a fraction")
     run["dataset_id"] = canonical_dataset(str(run.get("dataset", "")), run.get("classes") or [],
@@ -104,9 +117,12 @@ def _fewshot_record(run: Any, path: Path) -> dict[str, Any] | None:
     missing = [k for k in ("model", "dataset", "shots") if k not in run]
     if missing:
         raise KeyError(", ".join(missing))
+    if not isinstance(run["model"], str) or not isinstance(run["dataset"], str) or not isinstance(run["shots"], dict):
+        raise TypeError("model and dataset must be text, shots an object")
     for shots, result in run["shots"].items():
-        if not all(isinstance(result[k], (int, float)) for k in ("mean", "std")):
-            raise TypeError(f"{shots}-shot mean and std must be numbers")
+        if not shots.isdigit() or not all(isinstance(result[k], (int, float)) and not isinstance(result[k], bool)
+                                          and math.isfinite(result[k]) for k in ("mean", "std")):
+            raise TypeError(f"{shots[:20]}-shot mean and std must be finite numbers")
     return run
 
 
@@ -132,7 +148,7 @@ def _fewshot_lines(runs: list[dict[str, Any]], markdown: bool) -> list[str]:
     title = "Few-shot linear evaluation (frozen features, l2-regularised least squares):"
     if markdown:
         return ["", title, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + \
-            ["| " + " | ".join(row) + " |" for row in body]
+            ["| " + " | ".join(map(_md, row)) + " |" for row in body]
     widths = [max(len(x) for x in col) for col in zip(head, *body)]
     return ["", title] + ["  ".join(f"{x:<{w}}" for x, w in zip(row, widths)) for row in [head, *body]]
 
@@ -171,6 +187,17 @@ def build(results: str | Path = "results") -> tuple[list[dict[str, Any]], list[d
     return rows, other
 
 
+def _finite(value: Any) -> Any:
+    """``value`` with every non-finite number as None: strict JSON has no NaN or Infinity."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_finite(v) for v in value]
+    return value
+
+
 def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.2f}%"
 
@@ -179,16 +206,38 @@ def _num(v: float | None, unit: str = "") -> str:
     return "-" if v is None else f"{v:g}{unit}"
 
 
-def _csv(rows: list[dict[str, Any]], other: list[dict[str, Any]]) -> str:
+def _cell(value: Any) -> Any:
+    """A CSV cell a spreadsheet will not run: text starting like a formula gets a leading quote."""
+    if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
+        return "'" + value
+    return value
+
+
+FEWSHOT_COLUMNS = ("split", "seeds", "shots", "shot_mean", "shot_std")
+
+
+def _csv(rows: list[dict[str, Any]], other: list[dict[str, Any]], fewshot: list[dict[str, Any]]) -> str:
+    """Every section in one CSV: published rows, other runs, and a row per few-shot count."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
-    writer.writerow(["kind", *COLUMNS])
+    writer.writerow(["kind", *COLUMNS, *FEWSHOT_COLUMNS])
     for r in rows:
-        writer.writerow(["published", *("" if r[k] is None else r[k] for k in COLUMNS)])
+        writer.writerow(["published", *("" if r[k] is None else _cell(r[k]) for k in COLUMNS)])
     for r in other:  # one run each: it is its own mean and lowest
         cells = r | {"runs": 1, "mean_accuracy": r["accuracy"], "min_accuracy": r["accuracy"]}
-        writer.writerow(["other", *(cells.get(k, "") for k in COLUMNS)])
+        writer.writerow(["other", *(_cell(cells.get(k, "")) for k in COLUMNS)])
+    for r in fewshot:
+        for shots, result in sorted(r["shots"].items(), key=lambda kv: int(kv[0])):
+            cells = {"upstream": r.get("upstream", ""), "model": r["model"], "dataset": r["dataset"],
+                     "split": r.get("split", "test"), "seeds": r.get("seeds", ""), "shots": int(shots),
+                     "shot_mean": result["mean"], "shot_std": result["std"]}
+            writer.writerow(["fewshot", *(_cell(cells.get(k, "")) for k in (*COLUMNS, *FEWSHOT_COLUMNS))])
     return buf.getvalue()
+
+
+def _md(text: str) -> str:
+    """A markdown table cell: its own pipes escaped, no line breaks."""
+    return " ".join(str(text).split()).replace("|", "\\|")
 
 
 _HEAD = ["upstream", "model", "dataset", "published", "time", "hardware", "ours", "diff", "time", "hardware",
@@ -213,11 +262,11 @@ def _cells(rows: list[dict[str, Any]], other: list[dict[str, Any]]) -> tuple[lis
 
 def _markdown(body: list, notes: list[str], extra: list) -> list[str]:
     lines = ["| " + " | ".join(_HEAD) + " |", "|" + "---|" * len(_HEAD)]
-    lines += ["| " + " | ".join(row) + " |" for row in body]
-    lines += [""] + [f"- {m}" for m in notes]
+    lines += ["| " + " | ".join(map(_md, row)) + " |" for row in body]
+    lines += [""] + [f"- {_md(m)}" for m in notes]
     if extra:
         lines += ["", "Other runs:", "", "| upstream | model | dataset | accuracy | time | hardware |",
-                  "|---|---|---|---|---|---|"] + ["| " + " | ".join(e) + " |" for e in extra]
+                  "|---|---|---|---|---|---|"] + ["| " + " | ".join(map(_md, e)) + " |" for e in extra]
     return lines
 
 
@@ -240,9 +289,9 @@ def render(rows: list[dict[str, Any]], other: list[dict[str, Any]], fmt: str = "
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}.")
     if fmt == "json":
         doc = {"rows": [{k: r[k] for k in COLUMNS} for r in rows], "other_runs": other}
-        return json.dumps(doc | ({"fewshot": fewshot} if fewshot else {}), indent=2)
-    if fmt == "csv":  # one header, the fine-tune columns: few-shot records are in the other formats
-        return _csv(rows, other)
+        return json.dumps(_finite(doc | ({"fewshot": fewshot} if fewshot else {})), indent=2, allow_nan=False)
+    if fmt == "csv":
+        return _csv(rows, other, fewshot or [])
     lines = (_markdown if fmt == "markdown" else _text)(*_cells(rows, other))
     lines += _fewshot_lines(fewshot or [], fmt == "markdown")
     return "\n".join(lines).rstrip() + "\n"

@@ -35,7 +35,7 @@ from mixer_ft.atomic import atomic_write_text, locked, sweep_partial_writes
 from mixer_ft.checkpoints import Checkpoints
 from mixer_ft.data import ImageData, load_data
 from mixer_ft.errors import ConfigError, RunStopped, TrainingError
-from mixer_ft.infer import count_correct
+from mixer_ft.infer import check_shift, count_correct
 from mixer_ft.model import MixerConfig, MlpMixer
 from mixer_ft.optim import make_optimizers, make_schedules
 from mixer_ft.preprocess import Preprocess, batch_seed, epoch_order
@@ -137,6 +137,11 @@ def _writable(folder: Path, what: str) -> None:
 
 def _check_recipe_needs(recipe: Recipe, num_processes: int) -> int:
     """What the recipe asks of this machine, checked before any work; returns the per-process batch."""
+    from accelerate.utils import LoggerType
+
+    trackers = sorted(t.value for t in LoggerType if t.value != "all")
+    if recipe.tracker is not None and recipe.tracker not in trackers:
+        raise ConfigError(f"Unknown tracker {recipe.tracker!r}; Accelerate knows {', '.join(trackers)}.")
     if recipe.tracker == "tensorboard":
         import importlib.util
 
@@ -176,6 +181,7 @@ def setup(recipe: Recipe, *, fresh: bool = False) -> Run:
 
     torch.manual_seed(recipe.seed)  # the same initial weights on every process
     model, head = build_model(recipe, data.classes)
+    check_shift(recipe.eval_translate, model.config.img_size)
     model.set_fast_path(recipe.fast_path)
     precision = devices.precision(recipe, state.device)
     micro = devices.micro_batch(recipe, per_process, model, state.device, precision)

@@ -32,6 +32,13 @@ def _mismatch_report(model: torch.nn.Module, sd: dict[str, torch.Tensor]) -> tup
     return missing, unexpected, misshaped
 
 
+def _listed(names: list[str], most: int = 20) -> str:
+    """Names for a message: all of a few, the first ``most`` of many."""
+    if not names:
+        return "none"
+    return ", ".join(names[:most]) + (f", ... and {len(names) - most:,} more" if len(names) > most else "")
+
+
 def load_strict(model: MlpMixer, ckpt: Checkpoint, *, new_head: bool = False) -> MlpMixer:
     """Load ``ckpt`` into ``model`` (which may live on the meta device), all keys strict.
 
@@ -63,8 +70,8 @@ def load_strict(model: MlpMixer, ckpt: Checkpoint, *, new_head: bool = False) ->
                 f"Weights from {ckpt.source} do not fit the requested {requested}: the file holds "
                 f"{'a ' if found[0] != 'n' else ''}{found}.")
         raise CheckpointError(
-            f"{head}{hint}\n  missing: {', '.join(missing) or 'none'}\n  unexpected: "
-            f"{', '.join(unexpected) or 'none'}\n  mis-shaped: {', '.join(misshaped) or 'none'}"
+            f"{head}{hint}\n  missing: {_listed(missing)}\n  unexpected: {_listed(unexpected)}\n  mis-shaped: "
+            f"{_listed(misshaped)}"
         )
     sd = {k: v.to(torch.float32).contiguous() for k, v in sd.items()}
     model.load_state_dict(sd, strict=True, assign=True)

@@ -158,3 +158,68 @@ def test_damaged_recipes_and_flags(tmp_path, capsys):
         code, err = run_cli("finetune", "--dataset", nowhere, *extra, capsys=capsys)
         assert_clean(code, err, extra)
         assert code == 2, (extra, err)
+
+
+def test_hostile_flags_of_every_command_are_one_message(tmp_path, capsys, smoke_run):
+    run, _, cut = smoke_run
+    a_file = tmp_path / "a_file"
+    a_file.write_text("")
+    photo = next((cut / "test" / "cat").iterdir())
+    cases = [
+        (["finetune", "--dataset", cut, "--seed", str(2**70)], "seed"),
+        (["finetune", "--dataset", cut, "--set", "epochs=inf"], "epochs must be a finite number"),
+        (["finetune", "--dataset", cut, "--set", "momentum=-0.5"], "momentum must be in [0, 1)"),
+        (["finetune", "--dataset", cut, "--set", 'tracker="nope"', "--set", 'upstream="none"', "--model", "S/32"],
+         "Unknown tracker 'nope'"),
+        (["finetune", "--dataset", cut, "--set", "architecture.num_blocks=1000000", "--set", 'upstream="none"',
+          "--model", "S/32"], "parameters, more than"),
+        (["inspect", "B/16", "--img-size", "3200"], "tokens, more than"),
+        (["data", cut, "--seed", "-1"], "--seed must be a whole number"),
+        (["predict", run, photo, "--device", "bogus"], "Unknown device 'bogus'"),
+        (["evaluate", run, "--dataset", cut, "--translate", "100000"], "--translate takes a shift of 0 to 16"),
+        (["evaluate", run, "--dataset", cut, "--plot", tmp_path / "cm.txt"], "name an image file"),
+        (["fewshot", "--upstream", run, "--dataset", cut, "--results", ""], "--results needs a folder name"),
+        (["fewshot", "--upstream", run, "--dataset", cut, "--results", a_file], "is a file, not a folder"),
+        (["bench", "--model", "S/32", "--device", "cpu", "--out", a_file], "is a file, not a folder"),
+    ]
+    if not torch.cuda.is_available():
+        cases.append((["predict", run, photo, "--device", "cuda"], "no CUDA device"))
+    for args, needle in cases:
+        code, err = run_cli(*args, capsys=capsys)
+        assert_clean(code, err, args)
+        assert code == 2 and needle in err and len(err.strip().splitlines()) == 1, (args, err[-1000:])
+
+
+@pytest.mark.parametrize("config", ["[1]", "null", "3", '{"label_names": "cat"}', '{"label_names": ["only", "two"]}',
+                                    '{"mixer_ft": {"config": {"gelu": 3, "mean": "x", "std": []}}}',
+                                    '{"pretrained_cfg": {"mean": [1, "x"], "std": null}}',
+                                    "[" * 50_000 + "]" * 50_000, '{"a": 1'])
+def test_a_malformed_model_config_is_one_message_naming_it(tmp_path, capsys, smoke_run, config):
+    import shutil
+
+    run, _, cut = smoke_run
+    model = tmp_path / "model"
+    shutil.copytree(run / "model", model)
+    (model / "config.json").write_text(config)
+    code, err = run_cli("predict", model, next((cut / "test" / "cat").iterdir()), capsys=capsys)
+    assert_clean(code, err, config[:40])
+    assert code == 2 and "config.json" in err, err[-500:]
+
+
+def test_cifar_pickles_of_the_wrong_shape_or_keys(tmp_path, capsys):
+    for i, batch in enumerate([{b"data": np.zeros((3, 7), np.uint8), b"labels": [0, 1, 2]},  # wrong shape
+                               {b"labels": [0, 1]}]):  # no data
+        buf = io.BytesIO()
+        with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+            for name, obj in [("batches.meta", {b"label_names": [b"a", b"b"]})] + \
+                    [(n, batch) for n in [f"data_batch_{k}" for k in range(1, 6)] + ["test_batch"]]:
+                data = pickle.dumps(obj, protocol=2)
+                info = tarfile.TarInfo(f"cifar-10-batches-py/{name}")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+        path = tmp_path / str(i) / "cifar-10-python.tar.gz"
+        path.parent.mkdir()
+        path.write_bytes(buf.getvalue())
+        code, err = run_cli("data", path, capsys=capsys)
+        assert_clean(code, err, i, path)
+        assert code == 2 and "wrong keys or shapes" in err

@@ -196,3 +196,19 @@ def test_a_full_disk_while_checkpointing_is_one_line_and_loses_nothing(tmp_path,
     assert out.returncode == 2 and "Traceback" not in out.stderr, out.stderr[-2000:]
     assert "error: Could not write" in out.stderr and "step_00000002.pt" in out.stderr and "File too large" in out.stderr
     assert not list((tmp_path / "run" / "checkpoints").glob("*.pt"))  # nothing half-written was kept
+
+
+def test_a_model_folder_names_no_local_path_and_every_file_has_the_users_mode(smoke_run):
+    run, _, _ = smoke_run  # made from ../shared/data/cifar10-jpeg.tar.gz in a temporary work folder
+    for f in (run / "model").iterdir():
+        text = f.read_bytes()
+        assert b"shared/data" not in text and str(run.parent.parent).encode() not in text, f.name
+        assert f.stat().st_mode & 0o777 == 0o666 & ~_umask(), f.name
+    provenance = json.loads((run / "model" / "config.json").read_text())["mixer_ft"]["provenance"]
+    assert provenance["data_source"] == "local:cifar10-jpeg.tar.gz"
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

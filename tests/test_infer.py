@@ -249,6 +249,30 @@ def test_push_uploads_the_folder_as_it_is_over_the_hub_protocol(smoke_run):
         server.shutdown()
     offline = cli("push", run, "me/smoke-mixer")  # the suite runs with HF_HUB_OFFLINE=1
     assert offline.returncode == 2 and "HF_HUB_OFFLINE" in offline.stderr
+    listed = cli("push", run, "me/smoke-mixer", "--dry-run")
+    assert listed.returncode == 0 and [line.split("  (")[0] for line in listed.stdout.splitlines()] == [
+        str(run / "model" / n) for n in ("README.md", "config.json", "model.safetensors")]
+
+
+@pytest.mark.parametrize("server,needle", [("stalled", "did not finish the push to me/x within 3 s"),
+                                           ("closed", "Could not reach the Hugging Face Hub"),
+                                           ("bad-id", "is not a Hub repository id")])
+def test_push_failures_are_one_line_in_bounded_time(smoke_run, server, needle):
+    import socket
+    import time
+
+    run, _, _ = smoke_run
+    listener = socket.create_server(("127.0.0.1", 0))  # accepts connections, never answers
+    port = listener.getsockname()[1]
+    if server == "closed":
+        listener.close()  # nothing listens there: connection refused
+    env = {k: v for k, v in os.environ.items() if k != "HF_HUB_OFFLINE"} | {
+        "HF_ENDPOINT": f"http://127.0.0.1:{port}", "HF_TOKEN": "hf_test_token", "MIXER_FT_PUSH_DEADLINE": "3"}
+    t0 = time.perf_counter()
+    out = cli("push", run, "me/x" if server != "bad-id" else "me/../x", env=env)
+    listener.close()
+    assert out.returncode == 2 and needle in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert len(out.stderr.strip().splitlines()) == 1 and time.perf_counter() - t0 < 60
 
 
 # --------------------------------------------------------------------------- a model as the next upstream

@@ -3,6 +3,7 @@
 import csv
 import io
 import json
+import os
 import shutil
 
 import pytest
@@ -11,7 +12,7 @@ from PIL import Image
 from conftest import REPO, run_cli
 from mixer_ft.data_sources import CIFAR10_CLASSES
 from mixer_ft.recipe import load_recipe
-from mixer_ft.table import COLUMNS, build, render
+from mixer_ft.table import COLUMNS, FEWSHOT_COLUMNS, build, render
 
 ROWS = ["in1k_b16_cifar10", "in1k_l16_cifar10", "in21k_b16_cifar10", "in21k_l16_cifar10", "scratch_cifar10"]
 
@@ -74,7 +75,7 @@ def test_every_format(results):
     md = render(rows, other, "markdown")
     assert md.splitlines()[1].startswith("|---|") and md.count("\n| in") >= 4
     table = list(csv.reader(io.StringIO(render(rows, other, "csv"))))
-    assert table[0] == ["kind", *COLUMNS] and len(table) == 1 + 5 + 1
+    assert table[0] == ["kind", *COLUMNS, *FEWSHOT_COLUMNS] and len(table) == 1 + 5 + 1
     unmatched = dict(zip(table[0], table[-1]))  # each value under its own column
     assert (unmatched["kind"], unmatched["dataset"], unmatched["accuracy"], unmatched["wall_clock_h"]) == (
         "other", "cifar100", "0.88", "3.0")
@@ -151,3 +152,28 @@ def test_the_readme_smoke_run_never_fills_the_scratch_row(smoke_run, tmp_path):
     assert [o["accuracy"] for o in table["other_runs"]] == [rec["test_accuracy"]]
     out = cli("reproduce", "--rows", "scratch_cifar10", "--results", str(results), "--dataset", "/nowhere")
     assert "scratch_cifar10: already in" not in out.stdout  # not taken as done: it tries (and fails) to run it
+
+
+def test_hostile_records_are_skipped_or_escaped_in_every_format(results):
+    (results / "string_count.json").write_text(json.dumps(record("s", "in1k", "B/16", "cifar10", 0.9, 1.0)
+                                                          | {"hardware": {"device": "x", "count": "4"}}))
+    (results / "huge.json").write_text(json.dumps(record("h", "in1k", "B/16", "cifar10", 0.9, 1.0)).replace(
+        '"wall_clock_s": 3600.0', '"wall_clock_s": 1e400'))
+    (results / "deep.json").write_text("[" * 100_000 + "]" * 100_000)
+    (results / "list.json").write_text("[1]")
+    os.mkfifo(results / "fifo.json")  # reading it would wait forever
+    nasty = record("n", "in21k", "B/16", "=HYPERLINK(\"http://x\")|a\nb", 0.5, 1.0, recipe="in21k_b16_cifar100",
+                   classes=["a", "b"])
+    (results / "nasty.json").write_text(json.dumps(nasty))
+    out = cli("table", "--results", str(results), "--format", "json")
+    assert out.returncode == 0 and "Traceback" not in out.stderr
+    doc = json.loads(out.stdout, parse_constant=lambda c: pytest.fail(f"non-strict JSON: {c}"))
+    assert {o["dataset"] for o in doc["other_runs"]} == {"cifar100", nasty["dataset"]}
+    for bad in ("string_count.json", "huge.json", "deep.json", "list.json", "fifo.json"):
+        assert f"skipping {results / bad}" in out.stderr, bad
+    cells = [c for row in csv.reader(io.StringIO(cli("table", "--results", str(results), "--format", "csv").stdout))
+             for c in row]
+    assert "'" + nasty["dataset"] in cells and not any(c.startswith(("=", "@")) for c in cells)
+    md = cli("table", "--results", str(results), "--format", "markdown").stdout
+    row = next(line for line in md.splitlines() if "HYPERLINK" in line)
+    assert row.count(" | ") == 5 and "\\|a b" in row  # the pipe escaped, the newline gone: one row, six cells
