@@ -13,19 +13,24 @@ from typing import Any
 from mixer_ft.config import MixerConfig, timm_name
 from mixer_ft.data_sources import hub_dataset_id
 
+DEFAULT_LICENSE = "apache-2.0"  # Google's Mixer weights are Apache-2.0; recipe key `license` sets another
+
 
 def _header(cfg: MixerConfig, classes: list[str] | None, provenance: dict[str, Any]) -> list[str]:
-    tags = ["image-classification", "mlp-mixer", "mixer_ft"] + (["timm"] if cfg.variant else [])
-    lines = ["---", "library_name: mixer_ft", "pipeline_tag: image-classification", "tags:"]
-    lines += [f"- {t}" for t in tags]
-    dataset = provenance.get("dataset")
-    hub_id = hub_dataset_id(dataset)
+    """The YAML metadata the Hub reads: library, license, tags, data set (only a Hub one the run used), results."""
+    timm_loads = cfg.variant is not None  # timm builds the paper's variants (see docs/using-a-model.md)
+    tags = ["image-classification", "mlp-mixer", "mixer_ft"] + (["timm"] if timm_loads else [])
+    lines = ["---", f"library_name: {'timm' if timm_loads else 'mixer_ft'}",
+             f"license: {json.dumps(provenance.get('license', DEFAULT_LICENSE))}",
+             "pipeline_tag: image-classification", "tags:"] + [f"- {t}" for t in tags]
+    hub_id = hub_dataset_id(provenance.get("data_source"))  # a local copy of a Hub set is not that set
     if hub_id:
         lines += ["datasets:", f"- {hub_id}"]
     lines += ["metrics:", "- accuracy"]
     if "test_accuracy" in provenance:
-        result = {"task": {"type": "image-classification", "name": "Image Classification"},
-                  "dataset": {"name": dataset, "type": hub_id or dataset, "split": "test"},
+        dataset = {"name": hub_id or str(provenance.get("data_source") or provenance.get("dataset")),
+                   "type": hub_id or "imagefolder", "split": "test"}
+        result = {"task": {"type": "image-classification", "name": "Image Classification"}, "dataset": dataset,
                   "metrics": [{"type": "accuracy", "value": provenance["test_accuracy"], "name": "Test accuracy"}]}
         lines += ["model-index:", f"- name: {json.dumps(provenance.get('name', 'mixer'))}",
                   f"  results: [{json.dumps(result)}]"]
@@ -48,7 +53,12 @@ def _facts(cfg: MixerConfig, classes: list[str] | None, evaluation: dict[str, An
     if evaluation.get("translate"):
         views.append(f"copies shifted {evaluation['translate']} pixels diagonally")
     rows.append(("evaluation views", ", ".join(views)))
-    for key, label in (("upstream", "upstream weights"), ("dataset", "fine-tuned on"), ("steps", "steps"),
+    if provenance.get("data_source"):
+        size = f"{len(classes)} classes, " if classes else ""
+        counts = [f"{provenance[k]:,} {what} images" for k, what in (("train_images", "training"), ("test_images", "test"))
+                  if isinstance(provenance.get(k), int)]
+        rows.append(("data set", f"{provenance['data_source']} ({size}{', '.join(counts) or 'size not recorded'})"))
+    for key, label in (("upstream", "upstream weights"), ("steps", "steps"),
                        ("global_batch", "global batch"), ("git_commit", "mixer_ft commit")):
         if provenance.get(key) is not None:
             rows.append((label, str(provenance[key])))

@@ -34,6 +34,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # plain click help: no "<bool>" on flags, nothing cut
 )
 
 
@@ -42,7 +43,7 @@ def _root() -> None:
     """Fine-tune pretrained MLP-Mixer checkpoints."""
 
 
-@app.command()
+@app.command(short_help='Architecture, parameters and classes of weights.')
 def inspect(
     source: Annotated[str, typer.Argument(help="A variant (B/16), a weight source (file, folder, URL, "
                                                 "hf-hub:..., timm:...) or an upstream name (in1k, in21k).")],
@@ -92,7 +93,7 @@ def inspect(
         typer.echo(f"{k:<13} {v}")
 
 
-@app.command()
+@app.command(short_help='Splits, classes and sizes of a data set.')
 def data(
     source: Annotated[str, typer.Argument(help="cifar10, cifar100, hf:owner/name, an image folder or its "
                                                 ".tar/.tar.gz, or a CIFAR python-version archive.")],
@@ -121,7 +122,7 @@ def data(
         typer.echo(line)
 
 
-@app.command()
+@app.command(short_help='Fine-tune a Mixer and write its run record.')
 def finetune(
     recipe: Annotated[Optional[str], typer.Option(help="A TOML recipe (see recipes/); flags override it.")] = None,
     upstream: Annotated[Optional[str], typer.Option(help="in1k, in21k, none, or any weight source"
@@ -170,7 +171,7 @@ _MODEL_HELP = ("A model folder, a run folder (its model/, else its newest checkp
                "of --upstream (file, URL, hf-hub:..., timm:..., in1k, in21k).")
 
 
-@app.command()
+@app.command(short_help='Label images with a trained model.')
 def predict(
     model_source: Annotated[str, typer.Argument(metavar="MODEL", help=_MODEL_HELP)],
     inputs: Annotated[list[str], typer.Argument(metavar="INPUT...", help="Image files, folders (searched "
@@ -213,7 +214,7 @@ def predict(
         raise DataError("None of the inputs could be read as an image.")
 
 
-@app.command()
+@app.command(short_help='Score a model on a labelled data set.')
 def evaluate(
     model_source: Annotated[str, typer.Argument(metavar="MODEL", help=_MODEL_HELP)],
     dataset: Annotated[str, typer.Option(help="Any --dataset source: cifar10, hf:owner/name, a folder or archive.")],
@@ -255,7 +256,7 @@ def evaluate(
         typer.echo(f"  {name:<{width}}  " + ("-" if acc is None else f"{100 * acc:.2f}%"))
 
 
-@app.command()
+@app.command(short_help='Upload a model folder to the Hugging Face Hub.')
 def push(
     model_source: Annotated[str, typer.Argument(metavar="MODEL", help="A model folder, or a finished run folder.")],
     repo_id: Annotated[str, typer.Argument(help="The Hub repository, owner/name (made if missing).")],
@@ -273,7 +274,7 @@ def push(
     typer.echo(upload(model_source, repo_id, private=private))
 
 
-@app.command()
+@app.command(short_help='Few-shot linear evaluation of frozen features.')
 def fewshot(
     upstream: Annotated[str, typer.Option(help="The weights whose features are scored: any --upstream source.")],
     dataset: Annotated[str, typer.Option(help="Any --dataset source: cifar10, hf:owner/name, a folder or archive.")],
@@ -308,7 +309,7 @@ def fewshot(
     typer.echo(f"record: {rec['file']}", err=True)
 
 
-@app.command()
+@app.command(short_help='Published accuracy and time beside ours.')
 def table(
     results: Annotated[str, typer.Option(help="Folder of run records.")] = "results",
     format: Annotated[str, typer.Option("--format", help="table, markdown, csv or json.")] = "table",
@@ -327,7 +328,7 @@ def table(
         typer.echo(f"plot: {tables.plot(rows, plot)}", err=True)
 
 
-@app.command()
+@app.command(short_help="Run the table's rows with their recipes.")
 def reproduce(
     rows: Annotated[Optional[str], typer.Option(help="Comma-separated row ids (default: all), e.g. scratch_cifar10.")] = None,
     results: Annotated[str, typer.Option(help="Folder of run records.")] = "results",
@@ -363,7 +364,7 @@ def reproduce(
     typer.echo(tables.render(rows_, other), nl=False)
 
 
-@app.command()
+@app.command(short_help="Training-step speed of ours against timm's.")
 def bench(
     model: Annotated[str, typer.Option(help="Variant.")] = "B/16",
     batch: Annotated[int, typer.Option(help="Images per step.")] = 64,

@@ -131,7 +131,9 @@ def _timm_fields(cfg: MixerConfig) -> dict[str, Any]:
                        "mlp_ratio": [cfg.tokens_mlp_dim / cfg.hidden_dim, cfg.channels_mlp_dim / cfg.hidden_dim]},
         "pretrained_cfg": {
             "input_size": [cfg.in_chans, cfg.img_size, cfg.img_size], "mean": list(cfg.mean),
-            "std": list(cfg.std), "interpolation": "bilinear", "crop_pct": 1.0, "num_classes": cfg.num_classes,
+            "std": list(cfg.std), "interpolation": "bilinear", "crop_pct": 1.0,
+            "crop_mode": "squash",  # the whole image resized to the input size, as ours: no short-side resize and crop
+            "num_classes": cfg.num_classes,
         },
     }
 

@@ -33,7 +33,7 @@ _ARCH_TYPES = {k: t for k, t in typing.get_type_hints(MixerConfig).items() if k 
 # checked on resume unless it is named here.
 RESUMABLE_KEYS = frozenset({"output_dir", "results_dir", "name", "tracker", "log_every", "eval_every",
                             "checkpoint_every", "micro_batch", "mixed_precision", "fast_path", "compile",
-                            "eval_flip", "eval_translate"})
+                            "eval_flip", "eval_translate", "license"})
 
 
 @dataclass(frozen=True)
@@ -76,6 +76,7 @@ class Recipe:
     output_dir: str | None = None  # default runs/<name>
     results_dir: str = "results"
     tracker: str | None = None  # "tensorboard" (or any Accelerate tracker name)
+    license: str = "apache-2.0"  # of the fine-tuned model, on its card (Google's Mixer weights are Apache-2.0)
     name: str | None = None  # default: <upstream>_<model>_<dataset>
 
     def __post_init__(self) -> None:

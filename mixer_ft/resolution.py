@@ -68,7 +68,8 @@ def _size_error(img_size: int, cfg: MixerConfig) -> ConfigError:
     return ConfigError(
         f"img_size {img_size} is not a whole multiple of these weights' {cfg.img_size}, so their token-mixing "
         f"weights cannot be tiled exactly (sizes that tile: {tiles}). To resample them to {img_size} instead "
-        "(approximate: fine-tune afterwards), pass resize='resample' (finetune: --set architecture.resize=\"resample\")."
+        "(approximate: fine-tune afterwards), add --resize resample (finetune: --set resize='\"resample\"'; "
+        "Python: resize=\"resample\")."
     )
 
 

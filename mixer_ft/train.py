@@ -173,6 +173,9 @@ def setup(recipe: Recipe, *, fresh: bool = False) -> Run:
     if state.is_main_process:
         _writable(out, "output folder")
         _writable(Path(recipe.results_dir), "results folder")
+        for inside in ("checkpoints", "model"):  # found now, not when the finished model is saved
+            if (out / inside).exists() and not (out / inside).is_dir():
+                raise ConfigError(f"{out / inside} is a file where the run keeps its {inside} folder; move it away.")
     with state.main_process_first():  # one process decodes into the cache, the others read it
         data = load_data(recipe.dataset, image_column=recipe.image_column, label_column=recipe.label_column,
                          test_fraction=recipe.test_fraction)
@@ -379,7 +382,8 @@ def finish(run: Run) -> dict[str, Any]:
                                              "minival_accuracy", "minival_images", "steps", "global_batch",
                                              "git_commit", "finished")}
         provenance |= {"val_fraction": run.recipe.val_fraction, "seed": run.recipe.seed,
-                       "test_fraction": run.recipe.test_fraction}
+                       "test_fraction": run.recipe.test_fraction, "train_images": len(run.splits["train"][1]),
+                       "license": run.recipe.license}
         save_pretrained(run.net, run.out / "model", classes=run.data.classes, evaluation=evaluation_views(run),
                         provenance=provenance)
         path = write_record(record_path(run.recipe), record)

@@ -81,7 +81,7 @@ def test_resampling_reaches_any_patch_multiple_and_tiling_refuses_other_sizes(tm
         assert model.config.img_size == size and model.config.tokens_mlp_dim == 256
         with torch.no_grad():
             assert torch.isfinite(model(torch.randn(1, 3, size, size))).all()
-    with pytest.raises(ConfigError, match=r"sizes that tile: 448, 672, 896.*resize='resample'"):
+    with pytest.raises(ConfigError, match=r"sizes that tile: 448, 672, 896.*--resize resample"):
         create_model(pretrained=str(tmp_path / "m"), img_size=320)
     with pytest.raises(ConfigError, match="not a multiple of the patch size 32; sizes near it that work: 288, 320"):
         create_model(pretrained=str(tmp_path / "m"), img_size=300, resize="resample")
