@@ -212,6 +212,9 @@ class _HubReader(Reader):
 
     def _dataset(self) -> Any:
         if self._ds is None:
+            from mixer_ft.downloads import hub_offline
+
+            hub_offline()  # no Hub: datasets fails at once instead of retrying
             import datasets
 
             try:

@@ -7,8 +7,12 @@ machine is offline and where a file belongs without loading any model code.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import os
+import socket
+import sys
+import threading
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -22,6 +26,64 @@ def offline() -> bool:
     """True when downloads are forbidden (``HF_HUB_OFFLINE`` or ``MIXER_FT_OFFLINE`` set)."""
     truthy = {"1", "true", "yes", "on"}
     return any(os.environ.get(k, "").lower() in truthy for k in ("HF_HUB_OFFLINE", "MIXER_FT_OFFLINE"))
+
+
+def network_reachable(host: str, port: int, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to ``host`` opens within ``timeout`` seconds (name lookup included)."""
+    result: list[bool] = []
+
+    def probe() -> None:
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            result.append(True)
+        except OSError:
+            result.append(False)
+
+    thread = threading.Thread(target=probe, daemon=True)  # a name lookup has no timeout of its own
+    thread.start()
+    thread.join(timeout)
+    return bool(result and result[0])
+
+
+def hub_endpoint() -> tuple[str, str, int]:
+    """(address, host, port) of the Hugging Face Hub this process talks to (``HF_ENDPOINT``)."""
+    url = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    parts = urllib.parse.urlsplit(url)
+    return url, parts.hostname or "huggingface.co", parts.port or (443 if parts.scheme == "https" else 80)
+
+
+_PROBED_OFFLINE = False  # set when this process found the Hub unreachable and went offline itself
+
+
+def offline_reason() -> str:
+    """Why nothing can be downloaded, in words."""
+    if _PROBED_OFFLINE:
+        return f"the Hub ({hub_endpoint()[0]}) cannot be reached"
+    return "HF_HUB_OFFLINE=1 forbids downloading"
+
+
+@functools.cache
+def _unreachable(host: str, port: int) -> bool:
+    return not network_reachable(host, port)
+
+
+def hub_offline() -> bool:
+    """Offline by setting, or because the Hub does not answer a connection within 3 s (probed once a
+    process). Then huggingface_hub and datasets are put offline too, so that they fail at once with
+    what is missing instead of retrying for half a minute."""
+    if offline():
+        return True
+    if not _unreachable(*hub_endpoint()[1:]):
+        return False
+    global _PROBED_OFFLINE
+    _PROBED_OFFLINE = True
+    os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
+    for module, names in (("huggingface_hub.constants", ("HF_HUB_OFFLINE",)),
+                          ("datasets.config", ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))):
+        if module in sys.modules:  # imported already: their constants were read from the environment then
+            for name in names:
+                setattr(sys.modules[module], name, True)
+    return True
 
 
 def cache_dir() -> Path:
@@ -44,8 +106,8 @@ def hub_cache() -> str:
 
 def hub_download_advice(repo_id: str, files: str = "model.safetensors config.json") -> str:
     """How to bring a Hub repo's files to a machine that cannot reach the Hub (one wording everywhere)."""
-    return (f"on a machine with internet run `hf download {repo_id} {files}` and copy its cache folder "
-            f"models--{repo_id.replace('/', '--')} into {hub_cache()}")
+    return (f"on a machine with internet run `hf download {repo_id} {files}` (from {hub_endpoint()[0]}/{repo_id}) "
+            f"and copy its cache folder models--{repo_id.replace('/', '--')} into {hub_cache()}")
 
 
 def download(url: str, *, timeout: float = 60.0) -> Path:
@@ -93,4 +155,5 @@ def download(url: str, *, timeout: float = 60.0) -> Path:
     return dest
 
 
-__all__ = ["cache_dir", "cached_path", "download", "hub_download_advice", "offline"]
+__all__ = ["cache_dir", "cached_path", "download", "hub_download_advice", "hub_endpoint", "hub_offline", "offline_reason",
+           "network_reachable", "offline"]

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mixer_ft.config import VARIANTS, canonical_variant, timm_name
-from mixer_ft.downloads import cached_path, download, hub_download_advice, offline
+from mixer_ft.downloads import cached_path, download, hub_download_advice, hub_offline, offline, offline_reason
 from mixer_ft.errors import CheckpointError, ConfigError, WeightsUnavailable
 
 if TYPE_CHECKING:
@@ -136,11 +136,12 @@ class HubRepo(WeightSource):
         from mixer_ft.model_folder import apply_metadata
 
         repo_id, _, revision = source.removeprefix("hf-hub:").partition("@")
+        hub_offline()  # no Hub: huggingface_hub fails at once instead of retrying
         try:
             path = hf_hub_download(repo_id, "model.safetensors", revision=revision or None)
         except (RepositoryNotFoundError, EntryNotFoundError) as e:
             if isinstance(e, FileNotFoundError):  # LocalEntryNotFoundError: not cached, can't download
-                why = "HF_HUB_OFFLINE=1 forbids downloading" if offline() else "the Hub could not be reached"
+                why = offline_reason() if offline() else "the Hub could not be reached"
                 raise WeightsUnavailable(f"{repo_id}/model.safetensors is not in the Hugging Face cache and {why}. "
                                          f"To use it offline, {hub_download_advice(repo_id)}.") from None
             raise CheckpointError(f"The Hub has no {repo_id} with a model.safetensors: {e}") from None
@@ -171,6 +172,7 @@ class Timm(WeightSource):
         from mixer_ft.model_folder import apply_metadata
 
         name = source.removeprefix("timm:")
+        hub_offline()
         try:
             model = timm.create_model(name, pretrained=True)
         except RuntimeError as e:

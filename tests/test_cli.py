@@ -82,3 +82,34 @@ def test_results_are_written_with_the_users_usual_file_mode(tmp_path):
     finally:
         os.umask(old)
     assert path.stat().st_mode & 0o777 == 0o644  # not mkstemp's private 0600
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["data", "cifar10"], "Could not load uoft-cs/cifar10"),
+    (["data", "hf:uoft-cs/cifar100"], "Could not load uoft-cs/cifar100"),
+    (["inspect", "hf-hub:timm/mixer_b16_224.goog_in21k"], "cannot be reached"),
+    (["predict", "in1k", "--model", "B/16", str(REPO / "README.md")], "hf download timm/mixer_b16_224.goog_in21k_ft_in1k"),
+])
+def test_with_no_network_and_no_offline_setting_commands_fail_at_once_saying_what_to_fetch(args, needle):
+    import socket
+    import time
+
+    closed = socket.create_server(("127.0.0.1", 0))
+    port = closed.getsockname()[1]
+    closed.close()  # the Hub's address refuses connections, as on a machine with no network
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+    t0 = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "mixer_ft", *args], capture_output=True, text=True, timeout=120,
+                         env=env | {"HF_ENDPOINT": f"http://127.0.0.1:{port}"})
+    took = time.perf_counter() - t0  # 1-3 s here; a Hub client's retries took 25 s
+    assert out.returncode == 2 and needle in out.stderr and "Traceback" not in out.stderr, out.stderr[-2000:]
+    assert out.stderr.startswith("error: ") and "Retrying" not in out.stderr and took < 20, took
+
+
+def test_help_screens_are_plain_and_whole():
+    root = run("--help").stdout
+    commands = root.split("Commands:")[1].strip().splitlines()
+    assert len(commands) == 10 and not any(line.rstrip().endswith("...") for line in commands)
+    for name in (line.split()[0] for line in commands):
+        text = run(name, "--help").stdout
+        assert "<bool>" not in text and "Usage:" in text, name
