@@ -115,11 +115,15 @@ def data(
                      test_fraction=test_fraction).summary(val_fraction, seed)
     if as_json:
         typer.echo(json.dumps(info))
+        for warning in info["warnings"]:
+            typer.echo(f"warning: {warning}", err=True)
         return
     from mixer_ft.data import summary_lines
 
     for line in summary_lines(info):
         typer.echo(line)
+    for warning in info["warnings"]:
+        typer.echo(f"warning: {warning}", err=True)
 
 
 @app.command(short_help='Fine-tune a Mixer and write its run record.')

@@ -108,10 +108,27 @@ class ImageData:
         counts = {k: dict(zip(self.classes, np.bincount(self.labels[a][idx], minlength=len(self.classes)).tolist()))
                   for k, (a, idx) in splits.items()}
         h, w = self.image_size
+        own = [e for e in self.extents.values() if e is not None and len(e)]
+        low = np.concatenate(own).min(0).tolist() if own else [h, w]
         return {"source": self.source, "location": self.location, "splits": sizes, "classes": self.classes,
                 "class_counts": counts,
                 "image_size": [h, w], "one_size": all(e is None for e in self.extents.values()),
-                "skipped": self.skipped, "test_from": self.test_from}
+                "size_range": [low, [h, w]], "skipped": self.skipped, "test_from": self.test_from,
+                "warnings": self.small_splits(val_fraction, seed)}
+
+    def small_splits(self, val_fraction: float = 0.02, seed: int = 0, least: int = 10) -> list[str]:
+        """Warnings for a minival or test split too small to score on: under ``least`` images a class."""
+        out = []
+        for name, (_, idx) in self.splits(val_fraction, seed).items():
+            if name == "train":
+                continue
+            per_class = len(idx) / max(len(self.classes), 1)
+            if per_class < least:
+                hint = ("raise --val-fraction (recipe key val_fraction)" if name == "minival" else
+                        "add test images, or raise --test-fraction for a folder without split folders")
+                out.append(f"the {name} split has {len(idx)} images, {per_class:.1f} a class: its accuracy is "
+                           f"too coarse to compare or choose by; {hint}")
+        return out
 
 
 # --------------------------------------------------------------------------- entry point
@@ -361,7 +378,11 @@ def summary_lines(info: dict[str, Any]) -> list[str]:
     for split, n in info["splits"].items():
         out.append(f"{split:<11} {n:,} images")
     out.append(f"{'test split':<11} {info['test_from']}")
-    out.append(f"{'image size':<11} {h}x{w}")
+    if info["one_size"]:
+        out.append(f"{'image size':<11} {h}x{w}")
+    else:
+        (lh, lw), _ = info["size_range"]
+        out.append(f"{'image size':<11} heights {lh}-{h}, widths {lw}-{w} (each image kept at its own size)")
     out.append(f"{'classes':<11} {len(info['classes'])}: {' '.join(info['classes'])}")
     counts = info["class_counts"]
     for name in info["classes"][:20]:  # images of each class in each split

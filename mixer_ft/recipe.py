@@ -155,9 +155,15 @@ class Recipe:
             return self.name
         if self.output_dir and Path(self.output_dir).name not in ("", ".", ".."):
             return safe_name(Path(self.output_dir).name)
-        up = self.upstream if self.upstream in ("in1k", "in21k", "none") else "custom-weights"
-        model = (self.variant or "from-weights").replace("/", "").lower()
-        return safe_name(f"{up}_{model}_{Path(self.dataset).name.split('.')[0]}")
+        data = Path(self.dataset.removeprefix("hf:")).name.split(".")[0]
+        if self.upstream in ("in1k", "in21k", "none"):
+            return safe_name(f"{self.upstream}_{(self.variant or '').replace('/', '').lower()}_{data}")
+        # Weights of one's own: named by their file or folder (a run's model/ by its run), e.g. smoke_cifar10_photos.
+        weights = Path(self.upstream.split(":", 1)[-1].rstrip("/"))
+        up = weights.parent.name if weights.name == "model" else (
+            weights.stem if weights.suffix in (".npz", ".safetensors", ".pth", ".pt", ".bin") else weights.name)
+        model = f"_{self.variant.replace('/', '').lower()}" if self.model else ""
+        return safe_name(f"{up}{model}_{data}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

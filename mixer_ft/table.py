@@ -153,6 +153,18 @@ def _fewshot_lines(runs: list[dict[str, Any]], markdown: bool) -> list[str]:
     return ["", title] + ["  ".join(f"{x:<{w}}" for x, w in zip(row, widths)) for row in [head, *body]]
 
 
+def _model(run: dict[str, Any]) -> str:
+    """The model as a row names it: variant (or custom) and, where it is not 224, its input size and
+    how pretrained weights reached it: "S/32 448px tile", "custom 48px resample"."""
+    size = (run.get("model_config") or {}).get("img_size") if isinstance(run.get("model_config"), dict) else None
+    config = run.get("config") if isinstance(run.get("config"), dict) else {}
+    resize = config.get("resize") or (config.get("architecture") or {}).get("resize")
+    name = str(run["model"])
+    if isinstance(size, int) and (size != 224 or name == "custom" or resize):
+        name += f" {size}px" + (f" {resize}" if isinstance(resize, str) else "")
+    return name
+
+
 def _hardware(run: dict[str, Any]) -> str:
     hw = run["hardware"]
     return f"{hw.get('count', 1)}x {hw.get('device', '?')}"
@@ -181,7 +193,7 @@ def build(results: str | Path = "results") -> tuple[list[dict[str, Any]], list[d
                     "mean_accuracy": sum(r["test_accuracy"] for r in mine) / len(mine),
                     "min_accuracy": min(r["test_accuracy"] for r in mine)}
         rows.append(row)
-    other = [{"upstream": r["upstream"], "model": r["model"], "dataset": r["dataset_id"],
+    other = [{"upstream": r["upstream"], "model": _model(r), "dataset": r["dataset_id"],
               "accuracy": r["test_accuracy"], "wall_clock_h": round(r["wall_clock_s"] / 3600, 3),
               "hardware": _hardware(r), "record": r["file"]} for r in runs if r["file"] not in used]
     return rows, other

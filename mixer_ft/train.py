@@ -180,6 +180,9 @@ def setup(recipe: Recipe, *, fresh: bool = False) -> Run:
         data = load_data(recipe.dataset, image_column=recipe.image_column, label_column=recipe.label_column,
                          test_fraction=recipe.test_fraction)
     splits = data.splits(recipe.val_fraction, recipe.seed)
+    if state.is_main_process:
+        for warning in data.small_splits(recipe.val_fraction, recipe.seed):
+            log.warning(warning)
     steps_per_epoch, total = _schedule_length(recipe, len(splits["train"][1]))
 
     torch.manual_seed(recipe.seed)  # the same initial weights on every process

@@ -174,8 +174,7 @@ def randomize_(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 def readme_workdir(cifar_subset, tmp_path_factory) -> Path:
     """A folder laid out like the checkout, so that the README's and docs' commands run verbatim.
 
-    ``work/`` has ``recipes/`` (the repository's) and ``photos/`` (a user's images: real CIFAR-10 test
-    JPEGs, five a class in ``photos/<class>/`` and one a class beside them, one of them ``cat.jpg``);
+    ``work/`` has ``recipes/`` and ``examples/`` (the repository's: ``examples/photos`` is a user's folder);
     ``../shared/data/cifar10-jpeg.tar.gz`` is a small cut of CIFAR-10 (100 train and 20 test images a
     class) packed in the real archive's layout and in the same order as its folder, so the archive and
     ``cifar_subset(100, 20)`` give the same splits.
@@ -186,18 +185,13 @@ def readme_workdir(cifar_subset, tmp_path_factory) -> Path:
     cut = cifar_subset(train=100, test=20)
     root = tmp_path_factory.mktemp("readme")
     work, data = root / "work", root / "shared" / "data"
-    (work / "photos").mkdir(parents=True)
+    work.mkdir(parents=True)
     data.mkdir(parents=True)
     (work / "recipes").symlink_to(REPO / "recipes")
+    (work / "examples").symlink_to(REPO / "examples")
     with tarfile.open(data / "cifar10-jpeg.tar.gz", "w:gz") as tar:
         for f in sorted(p for p in cut.rglob("*") if p.is_file()):
             tar.add(f, arcname=str(f.relative_to(cut)))
-    for folder in sorted((cut / "test").iterdir()):
-        first, *more = sorted(folder.iterdir())[:6]
-        shutil.copy(first, work / "photos" / f"{folder.name}.jpg")
-        (work / "photos" / folder.name).mkdir()
-        for f in more:
-            shutil.copy(f, work / "photos" / folder.name / f.name)
     return work
 
 

@@ -111,7 +111,8 @@ def test_the_readme_python_api_example_runs(workdir):
     os.chdir(workdir)
     try:
         exec(compile(blocks[0], "README.md", "exec"), scope)
-        one, both = scope["classify"]("photos/cat.jpg", top_k=3), scope["classify"](["photos/cat.jpg"] * 2)
+        one = scope["classify"]("examples/photos/circle/0.jpg", top_k=3)
+        both = scope["classify"](["examples/photos/circle/0.jpg"] * 2)
     finally:
         os.chdir(cwd)
     classes = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
