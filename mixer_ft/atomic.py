@@ -33,8 +33,8 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except (OSError, RuntimeError) as e:  # torch.save reports a full disk as a RuntimeError
-        if isinstance(e, RuntimeError) and not _is_storage_error(e, path):
-            raise
+        if not (_is_storage_error(e) if isinstance(e, RuntimeError) else e.errno in _STORAGE_ERRNOS):
+            raise  # not the file system's: a failed download, say, is the caller's to report
         raise StorageError(f"Could not write {path}: {_why(e, path)}. Nothing there was changed; free space or "
                            "choose another folder, then run the same command again.") from None
     finally:
@@ -60,7 +60,12 @@ def _why(e: BaseException, path: Path) -> str:
     return f"{why}; {free / 2**20:,.0f} MiB free on its device (a full disk?)"
 
 
-def _is_storage_error(e: RuntimeError, path: Path) -> bool:
+# Failures of the file system itself, as opposed to a writer's own (a network error inside a download).
+_STORAGE_ERRNOS = {errno.ENOSPC, errno.EFBIG, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EIO,
+                   errno.ENOTDIR, errno.EISDIR, errno.EEXIST, errno.ENAMETOOLONG, errno.ENOENT}
+
+
+def _is_storage_error(e: RuntimeError) -> bool:
     """torch.save's failures to write (its zip writer's 'unexpected pos', 'file write failed')."""
     return any(k in str(e) for k in ("unexpected pos", "write failed", "PytorchStreamWriter"))
 

@@ -26,6 +26,7 @@ from mixer_ft.errors import ConfigError
 from mixer_ft.model import MixerConfig, MlpMixer, canonical_variant, timm_name
 from mixer_ft.records import hardware, versions
 from mixer_ft.resolution import resized_config
+from mixer_ft.ticker import Ticker
 
 # Dense bf16 tensor-core peaks (FLOP/s) by device name, from the vendors' datasheets (SXM parts).
 BF16_PEAK = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10G": 70e12,
@@ -97,18 +98,20 @@ def _warm(make: Callable[[], TrainStep], warmup: int, device: torch.device) -> t
 
 
 def measure_pair(make_a: Callable[[], TrainStep], make_b: Callable[[], TrainStep], steps: int, warmup: int,
-                 device: torch.device) -> list[dict[str, float | None]]:
+                 device: torch.device, desc: str = "timing") -> list[dict[str, float | None]]:
     """Images/s (median of timed steps) and peak memory of two steps, timed in alternation.
 
     Both are warmed up first; then the timed steps interleave (a b, b a, a b, ...), so a machine
     that slows down or speeds up during the run (clocks, other load) weighs on both alike.
     """
-    a, peak_a = _warm(make_a, warmup, device)
-    b, peak_b = _warm(make_b, warmup, device)
-    times: tuple[list[float], list[float]] = ([], [])
-    for i in range(steps):
-        for k in ((0, 1) if i % 2 == 0 else (1, 0)):
-            times[k].append((a, b)[k]())
+    with Ticker(desc, total=2 * steps, unit="step", every=5.0) as ticker:
+        a, peak_a = _warm(make_a, warmup, device)
+        b, peak_b = _warm(make_b, warmup, device)
+        times: tuple[list[float], list[float]] = ([], [])
+        for i in range(steps):
+            for k in ((0, 1) if i % 2 == 0 else (1, 0)):
+                times[k].append((a, b)[k]())
+                ticker.update()
     batch = a.x.shape[0]
     return [{"images_per_s": batch / statistics.median(t), "peak_memory_bytes": p} for t, p in zip(times, (peak_a, peak_b))]
 
@@ -150,7 +153,7 @@ def run_bench(model: str = "S/32", batch: int = 16, device: str | None = None, i
         lambda: TrainStep(MlpMixer(cfg).set_fast_path(fast), batch, img_size, dev, bf16,
                           compile_model=fast and dev.type == "cuda", fused=fast),
         lambda: TrainStep(_timm_model(variant, cfg), batch, img_size, dev, bf16),
-        steps, warmup, dev)
+        steps, warmup, dev, desc=f"timing ours and timm's {variant} step (batch {batch}, {img_size} px, {dev.type})")
     peak = _peak(dev)
     train_flops = 3 * forward_flops(cfg)
     record = {

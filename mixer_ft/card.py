@@ -85,6 +85,9 @@ def model_card(cfg: MixerConfig, classes: list[str] | None = None, evaluation: d
               "mixer-ft evaluate path/to/this/folder --dataset DATA --json", "```", "", "```python",
               "from mixer_ft import Classifier", "", 'classify = Classifier.from_pretrained("path/to/this/folder")',
               'classify("photo.jpg")  # [{"label": ..., "score": ...}, ...]', "```"]
+    if not cfg.variant:
+        lines += ["", "## In timm and transformers", "", "timm registers the paper's seven Mixer shapes only (its model functions "
+                  "fix patch, depth and width), so it cannot build this custom size; load it with mixer_ft."]
     if cfg.variant:
         gelu = ("this model was trained with the tanh one, about 1e-4 apart in the logits" if cfg.gelu == "tanh"
                 else "as this model was trained")

@@ -95,6 +95,7 @@ class CifarPythonReader(Reader):
         blobs = self._blobs()
         meta = self._load(self.files["meta"], blobs)
         names = meta["fine_label_names" if self.cifar100 else "label_names"]
+        self.total = 60_000  # as published: 50,000 train and 10,000 test images
         self.classes = [n.decode() if isinstance(n, bytes) else str(n) for n in names]
         for split in ("train", "test"):
             for name in self.files[split]:

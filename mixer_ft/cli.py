@@ -203,13 +203,15 @@ def predict(
     files = collect_images(inputs)
     clf = Classifier.from_pretrained(model_source, variant=model, device=device, img_size=img_size, resize=resize)
     fmt = "json" if as_json else "csv" if as_csv else "table"
+    width = min(max((len(printable(str(f))) for f in files), default=0), 100)  # the table's path column
     bad: list[str] = []
     with tqdm(total=len(files), unit="img", disable=len(files) <= batch or None, file=sys.stderr) as bar:
         for i, (path, result) in enumerate(label_files(clf, files, top_k=top_k, batch=batch)):
             if isinstance(result, str):
                 bad.append(f"{printable(str(path))} ({result})")
             else:  # JSON keeps a file name's undecodable bytes exactly (as \udcXX escapes); text and CSV print them
-                _echo_prediction(fmt, str(path) if as_json else printable(str(path)), result, header=i == 0)
+                _echo_prediction(fmt, str(path) if as_json else printable(str(path)), result, header=i == 0,
+                                 width=width)
             bar.update(1)
     if bad:
         typer.echo(f"warning: skipped {len(bad)} of {len(files)} file(s) that are not readable images: "
@@ -408,7 +410,7 @@ def bench(
         typer.echo(f"record: {where}", err=True)
 
 
-def _echo_prediction(fmt: str, path: str, top: list[dict], header: bool) -> None:
+def _echo_prediction(fmt: str, path: str, top: list[dict], header: bool, width: int = 0) -> None:
     """One image's top-k as a table row, a JSON line or CSV rows (one per rank)."""
     if fmt == "json":
         first = top[0]
@@ -427,7 +429,7 @@ def _echo_prediction(fmt: str, path: str, top: list[dict], header: bool) -> None
         writer.writerows([path, r + 1, t["label"], t["index"], f"{t['score']:.6f}"] for r, t in enumerate(top))
         typer.echo(buf.getvalue(), nl=False)
     else:
-        typer.echo(f"{path}  " + ", ".join(f"{t['label']} {100 * t['score']:.1f}%" for t in top))
+        typer.echo(f"{path:<{width}}  " + ", ".join(f"{t['label']} {100 * t['score']:5.1f}%" for t in top))
 
 
 def _check_plot(path: str | None) -> None:

@@ -222,19 +222,20 @@ def _decoded(reader: Reader, size: tuple[int, int] | None,
     """
     import multiprocessing
 
-    from tqdm.auto import tqdm
+    from mixer_ft.ticker import Ticker
 
     workers = decode_workers() if "fork" in multiprocessing.get_all_start_methods() else 1
     items = reader.items()
     pool = multiprocessing.get_context("fork").Pool(workers) if workers > 1 else None
     try:
-        with tqdm(desc=f"decoding {Path(reader.location).name}", unit="img", disable=None, leave=False) as bar:
+        with Ticker(f"decoding {Path(reader.location).name}") as bar:
             while window := _window(items, 64 * workers):
                 payloads = [(data, size, max_side) for _, data in window]
                 window = [item for item, _ in window]
                 results = pool.map(_decode, payloads, chunksize=4) if pool else map(_decode, payloads)
                 for (split, label, item), arr in zip(window, results):
                     yield split, label, "array" if isinstance(item, np.ndarray) else item[0], arr
+                    bar.total = reader.total  # known once the reader has listed its images
                     bar.update(1)
     finally:
         if pool:

@@ -46,6 +46,7 @@ class Reader:
 
     location: str
     classes: list[str] | None = None  # known up front, or collected while reading
+    total: int | None = None  # images it will yield, once it knows
     test_from: str = "its test split"  # which split is reported as test, and why
 
     def fingerprint(self) -> list[Any]:
@@ -180,12 +181,14 @@ class _FolderReader(Reader):
             if self.path.is_dir():
                 files = {str(p.relative_to(self.path)): p for p in sorted(self.path.rglob("*")) if p.is_file()}
                 assign, self.test_from = _layout(list(files), self.test_fraction, self.location)
+                self.total = len(assign)
                 for name, path in files.items():
                     if name in assign:
                         yield *assign[name], (printable(str(path)), _capped(path.stat().st_size, path.read_bytes))
             elif zipfile.is_zipfile(self.path):
                 with zipfile.ZipFile(self.path) as zf:
                     assign, self.test_from = _layout(zf.namelist(), self.test_fraction, self.location)
+                    self.total = len(assign)
                     for info in zf.infolist():
                         if info.filename in assign:  # read now: the archive closes when the last item is taken
                             get = _capped(info.file_size, lambda i=info: zf.read(i))
@@ -194,6 +197,7 @@ class _FolderReader(Reader):
                 with tarfile.open(self.path) as tar:  # names first, then the images in archive order
                     members = [m for m in tar.getmembers() if m.isfile()]
                     assign, self.test_from = _layout([m.name for m in members], self.test_fraction, self.location)
+                    self.total = len(assign)
                     for m in members:
                         if m.name in assign:
                             get = _capped(m.size, lambda m=m: tar.extractfile(m).read())  # type: ignore[union-attr]
@@ -269,6 +273,7 @@ class _HubReader(Reader):
             raise DataError(f"{self.repo} needs a train split and a test (or validation) split; it has "
                             f"{', '.join(ds)}.")
         image, label = self._columns(ds["train"].features)
+        self.total = len(ds["train"]) + len(ds[test])
         f = ds["train"].features[label]
         if hasattr(f, "names"):
             self.classes = list(f.names)

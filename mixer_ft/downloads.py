@@ -21,11 +21,17 @@ from pathlib import Path
 from mixer_ft.atomic import atomic_write
 from mixer_ft.errors import CheckpointError, WeightsUnavailable
 
+_TRUTHY = {"1", "true", "yes", "on"}
+# Set with HF_HUB_OFFLINE when this process found the Hub unreachable and put its clients offline:
+# then other hosts (a mirror of Google's files) may still be downloaded from.
+_PROBED = "MIXER_FT_HUB_UNREACHABLE"
+
 
 def offline() -> bool:
-    """True when downloads are forbidden (``HF_HUB_OFFLINE`` or ``MIXER_FT_OFFLINE`` set)."""
-    truthy = {"1", "true", "yes", "on"}
-    return any(os.environ.get(k, "").lower() in truthy for k in ("HF_HUB_OFFLINE", "MIXER_FT_OFFLINE"))
+    """True when downloads are forbidden (``HF_HUB_OFFLINE`` or ``MIXER_FT_OFFLINE`` set by the user)."""
+    if os.environ.get("MIXER_FT_OFFLINE", "").lower() in _TRUTHY:
+        return True
+    return os.environ.get("HF_HUB_OFFLINE", "").lower() in _TRUTHY and _PROBED not in os.environ
 
 
 def network_reachable(host: str, port: int, timeout: float = 3.0) -> bool:
@@ -52,14 +58,11 @@ def hub_endpoint() -> tuple[str, str, int]:
     return url, parts.hostname or "huggingface.co", parts.port or (443 if parts.scheme == "https" else 80)
 
 
-_PROBED_OFFLINE = False  # set when this process found the Hub unreachable and went offline itself
-
-
 def offline_reason() -> str:
-    """Why nothing can be downloaded, in words."""
-    if _PROBED_OFFLINE:
+    """Why nothing can be downloaded from the Hub, in words."""
+    if _PROBED in os.environ:
         return f"the Hub ({hub_endpoint()[0]}) cannot be reached"
-    return "HF_HUB_OFFLINE=1 forbids downloading"
+    return "HF_HUB_OFFLINE=1 forbids downloading" if offline() else "the Hub could not be reached"
 
 
 @functools.cache
@@ -71,13 +74,11 @@ def hub_offline() -> bool:
     """Offline by setting, or because the Hub does not answer a connection within 3 s (probed once a
     process). Then huggingface_hub and datasets are put offline too, so that they fail at once with
     what is missing instead of retrying for half a minute."""
-    if offline():
+    if offline() or _PROBED in os.environ:
         return True
     if not _unreachable(*hub_endpoint()[1:]):
         return False
-    global _PROBED_OFFLINE
-    _PROBED_OFFLINE = True
-    os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
+    os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = os.environ[_PROBED] = "1"
     for module, names in (("huggingface_hub.constants", ("HF_HUB_OFFLINE",)),
                           ("datasets.config", ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE"))):
         if module in sys.modules:  # imported already: their constants were read from the environment then

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mixer_ft.config import VARIANTS, canonical_variant, timm_name
-from mixer_ft.downloads import cached_path, download, hub_download_advice, hub_offline, offline, offline_reason
+from mixer_ft.downloads import cached_path, download, hub_download_advice, hub_offline, offline_reason
 from mixer_ft.errors import CheckpointError, ConfigError, WeightsUnavailable
 
 if TYPE_CHECKING:
@@ -141,7 +141,7 @@ class HubRepo(WeightSource):
             path = hf_hub_download(repo_id, "model.safetensors", revision=revision or None)
         except (RepositoryNotFoundError, EntryNotFoundError) as e:
             if isinstance(e, FileNotFoundError):  # LocalEntryNotFoundError: not cached, can't download
-                why = offline_reason() if offline() else "the Hub could not be reached"
+                why = offline_reason()
                 raise WeightsUnavailable(f"{repo_id}/model.safetensors is not in the Hugging Face cache and {why}. "
                                          f"To use it offline, {hub_download_advice(repo_id)}.") from None
             raise CheckpointError(f"The Hub has no {repo_id} with a model.safetensors: {e}") from None

@@ -36,6 +36,16 @@ def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_ROOT, ignore_errors=True)
 
 
+@pytest.fixture(autouse=True)
+def _environment_restored():
+    """Each test sees the suite's environment: what code under test sets (the Hub probe puts huggingface_hub
+    offline through variables) does not leak into the next test."""
+    saved = dict(os.environ)
+    yield
+    os.environ.clear()
+    os.environ.update(saved)
+
+
 @dataclass
 class Result:
     """What a `mixer-ft` command did: its exit status and what it printed (as subprocess.run's result)."""

@@ -1,0 +1,54 @@
+"""A model folder in the clients nobody here wrote: timm's `local-dir:` loader and transformers'
+image-classification pipeline (TimmWrapper), with their own preprocessing."""
+
+
+import pytest
+import torch
+from PIL import Image
+
+from conftest import randomize_
+from mixer_ft import create_model
+from mixer_ft.images import to_rgb_array
+from mixer_ft.infer import Classifier
+from mixer_ft.model_folder import save_pretrained
+
+CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
+
+
+@pytest.fixture(scope="module")
+def folder(tmp_path_factory):
+    """A paper variant (S/16) at 32 px with random weights, saved as `mixer-ft finetune` saves models."""
+    model = randomize_(create_model("S/16", img_size=32, num_classes=10, gelu="exact"), seed=3)
+    return save_pretrained(model, tmp_path_factory.mktemp("s16") / "model", classes=CLASSES)
+
+
+def test_timm_and_the_transformers_pipeline_give_our_top_1(folder, cifar_subset):
+    import timm
+    from transformers import pipeline
+
+    files = sorted(str(f) for f in (cifar_subset(train=100, test=20) / "test").rglob("*.jpg"))[::10]  # 2 a class
+    ours = [r[0]["label"] for r in Classifier.from_pretrained(folder, device="cpu")(files, top_k=1)]
+    theirs = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
+    transform = timm.data.create_transform(**timm.data.resolve_data_config({}, model=theirs))
+    with torch.no_grad():
+        logits = theirs(torch.stack([transform(Image.open(f).convert("RGB")) for f in files]))
+    assert [CLASSES[i] for i in logits.argmax(1)] == ours and len(set(ours)) > 1
+    classify = pipeline("image-classification", model=str(folder), device="cpu")
+    assert [r[0]["label"] for r in classify(files, top_k=1)] == ours
+
+
+def test_timm_and_transformers_preprocess_a_4_3_photo_as_we_do(folder, cifar_subset, tmp_path):
+    import timm
+    from transformers import AutoImageProcessor
+
+    folder64 = save_pretrained(randomize_(create_model("S/32", img_size=64, num_classes=10, gelu="exact")),
+                               tmp_path / "s32", classes=CLASSES)
+    cat = next((cifar_subset(train=100, test=20) / "test" / "cat").iterdir())
+    photo = Image.open(cat).convert("RGB").resize((400, 300), Image.BICUBIC)  # a smooth 4:3 photo
+    ours = Classifier.from_pretrained(folder64, device="cpu").pre.eval(
+        torch.from_numpy(to_rgb_array(("photo", lambda: photo), max_side=512))[None])
+    model = timm.create_model(f"local-dir:{folder64}", pretrained=True)
+    timm_x = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))(photo)[None]
+    hf_x = AutoImageProcessor.from_pretrained(str(folder64))(photo, return_tensors="pt")["pixel_values"]
+    for theirs in (timm_x, hf_x):  # the whole image squashed to 64x64, not a centre crop of its short side
+        assert theirs.shape == ours.shape and (theirs - ours).abs().mean() < 1e-2
