@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -150,8 +150,14 @@ def finetune(
                                                                 + _default("mixed_precision"))] = None,
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="Any other recipe key: --set key=value.")] = None,
     fresh: Annotated[bool, typer.Option(help="Ignore checkpoints in the output folder and start over.")] = False,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the resolved recipe (TOML, each key's source) "
+                                                           "and exit; build nothing.")] = False,
 ) -> None:
-    """Fine-tune a Mixer (upstream protocol by default) and write a run record to results/."""
+    """Fine-tune a Mixer (upstream protocol by default) and write a run record to results/.
+
+    With no recipe and no --steps or --epochs, the schedule's length follows the BiT-HyperRule by the
+    size of the training split (500 steps under 20,000 images), as the paper fine-tunes small sets.
+    """
     from mixer_ft import recipe as recipes
     from mixer_ft.train import finetune as run
 
@@ -168,7 +174,38 @@ def finetune(
         overrides[key] = value
     recipes.check_keys(overrides, "--set")
     r = recipes.load_recipe(recipe, **overrides) if recipe else recipes.from_dict(overrides)
+    origin = recipes.origins(recipe, overrides)
+    if not {"steps", "epochs"} & {k for k, v in origin.items() if v != "default"}:
+        r, origin = _hyper_rule(r, origin, count_only=dry_run)
+    if dry_run:
+        typer.echo(recipes.to_toml(r, origin), nl=False)
+        return
     run(r, resume=not fresh)
+
+
+def _hyper_rule(r: Any, origin: dict[str, str], count_only: bool) -> tuple[Any, dict[str, str]]:
+    """The recipe with the BiT-HyperRule's steps (and warm-up, unless given) for its data set's size."""
+    from mixer_ft import recipe as recipes
+    from mixer_ft.data_sources import listed_train_images
+
+    n = listed_train_images(r.dataset, r.test_fraction)
+    if n is None and not count_only:  # a Hub data set: loading it (cached for the run) counts it
+        from mixer_ft import preflight
+        from mixer_ft.data import load_data
+
+        preflight.check(r.upstream, r.variant, r.dataset)  # what the run lacks, all in one message
+
+        n = len(load_data(r.dataset, image_column=r.image_column, label_column=r.label_column).labels["train"])
+    if n is None:
+        origin["steps"] = "rule (BiT-HyperRule; the data set's size is known once it is loaded)"
+        return r, origin
+    n_train = n - int(round(n * r.val_fraction))
+    steps, warmup, why = recipes.hyper_rule(n_train)
+    changes = {"steps": steps} | ({} if origin["warmup_steps"] != "default" else {"warmup_steps": warmup})
+    origin |= {k: f"rule ({why})" for k in changes}
+    if not count_only:  # a dry run's TOML says it in its comments
+        typer.echo(f"steps {steps:,}, warm-up {changes.get('warmup_steps', r.warmup_steps)}: {why}")
+    return r.replace(**changes), origin
 
 
 _MODEL_HELP = ("A model folder, a run folder (its model/, else its newest checkpoint), or any weight source "

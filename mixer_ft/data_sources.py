@@ -163,6 +163,19 @@ class _FolderReader(Reader):
         self.path, self.location, self.test_fraction = path, str(path), test_fraction
         self.test_from = ""
 
+    def names(self) -> list[str]:
+        """The file names it holds, read from the folder or the archive's index (no image is read)."""
+        try:
+            if self.path.is_dir():
+                return [str(p.relative_to(self.path)) for p in sorted(self.path.rglob("*")) if p.is_file()]
+            if zipfile.is_zipfile(self.path):
+                with zipfile.ZipFile(self.path) as zf:
+                    return zf.namelist()
+            with tarfile.open(self.path) as tar:
+                return [m.name for m in tar.getmembers() if m.isfile()]
+        except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, zlib.error) as e:
+            raise self._damaged(e) from None
+
     def fingerprint(self) -> list[Any]:
         if self.path.is_file():
             return ["folder-archive", *file_fingerprint(self.path), self.test_fraction]
@@ -418,6 +431,18 @@ def open_reader(source: str, image_column: str | None = None, label_column: str 
             "CIFAR python-version archive (cifar-10-python.tar.gz)."
         )
     return kind.reader(source, image_column, label_column, test_fraction)
+
+
+def listed_train_images(source: str, test_fraction: float = TEST_FRACTION) -> int | None:
+    """The training images of ``source`` counted without decoding any (an image folder's listing, the
+    CIFAR archives' published 50,000); None where only loading it tells (a Hub data set)."""
+    reader = open_reader(source, test_fraction=test_fraction)
+    if isinstance(reader, _FolderReader):
+        assign, _ = _layout(reader.names(), test_fraction, reader.location)
+        return sum(split == "train" for split, _ in assign.values())
+    if isinstance(reader, _HubReader):
+        return 50_000 if reader.alias else None  # cifar10 and cifar100 are published with 50,000
+    return 50_000
 
 
 def missing_data(source: str, online: bool) -> str | None:

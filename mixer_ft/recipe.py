@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import json
 import math
 import re
 import tomllib
@@ -173,6 +174,16 @@ class Recipe:
         return dataclasses.replace(self, **changes)
 
 
+def hyper_rule(n_train: int) -> tuple[int, int, str]:
+    """The schedule length the paper used for small sets (BiT-HyperRule, by the size of train[:98%]):
+    500 steps below 20,000 images, 10,000 below 500,000, else 20,000; warm-up a tenth of it, at most
+    500 (our choice: the upstream 500 on 10,000 steps). Returns (steps, warm-up steps, why)."""
+    steps = 500 if n_train < 20_000 else 10_000 if n_train < 500_000 else 20_000
+    warmup = min(500, steps // 10)
+    band = "under 20,000" if steps == 500 else "under 500,000" if steps == 10_000 else "500,000 or more"
+    return steps, warmup, f"BiT-HyperRule: {n_train:,} training images, {band}: {steps:,} steps, warm-up {warmup}"
+
+
 def safe_name(text: str) -> str:
     """``text`` as a plain file name: runs of other characters become '-', no leading '.' or '-'."""
     return re.sub(r"[^A-Za-z0-9._+-]+", "-", text).strip(".-")[:120] or "run"
@@ -292,6 +303,34 @@ def from_dict(data: dict[str, Any]) -> Recipe:
         if value is not None and not _type_ok(value, hints[key]):
             raise ConfigError(f"Recipe key {key!r} must be {_type_name(hints[key])}, got {value!r}.")
     return Recipe(**data)
+
+
+def origins(path: str | Path | None, overrides: dict[str, Any]) -> dict[str, str]:
+    """Where each recipe key's value comes from: "flag", "recipe file" or "default"."""
+    in_file = set(tomllib.loads(Path(path).read_text())) if path else set()
+    return {f.name: "flag" if f.name in overrides else "recipe file" if f.name in in_file else "default"
+            for f in dataclasses.fields(Recipe)}
+
+
+def to_toml(recipe: Recipe, origin: dict[str, str]) -> str:
+    """The resolved recipe as TOML, every key, each with where its value came from."""
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return str(v).lower()
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        return json.dumps(str(v))
+    lines, table = [], []
+    for key, v in recipe.to_dict().items():
+        if isinstance(v, dict):
+            table = [f"[{key}]  # {origin.get(key, 'default')}"] + [f"{k} = {value(x)}" for k, x in v.items()]
+        elif v is None:
+            lines.append(f"# {key} unset  # {origin.get(key, 'default')}")
+        else:
+            lines.append(f"{key} = {value(v)}  # {origin.get(key, 'default')}")
+    return "\n".join(lines + ([""] + table if table else [])) + "\n"
 
 
 def parse_override(text: str) -> tuple[str, Any]:

@@ -148,3 +148,25 @@ def test_architecture_is_typed_by_mixer_config_and_resize_moved_to_the_top_level
                         ({"micro_batch": 2.5}, "'micro_batch' must be int | str | None")]:
         with pytest.raises(ConfigError, match=re.escape(needle)):
             from_dict(bad)
+
+
+def test_dry_run_prints_the_resolved_recipe_with_each_keys_source_and_the_hyper_rule(cifar_subset, tmp_path):
+    import tomllib
+
+    from conftest import run_cli
+
+    cut = cifar_subset(train=100, test=20)  # 1,000 training images: the rule's 500 steps
+    out = run_cli("finetune", "--dataset", cut, "--lr", "0.01", "--dry-run", cwd=tmp_path)
+    assert out.returncode == 0 and list(tmp_path.iterdir()) == []  # nothing built, nothing written
+    resolved = tomllib.loads(out.stdout)
+    assert resolved["steps"] == 500 and resolved["warmup_steps"] == 50 and resolved["lr"] == 0.01
+    lines = {line.split(" = ")[0]: line for line in out.stdout.splitlines() if " = " in line}
+    assert "# rule (BiT-HyperRule: 980 training images" in lines["steps"] and lines["lr"].endswith("# flag")
+    assert lines["optimizer"].endswith("# default")
+    assert from_dict({k: v for k, v in resolved.items()}) == Recipe(dataset=str(cut), lr=0.01, steps=500,
+                                                                      warmup_steps=50)
+    # A recipe's own schedule, or a flag's, is never replaced by the rule.
+    kept = run_cli("finetune", "--recipe", REPO / "recipes" / "in21k_b16_cifar10.toml", "--dataset", cut, "--dry-run")
+    assert tomllib.loads(kept.stdout)["steps"] == 10_000 and "# recipe file" in kept.stdout
+    flagged = run_cli("finetune", "--dataset", cut, "--steps", "7", "--dry-run")
+    assert tomllib.loads(flagged.stdout)["steps"] == 7
