@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated, Any, Optional
+from typing import Annotated, Optional
 
 import typer
 
@@ -53,31 +53,9 @@ def inspect(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Show the architecture, parameter count, GELU flavour and classes of a variant or checkpoint."""
-    import torch
+    from mixer_ft.weights import describe
 
-    from mixer_ft.model import MixerConfig, MlpMixer, canonical_variant, num_params
-    from mixer_ft.weights import load_checkpoint, load_strict, model_from_checkpoint
-
-    ckpt, size = None, {"img_size": img_size} if img_size else {}
-    try:
-        canonical_variant(source)
-    except MixerFtError:
-        ckpt = load_checkpoint(source, variant=model)
-        cfg, path = ckpt.config(), ckpt.path
-        where = path or source
-    else:
-        cfg, path = MixerConfig.from_variant(source, **size), None
-        where = "variant definition (no weights)"
-    if ckpt is not None and img_size:  # the weights resized, then strictly loaded
-        net = model_from_checkpoint(ckpt, model, resize=resize, img_size=img_size)
-    else:
-        with torch.device("meta"):  # counting parameters needs no memory
-            net = MlpMixer(cfg)
-        if ckpt is not None:  # every tensor must fit the architecture the file's shapes name
-            load_strict(net, ckpt)
-    cfg = net.config
-    info = {"source": source, "path": path, "variant": cfg.variant, **cfg.to_dict(),
-            "num_tokens": cfg.num_tokens, "num_params": num_params(net)}
+    info, cfg, where = describe(source, model, img_size, resize)
     if as_json:
         typer.echo(json.dumps(info))
         return
@@ -176,36 +154,13 @@ def finetune(
     r = recipes.load_recipe(recipe, **overrides) if recipe else recipes.from_dict(overrides)
     origin = recipes.origins(recipe, overrides)
     if not {"steps", "epochs"} & {k for k, v in origin.items() if v != "default"}:
-        r, origin = _hyper_rule(r, origin, count_only=dry_run)
+        r, origin, said = recipes.apply_hyper_rule(r, origin, count_only=dry_run)
+        if said and not dry_run:  # a dry run's TOML says it in its comments
+            typer.echo(said)
     if dry_run:
         typer.echo(recipes.to_toml(r, origin), nl=False)
         return
     run(r, resume=not fresh)
-
-
-def _hyper_rule(r: Any, origin: dict[str, str], count_only: bool) -> tuple[Any, dict[str, str]]:
-    """The recipe with the BiT-HyperRule's steps (and warm-up, unless given) for its data set's size."""
-    from mixer_ft import recipe as recipes
-    from mixer_ft.data_sources import listed_train_images
-
-    n = listed_train_images(r.dataset, r.test_fraction)
-    if n is None and not count_only:  # a Hub data set: loading it (cached for the run) counts it
-        from mixer_ft import preflight
-        from mixer_ft.data import load_data
-
-        preflight.check(r.upstream, r.variant, r.dataset)  # what the run lacks, all in one message
-
-        n = len(load_data(r.dataset, image_column=r.image_column, label_column=r.label_column).labels["train"])
-    if n is None:
-        origin["steps"] = "rule (BiT-HyperRule; the data set's size is known once it is loaded)"
-        return r, origin
-    n_train = n - int(round(n * r.val_fraction))
-    steps, warmup, why = recipes.hyper_rule(n_train)
-    changes = {"steps": steps} | ({} if origin["warmup_steps"] != "default" else {"warmup_steps": warmup})
-    origin |= {k: f"rule ({why})" for k in changes}
-    if not count_only:  # a dry run's TOML says it in its comments
-        typer.echo(f"steps {steps:,}, warm-up {changes.get('warmup_steps', r.warmup_steps)}: {why}")
-    return r.replace(**changes), origin
 
 
 _MODEL_HELP = ("A model folder, a run folder (its model/, else its newest checkpoint), or any weight source "
@@ -231,7 +186,7 @@ def predict(
 
     from mixer_ft.errors import ConfigError, DataError
     from mixer_ft.images import printable
-    from mixer_ft.infer import Classifier, collect_images, label_files
+    from mixer_ft.infer import Classifier, collect_images, format_prediction, label_files
 
     if top_k < 1 or batch < 1:
         raise ConfigError("--top-k and --batch must be positive.")
@@ -247,8 +202,8 @@ def predict(
             if isinstance(result, str):
                 bad.append(f"{printable(str(path))} ({result})")
             else:  # JSON keeps a file name's undecodable bytes exactly (as \udcXX escapes); text and CSV print them
-                _echo_prediction(fmt, str(path) if as_json else printable(str(path)), result, header=i == 0,
-                                 width=width)
+                typer.echo(format_prediction(fmt, str(path) if as_json else printable(str(path)), result,
+                                             header=i == 0, width=width), nl=False)
             bar.update(1)
     if bad:
         typer.echo(f"warning: skipped {len(bad)} of {len(files)} file(s) that are not readable images: "
@@ -445,28 +400,6 @@ def bench(
                        f"{rec['finetune_vs_step']:.2f}x the bare step")
     if where:
         typer.echo(f"record: {where}", err=True)
-
-
-def _echo_prediction(fmt: str, path: str, top: list[dict], header: bool, width: int = 0) -> None:
-    """One image's top-k as a table row, a JSON line or CSV rows (one per rank)."""
-    if fmt == "json":
-        first = top[0]
-        typer.echo(json.dumps({"path": path, "label": first["label"], "index": first["index"],
-                               "probability": first["score"],
-                               "top_k": [{"label": t["label"], "index": t["index"], "probability": t["score"]}
-                                         for t in top]}))
-    elif fmt == "csv":
-        import csv
-        import io
-
-        buf = io.StringIO()
-        writer = csv.writer(buf, lineterminator="\n")
-        if header:
-            writer.writerow(["path", "rank", "label", "index", "probability"])
-        writer.writerows([path, r + 1, t["label"], t["index"], f"{t['score']:.6f}"] for r, t in enumerate(top))
-        typer.echo(buf.getvalue(), nl=False)
-    else:
-        typer.echo(f"{path:<{width}}  " + ", ".join(f"{t['label']} {100 * t['score']:5.1f}%" for t in top))
 
 
 def _check_plot(path: str | None) -> None:

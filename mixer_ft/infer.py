@@ -9,6 +9,8 @@ accuracy its run record holds.
 from __future__ import annotations
 
 import contextlib
+import io
+import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -268,5 +270,25 @@ def label_files(clf: Classifier, files: list[Path], *, top_k: int = 1,
             yield f, (clf.top_k(next(probs), top_k) if isinstance(a, np.ndarray) else a)
 
 
-__all__ = ["EVAL_BATCH", "Classifier", "as_rgb_array", "collect_images", "count_correct", "eval_batches", "imagenet_names",
+def format_prediction(fmt: str, path: str, top: list[dict], header: bool, width: int = 0) -> str:
+    """One image's top-k as ``mixer-ft predict`` prints it: a table row, a JSON line or CSV rows (one per rank)."""
+    if fmt == "json":
+        first = top[0]
+        return json.dumps({"path": path, "label": first["label"], "index": first["index"], "probability": first["score"],
+                           "top_k": [{"label": t["label"], "index": t["index"], "probability": t["score"]}
+                                     for t in top]}) + "\n"
+    if fmt == "csv":
+        import csv
+
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        if header:
+            writer.writerow(["path", "rank", "label", "index", "probability"])
+        writer.writerows([path, r + 1, t["label"], t["index"], f"{t['score']:.6f}"] for r, t in enumerate(top))
+        return buf.getvalue()
+    return f"{path:<{width}}  " + ", ".join(f"{t['label']} {100 * t['score']:5.1f}%" for t in top) + "\n"
+
+
+__all__ = ["EVAL_BATCH", "Classifier", "as_rgb_array", "collect_images", "count_correct", "eval_batches", "format_prediction",
+           "imagenet_names",
            "label_files", "predict", "split_predictions", "view_logits"]

@@ -38,6 +38,9 @@ class Progress:
             rate = round(float(w[4]) / self.window_s, 1) if self.window_s > 0 else None
             entry = {"step": done, "loss": round(float(w[0] / w[1]), 5), "train_accuracy": round(float(w[2] / w[3]), 5),
                      "lr": run.lr, "images_per_s": rate}
+            if run.device.type == "cuda":  # the window's peak, so that a long run shows memory over time
+                entry["peak_memory_bytes"] = torch.cuda.max_memory_allocated(run.device)
+                torch.cuda.reset_peak_memory_stats(run.device)
             run.history["loss"].append(entry)
             self.bar.set_postfix(loss=f"{entry['loss']:.4f}", acc=f"{entry['train_accuracy']:.3f}",
                                  **({"img_s": f"{rate:.0f}"} if rate else {}))

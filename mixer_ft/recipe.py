@@ -184,6 +184,27 @@ def hyper_rule(n_train: int) -> tuple[int, int, str]:
     return steps, warmup, f"BiT-HyperRule: {n_train:,} training images, {band}: {steps:,} steps, warm-up {warmup}"
 
 
+def apply_hyper_rule(r: Recipe, origin: dict[str, str], count_only: bool) -> tuple[Recipe, dict[str, str], str | None]:
+    """The recipe with the BiT-HyperRule's steps (and warm-up, unless given) for its data set's size;
+    the origins updated; what was chosen and why. ``count_only``: never load the data to count it."""
+    from mixer_ft.data_sources import listed_train_images
+
+    n = listed_train_images(r.dataset, r.test_fraction)
+    if n is None and not count_only:  # a Hub data set: loading it (cached for the run) counts it
+        from mixer_ft import preflight
+        from mixer_ft.data import load_data
+
+        preflight.check(r.upstream, r.variant, r.dataset)  # what the run lacks, all in one message
+        n = len(load_data(r.dataset, image_column=r.image_column, label_column=r.label_column).labels["train"])
+    if n is None:
+        origin["steps"] = "rule (BiT-HyperRule; the data set's size is known once it is loaded)"
+        return r, origin, None
+    steps, warmup, why = hyper_rule(n - int(round(n * r.val_fraction)))
+    changes = {"steps": steps} | ({} if origin["warmup_steps"] != "default" else {"warmup_steps": warmup})
+    origin = origin | {k: f"rule ({why})" for k in changes}
+    return r.replace(**changes), origin, f"steps {steps:,}, warm-up {changes.get('warmup_steps', r.warmup_steps)}: {why}"
+
+
 def safe_name(text: str) -> str:
     """``text`` as a plain file name: runs of other characters become '-', no leading '.' or '-'."""
     return re.sub(r"[^A-Za-z0-9._+-]+", "-", text).strip(".-")[:120] or "run"

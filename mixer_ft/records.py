@@ -156,6 +156,13 @@ def _compiled(model: torch.nn.Module) -> bool:
     return is_compiled_module(model)
 
 
+def _compiled_graphs() -> int:
+    """Graphs torch.compile built in this process: as many as compiled frames when nothing recompiled."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
 def _graph_breaks() -> int:
     """Graph breaks torch.compile met in this process (each costs a return to Python mid-step)."""
     from torch._dynamo.utils import counters
@@ -185,7 +192,8 @@ def run_record(run: Run, test: tuple[float, int], minival: tuple[float, int]) ->
         "micro_batch": run.micro, "accumulation": run.accum, "mixed_precision": run.precision,
         "compiled": compiled, "graph_breaks": _graph_breaks() if compiled else None, "head": run.head,
         "wall_clock_s": round(run.elapsed, 1), "images_per_s": round(steady_rate(run), 1),
-        "warmup_s": round(run.warmup_s, 2),
+        "warmup_s": round(run.warmup_s, 2), "eval_s": round(run.eval_s, 2), "checkpoint_s": round(run.checkpoint_s, 2),
+        "compiled_graphs": _compiled_graphs() if compiled else None,
         "hardware": hardware(run.device, run.accelerator.num_processes), "versions": versions(),
         "git_commit": git_commit(), "config": r.to_dict(), "model_config": run.net.config.to_dict(),
         "model_dir": str(run.out / "model"), "history": run.history,

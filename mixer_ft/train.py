@@ -36,49 +36,16 @@ from mixer_ft.checkpoints import Checkpoints
 from mixer_ft.data import ImageData, load_data
 from mixer_ft.errors import ConfigError, RunStopped, TrainingError
 from mixer_ft.infer import check_shift, count_correct
-from mixer_ft.model import MixerConfig, MlpMixer
+from mixer_ft.model import MlpMixer
 from mixer_ft.optim import make_optimizers, make_schedules
 from mixer_ft.preprocess import Preprocess, batch_seed, epoch_order
 from mixer_ft.progress import Progress
 from mixer_ft.recipe import Recipe, resume_conflicts
 from mixer_ft.records import check_record_is_ours, record_path, run_record, write_record
 from mixer_ft.signals import StopSignals
+from mixer_ft.weights import build_model
 
 log = logging.getLogger(__name__)
-
-
-def head_choice(recipe: Recipe, theirs: list[str] | None, ours: list[str]) -> tuple[bool, str]:
-    """Whether the fine-tuned model gets a new zero head, and why (the run says it).
-
-    As vit_jax's ``load_pretrained``, a new zero head always, unless the checkpoint names its classes
-    and they are the data set's, in order: a model of ours continuing on its own classes keeps its
-    head. The recipe key ``new_head`` forces either way.
-    """
-    if recipe.new_head is not None:
-        return recipe.new_head, f"the recipe says new_head = {str(recipe.new_head).lower()}"
-    if theirs is None:
-        return True, "the checkpoint does not name its classes (as upstream, the head is always new)"
-    if theirs == ours:
-        return False, f"the checkpoint's {len(theirs)} classes are the data set's, in order"
-    return True, f"the checkpoint's {len(theirs)} classes are not the data set's {len(ours)}, in order"
-
-
-def build_model(recipe: Recipe, classes: list[str]) -> tuple[MlpMixer, str]:
-    """The recipe's model for a data set of ``classes``, and how its head was made."""
-    from mixer_ft.sources import load_checkpoint
-    from mixer_ft.weights import create_model, model_from_checkpoint
-
-    arch, n = dict(recipe.architecture), len(classes)
-    if recipe.model == "custom":
-        return MlpMixer(MixerConfig.from_dict({**arch, "num_classes": n})), "new zero head (no upstream)"
-    if recipe.upstream == "none":
-        return create_model(recipe.variant, num_classes=n, **arch), "new zero head (no upstream)"
-    ckpt = load_checkpoint(recipe.upstream, variant=recipe.variant)
-    new, why = head_choice(recipe, ckpt.classes, classes)
-    # With no variant named, the architecture is the upstream file's, whatever it is. resize: how the
-    # weights reach another img_size (mixer_ft.resolution).
-    model = model_from_checkpoint(ckpt, recipe.variant, n, resize=recipe.resize or "tile", new_head=new, **arch)
-    return model, f"{'new zero head' if new else 'head kept from the checkpoint'}: {why}"
 
 
 @dataclass
@@ -110,6 +77,8 @@ class Run:
     # of a 51 s run on an H200): kept apart, so that images/s is the rate a long run goes at.
     warmup_s: float = 0.0
     warmup_steps: int = 0
+    eval_s: float = 0.0  # seconds in minival evaluations during training, and in checkpoint writes
+    checkpoint_s: float = 0.0
     history: dict[str, list] = field(default_factory=lambda: {"loss": [], "minival": []})
     order: tuple[int, np.ndarray | None] = (-1, None)  # (epoch, its shuffled train indices)
 
@@ -236,6 +205,7 @@ def restore(run: Run) -> None:
     run.step, run.history, run.elapsed = saved["step"], json.loads(saved["history"]), saved["elapsed_s"]
     run.run_id = saved.get("run_id") or run.run_id
     run.warmup_s, run.warmup_steps = saved.get("warmup_s", 0.0), saved.get("warmup_steps", 0)
+    run.eval_s, run.checkpoint_s = saved.get("eval_s", 0.0), saved.get("checkpoint_s", 0.0)
     run.accelerator.print(f"resuming {run.out} at step {run.step}/{run.total}")
 
 
@@ -354,6 +324,7 @@ def save_checkpoint(run: Run) -> None:
             "schedules": [s.state_dict() for s in run.schedules], "torch_rng": torch.get_rng_state(),
             "recipe": run.recipe.to_dict(), "history": json.dumps(run.history), "elapsed_s": run.elapsed,
             "warmup_s": run.warmup_s, "warmup_steps": run.warmup_steps, "run_id": run.run_id,
+            "eval_s": run.eval_s, "checkpoint_s": run.checkpoint_s,
             # So that the checkpoint alone is a usable model (`mixer-ft predict runs/<name>`):
             "model_config": run.net.config.to_dict(), "classes": run.data.classes, "evaluation": evaluation_views(run),
         })
@@ -445,10 +416,14 @@ def _run(recipe: Recipe, resume: bool) -> dict[str, Any]:
             run.step = step + 1
             progress.step(loss, correct, images, seconds, warmup)
             if r.eval_every and run.step % r.eval_every == 0 and run.step < run.total:
+                t0 = time.perf_counter()
                 progress.minival(evaluate(run, "minival")[0])
+                run.eval_s += time.perf_counter() - t0
             due = (r.checkpoint_every and run.step % r.checkpoint_every == 0) or run.step == run.total
             if due:
+                t0 = time.perf_counter()
                 save_checkpoint(run)  # always at the end: running the finished run again only re-evaluates
+                run.checkpoint_s += time.perf_counter() - t0
             if (signum := signals.requested(run)) and run.step < run.total:
                 progress.bar.close()
                 stop(run, signum, checkpointed=bool(due))
@@ -456,5 +431,5 @@ def _run(recipe: Recipe, resume: bool) -> dict[str, Any]:
     return finish(run)
 
 
-__all__ = ["Checkpoints", "Run", "build_model", "evaluate", "finetune", "restore", "save_checkpoint", "setup",
+__all__ = ["Run", "evaluate", "finetune", "restore", "save_checkpoint", "setup",
            "train_step"]

@@ -36,3 +36,21 @@ def test_the_gpu_check_dry_run_ends_every_step_with_rc_0(tmp_path, readme_workdi
     cost = json.loads(next(tmp_path.glob("resolution_cost_*.json")).read_text())
     assert cost["sizes"] == [224, 448] and cost["cost_per_image"] > 1
     assert not list(scratch.glob("gpu-check-run.*"))  # the run folder was temporary, and removed
+
+
+@pytest.mark.slow
+def test_the_gpu_soak_dry_run_stops_resumes_and_reports(tmp_path, readme_workdir):
+    data = readme_workdir.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    env = os.environ | {"GPU_CHECK_DRY": "1", "OUT": str(tmp_path / "out"), "GPU_CHECK_DATA": str(data),
+                        "PYTHON": sys.executable, "TMPDIR": str(scratch)}
+    out = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_soak.sh")], capture_output=True, text=True, env=env,
+                         timeout=1200)
+    log = (tmp_path / "out" / "soak_log.txt").read_text()
+    assert out.returncode == 0 and [line for line in log.splitlines() if line.startswith("rc=")] == ["rc=0"] * 4, log[-3000:]
+    assert log.count("stopped rc=143") == 2  # the soak and the equality run were each stopped by SIGTERM, then resumed
+    report = json.loads((tmp_path / "out" / "soak_cpu.json").read_text())
+    assert report["kind"] == "soak" and report["steps"] == 12 and len(report["images_per_s_windows"]) >= 4
+    assert report["resumed_equals_uninterrupted"] is True and report["resumed_max_abs_difference"] == 0
+    assert report["eval_s"] > 0 and report["checkpoint_s"] > 0 and not list(scratch.glob("gpu-soak-runs.*"))

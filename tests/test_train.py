@@ -21,7 +21,7 @@ from mixer_ft.model import MixerConfig, MlpMixer
 from mixer_ft.optim import make_optimizers
 from mixer_ft.preprocess import Preprocess
 from mixer_ft.recipe import Recipe
-from mixer_ft.train import build_model
+from mixer_ft.weights import build_model
 
 BIN = Path(sys.executable).parent
 TINY = ["--set", "architecture.patch_size=8", "--set", "architecture.hidden_dim=32", "--set", "architecture.num_blocks=2",
@@ -316,7 +316,7 @@ def test_the_record_logs_the_rate_each_step_used(tmp_path, cut):
 
 
 def test_the_head_is_new_unless_the_checkpoint_names_the_data_sets_classes_in_order():
-    from mixer_ft.train import head_choice
+    from mixer_ft.weights import head_choice
 
     classes = ["cat", "dog"]
     assert head_choice(Recipe(), None, classes)[0] is True  # Google's files name no classes: new, as upstream
