@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import sys
-from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
+from mixer_ft.cli_checks import check_folder as _check_folder
+from mixer_ft.cli_checks import check_plot as _check_plot
+from mixer_ft.cli_checks import positive_int as _positive_int
 from mixer_ft.config import FEWSHOT_SHOTS
-from mixer_ft.errors import ConfigError, MixerFtError
+from mixer_ft.errors import MixerFtError
 from mixer_ft.recipe import default
 
 
@@ -144,14 +146,7 @@ def finetune(
              "mixed_precision": mixed_precision}
     if micro_batch is not None:
         flags["micro_batch"] = micro_batch if micro_batch == "auto" else _positive_int(micro_batch, "--micro-batch")
-    overrides = {k: v for k, v in flags.items() if v is not None}
-    for item in set_ or []:
-        key, value = recipes.parse_override(item)
-        if isinstance(value, dict):
-            value = {**overrides.get(key, {}), **value}
-        overrides[key] = value
-    recipes.check_keys(overrides, "--set")
-    r = recipes.load_recipe(recipe, **overrides) if recipe else recipes.from_dict(overrides)
+    r, overrides = recipes.from_command_line(recipe, flags, set_ or [])
     origin = recipes.origins(recipe, overrides)
     if not {"steps", "epochs"} & {k for k, v in origin.items() if v != "default"}:
         r, origin, said = recipes.apply_hyper_rule(r, origin, count_only=dry_run)
@@ -161,6 +156,26 @@ def finetune(
         typer.echo(recipes.to_toml(r, origin), nl=False)
         return
     run(r, resume=not fresh)
+
+
+@app.command(short_help="Choose hyperparameters on minival from a grid.")
+def sweep(
+    grid: Annotated[list[str], typer.Option(help="key=v1,v2,... (any recipe key; repeat for a grid), e.g. "
+                                                 "lr=0.001,0.003,0.01,0.03.")],
+    recipe: Annotated[Optional[str], typer.Option(help="A TOML recipe; --set overrides it.")] = None,
+    dataset: Annotated[Optional[str], typer.Option(help="The data set (else the recipe's).")] = None,
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="Any other recipe key: --set key=value.")] = None,
+) -> None:
+    """Run every point of a grid as an ordinary run (resumable, its own record), choose by minival
+    accuracy only, and report the chosen point's test accuracy; the sweep record goes to results/."""
+    from mixer_ft import recipe as recipes
+    from mixer_ft.sweep import parse_grid, run_sweep, summary
+
+    base, _ = recipes.from_command_line(recipe, {"dataset": dataset}, set_ or [])
+    record = run_sweep(base, parse_grid(grid))
+    if record:  # the main process's
+        typer.echo(summary(record), nl=False)
+        typer.echo(f"record: {record['file']}", err=True)
 
 
 _MODEL_HELP = ("A model folder, a run folder (its model/, else its newest checkpoint), or any weight source "
@@ -321,7 +336,8 @@ def table(
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     _check_plot(plot)
     rows, other = tables.build(results)
-    typer.echo(tables.render(rows, other, format, fewshot=tables.fewshot_runs(results)), nl=False)
+    typer.echo(tables.render(rows, other, format, fewshot=tables.fewshot_runs(results),
+                             sweeps=tables.sweep_runs(results)), nl=False)
     if plot:
         typer.echo(f"plot: {tables.plot(rows, plot)}", err=True)
 
@@ -400,39 +416,6 @@ def bench(
                        f"{rec['finetune_vs_step']:.2f}x the bare step")
     if where:
         typer.echo(f"record: {where}", err=True)
-
-
-def _check_plot(path: str | None) -> None:
-    """A --plot is checked before the work it draws: matplotlib is there and the name is an image's."""
-    if path is None:
-        return
-    import importlib.util
-
-    if importlib.util.find_spec("matplotlib") is None:
-        raise ConfigError("--plot needs matplotlib: pip install 'mixer_ft[plot]'.")
-    if Path(path).suffix.lower() not in (".png", ".pdf", ".svg", ".jpg", ".jpeg"):
-        raise ConfigError(f"--plot {path}: name an image file ending in .png, .pdf, .svg or .jpg.")
-    _check_folder(str(Path(path).parent), "--plot's folder")
-
-
-def _check_folder(path: str, flag: str) -> None:
-    """A folder an option names: given, and not a file."""
-    if not path.strip():
-        raise ConfigError(f"{flag} needs a folder name.")
-    if Path(path).exists() and not Path(path).is_dir():
-        raise ConfigError(f"{flag} {path} is a file, not a folder.")
-
-
-def _positive_int(text: str, flag: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        from mixer_ft.errors import ConfigError
-
-        raise ConfigError(f"{flag} takes a positive integer or 'auto', got {text!r}.")
-    return value
 
 
 def main() -> None:

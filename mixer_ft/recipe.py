@@ -326,6 +326,19 @@ def from_dict(data: dict[str, Any]) -> Recipe:
     return Recipe(**data)
 
 
+def from_command_line(path: str | None, flags: dict[str, Any], set_items: list[str]) -> tuple[Recipe, dict[str, Any]]:
+    """The recipe a command line asks for: the file (if any), then its flags, then ``--set key=value``s;
+    also the overrides themselves (flags and --set)."""
+    overrides = {k: v for k, v in flags.items() if v is not None}
+    for item in set_items:
+        key, value = parse_override(item)
+        if isinstance(value, dict):  # architecture.x=... adds to the table
+            value = {**overrides.get(key, {}), **value}
+        overrides[key] = value
+    check_keys(overrides, "--set")
+    return (load_recipe(path, **overrides) if path else from_dict(overrides)), overrides
+
+
 def origins(path: str | Path | None, overrides: dict[str, Any]) -> dict[str, str]:
     """Where each recipe key's value comes from: "flag", "recipe file" or "default"."""
     in_file = set(tomllib.loads(Path(path).read_text())) if path else set()

@@ -70,6 +70,43 @@ def _fewshot(record: Any) -> bool:
     return isinstance(record, dict) and record.get("kind") == "fewshot"
 
 
+def _sweep_record(run: Any, path: Path) -> dict[str, Any] | None:
+    if not (isinstance(run, dict) and run.get("kind") == "sweep"):
+        return None
+    if not isinstance(run["chosen"], dict) or not isinstance(run["grid"], dict) or not isinstance(run["name"], str):
+        raise TypeError("name, grid and chosen must be text and objects")
+    for key in ("minival_accuracy", "test_accuracy"):
+        if not isinstance(run[key], (int, float)) or isinstance(run[key], bool) or not math.isfinite(run[key]):
+            raise TypeError(f"{key} must be a finite number")
+    return run
+
+
+def sweep_runs(results: str | Path) -> list[dict[str, Any]]:
+    """Sweep records (``mixer-ft sweep``) in ``results``, oldest first; malformed ones skipped."""
+    return sorted(_read_records(results, _sweep_record, "sweep record"), key=lambda r: str(r.get("finished", "")))
+
+
+def _section(title: str, head: list[str], body: list[list[str]], markdown: bool) -> list[str]:
+    """A titled table of its own under the main one, as markdown or aligned text."""
+    if markdown:
+        return ["", title, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + \
+            ["| " + " | ".join(map(_md, row)) + " |" for row in body]
+    widths = [max(len(x) for x in col) for col in zip(head, *body)]
+    return ["", title] + ["  ".join(f"{x:<{w}}" for x, w in zip(row, widths)) for row in [head, *body]]
+
+
+def _sweep_lines(sweeps: list[dict[str, Any]], markdown: bool) -> list[str]:
+    """Sweep records as their own table: the grid, the point minival chose, its minival and test accuracy."""
+    if not sweeps:
+        return []
+    head = ["sweep", "grid", "chosen on minival", "minival", "test"]
+    body = [[s["name"], ", ".join(f"{k}: {len(v)}" for k, v in s["grid"].items()),
+             ", ".join(f"{k}={v}" for k, v in s["chosen"].items()), _pct(s["minival_accuracy"]), _pct(s["test_accuracy"])]
+            for s in sweeps]
+    title = "Sweeps (each point a run; the choice by minival accuracy only):"
+    return _section(title, head, body, markdown)
+
+
 def _read_records(results: str | Path, check: Callable[[Any, Path], dict[str, Any] | None],
                   what: str) -> list[dict[str, Any]]:
     """The JSON files in ``results`` that ``check`` returns a record for (None passes a file over);
@@ -88,8 +125,8 @@ def _read_records(results: str | Path, check: Callable[[Any, Path], dict[str, An
 
 
 def _run_record(run: Any, path: Path) -> dict[str, Any] | None:
-    if _fewshot(run):
-        return None  # listed apart: fewshot_runs
+    if _fewshot(run) or isinstance(run, dict) and run.get("kind") == "sweep":
+        return None  # listed apart: fewshot_runs, sweep_runs
     if not isinstance(run, dict):
         raise TypeError(f"a {type(run).__name__}, not an object")
     for key, kind in _REQUIRED.items():
@@ -146,11 +183,7 @@ def _fewshot_lines(runs: list[dict[str, Any]], markdown: bool) -> list[str]:
              *(f"{100 * r['shots'][str(k)]['mean']:.2f}% +- {100 * r['shots'][str(k)]['std']:.2f}"
                if str(k) in r["shots"] else "-" for k in shots)] for r in runs]
     title = "Few-shot linear evaluation (frozen features, l2-regularised least squares):"
-    if markdown:
-        return ["", title, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + \
-            ["| " + " | ".join(map(_md, row)) + " |" for row in body]
-    widths = [max(len(x) for x in col) for col in zip(head, *body)]
-    return ["", title] + ["  ".join(f"{x:<{w}}" for x, w in zip(row, widths)) for row in [head, *body]]
+    return _section(title, head, body, markdown)
 
 
 def _model(run: dict[str, Any]) -> str:
@@ -228,8 +261,9 @@ def _cell(value: Any) -> Any:
 FEWSHOT_COLUMNS = ("split", "seeds", "shots", "shot_mean", "shot_std")
 
 
-def _csv(rows: list[dict[str, Any]], other: list[dict[str, Any]], fewshot: list[dict[str, Any]]) -> str:
-    """Every section in one CSV: published rows, other runs, and a row per few-shot count."""
+def _csv(rows: list[dict[str, Any]], other: list[dict[str, Any]], fewshot: list[dict[str, Any]],
+         sweeps: list[dict[str, Any]]) -> str:
+    """Every section in one CSV: published rows, other runs, a row per few-shot count, a row per sweep."""
     buf = io.StringIO()
     writer = csv.writer(buf, lineterminator="\n")
     writer.writerow(["kind", *COLUMNS, *FEWSHOT_COLUMNS])
@@ -244,6 +278,11 @@ def _csv(rows: list[dict[str, Any]], other: list[dict[str, Any]], fewshot: list[
                      "split": r.get("split", "test"), "seeds": r.get("seeds", ""), "shots": int(shots),
                      "shot_mean": result["mean"], "shot_std": result["std"]}
             writer.writerow(["fewshot", *(_cell(cells.get(k, "")) for k in (*COLUMNS, *FEWSHOT_COLUMNS))])
+    for sw in sweeps:  # the chosen point: its test accuracy under "accuracy", its minival under the mean
+        base = sw.get("base") if isinstance(sw.get("base"), dict) else {}
+        cells = {"upstream": base.get("upstream", ""), "model": base.get("model") or "", "dataset": base.get("dataset", ""),
+                 "accuracy": sw["test_accuracy"], "mean_accuracy": sw["minival_accuracy"]}
+        writer.writerow(["sweep", *(_cell(cells.get(k, "")) for k in (*COLUMNS, *FEWSHOT_COLUMNS))])
     return buf.getvalue()
 
 
@@ -295,17 +334,18 @@ def _text(body: list, notes: list[str], extra: list) -> list[str]:
 
 
 def render(rows: list[dict[str, Any]], other: list[dict[str, Any]], fmt: str = "table",
-           fewshot: list[dict[str, Any]] | None = None) -> str:
-    """The table in one of FORMATS; few-shot records (if any) follow, apart from the fine-tune rows."""
+           fewshot: list[dict[str, Any]] | None = None, sweeps: list[dict[str, Any]] | None = None) -> str:
+    """The table in one of FORMATS; few-shot and sweep records (if any) follow, apart from the rows."""
     if fmt not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}.")
     if fmt == "json":
         doc = {"rows": [{k: r[k] for k in COLUMNS} for r in rows], "other_runs": other}
-        return json.dumps(_finite(doc | ({"fewshot": fewshot} if fewshot else {})), indent=2, allow_nan=False)
+        doc |= ({"fewshot": fewshot} if fewshot else {}) | ({"sweeps": sweeps} if sweeps else {})
+        return json.dumps(_finite(doc), indent=2, allow_nan=False)
     if fmt == "csv":
-        return _csv(rows, other, fewshot or [])
+        return _csv(rows, other, fewshot or [], sweeps or [])
     lines = (_markdown if fmt == "markdown" else _text)(*_cells(rows, other))
-    lines += _fewshot_lines(fewshot or [], fmt == "markdown")
+    lines += _fewshot_lines(fewshot or [], fmt == "markdown") + _sweep_lines(sweeps or [], fmt == "markdown")
     return "\n".join(lines).rstrip() + "\n"
 
 

@@ -1,5 +1,5 @@
-"""The project's GPU check (benchmarks/gpu_check.sh), dry-run on the CPU: every step must end with rc=0,
-so the first run on a GPU spends its minutes on the GPU, not on a broken command."""
+"""The project's GPU scripts (benchmarks/gpu_check.sh, benchmarks/gpu_soak.sh), dry-run on the CPU: every
+step must end with rc=0, so the first run on a GPU spends its minutes on the GPU, not on a broken command."""
 
 import json
 import os
@@ -11,16 +11,22 @@ import pytest
 from conftest import REPO
 
 
-@pytest.mark.slow
-def test_the_gpu_check_dry_run_ends_every_step_with_rc_0(tmp_path, readme_workdir):
-    # The small CIFAR-10 cut in the real archive's layout: the dry run checks the commands, not the scale.
+def dry_run(script: str, tmp_path, readme_workdir) -> tuple[subprocess.CompletedProcess, object]:
+    """Run a GPU script's CPU dry run on the small CIFAR-10 cut in the real archive's layout (the dry run
+    checks the commands, not the scale), its temporary folders in tmp_path/tmp: (result, scratch folder)."""
     data = readme_workdir.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     env = os.environ | {"GPU_CHECK_DRY": "1", "OUT": str(tmp_path / "out"), "GPU_CHECK_DATA": str(data),
                         "PYTHON": sys.executable, "TMPDIR": str(scratch)}
-    out = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh")], capture_output=True, text=True,
-                         env=env, timeout=1200)
+    out = subprocess.run(["bash", str(REPO / "benchmarks" / script)], capture_output=True, text=True, env=env,
+                         timeout=1200)
+    return out, scratch
+
+
+@pytest.mark.slow
+def test_the_gpu_check_dry_run_ends_every_step_with_rc_0(tmp_path, readme_workdir):
+    out, scratch = dry_run("gpu_check.sh", tmp_path, readme_workdir)
     tmp_path = tmp_path / "out"
     log = (tmp_path / "log.txt").read_text()
     codes = [line for line in log.splitlines() if line.startswith("rc=")]
@@ -40,13 +46,7 @@ def test_the_gpu_check_dry_run_ends_every_step_with_rc_0(tmp_path, readme_workdi
 
 @pytest.mark.slow
 def test_the_gpu_soak_dry_run_stops_resumes_and_reports(tmp_path, readme_workdir):
-    data = readme_workdir.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
-    scratch = tmp_path / "tmp"
-    scratch.mkdir()
-    env = os.environ | {"GPU_CHECK_DRY": "1", "OUT": str(tmp_path / "out"), "GPU_CHECK_DATA": str(data),
-                        "PYTHON": sys.executable, "TMPDIR": str(scratch)}
-    out = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_soak.sh")], capture_output=True, text=True, env=env,
-                         timeout=1200)
+    out, scratch = dry_run("gpu_soak.sh", tmp_path, readme_workdir)
     log = (tmp_path / "out" / "soak_log.txt").read_text()
     assert out.returncode == 0 and [line for line in log.splitlines() if line.startswith("rc=")] == ["rc=0"] * 4, log[-3000:]
     assert log.count("stopped rc=143") == 2  # the soak and the equality run were each stopped by SIGTERM, then resumed

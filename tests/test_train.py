@@ -324,3 +324,33 @@ def test_the_head_is_new_unless_the_checkpoint_names_the_data_sets_classes_in_or
     assert head_choice(Recipe(), ["dog", "cat"], classes)[0] is True  # same names, another order
     assert head_choice(Recipe(new_head=True), classes, classes)[0] is True
     assert head_choice(Recipe(new_head=False), None, classes) == (False, "the recipe says new_head = false")
+
+
+def test_sweep_chooses_on_minival_only_records_every_point_and_goes_on_past_a_failure(tmp_path, cut):
+    common = ["--dataset", cut, "--set", "steps=4", "--set", "global_batch=16", "--set", "warmup_steps=1",
+              "--set", "eval_every=0", "--set", "grad_clip=0", "--set", f'results_dir="{tmp_path / "results"}"',
+              "--set", f'output_dir="{tmp_path / "runs"}"', "--set", 'name="sw"', *TINY]
+    out = run_cli("sweep", "--grid", "lr=0.001,0.01,1e30", *common, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-2000:]
+    record = json.loads((tmp_path / "results" / "sweep_sw.json").read_text())
+    points = record["points"]
+    assert [p["settings"]["lr"] for p in points] == [0.001, 0.01, 1e30] and record["kind"] == "sweep"
+    assert points[2]["failed"] and "training diverged" in points[2]["failed"]  # recorded; the sweep went on
+    ran = [p for p in points if not p["failed"]]
+    best = max(ran, key=lambda p: p["minival_accuracy"])
+    assert record["chosen"] == best["settings"] and record["test_accuracy"] == best["test_accuracy"]
+    for p in ran:  # each point is an ordinary run with its own record and folder
+        assert json.loads((tmp_path / "results" / f"{p['name']}.json").read_text())["test_accuracy"] == p["test_accuracy"]
+    assert "<- chosen on minival" in out.stdout
+    table = run_cli("table", "--results", tmp_path / "results")
+    assert "Sweeps (each point a run" in table.stdout and "sw" in table.stdout and "skipping" not in table.stderr
+    again = run_cli("sweep", "--grid", "lr=0.001,0.01,1e30", *common, cwd=REPO)  # resumes: re-evaluates only
+    assert again.returncode == 0 and again.stdout.count("resuming") == 2
+
+
+@pytest.mark.parametrize("grid,needle", [(["--grid", "dataset=a,b"], "cannot vary dataset"),
+                                         (["--grid", "lr="], "takes key=v1,v2"),
+                                         (["--grid", "lr=0.1", "--grid", "lr=0.2"], "names lr twice")])
+def test_a_sweep_that_cannot_run_is_one_message(grid, needle, cut):
+    out = run_cli("sweep", *grid, "--dataset", cut)
+    assert out.returncode == 2 and needle in out.stderr and "Traceback" not in out.stderr, out.stderr
