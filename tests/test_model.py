@@ -94,6 +94,12 @@ def test_the_command_line_starts_without_torch_timm_or_datasets():
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "True"
 
 
+def test_data_push_and_preflight_import_neither_the_weights_loader_nor_torch():
+    code = ("import sys, mixer_ft.data, mixer_ft.push, mixer_ft.preflight, mixer_ft.model_folder, mixer_ft.sources; "
+            "print(sorted(m for m in ('torch', 'mixer_ft.weights', 'mixer_ft.checkpoint') if m in sys.modules))")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
+
+
 def test_auto_precision_is_bf16_only_where_the_cpu_computes_it_natively(monkeypatch, caplog):
     import logging
 
