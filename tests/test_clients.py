@@ -2,6 +2,7 @@
 image-classification pipeline (TimmWrapper), with their own preprocessing."""
 
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -46,7 +47,7 @@ def test_timm_and_transformers_preprocess_a_4_3_photo_as_we_do(folder, cifar_sub
     cat = next((cifar_subset(train=100, test=20) / "test" / "cat").iterdir())
     photo = Image.open(cat).convert("RGB").resize((400, 300), Image.BICUBIC)  # a smooth 4:3 photo
     ours = Classifier.from_pretrained(folder64, device="cpu").pre.eval(
-        torch.from_numpy(to_rgb_array(("photo", lambda: photo), max_side=512))[None])
+        torch.from_numpy(np.array(to_rgb_array(("photo", lambda: photo), max_side=512)))[None])
     model = timm.create_model(f"local-dir:{folder64}", pretrained=True)
     timm_x = timm.data.create_transform(**timm.data.resolve_data_config({}, model=model))(photo)[None]
     hf_x = AutoImageProcessor.from_pretrained(str(folder64))(photo, return_tensors="pt")["pixel_values"]
