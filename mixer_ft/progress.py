@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import TYPE_CHECKING
 
 import torch
@@ -21,8 +22,10 @@ class Progress:
         if r.tracker:
             flat = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in r.to_dict().items()}
             run.accelerator.init_trackers(r.run_name, config=flat)
-        self.bar = tqdm(total=run.total, initial=run.step, disable=not run.accelerator.is_local_main_process,
-                        desc=r.run_name, unit="step", dynamic_ncols=True)
+        # A bar on a terminal; in a log or a pipe, where a bar is noise, the history's lines instead.
+        self.lines = run.accelerator.is_local_main_process and not sys.stderr.isatty()
+        self.bar = tqdm(total=run.total, initial=run.step, disable=not run.accelerator.is_local_main_process
+                        or self.lines, desc=r.run_name, unit="step", dynamic_ncols=True)
         # loss sum, steps, correct, images, images of timed steps (all but a start's first) since the last line
         self.window = torch.zeros(5, device=run.device)
         self.window_s = 0.0
@@ -42,6 +45,10 @@ class Progress:
                 entry["peak_memory_bytes"] = torch.cuda.max_memory_allocated(run.device)
                 torch.cuda.reset_peak_memory_stats(run.device)
             run.history["loss"].append(entry)
+            if self.lines:
+                print(f"{run.recipe.run_name}: step {done:,}/{run.total:,}  loss {entry['loss']:.4f}  "
+                      f"acc {entry['train_accuracy']:.3f}  lr {entry['lr']:.3g}" + (f"  {rate:,.0f} img/s" if rate else ""),
+                      file=sys.stderr, flush=True)
             self.bar.set_postfix(loss=f"{entry['loss']:.4f}", acc=f"{entry['train_accuracy']:.3f}",
                                  **({"img_s": f"{rate:.0f}"} if rate else {}))
             if run.recipe.tracker:
@@ -55,7 +62,7 @@ class Progress:
         run = self.run
         run.history["minival"].append({"step": run.step, "accuracy": round(accuracy, 5)})
         if run.accelerator.is_main_process:
-            self.bar.write(f"step {run.step}: minival accuracy {accuracy:.4f}")
+            self.bar.write(f"step {run.step}: minival accuracy {accuracy:.4f}", file=sys.stderr if self.lines else None)
         if run.recipe.tracker:
             run.accelerator.log({"minival/accuracy": accuracy}, step=run.step)
 
