@@ -16,23 +16,10 @@
 # 4. benchmarks/resolution_cost.py: B/16's training step at 224 against 448 (tiled weights).
 # Every step ends with a line `rc=N`; a non-zero one is a bug to fix. Commit the records under
 # results/bench/ and put the figures in the README's GPU row, with the GPU's name.
-set -uo pipefail
-cd "$(dirname "$0")/.."
-export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-OUT="${OUT:-/tmp/gpu-check-out}"; mkdir -p "$OUT"
-DATA="${GPU_CHECK_DATA:-.gpu/cifar10-jpeg.tar.gz}"
-PY="${PYTHON:-python3}"
-LOG="$OUT/log.txt"
+source "$(dirname "$0")/gpu_common.sh" /tmp/gpu-check-out log.txt
 # The fine-tune's run folder (checkpoints, model): a fresh temporary folder, not $OUT (an L/16 model is
 # 800 MB that need not come back) and not a fixed path another run could be using.
 RUN_DIR="$(mktemp -d "${TMPDIR:-/tmp}/gpu-check-run.XXXXXX")"
-# run LIMIT CMD...: a step that hangs (a stuck compile, say) is stopped at LIMIT seconds (rc=124) so the
-# steps after it still run inside the device call's time. The CPU dry run checks commands, not speed:
-# it has no limits, so a loaded machine cannot fail it.
-run() { local limit=$1; shift; echo "+ $*" | tee -a "$LOG"
-        if [ -n "${GPU_CHECK_DRY:-}" ]; then "$@" 2>&1 | tee -a "$LOG"
-        else timeout -s INT -k 20 "$limit" "$@" 2>&1 | tee -a "$LOG"; fi
-        echo "rc=${PIPESTATUS[0]}" | tee -a "$LOG"; }
 
 if [ -n "${GPU_CHECK_DRY:-}" ]; then
   DEV=cpu; B16="--model S/32 --batch 4 --steps 2"; L16="--model S/32 --batch 4 --steps 2"; FT_STEPS=2; FT_BATCH=8

@@ -16,15 +16,8 @@
 # 3. benchmarks/soak_report.py writes soak_<device>.json: steady images/s (drift), flat memory, the
 #    overheads, and the resumed-equals-uninterrupted difference.
 # Every step ends with a line `rc=N`. Commit the records under results/bench/ with the GPU's name.
-set -uo pipefail
-cd "$(dirname "$0")/.."
-export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
-OUT="${OUT:-/tmp/gpu-soak-out}"; mkdir -p "$OUT"
-DATA="${GPU_CHECK_DATA:-.gpu/cifar10-jpeg.tar.gz}"
-PY="${PYTHON:-python3}"
-LOG="$OUT/soak_log.txt"
+source "$(dirname "$0")/gpu_common.sh" /tmp/gpu-soak-out soak_log.txt
 RUNS="$(mktemp -d "${TMPDIR:-/tmp}/gpu-soak-runs.XXXXXX")"
-run() { echo "+ $*" | tee -a "$LOG"; "$@" 2>&1 | tee -a "$LOG"; echo "rc=${PIPESTATUS[0]}" | tee -a "$LOG"; }
 if [ -n "${GPU_CHECK_DRY:-}" ]; then
   SOAK_STEPS="${SOAK_STEPS:-12}"; EVAL=4; CKPT=6; LOGE=2; BATCH=8; SOAK_MODEL="--model S/32 --set architecture.img_size=64"
   EQ_STEPS=8; EQ_MODEL="--model S/32 --set architecture.img_size=64"; EQ_BATCH=8
@@ -47,11 +40,11 @@ finetune() {
     while kill -0 "$pid" 2>/dev/null && [ ! -f "$mark" ]; do sleep 0.2; done
     kill -TERM "$pid" 2>/dev/null; wait "$pid"; echo "stopped rc=$? (143 expected)" | tee -a "$LOG"
   fi
-  run "${cmd[@]}"
+  run 480 "${cmd[@]}"
 }
 [ -f "$DATA" ] || { echo "no data at $DATA: copy ../shared/data/cifar10-jpeg.tar.gz there" | tee -a "$LOG"; echo "rc=1"; exit 1; }
 finetune soak "$SOAK_STEPS" "$SOAK_MODEL" "$BATCH" "$CKPT" "$CKPT"
 finetune straight "$EQ_STEPS" "$EQ_MODEL" "$EQ_BATCH" $((EQ_STEPS / 2))
 finetune resumed "$EQ_STEPS" "$EQ_MODEL" "$EQ_BATCH" $((EQ_STEPS / 2)) $((EQ_STEPS / 2))
-run "$PY" benchmarks/soak_report.py --records "$OUT" --runs "$RUNS" --out "$OUT"
+run 60 "$PY" benchmarks/soak_report.py --records "$OUT" --runs "$RUNS" --out "$OUT"
 rm -rf "$RUNS"
