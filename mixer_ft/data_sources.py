@@ -365,7 +365,9 @@ def listed_train_images(source: str, test_fraction: float = TEST_FRACTION) -> in
     if isinstance(reader, _FolderReader):
         assign, _ = _layout(reader.names(), test_fraction, reader.location)
         return sum(split == "train" for split, _ in assign.values())
-    if getattr(reader, "repo", None):  # a Hub data set
+    from mixer_ft.hub_data import HubReader
+
+    if isinstance(reader, HubReader):
         return 50_000 if reader.alias else None  # cifar10 and cifar100 are published with 50,000
     return 50_000
 

@@ -34,6 +34,8 @@ class Ticker:
 
     @total.setter
     def total(self, n: int | None) -> None:
+        if n == self._total:  # set for every image while decoding: redraw only when it changes
+            return
         self._total = n
         if self.bar is not None:
             self.bar.total = n
