@@ -19,8 +19,9 @@ DEFAULT_LICENSE = "apache-2.0"  # Google's Mixer weights are Apache-2.0; recipe 
 def _header(cfg: MixerConfig, classes: list[str] | None, provenance: dict[str, Any]) -> list[str]:
     """The YAML metadata the Hub reads: library, license, tags, data set (only a Hub one the run used), results."""
     timm_loads = cfg.variant is not None  # timm builds the paper's variants (see docs/using-a-model.md)
-    tags = ["image-classification", "mlp-mixer", "mixer_ft"] + (["timm"] if timm_loads else [])
-    lines = ["---", f"library_name: {'timm' if timm_loads else 'mixer_ft'}",
+    # A custom size: transformers runs the folder's own model code (the Hub's "custom_code" tag).
+    tags = ["image-classification", "mlp-mixer", "mixer_ft"] + (["timm"] if timm_loads else ["custom_code"])
+    lines = ["---", f"library_name: {'timm' if timm_loads else 'transformers'}",
              f"license: {json.dumps(provenance.get('license', DEFAULT_LICENSE))}",
              "pipeline_tag: image-classification", "tags:"] + [f"- {t}" for t in tags]
     hub_id = hub_dataset_id(provenance.get("data_source"))  # a local copy of a Hub set is not that set
@@ -86,8 +87,12 @@ def model_card(cfg: MixerConfig, classes: list[str] | None = None, evaluation: d
               "from mixer_ft import Classifier", "", 'classify = Classifier.from_pretrained("path/to/this/folder")',
               'classify("photo.jpg")  # [{"label": ..., "score": ...}, ...]', "```"]
     if not cfg.variant:
-        lines += ["", "## In timm and transformers", "", "timm registers the paper's seven Mixer shapes only (its model functions "
-                  "fix patch, depth and width), so it cannot build this custom size; load it with mixer_ft."]
+        lines += ["", "## In transformers", "", "timm registers the paper's seven Mixer shapes only (its model functions "
+                  "fix patch, depth and width), so it cannot build this custom size. transformers can, with the model "
+                  "code in this folder (`modeling_mixer_ft.py`, torch and transformers only):", "", "```python",
+                  "from transformers import pipeline", "",
+                  'classify = pipeline("image-classification", model="path/to/this/folder", trust_remote_code=True)',
+                  'classify("photo.jpg")', "```"]
     if cfg.variant:
         gelu = ("this model was trained with the tanh one, about 1e-4 apart in the logits" if cfg.gelu == "tanh"
                 else "as this model was trained")

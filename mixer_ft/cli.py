@@ -146,12 +146,9 @@ def finetune(
              "mixed_precision": mixed_precision}
     if micro_batch is not None:
         flags["micro_batch"] = micro_batch if micro_batch == "auto" else _positive_int(micro_batch, "--micro-batch")
-    r, overrides = recipes.from_command_line(recipe, flags, set_ or [])
-    origin = recipes.origins(recipe, overrides)
-    if not {"steps", "epochs"} & {k for k, v in origin.items() if v != "default"}:
-        r, origin, said = recipes.apply_hyper_rule(r, origin, count_only=dry_run)
-        if said and not dry_run:  # a dry run's TOML says it in its comments
-            typer.echo(said)
+    r, origin, said = recipes.resolve(recipe, flags, set_ or [], count_only=dry_run)
+    if said and not dry_run:  # a dry run's TOML says it in its comments
+        typer.echo(said)
     if dry_run:
         typer.echo(recipes.to_toml(r, origin), nl=False)
         return
@@ -171,8 +168,11 @@ def sweep(
     from mixer_ft import recipe as recipes
     from mixer_ft.sweep import parse_grid, run_sweep, summary
 
-    base, _ = recipes.from_command_line(recipe, {"dataset": dataset}, set_ or [])
-    record = run_sweep(base, parse_grid(grid))
+    grid_ = parse_grid(grid)
+    base, _, said = recipes.resolve(recipe, {"dataset": dataset}, set_ or [])
+    if said and not {"steps", "epochs"} & set(grid_):  # the rule sets each point's schedule
+        typer.echo(said)
+    record = run_sweep(base, grid_)
     if record:  # the main process's
         typer.echo(summary(record), nl=False)
         typer.echo(f"record: {record['file']}", err=True)

@@ -161,7 +161,7 @@ def save_pretrained(model: MlpMixer, directory: str | Path, *, classes: list[str
     cfg = model.config
     if classes is not None and len(classes) != cfg.num_classes:
         raise ConfigError(f"{len(classes)} class names for a head of {cfg.num_classes} classes.")
-    config: dict[str, Any] = _timm_fields(cfg) if cfg.variant else {}
+    config: dict[str, Any] = _timm_fields(cfg) if cfg.variant else dict(_REMOTE_CODE)
     if classes:
         config["label_names"] = list(classes)
     provenance = public_provenance(provenance or {})
@@ -171,7 +171,32 @@ def save_pretrained(model: MlpMixer, directory: str | Path, *, classes: list[str
     atomic_write(directory / "model.safetensors", lambda p: save_file(tensors, str(p)))
     atomic_write_text(directory / "config.json", json.dumps(config, indent=2) + "\n")
     atomic_write_text(directory / "README.md", model_card(cfg, classes, evaluation, provenance))
+    if not cfg.variant:  # timm cannot build it: transformers can, with the folder's own code
+        _write_remote_code(directory, cfg)
     return directory
+
+
+# A custom size in config.json: transformers' AutoModelForImageClassification and pipeline load it
+# with trust_remote_code=True, running the two files mixer_ft.remote_code copies beside it.
+_REMOTE_CODE = {
+    "model_type": "mixer_ft",
+    "architectures": ["MixerFtForImageClassification"],
+    "auto_map": {"AutoConfig": "configuration_mixer_ft.MixerFtConfig",
+                 "AutoModelForImageClassification": "modeling_mixer_ft.MixerFtForImageClassification"},
+}
+
+
+def _write_remote_code(directory: Path, cfg: MixerConfig) -> None:
+    """The model code and the image processor's settings (the whole image resized, as ours)."""
+    from mixer_ft.remote_code import FILES, HERE
+
+    for name in FILES:
+        atomic_write_text(directory / name, (HERE / name).read_text())
+    processor = {"image_processor_type": "ViTImageProcessor", "do_resize": True, "resample": 2,  # bilinear
+                 "size": {"height": cfg.img_size, "width": cfg.img_size}, "do_rescale": True,
+                 "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": list(cfg.mean),
+                 "image_std": list(cfg.std)}
+    atomic_write_text(directory / "preprocessor_config.json", json.dumps(processor, indent=2) + "\n")
 
 
 __all__ = ["WEIGHT_FILES", "apply_metadata", "model_folder", "read_config", "save_pretrained", "weights_in"]

@@ -336,7 +336,21 @@ def from_command_line(path: str | None, flags: dict[str, Any], set_items: list[s
             value = {**overrides.get(key, {}), **value}
         overrides[key] = value
     check_keys(overrides, "--set")
+    if "steps" in overrides and "epochs" not in overrides:
+        overrides["epochs"] = None  # --steps on the command line beats the file's epochs (which would win)
     return (load_recipe(path, **overrides) if path else from_dict(overrides)), overrides
+
+
+def resolve(path: str | None, flags: dict[str, Any], set_items: list[str],
+            count_only: bool = False) -> tuple[Recipe, dict[str, str], str | None]:
+    """The recipe a command line asks for (``from_command_line``), with the BiT-HyperRule's schedule
+    when neither the file nor the command line sets steps or epochs; where each key came from; and
+    what the rule chose and why (None when it did not apply)."""
+    r, overrides = from_command_line(path, flags, set_items)
+    origin = origins(path, overrides)
+    if {"steps", "epochs"} & {k for k, v in origin.items() if v != "default"}:
+        return r, origin, None
+    return apply_hyper_rule(r, origin, count_only)
 
 
 def origins(path: str | Path | None, overrides: dict[str, Any]) -> dict[str, str]:

@@ -1,5 +1,6 @@
 """A model folder in the clients nobody here wrote: timm's `local-dir:` loader and transformers'
-image-classification pipeline (TimmWrapper), with their own preprocessing."""
+image-classification pipeline (TimmWrapper, or the folder's own code for a custom size), with their
+own preprocessing."""
 
 
 import numpy as np
@@ -53,3 +54,35 @@ def test_timm_and_transformers_preprocess_a_4_3_photo_as_we_do(folder, cifar_sub
     hf_x = AutoImageProcessor.from_pretrained(str(folder64))(photo, return_tensors="pt")["pixel_values"]
     for theirs in (timm_x, hf_x):  # the whole image squashed to 64x64, not a centre crop of its short side
         assert theirs.shape == ours.shape and (theirs - ours).abs().mean() < 1e-2
+
+
+def test_a_custom_size_loads_in_transformers_with_its_own_code_and_gives_our_top_1(cifar_subset, tmp_path):
+    from transformers import AutoModelForImageClassification, pipeline
+
+    from mixer_ft.config import MixerConfig
+    from mixer_ft.model import MlpMixer
+
+    cfg = MixerConfig(patch_size=4, hidden_dim=32, num_blocks=2, tokens_mlp_dim=16, channels_mlp_dim=64,
+                      img_size=32, num_classes=10, gelu="exact")  # no timm function builds this shape
+    folder = save_pretrained(randomize_(MlpMixer(cfg), seed=5), tmp_path / "custom", classes=CLASSES)
+    files = sorted(str(f) for f in (cifar_subset(train=100, test=20) / "test").rglob("*.jpg"))[::10]
+    ours = Classifier.from_pretrained(folder, device="cpu")(files, top_k=1)
+    with pytest.raises(ValueError, match="trust_remote_code"):  # transformers asks before it runs the folder's code
+        AutoModelForImageClassification.from_pretrained(str(folder), trust_remote_code=False)
+    classify = pipeline("image-classification", model=str(folder), device="cpu", trust_remote_code=True)
+    theirs = classify(files, top_k=1)
+    assert [r[0]["label"] for r in theirs] == [r[0]["label"] for r in ours] and len({r[0]["label"] for r in ours}) > 1
+    assert [r[0]["score"] for r in theirs] == pytest.approx([r[0]["score"] for r in ours], abs=2e-2)
+    model = AutoModelForImageClassification.from_pretrained(str(folder), trust_remote_code=True)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():  # the same function as ours on the same input, to float error
+        assert torch.allclose(model(pixel_values=x).logits, Classifier.from_pretrained(folder, device="cpu").model(x),
+                              atol=1e-5)
+    assert model.config.id2label[3] == "cat"
+    from transformers import AutoImageProcessor
+
+    photo = Image.open(files[0]).convert("RGB").resize((400, 300), Image.BICUBIC)  # a smooth 4:3 photo
+    ours_x = Classifier.from_pretrained(folder, device="cpu").pre.eval(
+        torch.from_numpy(np.array(to_rgb_array(("photo", lambda: photo), max_side=512)))[None])
+    hf_x = AutoImageProcessor.from_pretrained(str(folder))(photo, return_tensors="pt")["pixel_values"]
+    assert hf_x.shape == ours_x.shape and (hf_x - ours_x).abs().mean() < 1e-2  # squashed whole, as ours

@@ -171,7 +171,8 @@ def test_the_model_folder_describes_itself(smoke_run):
                                                                             "precision": "no"}
     assert ours["provenance"]["test_accuracy"] == rec["test_accuracy"] and ours["provenance"]["steps"] == 300
     card = metadata_load(run / "model" / "README.md")
-    assert card["library_name"] == "mixer_ft" and "image-classification" in card["tags"]
+    assert card["library_name"] == "transformers" and {"image-classification", "custom_code"} <= set(card["tags"])
+    assert {"modeling_mixer_ft.py", "configuration_mixer_ft.py"} <= {p.name for p in (run / "model").iterdir()}
     assert card["model-index"][0]["results"][0]["metrics"][0]["value"] == rec["test_accuracy"]
     text = (run / "model" / "README.md").read_text()
     assert f"{100 * rec['test_accuracy']:.2f}%" in text and "Classifier.from_pretrained" in text
