@@ -170,3 +170,21 @@ def test_dry_run_prints_the_resolved_recipe_with_each_keys_source_and_the_hyper_
     assert tomllib.loads(kept.stdout)["steps"] == 10_000 and "# recipe file" in kept.stdout
     flagged = run_cli("finetune", "--dataset", cut, "--steps", "7", "--dry-run")
     assert tomllib.loads(flagged.stdout)["steps"] == 7
+    # --steps beats a recipe's epochs (which train.py would otherwise prefer), and says so.
+    epochs_recipe = tmp_path / "epochs.toml"
+    epochs_recipe.write_text('epochs = 10\nglobal_batch = 64\n')
+    resolved = tomllib.loads(run_cli("finetune", "--recipe", epochs_recipe, "--dataset", cut, "--steps", "7",
+                                     "--dry-run").stdout)
+    assert resolved["steps"] == 7 and "epochs" not in resolved
+
+
+def test_a_sweep_gets_the_hyper_rule_as_finetune_does(cifar_subset, tmp_path):
+    from mixer_ft.recipe import resolve
+
+    cut = cifar_subset(train=100, test=20)
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('optimizer = "sgd"\nglobal_batch = 32\n')  # no steps, no epochs
+    r, origin, said = resolve(str(recipe), {"dataset": str(cut)}, [])
+    assert (r.steps, r.warmup_steps) == (500, 50) and origin["steps"].startswith("rule") and "BiT" in said
+    r, _, said = resolve(str(recipe), {"dataset": str(cut)}, ["steps=20"])
+    assert r.steps == 20 and said is None
