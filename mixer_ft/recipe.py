@@ -377,7 +377,8 @@ def to_toml(recipe: Recipe, origin: dict[str, str]) -> str:
         elif v is None:
             lines.append(f"# {key} unset  # {origin.get(key, 'default')}")
         else:
-            lines.append(f"{key} = {value(v)}  # {origin.get(key, 'default')}")
+            unused = " (not used: epochs sets the length)" if key == "steps" and recipe.epochs else ""
+            lines.append(f"{key} = {value(v)}  # {origin.get(key, 'default')}{unused}")
     return "\n".join(lines + ([""] + table if table else [])) + "\n"
 
 

@@ -56,16 +56,12 @@ def test_timm_and_transformers_preprocess_a_4_3_photo_as_we_do(folder, cifar_sub
         assert theirs.shape == ours.shape and (theirs - ours).abs().mean() < 1e-2
 
 
-def test_a_custom_size_loads_in_transformers_with_its_own_code_and_gives_our_top_1(cifar_subset, tmp_path):
+def test_a_custom_size_loads_in_transformers_with_its_own_code_and_gives_our_top_1(smoke_run):
     from transformers import AutoModelForImageClassification, pipeline
 
-    from mixer_ft.config import MixerConfig
-    from mixer_ft.model import MlpMixer
-
-    cfg = MixerConfig(patch_size=4, hidden_dim=32, num_blocks=2, tokens_mlp_dim=16, channels_mlp_dim=64,
-                      img_size=32, num_classes=10, gelu="exact")  # no timm function builds this shape
-    folder = save_pretrained(randomize_(MlpMixer(cfg), seed=5), tmp_path / "custom", classes=CLASSES)
-    files = sorted(str(f) for f in (cifar_subset(train=100, test=20) / "test").rglob("*.jpg"))[::10]
+    run, _, images = smoke_run  # the smoke recipe's model: patch 4, width 64, 2 blocks (no timm function)
+    folder = run / "model"
+    files = sorted(str(f) for f in (images / "test").rglob("*.jpg"))[::10]  # 20 images, 2 a class
     ours = Classifier.from_pretrained(folder, device="cpu")(files, top_k=1)
     with pytest.raises(ValueError, match="trust_remote_code"):  # transformers asks before it runs the folder's code
         AutoModelForImageClassification.from_pretrained(str(folder), trust_remote_code=False)

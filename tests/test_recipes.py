@@ -176,6 +176,8 @@ def test_dry_run_prints_the_resolved_recipe_with_each_keys_source_and_the_hyper_
     resolved = tomllib.loads(run_cli("finetune", "--recipe", epochs_recipe, "--dataset", cut, "--steps", "7",
                                      "--dry-run").stdout)
     assert resolved["steps"] == 7 and "epochs" not in resolved
+    by_epochs = run_cli("finetune", "--recipe", epochs_recipe, "--dataset", cut, "--dry-run").stdout
+    assert "steps = 10000  # default (not used: epochs sets the length)" in by_epochs
 
 
 def test_a_sweep_gets_the_hyper_rule_as_finetune_does(cifar_subset, tmp_path):

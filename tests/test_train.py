@@ -348,6 +348,23 @@ def test_sweep_chooses_on_minival_only_records_every_point_and_goes_on_past_a_fa
     assert again.returncode == 0 and again.stdout.count("resuming") == 2
 
 
+@pytest.mark.slow
+def test_a_sweep_under_accelerate_launch_with_two_processes_records_once_and_chooses_on_minival(tmp_path, cut):
+    common = ["--dataset", cut, "--set", "steps=4", "--set", "global_batch=16", "--set", "warmup_steps=1",
+              "--set", "eval_every=0", "--set", f'results_dir="{tmp_path / "results"}"',
+              "--set", f'output_dir="{tmp_path / "runs"}"', "--set", 'name="sw2"', *TINY]
+    out = subprocess.run([*LAUNCH2, "sweep", "--grid", "lr=0.001,0.01", *map(str, common)], capture_output=True,
+                         text=True, env=os.environ.copy(), cwd=REPO, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    record = json.loads((tmp_path / "results" / "sweep_sw2.json").read_text())
+    assert [p["settings"]["lr"] for p in record["points"]] == [0.001, 0.01] and not any(p["failed"] for p in record["points"])
+    best = max(record["points"], key=lambda p: p["minival_accuracy"])
+    assert record["chosen"] == best["settings"] and out.stdout.count("<- chosen on minival") == 1  # the main process reports
+    for p in record["points"]:  # each point trained on both processes and wrote one record
+        point = json.loads((tmp_path / "results" / f"{p['name']}.json").read_text())
+        assert point["hardware"]["count"] == 2 and point["test_accuracy"] == p["test_accuracy"]
+
+
 @pytest.mark.parametrize("grid,needle", [(["--grid", "dataset=a,b"], "cannot vary dataset"),
                                          (["--grid", "lr="], "takes key=v1,v2"),
                                          (["--grid", "lr=0.1", "--grid", "lr=0.2"], "names lr twice")])

@@ -1,0 +1,58 @@
+"""The transfer experiment's scripts (benchmarks/transfer/), end to end on a small cut of CIFAR-10 with
+training cut to a few steps: the data split, every command the driver runs, the report's table and figure."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO
+
+pytestmark = pytest.mark.slow
+
+
+def test_the_transfer_experiment_runs_end_to_end_and_reports_every_arm(readme_workdir, tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "recipes").symlink_to(REPO / "recipes")
+    archive = readme_workdir.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"  # 100 train, 20 test a class
+
+    def script(name, *args):
+        out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "transfer" / name), *args], cwd=work,
+                             capture_output=True, text=True, timeout=600)
+        assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
+        return out.stdout
+
+    script("make_data.py", f"--archive={archive}", "--sizes=5", "--seeds=0,1")
+    data = work / "runs" / "transfer" / "data"
+    assert sorted(p.name for p in (data / "upstream" / "train").iterdir()) == [
+        "bird", "cat", "deer", "dog", "frog", "horse"]
+    down = {p.name: len(list(p.iterdir())) for p in (data / "downstream_n5_s1" / "train").iterdir()}
+    assert down == {"airplane": 5, "automobile": 5, "ship": 5, "truck": 5}
+    assert {p.name for p in (data / "downstream_n5_s0" / "train" / "ship").iterdir()} != {
+        p.name for p in (data / "downstream_n5_s1" / "train" / "ship").iterdir()}  # each seed its own draw
+
+    log = script("run.py", "--sizes=5", "--seeds=0,1", "--set=steps=2", "--set=warmup_steps=1")
+    results = work / "results" / "transfer"
+    upstream = json.loads((results / "transfer_upstream_animals.json").read_text())
+    assert upstream["steps"] == 2 and len(upstream["classes"]) == 6
+    for arm, grid in (("scratch", 3), ("finetune", 4)):
+        sweep = json.loads((results / f"sweep_transfer_{arm}_n5_s0.json").read_text())
+        assert len(sweep["points"]) == grid and sweep["kind"] == "sweep"
+        seed1 = json.loads((results / f"transfer_{arm}_n5_s1.json").read_text())
+        assert seed1["classes"] == ["airplane", "automobile", "ship", "truck"] and seed1["test_images"] == 80
+        assert seed1["config"]["lr"] == sweep["chosen"]["lr"]  # the lr chosen on minival
+    fine = json.loads((results / "transfer_finetune_n5_s1.json").read_text())
+    assert fine["config"]["upstream"] == "runs/transfer_upstream_animals/model" and fine["head"].startswith("new")
+    assert log.count("$ mixer-ft") == 6  # upstream, two sweeps, two seed-1 runs, few-shot
+    fewshot = json.loads(next(results.glob("fewshot_*.json")).read_text())
+    assert list(fewshot["shots"]) == ["5"] and len(fewshot["shots"]["5"]["per_seed"]) == 2
+
+    again = script("run.py", "--sizes=5", "--seeds=0,1", "--set=steps=2", "--set=warmup_steps=1")
+    assert "$ mixer-ft" not in again  # every step's record is there: nothing runs twice
+
+    table = script("report.py", f"--results={results}", f"--figure={tmp_path / 'transfer.png'}")
+    row = next(line for line in table.splitlines() if line.startswith("| 5 |"))
+    assert row.count("(2)") == 3  # three arms, two seeds each
+    assert (tmp_path / "transfer.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
