@@ -12,7 +12,7 @@ from mixer_ft import ConfigError
 from mixer_ft.optim import lr_factor
 from mixer_ft.recipe import RESUMABLE_KEYS, Recipe, default, from_dict, load_recipe, parse_override, resume_conflicts
 
-RECIPES = sorted((REPO / "recipes").glob("*.toml"))
+RECIPES = sorted((REPO / "recipes").rglob("*.toml"))  # recipes/transfer/ too
 
 
 def test_the_recipe_set_covers_the_table():
@@ -28,7 +28,9 @@ def test_every_recipe_loads_and_heads_with_its_command(path):
     recipe = load_recipe(path)
     assert isinstance(recipe, Recipe)
     head = path.read_text().splitlines()[0]
-    assert re.fullmatch(rf"# mixer-ft finetune --recipe recipes/{path.name}( --dataset \S+)?", head), head
+    rel = path.relative_to(REPO / "recipes").as_posix()
+    assert re.fullmatch(rf"# mixer-ft (finetune|sweep) --recipe recipes/{rel}( --dataset \S+)?( --grid \S+)?( --set \S+)?",
+                        head), head
     comments = "\n".join(line for line in path.read_text().splitlines() if line.startswith("#"))
     assert "%" in comments or "No published" in comments  # the expected accuracy, where known
 

@@ -24,35 +24,37 @@ def test_the_transfer_experiment_runs_end_to_end_and_reports_every_arm(readme_wo
         assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
         return out.stdout
 
-    script("make_data.py", f"--archive={archive}", "--sizes=5", "--seeds=0,1")
+    script("make_data.py", f"--archive={archive}", "--sizes=10", "--seeds=0,1")
     data = work / "runs" / "transfer" / "data"
     assert sorted(p.name for p in (data / "upstream" / "train").iterdir()) == [
         "bird", "cat", "deer", "dog", "frog", "horse"]
-    down = {p.name: len(list(p.iterdir())) for p in (data / "downstream_n5_s1" / "train").iterdir()}
-    assert down == {"airplane": 5, "automobile": 5, "ship": 5, "truck": 5}
-    assert {p.name for p in (data / "downstream_n5_s0" / "train" / "ship").iterdir()} != {
-        p.name for p in (data / "downstream_n5_s1" / "train" / "ship").iterdir()}  # each seed its own draw
+    down = {p.name: len(list(p.iterdir())) for p in (data / "downstream_n10_s1" / "train").iterdir()}
+    assert down == {"airplane": 10, "automobile": 10, "ship": 10, "truck": 10}
+    assert {p.name for p in (data / "downstream_n10_s0" / "train" / "ship").iterdir()} != {
+        p.name for p in (data / "downstream_n10_s1" / "train" / "ship").iterdir()}  # each seed its own draw
 
-    log = script("run.py", "--sizes=5", "--seeds=0,1", "--set=steps=2", "--set=warmup_steps=1")
+    log = script("run.py", "--sizes=10", "--seeds=0,1", "--set=steps=2", "--set=warmup_steps=1")
     results = work / "results" / "transfer"
     upstream = json.loads((results / "transfer_upstream_animals.json").read_text())
     assert upstream["steps"] == 2 and len(upstream["classes"]) == 6
     for arm, grid in (("scratch", 3), ("finetune", 4)):
-        sweep = json.loads((results / f"sweep_transfer_{arm}_n5_s0.json").read_text())
+        sweep = json.loads((results / f"sweep_transfer_{arm}_n10_s0.json").read_text())
         assert len(sweep["points"]) == grid and sweep["kind"] == "sweep"
-        seed1 = json.loads((results / f"transfer_{arm}_n5_s1.json").read_text())
+        seed1 = json.loads((results / f"transfer_{arm}_n10_s1.json").read_text())
         assert seed1["classes"] == ["airplane", "automobile", "ship", "truck"] and seed1["test_images"] == 80
         assert seed1["config"]["lr"] == sweep["chosen"]["lr"]  # the lr chosen on minival
-    fine = json.loads((results / "transfer_finetune_n5_s1.json").read_text())
+    fine = json.loads((results / "transfer_finetune_n10_s1.json").read_text())
     assert fine["config"]["upstream"] == "runs/transfer_upstream_animals/model" and fine["head"].startswith("new")
-    assert log.count("$ mixer-ft") == 6  # upstream, two sweeps, two seed-1 runs, few-shot
+    shifted = json.loads((results / "transfer_finetuneshift_n10_s1.json").read_text())["config"]
+    assert (shifted["crop_area_min"], shifted["translate"], shifted["lr"]) == (1.0, 2, fine["config"]["lr"])
+    assert log.count("$ mixer-ft") == 8  # upstream, two sweeps, two seed-1 runs, two shifted runs, few-shot
     fewshot = json.loads(next(results.glob("fewshot_*.json")).read_text())
-    assert list(fewshot["shots"]) == ["5"] and len(fewshot["shots"]["5"]["per_seed"]) == 2
+    assert list(fewshot["shots"]) == ["10"] and len(fewshot["shots"]["10"]["per_seed"]) == 2
 
-    again = script("run.py", "--sizes=5", "--seeds=0,1", "--set=steps=2", "--set=warmup_steps=1")
+    again = script("run.py", "--sizes=10", "--seeds=0,1", "--set=steps=2", "--set=warmup_steps=1")
     assert "$ mixer-ft" not in again  # every step's record is there: nothing runs twice
 
     table = script("report.py", f"--results={results}", f"--figure={tmp_path / 'transfer.png'}")
-    row = next(line for line in table.splitlines() if line.startswith("| 5 |"))
-    assert row.count("(2)") == 3  # three arms, two seeds each
+    row = next(line for line in table.splitlines() if line.startswith("| 10 |"))
+    assert row.count("(2)") == 4  # four arms, two seeds each
     assert (tmp_path / "transfer.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -1,0 +1,92 @@
+"""The transfer experiment, end to end: every command it runs, printed before it runs.
+
+    python benchmarks/transfer/make_data.py
+    python benchmarks/transfer/run.py
+    python benchmarks/transfer/report.py
+
+1. The upstream: recipes/transfer/upstream_animals.toml (six animal classes, from random weights).
+2. For each number of labelled images per vehicle class (10, 25, 100, 1,000):
+   - scratch and fine-tuned arms: a `mixer-ft sweep` of the lr on seed 0's draw, chosen on minival;
+     seeds 1 and 2 (their own draws of the images) at the chosen lr;
+   - the fine-tuned arm with the upstream's augmentation (shifts, no Inception crop), at its chosen lr;
+   - few-shot: one `mixer-ft fewshot` of the upstream's frozen features, every size, 3 seeds.
+A step whose record is in results/transfer already is skipped, so an interrupted run goes on where it
+stopped. ``--set key=value`` (repeatable) goes to every training command (tests use it to cut steps).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+SIZES = (10, 25, 100, 1000)
+SEEDS = (0, 1, 2)
+ARMS = {  # arm: (recipe, the lr grid its sweep tries)
+    "scratch": ("recipes/transfer/scratch_vehicles.toml", "0.002,0.004,0.008"),
+    "finetune": ("recipes/transfer/finetune_vehicles.toml", "0.001,0.003,0.01,0.03"),  # the paper's grid
+}
+# A variant of the fine-tuned arm, at the lr its sweep chose, every seed: the upstream's own augmentation
+# (2-pixel shifts, no Inception crop), to tell the protocol's crops at 32 px from the transfer itself.
+VARIANTS = {"finetuneshift": ("finetune", ["--set=crop_area_min=1.0", "--set=translate=2"])}
+UPSTREAM_RECIPE = "recipes/transfer/upstream_animals.toml"
+UPSTREAM_RUN = "transfer_upstream_animals"
+
+
+def mixer_ft(*args: str) -> None:
+    """Run one ``mixer-ft`` command (this interpreter's), printed first; stop the experiment if it fails."""
+    print("$ mixer-ft " + shlex.join(args), flush=True)
+    t = time.time()
+    rc = subprocess.call([sys.executable, "-m", "mixer_ft", *args])
+    if rc:
+        sys.exit(f"error: `mixer-ft {shlex.join(args)}` failed (exit {rc}); fix it and run this again to go on.")
+    print(f"  ({time.time() - t:.0f} s)", flush=True)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--data", default="runs/transfer/data", help="make_data.py's --out")
+    ap.add_argument("--results", default="results/transfer")
+    ap.add_argument("--sizes", default=",".join(map(str, SIZES)))
+    ap.add_argument("--seeds", default=",".join(map(str, SEEDS)))
+    ap.add_argument("--set", dest="sets", action="append", default=[], help="key=value for every training run")
+    args = ap.parse_args()
+    results, data = Path(args.results), Path(args.data)
+    sizes, seeds = [int(v) for v in args.sizes.split(",")], [int(v) for v in args.seeds.split(",")]
+    common = [f"--set=results_dir={json.dumps(str(results))}"] + [f"--set={s}" for s in args.sets]
+    upstream_model = f"runs/{UPSTREAM_RUN}/model"
+
+    if not (results / f"{UPSTREAM_RUN}.json").exists():
+        mixer_ft("finetune", "--recipe", UPSTREAM_RECIPE, f"--dataset={data / 'upstream'}", *common)
+    for n in sizes:
+        for arm, (recipe, grid) in ARMS.items():
+            name = f"transfer_{arm}_n{n}"
+            upstream = [] if arm == "scratch" else [f"--set=upstream={json.dumps(upstream_model)}"]
+            sweep = results / f"sweep_{name}_s{seeds[0]}.json"
+            if not sweep.exists():
+                mixer_ft("sweep", "--recipe", recipe, f"--dataset={data / f'downstream_n{n}_s{seeds[0]}'}",
+                         f"--grid=lr={grid}", f"--set=name={name}_s{seeds[0]}", f"--set=seed={seeds[0]}",
+                         *upstream, *common)
+            lr = json.loads(sweep.read_text())["chosen"]["lr"]
+            for s in seeds[1:]:
+                if not (results / f"{name}_s{s}.json").exists():
+                    mixer_ft("finetune", "--recipe", recipe, f"--dataset={data / f'downstream_n{n}_s{s}'}",
+                             f"--lr={lr}", f"--seed={s}", f"--set=name={name}_s{s}", *upstream, *common)
+        for variant, (arm, changes) in VARIANTS.items():
+            lr = json.loads((results / f"sweep_transfer_{arm}_n{n}_s{seeds[0]}.json").read_text())["chosen"]["lr"]
+            for s in seeds:
+                name = f"transfer_{variant}_n{n}_s{s}"
+                if not (results / f"{name}.json").exists():
+                    mixer_ft("finetune", "--recipe", ARMS[arm][0], f"--dataset={data / f'downstream_n{n}_s{s}'}",
+                             f"--lr={lr}", f"--seed={s}", f"--set=name={name}", *changes,
+                             f"--set=upstream={json.dumps(upstream_model)}", *common)
+    if not list(results.glob("fewshot_*.json")):  # its record: fewshot_<weights>_<data set>.json
+        mixer_ft("fewshot", f"--upstream={upstream_model}", f"--dataset={data / 'downstream'}",
+                 f"--shots={args.sizes}", f"--seeds={len(seeds)}", f"--results={results}")
+
+if __name__ == "__main__":
+    main()
