@@ -242,7 +242,8 @@ def test_push_uploads_the_folder_as_it_is_over_the_hub_protocol(smoke_run):
         assert out.returncode == 0 and out.stdout.strip().endswith("/c/" + "a" * 40), out.stderr
         assert _FakeHub.repos["me/smoke-mixer"]["visibility"] == "private"
         sent = _FakeHub.commits[-1]
-        assert set(sent) == {"model.safetensors", "config.json", "README.md"}
+        assert set(sent) == {"model.safetensors", "config.json", "README.md", "preprocessor_config.json",
+                             "modeling_mixer_ft.py", "configuration_mixer_ft.py"}  # a custom size: its own code
         assert all(sent[name] == (run / "model" / name).read_bytes() for name in sent)
         refused = cli("push", run, "me/smoke-mixer", env=env | {"HF_TOKEN": "hf_wrong"})
         assert refused.returncode == 2 and "refused" in refused.stderr and "Traceback" not in refused.stderr
@@ -252,7 +253,8 @@ def test_push_uploads_the_folder_as_it_is_over_the_hub_protocol(smoke_run):
     assert offline.returncode == 2 and "HF_HUB_OFFLINE" in offline.stderr
     listed = cli("push", run, "me/smoke-mixer", "--dry-run")
     assert listed.returncode == 0 and [line.split("  (")[0] for line in listed.stdout.splitlines()] == [
-        str(run / "model" / n) for n in ("README.md", "config.json", "model.safetensors")]
+        str(run / "model" / n) for n in ("README.md", "config.json", "configuration_mixer_ft.py", "model.safetensors",
+                                         "modeling_mixer_ft.py", "preprocessor_config.json")]
 
 
 @pytest.mark.parametrize("server,needle", [("stalled", "did not finish the push to me/x within 3 s"),
