@@ -58,3 +58,18 @@ def test_the_transfer_experiment_runs_end_to_end_and_reports_every_arm(readme_wo
     row = next(line for line in table.splitlines() if line.startswith("| 10 |"))
     assert row.count("(2)") == 4  # four arms, two seeds each
     assert (tmp_path / "transfer.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.mark.parametrize("name,args,needle", [
+    ("make_data.py", ["--archive=missing.tar.gz"], "no archive at missing.tar.gz"),
+    ("make_data.py", ["--archive=damaged.tar.gz"], "cannot unpack damaged.tar.gz"),
+    ("run.py", [], "run benchmarks/transfer/make_data.py first"),
+    ("report.py", [], "run benchmarks/transfer/run.py first")])
+def test_the_transfer_scripts_say_what_is_missing_in_one_line(tmp_path, name, args, needle):
+    (tmp_path / "damaged.tar.gz").write_bytes(b"\x1f\x8b not really gzip")
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "transfer" / name), *args], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 2 and out.stderr.startswith("error: ") and needle in out.stderr, out.stderr
+    assert "Traceback" not in out.stderr
+    left = {str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")} - {"damaged.tar.gz"}
+    assert left <= {"runs", "runs/transfer", "runs/transfer/data"}  # at most the empty output folder

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import random
 import shutil
+import sys
 import tarfile
 from pathlib import Path
 
@@ -29,8 +30,12 @@ def unpack(archive: Path, into: Path) -> Path:
     if not (root / "test").is_dir():
         tmp = into / "cifar10.partial"
         shutil.rmtree(tmp, ignore_errors=True)
-        with tarfile.open(archive) as tar:
-            tar.extractall(tmp, filter="data")
+        try:
+            with tarfile.open(archive) as tar:
+                tar.extractall(tmp, filter="data")
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # nothing half-unpacked is left behind
+            raise
         tmp.rename(root)
     return root
 
@@ -71,9 +76,21 @@ def main() -> None:
     ap.add_argument("--sizes", default=",".join(map(str, SIZES)), help="labelled images per class")
     ap.add_argument("--seeds", default=",".join(map(str, SEEDS)))
     args = ap.parse_args()
+    if not Path(args.archive).is_file():
+        print(f"error: no archive at {args.archive}; pass --archive (the CIFAR-10 JPEG archive, see "
+              "../shared/data/README.md).", file=sys.stderr)
+        sys.exit(2)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    root = unpack(Path(args.archive), out)
+    try:
+        root = unpack(Path(args.archive), out)
+    except (tarfile.TarError, EOFError, OSError) as e:
+        print(f"error: cannot unpack {args.archive} ({type(e).__name__}: {e}); fetch it again.", file=sys.stderr)
+        sys.exit(2)
+    if not all((root / "train" / c).is_dir() for c in UPSTREAM + DOWNSTREAM):
+        print(f"error: {args.archive} lacks some of CIFAR-10's class folders under train/; fetch it again.",
+              file=sys.stderr)
+        sys.exit(2)
     print(make(out / "upstream", root, UPSTREAM, None, 0))
     print(make(out / "downstream", root, DOWNSTREAM, None, 0))
     for n in (int(v) for v in args.sizes.split(",")):

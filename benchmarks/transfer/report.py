@@ -13,6 +13,7 @@ import argparse
 import json
 import re
 import statistics
+import sys
 from pathlib import Path
 
 ARMS = {"scratch": "from scratch", "finetune": "fine-tuned (upstream protocol)",
@@ -89,10 +90,16 @@ def main() -> None:
     args = ap.parse_args()
     acc = collect(Path(args.results))
     if not any(acc.values()):
-        raise SystemExit(f"error: no transfer records in {args.results}; run benchmarks/transfer/run.py first.")
+        print(f"error: no transfer records in {args.results}; run benchmarks/transfer/run.py first.", file=sys.stderr)
+        sys.exit(2)
     print(table(acc), end="")
     if args.figure:
-        figure(acc, Path(args.figure))
+        try:
+            figure(acc, Path(args.figure))
+        except ImportError:
+            print("error: the figure needs matplotlib (pip install matplotlib); --figure '' prints the table only.",
+                  file=sys.stderr)
+            sys.exit(2)
         print(f"figure: {args.figure}")
 
 

@@ -41,9 +41,17 @@ def mixer_ft(*args: str) -> None:
     """Run one ``mixer-ft`` command (this interpreter's), printed first; stop the experiment if it fails."""
     print("$ mixer-ft " + shlex.join(args), flush=True)
     t = time.time()
-    rc = subprocess.call([sys.executable, "-m", "mixer_ft", *args])
+    try:
+        rc = subprocess.call([sys.executable, "-m", "mixer_ft", *args])
+    except KeyboardInterrupt:  # the command stops at its next checkpoint too (it shares the terminal's Ctrl-C)
+        rc = 130
+    if rc in (130, 143):
+        print("stopped; run this again to go on where it stopped.", file=sys.stderr)
+        sys.exit(rc)
     if rc:
-        sys.exit(f"error: `mixer-ft {shlex.join(args)}` failed (exit {rc}); fix it and run this again to go on.")
+        print(f"error: `mixer-ft {shlex.join(args)}` failed (exit {rc}); fix it and run this again to go on.",
+              file=sys.stderr)
+        sys.exit(2)
     print(f"  ({time.time() - t:.0f} s)", flush=True)
 
 
@@ -56,6 +64,10 @@ def main() -> None:
     ap.add_argument("--set", dest="sets", action="append", default=[], help="key=value for every training run")
     args = ap.parse_args()
     results, data = Path(args.results), Path(args.data)
+    if not (data / "upstream").is_dir():
+        print(f"error: no data in {data}; run benchmarks/transfer/make_data.py first (from the repository root).",
+              file=sys.stderr)
+        sys.exit(2)
     sizes, seeds = [int(v) for v in args.sizes.split(",")], [int(v) for v in args.seeds.split(",")]
     common = [f"--set=results_dir={json.dumps(str(results))}"] + [f"--set={s}" for s in args.sets]
     upstream_model = f"runs/{UPSTREAM_RUN}/model"
