@@ -59,11 +59,11 @@ class TrainStep:
     """One model's training step on fixed random data; calling it runs a step and returns its seconds."""
 
     def __init__(self, model: torch.nn.Module, batch: int, size: int, device: torch.device, bf16: bool,
-                 compile_model: bool = False, fused: bool = False) -> None:
+                 compile_model: bool = False, fused: bool = False, compile_mode: str | None = None) -> None:
         self.device, self.bf16 = device, bf16
         self.model = model.to(device).train()
         self.opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9, fused=fused)
-        self.run = torch.compile(model) if compile_model else model
+        self.run = torch.compile(model, mode=compile_mode) if compile_model else model
         self.x = torch.randn(batch, 3, size, size, device=device)
         self.y = torch.randint(0, 10, (batch,), device=device)
 

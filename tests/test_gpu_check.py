@@ -1,4 +1,4 @@
-"""The project's GPU scripts (benchmarks/gpu_check.sh, benchmarks/gpu_soak.sh), dry-run on the CPU: every
+"""The project's GPU scripts (benchmarks/gpu_check.sh, gpu_soak.sh, gpu_profile.sh), dry-run on the CPU: every
 step must end with rc=0, so the first run on a GPU spends its minutes on the GPU, not on a broken command."""
 
 import json
@@ -54,3 +54,28 @@ def test_the_gpu_soak_dry_run_stops_resumes_and_reports(tmp_path, readme_workdir
     assert report["kind"] == "soak" and report["steps"] == 12 and len(report["images_per_s_windows"]) >= 4
     assert report["resumed_equals_uninterrupted"] is True and report["resumed_max_abs_difference"] == 0
     assert report["eval_s"] > 0 and report["checkpoint_s"] > 0 and not list(scratch.glob("gpu-soak-runs.*"))
+
+
+@pytest.mark.slow
+def test_the_gpu_profile_dry_run_sums_the_step_by_kernel_family_and_names_valid_variants(tmp_path, readme_workdir):
+    import re
+
+    out, _ = dry_run("gpu_profile.sh", tmp_path, readme_workdir)
+    log = (tmp_path / "out" / "profile_log.txt").read_text()
+    assert out.returncode == 0 and [line for line in log.splitlines() if line.startswith("rc=")] == ["rc=0"], log[-3000:]
+    record = json.loads(next((tmp_path / "out").glob("step_profile_cpu_*_eager.json")).read_text())
+    prof = record["profile"]
+    assert record["ours_images_per_s"] > 0 and record["timm_images_per_s"] > 0 and prof["matmul_ms"] > 0
+    parts = sum(v for k, v in prof.items() if k.endswith("_ms") and k not in ("busy_ms", "step_ms"))
+    assert parts == pytest.approx(prof["busy_ms"], rel=1e-3) and 0 < prof["busy_ms"] <= prof["step_ms"] * 1.05
+    # The variants the GPU run will ask for are ones the script accepts (a typo would cost a device call).
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("step_profile", REPO / "benchmarks" / "step_profile.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    VARIANTS = module.VARIANTS
+
+    script = (REPO / "benchmarks" / "gpu_profile.sh").read_text()
+    named = set(re.findall(r"\b(compile|eager|reduce-overhead|max-autotune(?:-no-cudagraphs)?)\b", script))
+    assert named and named <= set(VARIANTS) and {"compile", "reduce-overhead", "max-autotune"} <= named
