@@ -17,6 +17,7 @@ from typing import Any
 
 import torch
 
+from mixer_ft.config import TORCH_PICKLE_SUFFIXES
 from mixer_ft.errors import CheckpointError
 from mixer_ft.google_npz import npz_to_state_dict, read_npz, unreadable
 from mixer_ft.model import DEFAULT_MEAN, DEFAULT_STD, MixerConfig
@@ -49,7 +50,7 @@ def load_file(path: Path, source: str) -> Checkpoint:
         return Checkpoint(npz_to_state_dict(read_npz(path), str(path)), source, str(path), gelu="tanh")
     if suffix == ".safetensors":
         return Checkpoint(read_safetensors(path), source, str(path))
-    if suffix not in (".pth", ".pt", ".bin"):
+    if suffix not in TORCH_PICKLE_SUFFIXES:
         raise CheckpointError(
             f"Don't know how to read {path}: expected .npz (Google), .safetensors, or .pth/.pt/.bin (PyTorch)."
         )

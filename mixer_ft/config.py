@@ -184,6 +184,9 @@ ASPECT_RANGE = (0.75, 1.33)  # tf.image.sample_distorted_bounding_box's default,
 MAX_SIDE = 512
 FEWSHOT_SHOTS = (1, 5, 10, 25)  # training images per class that `mixer-ft fewshot` scores by default (the paper's)
 TEST_FRACTION = 0.2  # share of each class held out as the test split of a folder that has no split folders
+# Weight files by suffix: Google's .npz, safetensors, PyTorch pickles (mixer_ft.checkpoint reads them).
+TORCH_PICKLE_SUFFIXES = (".pth", ".pt", ".bin")
+WEIGHT_SUFFIXES = (".npz", ".safetensors", *TORCH_PICKLE_SUFFIXES)
 
 
 __all__ = ["AREA_RANGE", "ASPECT_RANGE", "DEFAULT_MEAN", "DEFAULT_STD", "FEWSHOT_SHOTS", "GELU_FLAVOURS", "MAX_PARAMS",

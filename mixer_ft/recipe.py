@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mixer_ft.config import AREA_RANGE, GELU_FLAVOURS, RESIZE_METHODS, TEST_FRACTION, MixerConfig
+from mixer_ft.config import AREA_RANGE, GELU_FLAVOURS, RESIZE_METHODS, TEST_FRACTION, WEIGHT_SUFFIXES, MixerConfig
 from mixer_ft.errors import ConfigError
 from mixer_ft.optim import OPTIMIZERS
 
@@ -162,7 +162,7 @@ class Recipe:
         # Weights of one's own: named by their file or folder (a run's model/ by its run), e.g. smoke_cifar10_photos.
         weights = Path(self.upstream.split(":", 1)[-1].rstrip("/"))
         up = weights.parent.name if weights.name == "model" else (
-            weights.stem if weights.suffix in (".npz", ".safetensors", ".pth", ".pt", ".bin") else weights.name)
+            weights.stem if weights.suffix.lower() in WEIGHT_SUFFIXES else weights.name)
         model = f"_{self.variant.replace('/', '').lower()}" if self.model else ""
         return safe_name(f"{up}{model}_{data}")
 
