@@ -47,7 +47,9 @@ def test_the_transfer_experiment_runs_end_to_end_and_reports_every_arm(readme_wo
     assert fine["config"]["upstream"] == "runs/transfer_upstream_animals/model" and fine["head"].startswith("new")
     shifted = json.loads((results / "transfer_finetuneshift_n10_s1.json").read_text())["config"]
     assert (shifted["crop_area_min"], shifted["translate"], shifted["lr"]) == (1.0, 2, fine["config"]["lr"])
-    assert log.count("$ mixer-ft") == 8  # upstream, two sweeps, two seed-1 runs, two shifted runs, few-shot
+    wide = json.loads((results / "sweep_transfer_finetunewide_n10_s0.json").read_text())
+    assert [p["settings"]["lr"] for p in wide["points"]] == [0.06, 0.1]
+    assert log.count("$ mixer-ft") == 9  # upstream, 3 sweeps, 2 seed-1 runs, 2 shifted runs, few-shot
     fewshot = json.loads(next(results.glob("fewshot_*.json")).read_text())
     assert list(fewshot["shots"]) == ["10"] and len(fewshot["shots"]["10"]["per_seed"]) == 2
 
@@ -56,7 +58,9 @@ def test_the_transfer_experiment_runs_end_to_end_and_reports_every_arm(readme_wo
 
     table = script("report.py", f"--results={results}", f"--figure={tmp_path / 'transfer.png'}")
     row = next(line for line in table.splitlines() if line.startswith("| 10 |"))
-    assert row.count("(2)") == 4  # four arms, two seeds each
+    assert row.count("(2)") == 4  # four arms, two seeds each; the wider sweep is not one of them
+    beyond = next(line for line in table.splitlines() if line.startswith("| 10 |") and "/" in line)
+    assert beyond.count("/") == 6  # the paper's 4 lrs and the 2 beyond, minival / test each
     assert (tmp_path / "transfer.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 

@@ -26,12 +26,12 @@ def collect(results: Path) -> dict[str, dict[int, list[float]]]:
     for path in sorted(results.glob("sweep_transfer_*.json")):  # seed 0: the point chosen on minival
         rec = json.loads(path.read_text())
         m = re.fullmatch(r"sweep_transfer_(\w+?)_n(\d+)_s\d+", rec["name"])
-        if m and rec.get("test_accuracy") is not None:
+        if m and m[1] in out and rec.get("test_accuracy") is not None:  # not the beyond-the-grid sweeps
             out[m[1]].setdefault(int(m[2]), []).append(rec["test_accuracy"])
     for path in sorted(results.glob("transfer_*_n*_s*.json")):  # the other seeds, at the chosen lr
         rec = json.loads(path.read_text())
         m = re.fullmatch(r"transfer_(\w+?)_n(\d+)_s\d+", rec.get("name", ""))  # sweep points end in _lr...
-        if m and rec.get("test_accuracy") is not None:
+        if m and m[1] in out and rec.get("test_accuracy") is not None:
             out[m[1]].setdefault(int(m[2]), []).append(rec["test_accuracy"])
     for path in results.glob("fewshot_*.json"):
         for k, v in json.loads(path.read_text())["shots"].items():
@@ -52,6 +52,26 @@ def table(acc: dict[str, dict[int, list[float]]]) -> str:
             cells.append(f"{100 * statistics.mean(v):.1f}{sd} ({len(v)})" if v else "-")
         lines.append(f"| {n:,} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n\n(test accuracy %, 4,000 test images, 4 classes; mean +- std over (seeds))\n"
+
+
+def beyond_grid(results: Path) -> str:
+    """Seed 0's fine-tuned sweep, every lr of the paper's grid and beyond it: minival (the choice) and test."""
+    rows = {}
+    for path in sorted(results.glob("sweep_transfer_finetune*_n*_s0.json")):
+        rec = json.loads(path.read_text())
+        n = int(re.search(r"_n(\d+)_", rec["name"])[1])
+        for p in rec["points"]:
+            if p["minival_accuracy"] is not None:
+                rows.setdefault(n, {})[p["settings"]["lr"]] = (p["minival_accuracy"], p["test_accuracy"])
+    if not rows:
+        return ""
+    lrs = sorted({lr for per in rows.values() for lr in per})
+    lines = ["| labelled images per class | " + " | ".join(f"lr {lr:g}" for lr in lrs) + " |",
+             "|---:|" + "---:|" * len(lrs)]
+    for n in sorted(rows):
+        cells = [f"{100 * rows[n][lr][0]:.1f} / {100 * rows[n][lr][1]:.1f}" if lr in rows[n] else "-" for lr in lrs]
+        lines.append(f"| {n:,} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n\n(fine-tuned by the protocol, seed 0: minival / test accuracy %)\n"
 
 
 def figure(acc: dict[str, dict[int, list[float]]], path: Path) -> None:
@@ -93,6 +113,9 @@ def main() -> None:
         print(f"error: no transfer records in {args.results}; run benchmarks/transfer/run.py first.", file=sys.stderr)
         sys.exit(2)
     print(table(acc), end="")
+    beyond = beyond_grid(Path(args.results))
+    if beyond:
+        print("\n" + beyond, end="")
     if args.figure:
         try:
             figure(acc, Path(args.figure))

@@ -9,6 +9,7 @@
    - scratch and fine-tuned arms: a `mixer-ft sweep` of the lr on seed 0's draw, chosen on minival;
      seeds 1 and 2 (their own draws of the images) at the chosen lr;
    - the fine-tuned arm with the upstream's augmentation (shifts, no Inception crop), at its chosen lr;
+   - the fine-tuned sweep continued beyond the paper's grid (lr 0.06 and 0.1, seed 0);
    - few-shot: one `mixer-ft fewshot` of the upstream's frozen features, every size, 3 seeds.
 A step whose record is in results/transfer already is skipped, so an interrupted run goes on where it
 stopped. ``--set key=value`` (repeatable) goes to every training command (tests use it to cut steps).
@@ -33,6 +34,9 @@ ARMS = {  # arm: (recipe, the lr grid its sweep tries)
 # A variant of the fine-tuned arm, at the lr its sweep chose, every seed: the upstream's own augmentation
 # (2-pixel shifts, no Inception crop), to tell the protocol's crops at 32 px from the transfer itself.
 VARIANTS = {"finetuneshift": ("finetune", ["--set=crop_area_min=1.0", "--set=translate=2"])}
+# Beyond the paper's grid: where the fine-tuned sweep chooses its largest lr, did the grid hold it back?
+# Two larger values on seed 0, as a sweep of their own (the arms above are not changed by it).
+BEYOND_GRID = {"finetune": "0.06,0.1"}
 UPSTREAM_RECIPE = "recipes/transfer/upstream_animals.toml"
 UPSTREAM_RUN = "transfer_upstream_animals"
 
@@ -96,6 +100,12 @@ def main() -> None:
                     mixer_ft("finetune", "--recipe", ARMS[arm][0], f"--dataset={data / f'downstream_n{n}_s{s}'}",
                              f"--lr={lr}", f"--seed={s}", f"--set=name={name}", *changes,
                              f"--set=upstream={json.dumps(upstream_model)}", *common)
+        for arm, grid in BEYOND_GRID.items():
+            name = f"transfer_{arm}wide_n{n}_s{seeds[0]}"
+            if not (results / f"sweep_{name}.json").exists():
+                mixer_ft("sweep", "--recipe", ARMS[arm][0], f"--dataset={data / f'downstream_n{n}_s{seeds[0]}'}",
+                         f"--grid=lr={grid}", f"--set=name={name}", f"--set=seed={seeds[0]}",
+                         f"--set=upstream={json.dumps(upstream_model)}", *common)
     if not list(results.glob("fewshot_*.json")):  # its record: fewshot_<weights>_<data set>.json
         mixer_ft("fewshot", f"--upstream={upstream_model}", f"--dataset={data / 'downstream'}",
                  f"--shots={args.sizes}", f"--seeds={len(seeds)}", f"--results={results}")
