@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 
 from mixer_ft.atomic import atomic_write_text
-from mixer_ft.bench import TrainStep, device_slug, forward_flops, measure_pair
-from mixer_ft.model import MixerConfig, MlpMixer
+from mixer_ft.bench import device_slug, forward_flops, measure_pair, our_step
+from mixer_ft.model import MixerConfig
 from mixer_ft.records import hardware, versions
 from mixer_ft.resolution import resized_config
 
@@ -42,8 +42,8 @@ def main() -> None:
     big = resized_config(base, args.size, "tile")
     torch.manual_seed(0)
     small_r, big_r = measure_pair(
-        lambda: TrainStep(MlpMixer(base), args.batch, base.img_size, dev, bf16, compile_model=bf16, fused=True),
-        lambda: TrainStep(MlpMixer(big), args.batch, big.img_size, dev, bf16, compile_model=bf16, fused=True),
+        lambda: our_step(base, args.batch, dev, bf16),
+        lambda: our_step(big, args.batch, dev, bf16),
         args.steps, 2, dev)
     record = {
         "benchmark": "resolution_cost", "model": args.model, "batch": args.batch, "precision": "bf16" if bf16 else "fp32",

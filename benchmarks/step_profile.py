@@ -9,8 +9,8 @@ A variant is our fast path (token-major layout, fused SGD) built one way:
   reduce-overhead              CUDA graphs: the step's kernels launched as one graph
   max-autotune-no-cudagraphs   inductor's GEMM and kernel autotuning
   max-autotune                 both
-Its step and timm's eager step are timed in alternation (`mixer_ft.bench.measure_pair`); the record
-has both rates, their ratio and MFU (bf16 on a GPU with a known peak). ``--profile`` adds a torch
+Its step and timm's eager step are timed in alternation by `mixer_ft.bench.run_bench` (the
+`mixer-ft bench` record: both rates, their ratio and MFU, bf16 on a GPU with a known peak). ``--profile`` adds a torch
 profiler trace of the variant's step summed by kernel family: matrix products, elementwise kernels
 (GELU, residual adds, bias, fused Triton kernels), normalisation and reductions, the optimizer,
 memory copies, and the time the device sat idle between kernels (launch gaps: wall time minus
@@ -29,9 +29,7 @@ from pathlib import Path
 import torch
 
 from mixer_ft.atomic import atomic_write_text
-from mixer_ft.bench import TrainStep, _peak, _timm_model, device_slug, forward_flops, measure_pair
-from mixer_ft.model import MixerConfig, MlpMixer, canonical_variant
-from mixer_ft.records import hardware, versions
+from mixer_ft.bench import TrainStep, bench_config, device_slug, our_step, run_bench
 
 VARIANTS = ("eager", "compile", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune")
 # Kernel (CUDA) or operator (CPU) name -> family; the first pattern that matches wins.
@@ -75,14 +73,6 @@ def profile(step: TrainStep, steps: int) -> dict[str, float]:
     return out
 
 
-def build(variant: str, cfg: MixerConfig, batch: int, dev: torch.device, bf16: bool) -> TrainStep:
-    """Our step as the variant builds it."""
-    compiled = variant != "eager"
-    mode = None if variant in ("eager", "compile") else variant
-    return TrainStep(MlpMixer(cfg).set_fast_path(True), batch, cfg.img_size, dev, bf16,
-                     compile_model=compiled, fused=True, compile_mode=mode)
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--model", default="B/16")
@@ -95,35 +85,25 @@ def main() -> None:
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--out", default="results/bench")
     args = ap.parse_args()
-    dev, variant = torch.device(args.device), canonical_variant(args.model)
-    bf16 = dev.type == "cuda"
-    cfg = MixerConfig.from_variant(variant, num_classes=1000, gelu="exact", img_size=args.img_size)
-    torch.manual_seed(0)
+    mode = "default" if args.variant == "compile" else args.variant  # torch.compile's name for its default
     t0 = time.perf_counter()
-    ours, theirs = measure_pair(lambda: build(args.variant, cfg, args.batch, dev, bf16),
-                                lambda: TrainStep(_timm_model(variant, cfg), args.batch, args.img_size, dev, bf16),
-                                args.steps, args.warmup, dev, desc=f"{variant} {args.variant} against timm")
-    peak, flops = _peak(dev), 3 * forward_flops(cfg)
-    record = {"model": variant, "batch": args.batch, "img_size": args.img_size, "variant": args.variant,
-              "precision": "bf16" if bf16 else "fp32", "device": hardware(dev, 1)["device"],
-              "ours_images_per_s": round(ours["images_per_s"], 2), "timm_images_per_s": round(theirs["images_per_s"], 2),
-              "ratio": round(ours["images_per_s"] / theirs["images_per_s"], 3),
-              "mfu": round(ours["images_per_s"] * flops / peak, 4) if peak and bf16 else None,
-              "peak_memory_bytes": ours["peak_memory_bytes"], "timed_steps": args.steps}
+    record = run_bench(args.model, args.batch, args.device, args.img_size, steps=args.steps, warmup=args.warmup,
+                       compile_mode=mode) | {"variant": args.variant}
     if args.profile:
-        step = build(args.variant, cfg, args.batch, dev, bf16)
+        dev = torch.device(args.device)
+        step = our_step(bench_config(record["model"], args.img_size), args.batch, dev, record["precision"] == "bf16",
+                        compile_mode=mode)
         for _ in range(args.warmup):
             step()
         record["profile"] = profile(step, args.steps)
-    record |= {"seconds": round(time.perf_counter() - t0, 1), "versions": versions(), "date": time.strftime("%Y-%m-%d")}
-    name = (f"step_profile_{device_slug(record['device'])}_{variant.replace('/', '')}"
+    record["seconds"] = round(time.perf_counter() - t0, 1)
+    name = (f"step_profile_{device_slug(record['device'])}_{record['model'].replace('/', '')}"
             f"{'' if args.img_size == 224 else f'_{args.img_size}px'}_b{args.batch}_{args.variant}.json")
     path = Path(args.out) / name
     atomic_write_text(path, json.dumps(record, indent=2) + "\n")
     print(json.dumps({k: record[k] for k in ("model", "variant", "ours_images_per_s", "timm_images_per_s", "ratio",
                                              "mfu")} | ({"profile": record["profile"]} if args.profile else {})))
     print(f"record: {path}")
-
 
 if __name__ == "__main__":
     main()

@@ -131,10 +131,28 @@ def finetune_rate(variant: str, batch: int, data: str, steps: int, bf16: bool) -
     return float(record["images_per_s"])  # past the first step (compile, warm-up)
 
 
+def bench_config(variant: str, img_size: int) -> MixerConfig:
+    """The architecture fine-tuning the 224 weights at ``img_size`` trains: tiled where it can be."""
+    base = MixerConfig.from_variant(variant, num_classes=1000, gelu="exact")
+    return resized_config(base, img_size, "tile" if img_size % base.img_size == 0 else "resample")
+
+
+def our_step(cfg: MixerConfig, batch: int, device: torch.device, bf16: bool, fast: bool = True,
+             compile_mode: str = "auto") -> TrainStep:
+    """Our step as `mixer-ft finetune` runs it: token-major layout, fused optimizer and, on CUDA,
+    torch.compile. ``compile_mode``: "auto" as finetune does, "eager" never compiled, else that
+    torch.compile mode ("default", "reduce-overhead", "max-autotune", ...) on any device."""
+    compiled = fast and device.type == "cuda" if compile_mode == "auto" else compile_mode != "eager"
+    mode = None if compile_mode in ("auto", "eager", "default") else compile_mode
+    return TrainStep(MlpMixer(cfg).set_fast_path(fast), batch, cfg.img_size, device, bf16, compile_model=compiled,
+                     fused=fast, compile_mode=mode)
+
+
 def run_bench(model: str = "S/32", batch: int = 16, device: str | None = None, img_size: int = 224,
               precision: str | None = None, steps: int = 20, warmup: int = 3, fast: bool = True,
-              finetune_data: str | None = None) -> dict[str, Any]:
-    """Measure ours and timm's step (and optionally the whole fine-tune path); return the record."""
+              finetune_data: str | None = None, compile_mode: str = "auto") -> dict[str, Any]:
+    """Measure ours and timm's step (and optionally the whole fine-tune path); return the record.
+    ``compile_mode``: how our step is compiled (see :func:`our_step`)."""
     from mixer_ft.devices import resolve_device
 
     variant = canonical_variant(model)
@@ -143,15 +161,11 @@ def run_bench(model: str = "S/32", batch: int = 16, device: str | None = None, i
     if precision not in ("fp32", "bf16"):
         raise ConfigError(f"--precision must be fp32 or bf16, got {precision!r}.")
     bf16 = precision == "bf16"
-    # The architecture fine-tuning the 224 weights at img_size trains: tiled where it can be.
-    base = MixerConfig.from_variant(variant, num_classes=1000, gelu="exact")
-    cfg = resized_config(base, img_size, "tile" if img_size % base.img_size == 0 else "resample")
+    cfg = bench_config(variant, img_size)
     torch.manual_seed(0)
-    # Our fast path as `mixer-ft finetune` runs it: token-major layout, fused optimizer and, on
-    # CUDA, torch.compile. timm runs eager with torch's default optimizer, as users run it.
+    # timm runs eager with torch's default optimizer, as users run it.
     ours, theirs = measure_pair(
-        lambda: TrainStep(MlpMixer(cfg).set_fast_path(fast), batch, img_size, dev, bf16,
-                          compile_model=fast and dev.type == "cuda", fused=fast),
+        lambda: our_step(cfg, batch, dev, bf16, fast, compile_mode),
         lambda: TrainStep(_timm_model(variant, cfg), batch, img_size, dev, bf16),
         steps, warmup, dev, desc=f"timing ours and timm's {variant} step (batch {batch}, {img_size} px, {dev.type})")
     peak = _peak(dev)
@@ -159,7 +173,7 @@ def run_bench(model: str = "S/32", batch: int = 16, device: str | None = None, i
     record = {
         "model": variant, "batch": batch, "img_size": img_size, "tokens_mlp_dim": cfg.tokens_mlp_dim,
         "precision": precision,
-        "device": hardware(dev, 1)["device"], "fast_path": fast,
+        "device": hardware(dev, 1)["device"], "fast_path": fast, "compile_mode": compile_mode,
         "ours_images_per_s": round(ours["images_per_s"], 2), "timm_images_per_s": round(theirs["images_per_s"], 2),
         "ratio": round(ours["images_per_s"] / theirs["images_per_s"], 3),
         "peak_memory_bytes": ours["peak_memory_bytes"], "timm_peak_memory_bytes": theirs["peak_memory_bytes"],
@@ -190,4 +204,4 @@ def save(record: dict[str, Any], folder: str | Path = "results/bench") -> Path:
     return path
 
 
-__all__ = ["TrainStep", "device_slug", "forward_flops", "measure_pair", "run_bench", "save"]
+__all__ = ["TrainStep", "bench_config", "device_slug", "forward_flops", "measure_pair", "our_step", "run_bench", "save"]
