@@ -114,12 +114,13 @@ class ImageData:
                 "class_counts": counts,
                 "image_size": [h, w], "one_size": all(e is None for e in self.extents.values()),
                 "size_range": [low, [h, w]], "skipped": self.skipped, "test_from": self.test_from,
-                "warnings": self.small_splits(val_fraction, seed)}
+                "warnings": self.small_splits(splits)}
 
-    def small_splits(self, val_fraction: float = 0.02, seed: int = 0, least: int = 10) -> list[str]:
-        """Warnings for a minival or test split too small to score on: under ``least`` images a class."""
+    def small_splits(self, splits: dict[str, tuple[str, np.ndarray]], least: int = 10) -> list[str]:
+        """Warnings for a minival or test split (of :meth:`splits`) too small to score on: under
+        ``least`` images a class."""
         out = []
-        for name, (_, idx) in self.splits(val_fraction, seed).items():
+        for name, (_, idx) in splits.items():
             if name == "train":
                 continue
             per_class = len(idx) / max(len(self.classes), 1)

@@ -150,7 +150,7 @@ def setup(recipe: Recipe, *, fresh: bool = False) -> Run:
                          test_fraction=recipe.test_fraction)
     splits = data.splits(recipe.val_fraction, recipe.seed)
     if state.is_main_process:
-        for warning in data.small_splits(recipe.val_fraction, recipe.seed):
+        for warning in data.small_splits(splits):
             log.warning(warning)
     steps_per_epoch, total = _schedule_length(recipe, len(splits["train"][1]))
 
