@@ -34,8 +34,6 @@ def positive_int(text: str, flag: str) -> int:
     except ValueError:
         value = 0
     if value < 1:
-        from mixer_ft.errors import ConfigError
-
         raise ConfigError(f"{flag} takes a positive integer or 'auto', got {text!r}.")
     return value
 

@@ -15,22 +15,17 @@ from mixer_ft.errors import WeightsUnavailable
 from mixer_ft.sources import missing_weights
 
 
-def offline() -> bool:
-    """Offline by setting, or because the Hub cannot be reached (see :func:`mixer_ft.downloads.hub_offline`)."""
-    return hub_offline()
-
-
 def check(upstream: str, variant: str | None, dataset: str) -> None:
     """Raise one error naming everything a run needs and cannot have.
 
     Raises:
         WeightsUnavailable: the weights, the data, or both, each with where to put it.
     """
-    online = not offline()
+    online = not hub_offline()  # offline by setting, or the Hub did not answer (probed once)
     missing = [m for m in (missing_weights(upstream, variant, online), missing_data(dataset, online)) if m]
     if missing:
         why = "" if online else " (offline: HF_HUB_OFFLINE is set, or the Hugging Face Hub cannot be reached)"
         raise WeightsUnavailable(f"This run cannot start{why}; missing:\n" + "\n".join(f"- {m}" for m in missing))
 
 
-__all__ = ["check", "missing_data", "missing_weights", "offline"]
+__all__ = ["check", "missing_data", "missing_weights"]
