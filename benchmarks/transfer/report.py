@@ -23,16 +23,14 @@ ARMS = {"scratch": "from scratch", "finetune": "fine-tuned (upstream protocol)",
 def collect(results: Path) -> dict[str, dict[int, list[float]]]:
     """{arm: {labelled images per class: [test accuracy of each seed]}} from the records."""
     out: dict[str, dict[int, list[float]]] = {arm: {} for arm in ARMS}
-    for path in sorted(results.glob("sweep_transfer_*.json")):  # seed 0: the point chosen on minival
-        rec = json.loads(path.read_text())
-        m = re.fullmatch(r"sweep_transfer_(\w+?)_n(\d+)_s\d+", rec["name"])
-        if m and m[1] in out and rec.get("test_accuracy") is not None:  # not the beyond-the-grid sweeps
-            out[m[1]].setdefault(int(m[2]), []).append(rec["test_accuracy"])
-    for path in sorted(results.glob("transfer_*_n*_s*.json")):  # the other seeds, at the chosen lr
-        rec = json.loads(path.read_text())
-        m = re.fullmatch(r"transfer_(\w+?)_n(\d+)_s\d+", rec.get("name", ""))  # sweep points end in _lr...
-        if m and m[1] in out and rec.get("test_accuracy") is not None:
-            out[m[1]].setdefault(int(m[2]), []).append(rec["test_accuracy"])
+    for pattern in ("sweep_transfer_*.json",  # seed 0: the point chosen on minival
+                    "transfer_*_n*_s*.json"):  # the other seeds, at the chosen lr
+        for path in sorted(results.glob(pattern)):
+            rec = json.loads(path.read_text())
+            # Sweep points (their names end in _lr...) and the beyond-the-grid sweeps are no arm's.
+            m = re.fullmatch(r"(?:sweep_)?transfer_(\w+?)_n(\d+)_s\d+", rec.get("name", ""))
+            if m and m[1] in out and rec.get("test_accuracy") is not None:
+                out[m[1]].setdefault(int(m[2]), []).append(rec["test_accuracy"])
     for path in results.glob("fewshot_*.json"):
         for k, v in json.loads(path.read_text())["shots"].items():
             out["fewshot"][int(k)] = v["per_seed"]

@@ -78,34 +78,30 @@ def main() -> None:
 
     if not (results / f"{UPSTREAM_RUN}.json").exists():
         mixer_ft("finetune", "--recipe", UPSTREAM_RECIPE, f"--dataset={data / 'upstream'}", *common)
-    for n in sizes:
-        for arm, (recipe, grid) in ARMS.items():
-            name = f"transfer_{arm}_n{n}"
+
+    def train(command: str, arm: str, n: int, s: int, name: str, *extra: str) -> Path:
+        """One downstream `mixer-ft finetune` or `sweep` of ``arm``'s recipe on seed ``s``'s draw of ``n``
+        images a class, unless its record is there already; returns that record's path."""
+        record = results / (f"sweep_{name}.json" if command == "sweep" else f"{name}.json")
+        if not record.exists():
             upstream = [] if arm == "scratch" else [f"--set=upstream={json.dumps(upstream_model)}"]
-            sweep = results / f"sweep_{name}_s{seeds[0]}.json"
-            if not sweep.exists():
-                mixer_ft("sweep", "--recipe", recipe, f"--dataset={data / f'downstream_n{n}_s{seeds[0]}'}",
-                         f"--grid=lr={grid}", f"--set=name={name}_s{seeds[0]}", f"--set=seed={seeds[0]}",
-                         *upstream, *common)
-            lr = json.loads(sweep.read_text())["chosen"]["lr"]
+            mixer_ft(command, "--recipe", ARMS[arm][0], f"--dataset={data / f'downstream_n{n}_s{s}'}",
+                     f"--set=seed={s}", f"--set=name={name}", *extra, *upstream, *common)
+        return record
+
+    s0 = seeds[0]
+    for n in sizes:
+        chosen = {}  # arm: the lr its sweep chose on seed 0's minival
+        for arm, (_, grid) in ARMS.items():
+            sweep = train("sweep", arm, n, s0, f"transfer_{arm}_n{n}_s{s0}", f"--grid=lr={grid}")
+            chosen[arm] = json.loads(sweep.read_text())["chosen"]["lr"]
             for s in seeds[1:]:
-                if not (results / f"{name}_s{s}.json").exists():
-                    mixer_ft("finetune", "--recipe", recipe, f"--dataset={data / f'downstream_n{n}_s{s}'}",
-                             f"--lr={lr}", f"--seed={s}", f"--set=name={name}_s{s}", *upstream, *common)
+                train("finetune", arm, n, s, f"transfer_{arm}_n{n}_s{s}", f"--lr={chosen[arm]}")
         for variant, (arm, changes) in VARIANTS.items():
-            lr = json.loads((results / f"sweep_transfer_{arm}_n{n}_s{seeds[0]}.json").read_text())["chosen"]["lr"]
             for s in seeds:
-                name = f"transfer_{variant}_n{n}_s{s}"
-                if not (results / f"{name}.json").exists():
-                    mixer_ft("finetune", "--recipe", ARMS[arm][0], f"--dataset={data / f'downstream_n{n}_s{s}'}",
-                             f"--lr={lr}", f"--seed={s}", f"--set=name={name}", *changes,
-                             f"--set=upstream={json.dumps(upstream_model)}", *common)
+                train("finetune", arm, n, s, f"transfer_{variant}_n{n}_s{s}", f"--lr={chosen[arm]}", *changes)
         for arm, grid in BEYOND_GRID.items():
-            name = f"transfer_{arm}wide_n{n}_s{seeds[0]}"
-            if not (results / f"sweep_{name}.json").exists():
-                mixer_ft("sweep", "--recipe", ARMS[arm][0], f"--dataset={data / f'downstream_n{n}_s{seeds[0]}'}",
-                         f"--grid=lr={grid}", f"--set=name={name}", f"--set=seed={seeds[0]}",
-                         f"--set=upstream={json.dumps(upstream_model)}", *common)
+            train("sweep", arm, n, s0, f"transfer_{arm}wide_n{n}_s{s0}", f"--grid=lr={grid}")
     if not list(results.glob("fewshot_*.json")):  # its record: fewshot_<weights>_<data set>.json
         mixer_ft("fewshot", f"--upstream={upstream_model}", f"--dataset={data / 'downstream'}",
                  f"--shots={args.sizes}", f"--seeds={len(seeds)}", f"--results={results}")
