@@ -150,8 +150,9 @@ def test_a_damaged_newest_checkpoint_is_skipped_and_never_outranks_a_new_one(tmp
     from mixer_ft.checkpoints import Checkpoints
 
     cut = cifar_subset(train=100, test=20)
-    assert run_cli("finetune", "--steps", 6, "--batch", 8, "--warmup", 0, "--eval-every", 0, *TINY,
-                   *map(str, small_run(tmp_path, cut, "run")), cwd=REPO).returncode == 0
+    args = ["finetune", "--steps", 6, "--batch", 8, "--warmup", 0, "--eval-every", 0, *TINY,
+            *map(str, small_run(tmp_path, cut, "run"))]
+    assert run_cli(*args, cwd=REPO).returncode == 0
     ckpts = Checkpoints(tmp_path / "run")
     four, six = ckpts.all()
     data = bytearray(six.read_bytes())
@@ -160,15 +161,13 @@ def test_a_damaged_newest_checkpoint_is_skipped_and_never_outranks_a_new_one(tmp
     assert not ckpts.intact(six) and ckpts.intact(four)
     assert ckpts.latest()["step"] == 4 and "does not match its digest" in caplog.text
     # Resumed from step 4, the run writes step 6 anew: the damaged one is replaced, never kept above it.
-    out = run_cli("finetune", "--steps", 6, "--batch", 8, "--warmup", 0, "--eval-every", 0, *TINY,
-                  *map(str, small_run(tmp_path, cut, "run")), cwd=REPO)
+    out = run_cli(*args, cwd=REPO)
     assert out.returncode == 0 and "resuming" in out.stdout and "at step 4/6" in out.stdout
     assert [p.name for p in ckpts.all()] == ["step_00000004.pt", "step_00000006.pt"] and ckpts.intact(ckpts.all()[-1])
     # Two damaged newest ones and a restart from scratch: each new checkpoint stays; the later damaged ones go.
     for p in ckpts.all():
         p.write_bytes(b"garbage")
-    out = run_cli("finetune", "--steps", 6, "--batch", 8, "--warmup", 0, "--eval-every", 0, *TINY,
-                  *map(str, small_run(tmp_path, cut, "run")), cwd=REPO)
+    out = run_cli(*args, cwd=REPO)
     assert out.returncode == 0 and [p.name for p in ckpts.all()] == ["step_00000004.pt", "step_00000006.pt"]
     assert all(ckpts.intact(p) for p in ckpts.all())
 
