@@ -8,13 +8,14 @@
 #   GPU_CHECK_DRY=1 GPU_CHECK_DATA=../shared/data/cifar10-jpeg.tar.gz bash benchmarks/gpu_soak.sh
 #
 # 1. soak: the recipe from random weights on the real CIFAR-10 JPEGs for SOAK_STEPS steps, minival every
-#    200 and a checkpoint every 300; SIGTERM half way, then the same command resumes and finishes. Its
-#    record's history has images/s and (CUDA) peak memory per log window, time in evaluation and in
-#    checkpoints, graph breaks and compiled graphs.
+#    200 and a checkpoint every 300 (every third of the run, if shorter); SIGTERM after the first
+#    checkpoint, then the same command resumes (a warm compile cache) and finishes. Its record's history
+#    has images/s and (CUDA) peak memory per log window, time in evaluation and in checkpoints, graph
+#    breaks and compiled graphs; benchmarks/cpu_watch.py records what used the CPU meanwhile.
 # 2. resume equality, on B/16 (cheaper): one run straight through, one stopped by SIGTERM and resumed;
-#    their final weights compared.
+#    their final weights compared. SOAK_PARTS=soak leaves it out (gpu_speed.sh has it too).
 # 3. benchmarks/soak_report.py writes soak_<device>.json: steady images/s (drift), flat memory, the
-#    overheads, and the resumed-equals-uninterrupted difference.
+#    overheads, slow windows, and the resumed-equals-uninterrupted difference.
 # Every step ends with a line `rc=N`. Commit the records under results/bench/ with the GPU's name.
 source "$(dirname "$0")/gpu_common.sh" /tmp/gpu-soak-out soak_log.txt
 RUNS="$(mktemp -d "${TMPDIR:-/tmp}/gpu-soak-runs.XXXXXX")"
@@ -22,29 +23,16 @@ if [ -n "${GPU_CHECK_DRY:-}" ]; then
   SOAK_STEPS="${SOAK_STEPS:-12}"; EVAL=4; CKPT=6; LOGE=2; BATCH=8; SOAK_MODEL="--model S/32 --set architecture.img_size=64"
   EQ_STEPS=8; EQ_MODEL="--model S/32 --set architecture.img_size=64"; EQ_BATCH=8
 else
-  SOAK_STEPS="${SOAK_STEPS:-900}"; EVAL=200; CKPT=300; LOGE=25; BATCH=512; SOAK_MODEL="--model L/16"
+  SOAK_STEPS="${SOAK_STEPS:-900}"; EVAL=200; CKPT=$(( SOAK_STEPS >= 900 ? 300 : SOAK_STEPS / 3 )); LOGE=25; BATCH=512
+  SOAK_MODEL="--model L/16"
   EQ_STEPS=240; EQ_MODEL="--model B/16"; EQ_BATCH=256
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee -a "$LOG"
 fi
-# finetune NAME STEPS MODEL BATCH CKPT [SIGTERM_AFTER_CHECKPOINT_STEP]: the recipe, stopped by SIGTERM once
-# that step's checkpoint exists (then resumed by the same command), or straight through.
-finetune() {
-  local name=$1 steps=$2 model=$3 batch=$4 ckpt=$5 stop_at=${6:-}
-  local cmd=("$PY" -m mixer_ft finetune --recipe recipes/in21k_l16_cifar10.toml --upstream none $model --dataset "$DATA"
-             --steps "$steps" --batch "$batch" --warmup 10 --eval-every "$EVAL" --output-dir "$RUNS/$name"
-             --set checkpoint_every="$ckpt" --set log_every="$LOGE" --set results_dir="\"$OUT\"" --set name="$name")
-  if [ -n "$stop_at" ]; then
-    echo "+ ${cmd[*]} (SIGTERM after the checkpoint of step $stop_at)" | tee -a "$LOG"
-    "${cmd[@]}" >> "$LOG" 2>&1 &
-    local pid=$! mark; mark=$(printf "%s/%s/checkpoints/step_%08d.pt.sha256" "$RUNS" "$name" "$stop_at")
-    while kill -0 "$pid" 2>/dev/null && [ ! -f "$mark" ]; do sleep 0.2; done
-    kill -TERM "$pid" 2>/dev/null; wait "$pid"; echo "stopped rc=$? (143 expected)" | tee -a "$LOG"
-  fi
-  run 480 "${cmd[@]}"
-}
 [ -f "$DATA" ] || { echo "no data at $DATA: copy ../shared/data/cifar10-jpeg.tar.gz there" | tee -a "$LOG"; echo "rc=1"; exit 1; }
-finetune soak "$SOAK_STEPS" "$SOAK_MODEL" "$BATCH" "$CKPT" "$CKPT"
-finetune straight "$EQ_STEPS" "$EQ_MODEL" "$EQ_BATCH" $((EQ_STEPS / 2))
-finetune resumed "$EQ_STEPS" "$EQ_MODEL" "$EQ_BATCH" $((EQ_STEPS / 2)) $((EQ_STEPS / 2))
+FT_WATCH=1 finetune soak "$SOAK_STEPS" "$SOAK_MODEL" "$BATCH" "$CKPT" "$CKPT"
+if [ "${SOAK_PARTS:-soak equality}" != soak ]; then
+  finetune straight "$EQ_STEPS" "$EQ_MODEL" "$EQ_BATCH" $((EQ_STEPS / 2))
+  finetune resumed "$EQ_STEPS" "$EQ_MODEL" "$EQ_BATCH" $((EQ_STEPS / 2)) $((EQ_STEPS / 2))
+fi
 run 60 "$PY" benchmarks/soak_report.py --records "$OUT" --runs "$RUNS" --out "$OUT"
 rm -rf "$RUNS"

@@ -5,7 +5,8 @@
 From the soak run's record: images/s per log window (steady after warm-up: the drift between the
 second and the last third of the run), peak memory per window (CUDA; flat: the spread over the run),
 seconds in evaluation and in checkpoints, graph breaks and compiled graphs. From the two equality
-runs: whether the resumed run's final weights equal the uninterrupted run's (and, if not, by how much).
+runs (when there are: SOAK_PARTS=soak leaves them out): whether the resumed run's final weights equal the
+uninterrupted run's (and, if not, by how much). A slow window is one under 0.8x the run's median rate.
 """
 
 from __future__ import annotations
@@ -49,7 +50,10 @@ def main() -> None:
     rates = [e["images_per_s"] for e in windows]
     middle, last = thirds(rates)
     peaks = [e["peak_memory_bytes"] for e in windows if e.get("peak_memory_bytes")]
-    bitwise, worst = weights_difference(args.runs / "straight" / "model", args.runs / "resumed" / "model")
+    equality = all((args.runs / n / "model").is_dir() for n in ("straight", "resumed"))  # SOAK_PARTS=soak: none
+    bitwise, worst = weights_difference(args.runs / "straight" / "model", args.runs / "resumed" / "model") \
+        if equality else (None, None)
+    median = statistics.median(rates) if rates else None
     report = {
         "kind": "soak", "device": soak["hardware"]["device"], "model": soak["model"], "steps": soak["steps"],
         "global_batch": soak["global_batch"], "micro_batch": soak["micro_batch"], "precision": soak["mixed_precision"],
@@ -59,6 +63,7 @@ def main() -> None:
         "images_per_s_windows": rates, "drift": round(last / middle - 1, 4) if middle else None,
         "peak_memory_bytes_windows": peaks,
         "memory_spread": round(max(peaks) / min(peaks) - 1, 4) if peaks else None,
+        "slow_windows": [e["step"] for e in windows if median and e["images_per_s"] < 0.8 * median],
         "resumed_equals_uninterrupted": bitwise, "resumed_max_abs_difference": worst,
         "minival": soak["history"]["minival"], "test_accuracy": soak["test_accuracy"],
         "versions": soak["versions"], "git_commit": soak["git_commit"], "finished": soak["finished"],
@@ -66,7 +71,8 @@ def main() -> None:
     path = atomic_write_text(args.out / f"soak_{device_slug(report['device'])}.json", json.dumps(report, indent=2) + "\n")
     print(f"{path}: {report['images_per_s']:,.0f} img/s, drift {report['drift']:+.1%}, memory spread "
           f"{report['memory_spread']}, eval {report['eval_s']} s, checkpoints {report['checkpoint_s']} s, "
-          f"resumed = uninterrupted: {bitwise} (max difference {worst:.3g})")
+          f"slow windows {report['slow_windows']}, "
+          + (f"resumed = uninterrupted: {bitwise} (max difference {worst:.3g})" if equality else "no equality runs"))
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ and the micro-batch that fits in memory. Each answer is decided once, before tra
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 import torch
 
@@ -90,10 +91,50 @@ def probe_micro_batch(model: MlpMixer, per_process: int, device: torch.device, p
     raise ConfigError(f"Not even a micro-batch of 1 fits this device's memory ({device}).")
 
 
-def compiles(recipe: Recipe, device: torch.device) -> bool:
-    """Whether torch.compile runs: as the recipe says, else with the fast path on CUDA only (on a
-    CPU its start-up outweighs a short run's gain)."""
-    return recipe.compile if recipe.compile is not None else recipe.fast_path and device.type == "cuda"
+def compile_mode(recipe: Recipe, device: torch.device) -> str | None:
+    """torch.compile's mode for the run, or None when it runs eager.
+
+    The recipe's ``compile``: a mode ("default", "reduce-overhead" for CUDA graphs, "max-autotune",
+    "max-autotune-no-cudagraphs"), true (the default mode) or false; unset, the default mode with the
+    fast path on CUDA only (on a CPU its start-up outweighs a short run's gain).
+    """
+    wanted = recipe.compile if recipe.compile is not None else recipe.fast_path and device.type == "cuda"
+    if wanted is False:
+        return None
+    return "default" if wanted is True else str(wanted)
+
+
+def dynamo_plugin(recipe: Recipe, device: torch.device) -> Any:
+    """Accelerate's TorchDynamoPlugin for the run: inductor in :func:`compile_mode`'s mode, or none."""
+    from accelerate.utils import TorchDynamoPlugin
+
+    mode = compile_mode(recipe, device)
+    if mode is None:
+        return TorchDynamoPlugin(backend="no")
+    return TorchDynamoPlugin(backend="inductor", mode=None if mode == "default" else mode)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait until the device has done the work queued on it (a no-op on the CPU, which runs it at once)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def quiet_compiler() -> None:
+    """Stop torch.compile's compile workers once the training step is compiled.
+
+    inductor starts a pool of worker processes (one per core) whenever it compiles. After a cold
+    compile they have done their work and sit idle; after a warm start (every kernel found in the
+    cache) the pool is still starting up when the first step is done, and its processes compete
+    with the training loop for the CPU. Nothing is left to compile then; a later compile starts a
+    new pool.
+    """
+    try:
+        from torch._inductor.async_compile import shutdown_compile_workers
+
+        shutdown_compile_workers()
+    except Exception as e:  # noqa: BLE001 - a torch without this pool, or one that changed it: training goes on
+        log.debug("could not stop torch.compile's workers: %s", e)
 
 
 def precision(recipe: Recipe, device: torch.device) -> str:
@@ -110,4 +151,5 @@ def precision(recipe: Recipe, device: torch.device) -> str:
     return recipe.mixed_precision
 
 
-__all__ = ["compiles", "micro_batch", "precision", "probe_micro_batch", "resolve_device", "use_cpu"]
+__all__ = ["compile_mode", "dynamo_plugin", "micro_batch", "precision", "probe_micro_batch", "quiet_compiler",
+           "resolve_device", "synchronize", "use_cpu"]

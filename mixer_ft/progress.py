@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from typing import TYPE_CHECKING
 
 import torch
@@ -26,21 +27,31 @@ class Progress:
         self.lines = run.accelerator.is_local_main_process and not sys.stderr.isatty()
         self.bar = tqdm(total=run.total, initial=run.step, disable=not run.accelerator.is_local_main_process
                         or self.lines, desc=r.run_name, unit="step", dynamic_ncols=True)
-        # loss sum, steps, correct, images, images of timed steps (all but a start's first) since the last line
-        self.window = torch.zeros(5, device=run.device)
+        # The window since the last line: loss sum and correct count stay on the device (adding to them
+        # queues a kernel, reading them would wait for the step); steps, images and seconds are counted here.
+        self.window = torch.zeros(2, device=run.device)
+        self.steps = self.images = self.timed_images = 0
         self.window_s = 0.0
+
+    def due(self) -> bool:
+        """Whether the step just done ends a window (a line in the history): the loop settles the device first."""
+        done = self.run.step
+        return done % self.run.recipe.log_every == 0 or done == self.run.total
 
     def step(self, loss: torch.Tensor, correct: torch.Tensor, images: int, seconds: float, warmup: bool) -> None:
         run, done = self.run, self.run.step
         self.window_s += 0.0 if warmup else seconds
-        self.window += torch.stack([loss, torch.ones((), device=run.device), correct.float(),
-                                    torch.tensor(float(images), device=run.device),
-                                    torch.tensor(0.0 if warmup else float(images), device=run.device)])
-        if done % run.recipe.log_every == 0 or done == run.total:
-            w = run.accelerator.reduce(self.window, "sum")
-            rate = round(float(w[4]) / self.window_s, 1) if self.window_s > 0 else None
-            entry = {"step": done, "loss": round(float(w[0] / w[1]), 5), "train_accuracy": round(float(w[2] / w[3]), 5),
-                     "lr": run.lr, "images_per_s": rate}
+        self.window[0] += loss.detach()
+        self.window[1] += correct
+        self.steps, self.images = self.steps + 1, self.images + images
+        self.timed_images += 0 if warmup else images
+        if self.due():
+            counts = torch.tensor([self.steps, self.images, self.timed_images], device=run.device, dtype=torch.float32)
+            w = run.accelerator.reduce(torch.cat([self.window, counts]), "sum").tolist()
+            rate = round(w[4] / self.window_s, 1) if self.window_s > 0 else None
+            entry = {"step": done, "loss": round(w[0] / w[2], 5),  # (each step's loss is already the processes' mean)
+                     "train_accuracy": round(w[1] / w[3], 5), "lr": run.lr, "images_per_s": rate,
+                     "time": round(time.time(), 2)}  # when the window ended (Unix seconds), to line up with other logs
             if run.device.type == "cuda":  # the window's peak, so that a long run shows memory over time
                 entry["peak_memory_bytes"] = torch.cuda.max_memory_allocated(run.device)
                 torch.cuda.reset_peak_memory_stats(run.device)
@@ -55,6 +66,7 @@ class Progress:
                 run.accelerator.log({f"train/{k}": v for k, v in entry.items() if k != "step" and v is not None},
                                     step=done)
             self.window.zero_()
+            self.steps = self.images = self.timed_images = 0
             self.window_s = 0.0
         self.bar.update(1)
 

@@ -26,6 +26,8 @@ from mixer_ft.optim import OPTIMIZERS
 
 PRECISIONS = ("auto", "no", "bf16", "fp16")
 MOMENTUM_DTYPES = ("float32", "bfloat16")
+# torch.compile's modes: "reduce-overhead" launches the step's kernels as CUDA graphs (none on a CPU).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 # The `architecture` sub-table: MixerConfig's fields (the head's size comes from the data set).
 _ARCH_TYPES = {k: t for k, t in typing.get_type_hints(MixerConfig).items() if k != "num_classes"}
 # Keys a run may change when it resumes: where it writes, what it logs, how a step is computed
@@ -69,7 +71,8 @@ class Recipe:
     eval_translate: int = 0  # also on copies shifted this many pixels diagonally each way (edges repeat)
     mixed_precision: str = "auto"  # auto = bf16 where the device has it, else fp32
     fast_path: bool = True  # token-major layout, fused optimizer; plus torch.compile on CUDA
-    compile: bool | None = None  # torch.compile (inductor) on any device; None: with the fast path on CUDA
+    compile: bool | str | None = None  # torch.compile (inductor) on any device: true, false or a mode (COMPILE_MODES);
+    # None: the default mode with the fast path on CUDA
     eval_every: int = 1000  # minival accuracy every N steps (0: only at the end)
     checkpoint_every: int = 1000
     log_every: int = 50
@@ -103,6 +106,8 @@ class Recipe:
               f"{self.momentum_dtype!r}.")
         check(self.momentum_dtype == "float32" or self.optimizer == "sgd",
               "momentum_dtype = \"bfloat16\" is for optimizer = \"sgd\" (vit_jax's momentum buffer).")
+        check(not isinstance(self.compile, str) or self.compile in COMPILE_MODES,
+              f"compile must be true, false or one of {COMPILE_MODES}, got {self.compile!r}.")
         check(self.mixed_precision in PRECISIONS,
               f"mixed_precision must be one of {PRECISIONS}, got {self.mixed_precision!r}.")
         check(self.lr > 0 and self.warmup_steps >= 0 and self.grad_clip >= 0 and self.weight_decay >= 0,

@@ -191,6 +191,8 @@ def run_record(run: Run, test: tuple[float, int], minival: tuple[float, int]) ->
         "steps": run.total, "global_batch": r.global_batch, "epochs": round(trained / n_train, 3),
         "micro_batch": run.micro, "accumulation": run.accum, "mixed_precision": run.precision,
         "compiled": compiled, "graph_breaks": _graph_breaks() if compiled else None, "head": run.head,
+        "compile_mode": (r.compile if isinstance(r.compile, str) else "default") if compiled else None,
+        "data_on_device": bool(run.feed and run.feed.on_device),
         "wall_clock_s": round(run.elapsed, 1), "images_per_s": round(steady_rate(run), 1),
         "warmup_s": round(run.warmup_s, 2), "eval_s": round(run.eval_s, 2), "checkpoint_s": round(run.checkpoint_s, 2),
         "compiled_graphs": _compiled_graphs() if compiled else None,

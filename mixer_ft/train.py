@@ -35,10 +35,11 @@ from mixer_ft.atomic import atomic_write_text, locked, sweep_partial_writes
 from mixer_ft.checkpoints import Checkpoints
 from mixer_ft.data import ImageData, load_data
 from mixer_ft.errors import ConfigError, RunStopped, TrainingError
+from mixer_ft.feed import TrainFeed, device_images
 from mixer_ft.infer import check_shift, count_correct
 from mixer_ft.model import MlpMixer
 from mixer_ft.optim import make_optimizers, make_schedules
-from mixer_ft.preprocess import Preprocess, batch_seed, epoch_order
+from mixer_ft.preprocess import Preprocess
 from mixer_ft.progress import Progress
 from mixer_ft.recipe import Recipe, resume_conflicts
 from mixer_ft.records import check_record_is_ours, record_path, run_record, write_record
@@ -81,6 +82,8 @@ class Run:
     checkpoint_s: float = 0.0
     history: dict[str, list] = field(default_factory=lambda: {"loss": [], "minival": []})
     order: tuple[int, np.ndarray | None] = (-1, None)  # (epoch, its shuffled train indices)
+    feed: TrainFeed | None = None  # each step's data, prepared ahead (see mixer_ft.feed)
+    loss_check: NonFinite | None = None
 
     @property
     def device(self) -> torch.device:
@@ -158,13 +161,13 @@ def setup(recipe: Recipe, *, fresh: bool = False) -> Run:
     model, head = build_model(recipe, data.classes)
     check_shift(recipe.eval_translate, model.config.img_size)
     model.set_fast_path(recipe.fast_path)
+    on_device = device_images(data, state.device)  # before the micro-batch probe, so that it counts them
     precision = devices.precision(recipe, state.device)
     micro = devices.micro_batch(recipe, per_process, model, state.device, precision)
     fast_device = state.device.type in ("cpu", "cuda")
-    compile_ = devices.compiles(recipe, state.device)
     accelerator = Accelerator(mixed_precision=precision,
                               gradient_accumulation_steps=per_process // micro, log_with=recipe.tracker,
-                              project_dir=str(out), cpu=use_cpu, dynamo_backend="inductor" if compile_ else "no")
+                              project_dir=str(out), cpu=use_cpu, dynamo_plugin=devices.dynamo_plugin(recipe, state.device))
     raw_opts = make_optimizers(recipe, model, fused=recipe.fast_path and fast_device)
     schedules = make_schedules(raw_opts, recipe.warmup_steps, total)
     model, *optimizers = accelerator.prepare(model, *raw_opts)
@@ -179,9 +182,11 @@ def setup(recipe: Recipe, *, fresh: bool = False) -> Run:
         (out / "record.json").unlink(missing_ok=True)
     accelerator.wait_for_everyone()
     accelerator.print(head)
-    return Run(recipe, accelerator, out, data, splits, model, net, optimizers, schedules,
-               Preprocess.for_model(net.config, recipe.crop_area_min, recipe.translate), checkpoints, total,
-               steps_per_epoch, micro, per_process // micro, precision, head)
+    run = Run(recipe, accelerator, out, data, splits, model, net, optimizers, schedules,
+              Preprocess.for_model(net.config, recipe.crop_area_min, recipe.translate), checkpoints, total,
+              steps_per_epoch, micro, per_process // micro, precision, head)
+    run.feed, run.loss_check = TrainFeed(run, on_device), NonFinite(run.device)
+    return run
 
 
 def restore(run: Run) -> None:
@@ -212,38 +217,14 @@ def restore(run: Run) -> None:
 # --------------------------------------------------------------------------- steps
 
 
-def batch_share(run: Run, step: int) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
-    """This process's share of step ``step``'s global batch: train image indices, crop boxes, flips.
-
-    Boxes and flips are drawn for the whole global batch, so each image's augmentation is the
-    same whatever the number of processes.
-    """
-    r, accel = run.recipe, run.accelerator
-    epoch, b = divmod(step, run.steps_per_epoch)
-    if run.order[0] != epoch:
-        run.order = (epoch, epoch_order(run.splits["train"][1], r.seed, epoch))
-    batch = run.order[1][b * r.global_batch:(b + 1) * r.global_batch]  # type: ignore[index]
-    gen = torch.Generator().manual_seed(batch_seed(r.seed, epoch, b))
-    extents = run.data.extents.get("train")
-    if extents is None:  # one size for all
-        boxes, flips = run.pre.sample(len(batch), *run.data.image_size, gen)
-    else:  # each crop inside its own image, with its own aspect ratio
-        own = torch.from_numpy(extents[batch])
-        boxes, flips = run.pre.sample(len(batch), own[:, 0], own[:, 1], gen)
-    share = slice(accel.process_index, None, accel.num_processes)
-    return batch[share], boxes[share], flips[share]
-
-
 def micro_batches(run: Run, step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
     """This process's micro-batches of step ``step``: (model inputs, labels), each augmented when taken."""
-    batch, boxes, flips = batch_share(run, step)
-    images, labels, extents = run.data.images["train"], run.data.labels["train"], run.data.extents.get("train")
+    assert run.feed is not None, "setup() gives every run its feed"
+    data = run.feed.take(step)
     for a in range(run.accum):
         part = slice(a * run.micro, (a + 1) * run.micro)
-        x = torch.from_numpy(np.ascontiguousarray(images[batch[part]])).to(run.device, non_blocking=True)
-        y = torch.from_numpy(labels[batch[part]]).to(run.device, non_blocking=True)
-        own = None if extents is None else torch.from_numpy(extents[batch[part]]).to(run.device)
-        yield run.pre.train(x, boxes[part], flips[part], own), y
+        own = None if data.extents is None else data.extents[part]
+        yield run.pre.train(data.images[part], data.boxes[part], data.flips[part], own), data.labels[part]
 
 
 def optimizer_step(run: Run, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor, int]:
@@ -279,16 +260,40 @@ def train_step(run: Run, step: int) -> tuple[torch.Tensor, torch.Tensor, int]:
     return optimizer_step(run, micro_batches(run, step))
 
 
-def stop_if_diverged(run: Run, loss: torch.Tensor, step: int) -> None:
-    """A non-finite loss ends the run; the last good checkpoint stays for a resume."""
-    if torch.isfinite(loss):
-        return
-    last = run.checkpoints.all()
-    kept = f"The last good checkpoint is kept: {last[-1]}." if last else "No checkpoint was written yet."
-    raise TrainingError(
-        f"The loss became {loss.item()} at step {step + 1}: training diverged. {kept} Lower the "
-        f"learning rate (now {run.recipe.lr}) or check the data; running again resumes from that checkpoint."
-    )
+class NonFinite:
+    """Watches the loss for a non-finite value without waiting for the device.
+
+    Reading the loss every step would make the host wait for each step before it may queue the
+    next, leaving the GPU idle between steps. The first bad step is kept on the device instead,
+    and :meth:`check` reads it where the loop waits anyway (a log line, an evaluation) and before
+    any checkpoint is written, so no checkpoint ever holds the weights of a diverged step.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.first = torch.full((), -1, dtype=torch.long, device=device)  # step number of the first bad loss
+        self.value = torch.zeros((), device=device)
+
+    def watch(self, loss: torch.Tensor, step: int) -> None:
+        """Note ``loss`` of step ``step`` (queued on the device, no wait)."""
+        new = ~torch.isfinite(loss) & (self.first < 0)
+        self.first = torch.where(new, step + 1, self.first)
+        self.value = torch.where(new, loss.detach().float(), self.value)
+
+    def check(self, run: Run) -> None:
+        """End the run if a loss so far was not finite; the last good checkpoint stays for a resume.
+
+        Raises:
+            TrainingError: the step and the value, and what to change.
+        """
+        step = int(self.first)
+        if step < 0:
+            return
+        last = run.checkpoints.all()
+        kept = f"The last good checkpoint is kept: {last[-1]}." if last else "No checkpoint was written yet."
+        raise TrainingError(
+            f"The loss became {float(self.value)} at step {step}: training diverged. {kept} Lower the "
+            f"learning rate (now {run.recipe.lr}) or check the data; running again resumes from that checkpoint."
+        )
 
 
 def evaluate(run: Run, split: str) -> tuple[float, int]:
@@ -315,8 +320,10 @@ def evaluation_views(run: Run) -> dict[str, Any]:
 
 
 def save_checkpoint(run: Run) -> None:
-    """Everything a resume needs, written atomically by the main process."""
+    """Everything a resume needs, written atomically by the main process; never after a diverged step."""
     accel = run.accelerator
+    if run.loss_check is not None:
+        run.loss_check.check(run)
     accel.wait_for_everyone()
     if accel.is_main_process:
         run.checkpoints.save({
@@ -401,34 +408,57 @@ def _run(recipe: Recipe, resume: bool) -> dict[str, Any]:
     if resume:
         restore(run)
     check_record_is_ours(run)
-    progress, r = Progress(run), recipe
+    progress = Progress(run)
     run.model.train()
-    with StopSignals() as signals:
-        start = run.step
-        for step in range(start, run.total):
-            t0 = time.perf_counter()
-            loss, correct, images = train_step(run, step)
-            stop_if_diverged(run, loss, step)
-            seconds = time.perf_counter() - t0
-            warmup = step == start
-            run.elapsed += seconds
-            run.warmup_s, run.warmup_steps = run.warmup_s + warmup * seconds, run.warmup_steps + warmup
-            run.step = step + 1
-            progress.step(loss, correct, images, seconds, warmup)
-            if r.eval_every and run.step % r.eval_every == 0 and run.step < run.total:
-                t0 = time.perf_counter()
-                progress.minival(evaluate(run, "minival")[0])
-                run.eval_s += time.perf_counter() - t0
-            due = (r.checkpoint_every and run.step % r.checkpoint_every == 0) or run.step == run.total
-            if due:
-                t0 = time.perf_counter()
-                save_checkpoint(run)  # always at the end: running the finished run again only re-evaluates
-                run.checkpoint_s += time.perf_counter() - t0
-            if (signum := signals.requested(run)) and run.step < run.total:
-                progress.bar.close()
-                stop(run, signum, checkpointed=bool(due))
+    try:
+        with StopSignals() as signals:
+            _train(run, progress, signals)
+    finally:
+        if run.feed is not None:
+            run.feed.close()
     progress.bar.close()
     return finish(run)
+
+
+def _train(run: Run, progress: Progress, signals: StopSignals) -> None:
+    """The steps from where the run stands to the end, with evaluations and checkpoints on their intervals.
+
+    The host queues each step and moves on to the next (whose data the feed has ready) without
+    waiting for the device, except where a value must be read: the first step of a (re)start (its
+    compile time is kept apart), a log line, an evaluation, a checkpoint. Each wait is counted in
+    the step where it happens, so a window's images/s covers all of its steps' device time.
+    """
+    r, losses = run.recipe, run.loss_check
+    assert losses is not None, "setup() gives every run its loss check"
+    start = run.step
+    for step in range(start, run.total):
+        t0 = time.perf_counter()
+        loss, correct, images = train_step(run, step)
+        losses.watch(loss, step)
+        run.step = step + 1
+        warmup = step == start
+        evaluate_now = bool(r.eval_every) and run.step % r.eval_every == 0 and run.step < run.total
+        checkpoint_now = bool(r.checkpoint_every and run.step % r.checkpoint_every == 0) or run.step == run.total
+        if warmup or evaluate_now or checkpoint_now or progress.due():
+            devices.synchronize(run.device)
+            losses.check(run)
+            if warmup and devices.compile_mode(r, run.device):
+                devices.quiet_compiler()  # the step is compiled: nothing may compete with training for the CPU
+        seconds = time.perf_counter() - t0
+        run.elapsed += seconds
+        run.warmup_s, run.warmup_steps = run.warmup_s + warmup * seconds, run.warmup_steps + warmup
+        progress.step(loss, correct, images, seconds, warmup)
+        if evaluate_now:
+            t0 = time.perf_counter()
+            progress.minival(evaluate(run, "minival")[0])
+            run.eval_s += time.perf_counter() - t0
+        if checkpoint_now:
+            t0 = time.perf_counter()
+            save_checkpoint(run)  # always at the end: running the finished run again only re-evaluates
+            run.checkpoint_s += time.perf_counter() - t0
+        if (signum := signals.requested(run)) and run.step < run.total:
+            progress.bar.close()
+            stop(run, signum, checkpointed=checkpoint_now)
 
 
 __all__ = ["Run", "evaluate", "finetune", "restore", "save_checkpoint", "setup",

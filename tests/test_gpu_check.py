@@ -11,14 +11,14 @@ import pytest
 from conftest import REPO
 
 
-def dry_run(script: str, tmp_path, readme_workdir) -> tuple[subprocess.CompletedProcess, object]:
+def dry_run(script: str, tmp_path, readme_workdir, extra_env=None) -> tuple[subprocess.CompletedProcess, object]:
     """Run a GPU script's CPU dry run on the small CIFAR-10 cut in the real archive's layout (the dry run
     checks the commands, not the scale), its temporary folders in tmp_path/tmp: (result, scratch folder)."""
     data = readme_workdir.parent / "shared" / "data" / "cifar10-jpeg.tar.gz"
     scratch = tmp_path / "tmp"
     scratch.mkdir()
     env = os.environ | {"GPU_CHECK_DRY": "1", "OUT": str(tmp_path / "out"), "GPU_CHECK_DATA": str(data),
-                        "PYTHON": sys.executable, "TMPDIR": str(scratch)}
+                        "PYTHON": sys.executable, "TMPDIR": str(scratch)} | (extra_env or {})
     out = subprocess.run(["bash", str(REPO / "benchmarks" / script)], capture_output=True, text=True, env=env,
                          timeout=1200)
     return out, scratch
@@ -79,3 +79,35 @@ def test_the_gpu_profile_dry_run_sums_the_step_by_kernel_family_and_names_valid_
     script = (REPO / "benchmarks" / "gpu_profile.sh").read_text()
     named = set(re.findall(r"\b(compile|eager|reduce-overhead|max-autotune(?:-no-cudagraphs)?)\b", script))
     assert named and named <= set(VARIANTS) and {"compile", "reduce-overhead", "max-autotune"} <= named
+
+
+@pytest.mark.slow
+def test_the_gpu_speed_dry_run_compares_runs_with_the_bare_step_and_rehearses_cuda_graphs(tmp_path, readme_workdir):
+    """benchmarks/gpu_speed.sh on the CPU: every step rc=0; the report sets each fine-tune beside the bare step,
+    the resumed run equals the uninterrupted one, the "before" run ran 0.1.0's code and the "graphs" run was
+    compiled in torch.compile's reduce-overhead mode (no CUDA graphs on a CPU, the same recipe path)."""
+    import shutil
+
+    before = tmp_path / "before"
+    archive = subprocess.run(["git", "archive", "45edcd3", "mixer_ft"], cwd=REPO, capture_output=True)
+    if archive.returncode:
+        pytest.skip("the checkout's history lacks 0.1.0's commit 45edcd3")
+    before.mkdir()
+    subprocess.run(["tar", "-x", "-C", str(before)], input=archive.stdout, check=True)
+    env_before = {"GPU_SPEED_BEFORE": str(before)}
+    out, scratch = dry_run("gpu_speed.sh", tmp_path, readme_workdir, env_before)
+    log = (tmp_path / "out" / "speed_log.txt").read_text()
+    assert out.returncode == 0 and set(line for line in log.splitlines() if line.startswith("rc=")) == {"rc=0"}, log[-3000:]
+    assert log.count("rc=0") == 8 and log.count("stopped rc=143") == 1
+    report = json.loads((tmp_path / "out" / "speed_cpu.json").read_text())
+    assert set(report["runs"]) == {"straight", "resumed", "before", "graphs"}
+    assert report["resumed_equals_uninterrupted"] is True and report["resumed_max_abs_difference"] == 0
+    assert all(ratio > 0 for ratio in report["finetune_over_step"].values()) and report["bare_step_images_per_s"] > 0
+    runs = report["runs"]
+    assert runs["graphs"]["compiled"] and runs["graphs"]["compile_mode"] == "reduce-overhead"
+    # 0.1.0's records have no data_on_device; today's say where the train images were (the CPU: not on a device)
+    assert runs["before"]["data_on_device"] is None and runs["straight"]["data_on_device"] is False
+    assert all(run["cpu_timeline"] for run in runs.values())  # the watch saw every run
+    host = json.loads(next((tmp_path / "out").glob("host_step_cpu_*.json")).read_text())
+    assert {"boxes", "optimizer, per tensor (0.1.0)", "optimizer, multi-tensor"} <= set(host["pieces"])
+    assert not list(scratch.glob("gpu-speed-runs.*")) and shutil.which("bash")
