@@ -37,12 +37,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mixer_ft.atomic import atomic_write_text  # noqa: E402
-from mixer_ft.bench import device_slug  # noqa: E402
-from mixer_ft.bf16_momentum import BF16MomentumSGD  # noqa: E402
-from mixer_ft.model import MixerConfig, MlpMixer  # noqa: E402
-from mixer_ft.preprocess import Preprocess, batch_seed  # noqa: E402
-from mixer_ft.records import hardware, versions  # noqa: E402
-from mixer_ft.signals import StopSignals  # noqa: E402
+from mixer_ft.data.preprocess import Preprocess, batch_seed  # noqa: E402
+from mixer_ft.model.mixer import MixerConfig, MlpMixer  # noqa: E402
+from mixer_ft.report.bench import device_slug  # noqa: E402
+from mixer_ft.train.bf16_momentum import BF16MomentumSGD  # noqa: E402
+from mixer_ft.train.records import hardware, versions  # noqa: E402
+from mixer_ft.train.signals import StopSignals  # noqa: E402
 
 
 def per_tensor_bf16_sgd(params: list[torch.nn.Parameter], bufs: list[torch.Tensor], lr: float, momentum: float) -> None:

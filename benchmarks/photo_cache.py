@@ -3,7 +3,7 @@
 Run:  python benchmarks/photo_cache.py [--images 32] [--workers N]
 
 Both sides turn each 4032x3024 JPEG into an upright RGB image whose longer side is 512 pixels,
-with the same number of processes. Ours is `mixer_ft.data.load_data` building its cache
+with the same number of processes. Ours is `mixer_ft.data.cache.load_data` building its cache
 (JPEG draft mode: the decoder's own reduced scale, then a bilinear resize; written to disk); the
 peer is what a per-image pipeline does: PIL open, convert to RGB, resize (bilinear), in a
 process pool. The photos are made here (smooth random content, quality 90), so no data set is
@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from mixer_ft.atomic import atomic_write_text
-from mixer_ft.records import cpu_isa, cpu_name
+from mixer_ft.train.records import cpu_isa, cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -66,7 +66,7 @@ def ours_rate(folder: Path, n: int, workers: int) -> float:
     with tempfile.TemporaryDirectory() as cache:
         os.environ["MIXER_FT_CACHE"] = cache
         os.environ["MIXER_FT_WORKERS"] = str(workers)
-        from mixer_ft.data import load_data
+        from mixer_ft.data.cache import load_data
 
         t0 = time.perf_counter()
         data = load_data(str(folder))

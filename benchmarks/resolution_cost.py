@@ -5,7 +5,7 @@ Run:  python benchmarks/resolution_cost.py [--model B/16] [--size 448] [--batch 
 
 Both are `mixer-ft finetune`'s training step on our fast path (token-major layout, fused SGD, and
 torch.compile on CUDA) with the same batch and precision, their steps timed in alternation after
-warm-up (`mixer_ft.bench.measure_pair`), so both see the same machine state. The figure is the
+warm-up (`mixer_ft.report.bench.measure_pair`), so both see the same machine state. The figure is the
 ratio of images/s; the paper's FLOP ratio is printed beside it. The record goes to results/bench/.
 """
 
@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 
 from mixer_ft.atomic import atomic_write_text
-from mixer_ft.bench import device_slug, forward_flops, measure_pair, our_step
-from mixer_ft.model import MixerConfig
-from mixer_ft.records import hardware, versions
-from mixer_ft.resolution import resized_config
+from mixer_ft.model.mixer import MixerConfig
+from mixer_ft.model.resolution import resized_config
+from mixer_ft.report.bench import device_slug, forward_flops, measure_pair, our_step
+from mixer_ft.train.records import hardware, versions
 
 ROOT = Path(__file__).resolve().parents[1]
 

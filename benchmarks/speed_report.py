@@ -23,7 +23,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mixer_ft.atomic import atomic_write_text  # noqa: E402
-from mixer_ft.bench import device_slug  # noqa: E402
+from mixer_ft.report.bench import device_slug  # noqa: E402
 
 RUNS = ("straight", "resumed", "before", "graphs")
 SLOW = 0.8

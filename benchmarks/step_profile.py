@@ -9,7 +9,7 @@ A variant is our fast path (token-major layout, fused SGD) built one way:
   reduce-overhead              CUDA graphs: the step's kernels launched as one graph
   max-autotune-no-cudagraphs   inductor's GEMM and kernel autotuning
   max-autotune                 both
-Its step and timm's eager step are timed in alternation by `mixer_ft.bench.run_bench` (the
+Its step and timm's eager step are timed in alternation by `mixer_ft.report.bench.run_bench` (the
 `mixer-ft bench` record: both rates, their ratio and MFU, bf16 on a GPU with a known peak). ``--profile`` adds a torch
 profiler trace of the variant's step summed by kernel family: matrix products, elementwise kernels
 (GELU, residual adds, bias, fused Triton kernels), normalisation and reductions, the optimizer,
@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from mixer_ft.atomic import atomic_write_text
-from mixer_ft.bench import TrainStep, bench_config, device_slug, our_step, run_bench
+from mixer_ft.report.bench import TrainStep, bench_config, device_slug, our_step, run_bench
 
 VARIANTS = ("eager", "compile", "reduce-overhead", "max-autotune-no-cudagraphs", "max-autotune")
 # Kernel (CUDA) or operator (CPU) name -> family; the first pattern that matches wins.

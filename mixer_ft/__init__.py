@@ -8,7 +8,6 @@ huggingface_hub where they are used, so the command line starts fast.
 from importlib import import_module
 from typing import Any
 
-from mixer_ft.config import VARIANTS, MixerConfig, canonical_variant
 from mixer_ft.errors import (
     CheckpointError,
     ConfigError,
@@ -19,12 +18,14 @@ from mixer_ft.errors import (
     TrainingError,
     WeightsUnavailable,
 )
+from mixer_ft.model.config import VARIANTS, MixerConfig, canonical_variant
 
 __version__ = "0.1.0"
 
 # Public names that need torch: the module each lives in, imported on first use (PEP 562).
-_LAZY = {"Classifier": "infer", "MlpMixer": "model", "num_params": "model", "create_model": "weights",
-         "load_checkpoint": "sources", "save_pretrained": "model_folder", "upstream_sources": "sources"}
+_LAZY = {"Classifier": "use.infer", "MlpMixer": "model.mixer", "num_params": "model.mixer",
+         "create_model": "weights.loading", "load_checkpoint": "weights.sources",
+         "save_pretrained": "weights.model_folder", "upstream_sources": "weights.sources"}
 
 
 def __getattr__(name: str) -> Any:

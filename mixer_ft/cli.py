@@ -11,9 +11,9 @@ import typer
 from mixer_ft.cli_checks import check_folder as _check_folder
 from mixer_ft.cli_checks import check_plot as _check_plot
 from mixer_ft.cli_checks import positive_int as _positive_int
-from mixer_ft.config import FEWSHOT_SHOTS
 from mixer_ft.errors import MixerFtError
-from mixer_ft.recipe import default
+from mixer_ft.model.config import FEWSHOT_SHOTS
+from mixer_ft.train.recipe import default
 
 
 def _default(key: str) -> str:
@@ -55,7 +55,7 @@ def inspect(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Show the architecture, parameter count, GELU flavour and classes of a variant or checkpoint."""
-    from mixer_ft.weights import describe
+    from mixer_ft.weights.loading import describe
 
     info, cfg, where = describe(source, model, img_size, resize)
     if as_json:
@@ -88,7 +88,7 @@ def data(
     """Show a data set's splits, classes and image size (decoding it into the cache on first use)."""
     import logging
 
-    from mixer_ft.data import load_data
+    from mixer_ft.data.cache import load_data
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     info = load_data(source, image_column=image_column, label_column=label_column,
@@ -98,7 +98,7 @@ def data(
         for warning in info["warnings"]:
             typer.echo(f"warning: {warning}", err=True)
         return
-    from mixer_ft.data import summary_lines
+    from mixer_ft.data.cache import summary_lines
 
     for line in summary_lines(info):
         typer.echo(line)
@@ -138,8 +138,8 @@ def finetune(
     With no recipe and no --steps or --epochs, the schedule's length follows the BiT-HyperRule by the
     size of the training split (500 steps under 20,000 images), as the paper fine-tunes small sets.
     """
-    from mixer_ft import recipe as recipes
-    from mixer_ft.train import finetune as run
+    from mixer_ft.train import recipe as recipes
+    from mixer_ft.train.loop import finetune as run
 
     flags = {"upstream": upstream, "model": model, "dataset": dataset, "steps": steps, "global_batch": batch,
              "lr": lr, "warmup_steps": warmup, "eval_every": eval_every, "seed": seed, "output_dir": output_dir,
@@ -165,8 +165,8 @@ def sweep(
 ) -> None:
     """Run every point of a grid as an ordinary run (resumable, its own record), choose by minival
     accuracy only, and report the chosen point's test accuracy; the sweep record goes to results/."""
-    from mixer_ft import recipe as recipes
-    from mixer_ft.sweep import parse_grid, run_sweep, summary
+    from mixer_ft.report.sweep import parse_grid, run_sweep, summary
+    from mixer_ft.train import recipe as recipes
 
     grid_ = parse_grid(grid)
     base, _, said = recipes.resolve(recipe, {"dataset": dataset}, set_ or [])
@@ -199,9 +199,9 @@ def predict(
     """Label images with a trained model: top-k classes and probabilities for each."""
     from tqdm.auto import tqdm
 
+    from mixer_ft.data.images import printable
     from mixer_ft.errors import ConfigError, DataError
-    from mixer_ft.images import printable
-    from mixer_ft.infer import Classifier, collect_images, format_prediction, label_files
+    from mixer_ft.use.infer import Classifier, collect_images, format_prediction, label_files
 
     if top_k < 1 or batch < 1:
         raise ConfigError("--top-k and --batch must be positive.")
@@ -246,9 +246,9 @@ def evaluate(
     """Score a model on a labelled data set: accuracy, per-class accuracy, confusion matrix."""
     import logging
 
-    from mixer_ft.data import load_data
-    from mixer_ft.evaluate import evaluate_split, plot_confusion
-    from mixer_ft.infer import Classifier
+    from mixer_ft.data.cache import load_data
+    from mixer_ft.use.evaluate import evaluate_split, plot_confusion
+    from mixer_ft.use.infer import Classifier
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     _check_plot(plot)  # before minutes of evaluation
@@ -277,8 +277,8 @@ def push(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be uploaded; upload nothing.")] = False,
 ) -> None:
     """Upload a model folder (weights, config, model card) to the Hugging Face Hub."""
-    from mixer_ft.push import files_to_push
-    from mixer_ft.push import push as upload
+    from mixer_ft.weights.push import files_to_push
+    from mixer_ft.weights.push import push as upload
 
     if dry_run:
         for f in files_to_push(model_source):
@@ -305,7 +305,7 @@ def fewshot(
     images per class (big_vision's fewshot_lsr, l2 = 1024), accuracy per K over several draws."""
     import logging
 
-    from mixer_ft.fewshot import parse_shots, run_fewshot
+    from mixer_ft.use.fewshot import parse_shots, run_fewshot
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     _check_folder(results, "--results")
@@ -331,7 +331,7 @@ def table(
     """The published accuracy and wall-clock of each row beside this toolkit's best run of it."""
     import logging
 
-    from mixer_ft import table as tables
+    from mixer_ft.report import table as tables
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     _check_plot(plot)
@@ -353,9 +353,9 @@ def reproduce(
     import logging
     import subprocess
 
-    from mixer_ft import table as tables
     from mixer_ft.errors import ConfigError
-    from mixer_ft.recipe import find_recipe
+    from mixer_ft.report import table as tables
+    from mixer_ft.train.recipe import find_recipe
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     published = {p.id: p for p in tables.published_rows()}
@@ -394,7 +394,7 @@ def bench(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Training-step images/s of our Mixer against timm's, in one run (and MFU on CUDA)."""
-    from mixer_ft.bench import run_bench, save
+    from mixer_ft.report.bench import run_bench, save
 
     if batch < 1 or steps < 1:
         from mixer_ft.errors import ConfigError

@@ -8,8 +8,8 @@ import torch.nn.functional as F
 
 from conftest import randomize_, run_cli
 from mixer_ft import MixerConfig, create_model
-from mixer_ft.bench import forward_flops
-from mixer_ft.model import MlpMixer
+from mixer_ft.model.mixer import MlpMixer
+from mixer_ft.report.bench import forward_flops
 
 
 @pytest.mark.parametrize("variant,gflop", [("B/16", 25.2), ("L/16", 89.2)])
@@ -65,9 +65,9 @@ def test_token_major_stem_equals_the_conv_stem(size):
 
 
 def test_bench_at_448_times_the_tiled_architecture_against_a_timm_mixer_of_the_same_widths(tmp_path):
-    from mixer_ft.bench import _timm_model, save
-    from mixer_ft.model import num_params
-    from mixer_ft.resolution import resized_config
+    from mixer_ft.model.mixer import num_params
+    from mixer_ft.model.resolution import resized_config
+    from mixer_ft.report.bench import _timm_model, save
 
     cfg = resized_config(MixerConfig.from_variant("S/32"), 448, "tile")
     assert cfg.tokens_mlp_dim == 4 * 256 and cfg.num_tokens == 196

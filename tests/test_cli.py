@@ -66,7 +66,7 @@ def test_installed_with_pip_the_records_still_name_the_commit(tmp_path):
     pip = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--no-build-isolation", "--target",
                           str(tmp_path / "site"), str(REPO)], capture_output=True, text=True, timeout=600)
     assert pip.returncode == 0, pip.stderr[-2000:]
-    code = "import mixer_ft.records as r; print(r.__file__); print(r.git_commit())"
+    code = "import mixer_ft.train.records as r; print(r.__file__); print(r.git_commit())"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=tmp_path, timeout=60,
                          env=os.environ | {"PYTHONPATH": str(tmp_path / "site")}).stdout.splitlines()
     head = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=REPO).stdout.strip()

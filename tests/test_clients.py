@@ -10,9 +10,9 @@ from PIL import Image
 
 from conftest import randomize_
 from mixer_ft import create_model
-from mixer_ft.images import to_rgb_array
-from mixer_ft.infer import Classifier
-from mixer_ft.model_folder import save_pretrained
+from mixer_ft.data.images import to_rgb_array
+from mixer_ft.use.infer import Classifier
+from mixer_ft.weights.model_folder import save_pretrained
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 

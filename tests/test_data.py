@@ -13,7 +13,7 @@ import torch
 from PIL import Image
 
 from conftest import CIFAR_TGZ, REPO, run_cli
-from mixer_ft.data import load_data
+from mixer_ft.data.cache import load_data
 from mixer_ft.errors import DataError
 
 CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
@@ -321,7 +321,7 @@ def test_phone_photos_are_cached_bounded_upright_and_in_their_own_aspect(phone_p
     assert (384, 512) in train_shapes and (512, 384) in train_shapes  # 12-MP landscape, and portrait turned upright
     # The marker, scored as evaluation sees it: upright (red on top) and in its own aspect, as a
     # direct resize of the upright original gives it, not squashed into another photo's shape.
-    from mixer_ft.preprocess import Preprocess
+    from mixer_ft.data.preprocess import Preprocess
 
     test = data.extents["test"]
     k = [i for i, (h, w) in enumerate(test) if (h, w) == (512, 341)]

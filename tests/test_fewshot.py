@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from conftest import REPO, run_cli
-from mixer_ft.fewshot import lsr_accuracy, lsr_weights
+from mixer_ft.use.fewshot import lsr_accuracy, lsr_weights
 
 
 @pytest.mark.parametrize("n, d", [(40, 12), (12, 40)])  # more points than features, and fewer

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from mixer_ft.preprocess import Preprocess, crop_resize, inception_boxes
+from mixer_ft.data.preprocess import Preprocess, crop_resize, inception_boxes
 
 FIXTURES = Path(__file__).parent / "fixtures"
 TF = np.load(FIXTURES / "tf_preprocess.npz")
@@ -88,14 +88,14 @@ TRACE = np.load(FIXTURES / "vit_jax_trace.npz")
 
 
 def _to_ours(arrays: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
-    from mixer_ft.google_npz import npz_to_state_dict
+    from mixer_ft.weights.google_npz import npz_to_state_dict
 
     return npz_to_state_dict(arrays, "trace")
 
 
 def _google_names() -> dict[str, str]:
     """Our state-dict name of each Google parameter name (the .npz layout's own mapping)."""
-    from mixer_ft.google_npz import _NPZ_PARAMS, _npz_layers
+    from mixer_ft.weights.google_npz import _NPZ_PARAMS, _npz_layers
 
     upstream = {k.removeprefix("upstream/"): TRACE[k] for k in TRACE.files if k.startswith("upstream/")}
     ours = {"kernel": "weight", "bias": "bias", "scale": "weight"}
@@ -109,8 +109,8 @@ def test_fine_tuning_follows_vit_jax_step_by_step(tmp_path, cifar_subset, moment
     the run's real setup and optimizer step (Accelerate, micro-batches of 16 accumulated to 64,
     clipping after accumulation, the schedule, SGD's momentum in the trace's dtype)."""
     from conftest import _reset_accelerate
-    from mixer_ft.recipe import Recipe
-    from mixer_ft.train import optimizer_step, setup
+    from mixer_ft.train.loop import optimizer_step, setup
+    from mixer_ft.train.recipe import Recipe
 
     size, batch, accum, steps, warmup, lr = TRACE["config"]
     upstream = {k.removeprefix("upstream/"): TRACE[k] for k in TRACE.files if k.startswith("upstream/")}

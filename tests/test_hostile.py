@@ -147,7 +147,7 @@ def small_run(tmp_path, cut, name, *extra):
 
 
 def test_a_damaged_newest_checkpoint_is_skipped_and_never_outranks_a_new_one(tmp_path, cifar_subset, caplog):
-    from mixer_ft.checkpoints import Checkpoints
+    from mixer_ft.train.checkpoints import Checkpoints
 
     cut = cifar_subset(train=100, test=20)
     args = ["finetune", "--steps", 6, "--batch", 8, "--warmup", 0, "--eval-every", 0, *TINY,

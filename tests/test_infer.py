@@ -20,7 +20,7 @@ from safetensors.torch import save_file
 
 from conftest import REPO, randomize_, run_cli
 from mixer_ft import Classifier, create_model, save_pretrained
-from mixer_ft.images import to_rgb_array
+from mixer_ft.data.images import to_rgb_array
 
 
 def cli(*args, env=None, cwd=REPO):

@@ -95,17 +95,18 @@ def test_the_command_line_starts_without_torch_timm_or_datasets():
 
 
 def test_data_push_and_preflight_import_neither_the_weights_loader_nor_torch():
-    code = ("import sys, mixer_ft.data, mixer_ft.push, mixer_ft.preflight, mixer_ft.model_folder, mixer_ft.sources; "
-            "print(sorted(m for m in ('torch', 'mixer_ft.weights', 'mixer_ft.checkpoint') if m in sys.modules))")
+    code = ("import sys, mixer_ft.data.cache, mixer_ft.weights.push, mixer_ft.train.preflight, "
+            "mixer_ft.weights.model_folder, mixer_ft.weights.sources; "
+            "print(sorted(m for m in ('torch', 'mixer_ft.weights.loading', 'mixer_ft.weights.weight_file') if m in sys.modules))")
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
 
 
 def test_auto_precision_is_bf16_only_where_the_cpu_computes_it_natively(monkeypatch, caplog):
     import logging
 
-    from mixer_ft import records
-    from mixer_ft.devices import precision as _precision
-    from mixer_ft.recipe import Recipe
+    from mixer_ft.train import records
+    from mixer_ft.train.devices import precision as _precision
+    from mixer_ft.train.recipe import Recipe
 
     cpu = torch.device("cpu")
     assert _precision(Recipe(mixed_precision="auto"), cpu) == ("bf16" if records.cpu_native_bf16() else "no")

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from mixer_ft import create_model
-from mixer_ft.preprocess import Preprocess, crop_resize, inception_boxes, iterate_batches
+from mixer_ft.data.preprocess import Preprocess, crop_resize, inception_boxes, iterate_batches
 
 
 def images(n=8, size=32, seed=0):

@@ -9,8 +9,8 @@ import pytest
 
 from conftest import REPO
 from mixer_ft import ConfigError
-from mixer_ft.optim import lr_factor
-from mixer_ft.recipe import RESUMABLE_KEYS, Recipe, default, from_dict, load_recipe, parse_override, resume_conflicts
+from mixer_ft.train.optim import lr_factor
+from mixer_ft.train.recipe import RESUMABLE_KEYS, Recipe, default, from_dict, load_recipe, parse_override, resume_conflicts
 
 RECIPES = sorted((REPO / "recipes").rglob("*.toml"))  # recipes/transfer/ too
 
@@ -183,7 +183,7 @@ def test_dry_run_prints_the_resolved_recipe_with_each_keys_source_and_the_hyper_
 
 
 def test_a_sweep_gets_the_hyper_rule_as_finetune_does(cifar_subset, tmp_path):
-    from mixer_ft.recipe import resolve
+    from mixer_ft.train.recipe import resolve
 
     cut = cifar_subset(train=100, test=20)
     recipe = tmp_path / "r.toml"

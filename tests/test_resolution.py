@@ -11,8 +11,8 @@ from test_weights_npz import flax_mixer_params
 
 from conftest import REPO, randomize_, run_cli
 from mixer_ft import ConfigError, create_model, save_pretrained
-from mixer_ft.model import MixerConfig
-from mixer_ft.resolution import resize_state_dict
+from mixer_ft.model.mixer import MixerConfig
+from mixer_ft.model.resolution import resize_state_dict
 
 
 def mosaic(tiles: torch.Tensor, k: int) -> torch.Tensor:

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from conftest import _reset_accelerate, run_cli
-from mixer_ft.bf16_momentum import BF16MomentumSGD
-from mixer_ft.feed import TrainFeed
-from mixer_ft.recipe import Recipe
-from mixer_ft.train import setup
+from mixer_ft.train.bf16_momentum import BF16MomentumSGD
+from mixer_ft.train.feed import TrainFeed
+from mixer_ft.train.loop import setup
+from mixer_ft.train.recipe import Recipe
 
 TINY = {"model": "custom", "upstream": "none", "architecture": {
     "patch_size": 8, "hidden_dim": 32, "num_blocks": 2, "tokens_mlp_dim": 16, "channels_mlp_dim": 64, "img_size": 32}}

@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from conftest import REPO, run_cli
-from mixer_ft.data_sources import CIFAR10_CLASSES
-from mixer_ft.recipe import load_recipe
-from mixer_ft.table import COLUMNS, FEWSHOT_COLUMNS, build, render
+from mixer_ft.data.sources import CIFAR10_CLASSES
+from mixer_ft.report.table import COLUMNS, FEWSHOT_COLUMNS, build, render
+from mixer_ft.train.recipe import load_recipe
 
 ROWS = ["in1k_b16_cifar10", "in1k_l16_cifar10", "in21k_b16_cifar10", "in21k_l16_cifar10", "scratch_cifar10"]
 

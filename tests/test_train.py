@@ -16,12 +16,12 @@ from safetensors.torch import load_file, save_file
 
 from conftest import REPO, randomize_, run_cli
 from mixer_ft import create_model
-from mixer_ft.infer import Classifier, predict
-from mixer_ft.model import MixerConfig, MlpMixer
-from mixer_ft.optim import make_optimizers
-from mixer_ft.preprocess import Preprocess
-from mixer_ft.recipe import Recipe
-from mixer_ft.weights import build_model
+from mixer_ft.data.preprocess import Preprocess
+from mixer_ft.model.mixer import MixerConfig, MlpMixer
+from mixer_ft.train.optim import make_optimizers
+from mixer_ft.train.recipe import Recipe
+from mixer_ft.use.infer import Classifier, predict
+from mixer_ft.weights.loading import build_model
 
 BIN = Path(sys.executable).parent
 TINY = ["--set", "architecture.patch_size=8", "--set", "architecture.hidden_dim=32", "--set", "architecture.num_blocks=2",
@@ -305,7 +305,7 @@ def test_offline_a_run_that_cannot_start_says_everything_it_misses_at_once(tmp_p
 
 
 def test_the_record_logs_the_rate_each_step_used(tmp_path, cut):
-    from mixer_ft.optim import lr_factor
+    from mixer_ft.train.optim import lr_factor
 
     finetune("--steps", 6, "--batch", 16, "--lr", 0.1, "--warmup", 3, "--eval-every", 0, "--set", "log_every=1",
              *TINY, *run_args(tmp_path, cut, "lr"))
@@ -316,7 +316,7 @@ def test_the_record_logs_the_rate_each_step_used(tmp_path, cut):
 
 
 def test_the_head_is_new_unless_the_checkpoint_names_the_data_sets_classes_in_order():
-    from mixer_ft.weights import head_choice
+    from mixer_ft.weights.loading import head_choice
 
     classes = ["cat", "dog"]
     assert head_choice(Recipe(), None, classes)[0] is True  # Google's files name no classes: new, as upstream

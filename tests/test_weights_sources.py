@@ -16,8 +16,8 @@ from test_weights_npz import flax_mixer_params
 
 from conftest import randomize_
 from mixer_ft import CheckpointError, ConfigError, WeightsUnavailable, create_model, load_checkpoint, save_pretrained
-from mixer_ft.downloads import cached_path
-from mixer_ft.sources import upstream_sources
+from mixer_ft.weights.downloads import cached_path
+from mixer_ft.weights.sources import upstream_sources
 
 
 def small_model(seed=0, **kw):

@@ -7,7 +7,7 @@ vit_jax trains on ``tf.slice(im, begin, size)`` of the box ``tf.image.sample_dis
 draws, then ``tf.image.resize(im, [S, S])`` (bilinear, half-pixel centres, no antialias), a random
 ``flip_left_right``, then ``(im - 127.5) / 127.5``; evaluation resizes the whole image. This script
 applies exactly those ops to fixed images and boxes, and draws boxes from TF's sampler for the
-distribution test. tests/test_fidelity.py compares the project's `mixer_ft.preprocess` with them.
+distribution test. tests/test_fidelity.py compares the project's `mixer_ft.data.preprocess` with them.
 """
 
 from pathlib import Path

@@ -1,0 +1,397 @@
+"""Image classification data behind one ``--dataset`` value, decoded once into a uint8 cache.
+
+Sources: ``cifar10`` / ``cifar100`` (the Hub copies through ``datasets``), ``hf:owner/name``
+(any Hub image-classification set, or a local folder ``datasets`` can read), an image folder
+(``train/<class>/*``, ``test/<class>/*``) or that folder as .tar/.tar.gz, and the official
+CIFAR "python version" archives or folders.
+
+Every image is decoded once into ``(N, H, W, 3)`` uint8 arrays stored as memory-mapped files in
+the cache, so host RAM stays bounded whatever the data set's size and later runs start at once.
+Cropping, resizing, flipping and scaling happen later, in batches, on the training device
+(:mod:`mixer_ft.data.preprocess`). A corrupt image is skipped, counted and named in the log; a
+source where nothing decodes is an error.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mixer_ft.atomic import locked
+from mixer_ft.data.images import to_rgb_array
+from mixer_ft.data.sources import CIFAR10_CLASSES, HUB_DATASETS, Reader, open_reader
+from mixer_ft.errors import ConfigError, DataError, StorageError
+from mixer_ft.model.config import MAX_SIDE, TEST_FRACTION
+from mixer_ft.weights.downloads import cache_dir
+
+log = logging.getLogger(__name__)
+
+_CACHE_FORMAT = 4  # bump when the cache layout, labels or decoding change (4: class = first folder under the split)
+
+
+def canonical_dataset(source: str, classes: list[str], n_test: int) -> str:
+    """"cifar10"/"cifar100" for any copy of CIFAR (Hub, JPEG folder, python archive), else ``source``."""
+    if source in HUB_DATASETS:
+        return source
+    if classes == CIFAR10_CLASSES and n_test == 10_000:
+        return "cifar10"
+    if len(classes) == 100 and n_test == 10_000 and re.search(r"cifar.?100", source, re.IGNORECASE):
+        return "cifar100"
+    return source
+
+
+@dataclass
+class ImageData:
+    """Decoded images of one source.
+
+    Attributes:
+        images: split name ("train", "test") -> uint8 array (N, H, W, 3), memory-mapped.
+        labels: split name -> int64 array (N,).
+        classes: class names, index = label.
+        location: where the images were read from.
+        skipped: images that could not be decoded.
+    """
+
+    source: str
+    location: str
+    classes: list[str]
+    images: dict[str, np.ndarray]
+    labels: dict[str, np.ndarray]
+    skipped: int = 0
+    test_from: str = ""  # which split of the source is the reported test split, and why
+    extents: dict[str, np.ndarray | None] = field(default_factory=dict)  # split -> (h, w) of each image; None: one size
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        """(height, width) of the stored images: the largest, where they differ (see ``extents``)."""
+        return tuple(self.images["train"].shape[1:3])  # type: ignore[return-value]
+
+    @property
+    def dataset_id(self) -> str:
+        """A name runs are compared under: "cifar10"/"cifar100" for any copy of them, else the source."""
+        return canonical_dataset(self.source, self.classes, len(self.labels["test"]))
+
+    def splits(self, val_fraction: float = 0.02, seed: int = 0) -> dict[str, tuple[str, np.ndarray]]:
+        """The upstream splits as (array name, indices): train[:98%], minival train[98%:], test.
+
+        The train split is shuffled with ``seed`` before it is cut, so the minival holds every
+        class even when the source is sorted by class; the same seed gives the same cut.
+        """
+        if not 0 <= val_fraction < 1:
+            raise ConfigError(f"--val-fraction must be in [0, 1), got {val_fraction}.")
+        if not 0 <= seed < 2**32:
+            raise ConfigError(f"--seed must be a whole number from 0 to 2**32 - 1, got {seed}.")
+        n = len(self.labels["train"])
+        order = np.random.default_rng(seed).permutation(n)
+        n_val = int(round(n * val_fraction))
+        return {
+            "train": ("train", np.sort(order[: n - n_val])),
+            "minival": ("train", np.sort(order[n - n_val:])),
+            "test": ("test", np.arange(len(self.labels["test"]))),
+        }
+
+    def summary(self, val_fraction: float = 0.02, seed: int = 0) -> dict[str, Any]:
+        """What ``mixer-ft data --json`` prints."""
+        splits = self.splits(val_fraction, seed)
+        sizes = {k: len(idx) for k, (_, idx) in splits.items()}
+        counts = {k: dict(zip(self.classes, np.bincount(self.labels[a][idx], minlength=len(self.classes)).tolist()))
+                  for k, (a, idx) in splits.items()}
+        h, w = self.image_size
+        own = [e for e in self.extents.values() if e is not None and len(e)]
+        low = np.concatenate(own).min(0).tolist() if own else [h, w]
+        return {"source": self.source, "location": self.location, "splits": sizes, "classes": self.classes,
+                "class_counts": counts,
+                "image_size": [h, w], "one_size": all(e is None for e in self.extents.values()),
+                "size_range": [low, [h, w]], "skipped": self.skipped, "test_from": self.test_from,
+                "warnings": self.small_splits(splits)}
+
+    def small_splits(self, splits: dict[str, tuple[str, np.ndarray]], least: int = 10) -> list[str]:
+        """Warnings for a minival or test split (of :meth:`splits`) too small to score on: under
+        ``least`` images a class."""
+        out = []
+        for name, (_, idx) in splits.items():
+            if name == "train":
+                continue
+            per_class = len(idx) / max(len(self.classes), 1)
+            if per_class < least:
+                hint = ("raise --val-fraction (recipe key val_fraction)" if name == "minival" else
+                        "add test images, or raise --test-fraction for a folder without split folders")
+                out.append(f"the {name} split has {len(idx)} images, {per_class:.1f} a class: its accuracy is "
+                           f"too coarse to compare or choose by; {hint}")
+        return out
+
+
+# --------------------------------------------------------------------------- entry point
+
+
+def load_data(
+    source: str,
+    *,
+    image_column: str | None = None,
+    label_column: str | None = None,
+    store_size: int | None = None,
+    test_fraction: float = TEST_FRACTION,
+    max_side: int = MAX_SIDE,
+) -> ImageData:
+    """Read ``source`` (see the module docstring), decoding into the cache on first use.
+
+    Args:
+        image_column, label_column: for Hub sets whose columns are not found automatically.
+        store_size: resize every image to this square size when caching; by default each image keeps
+            its own size and aspect, scaled down so that its longer side is at most ``max_side``.
+        test_fraction: of an image folder without split folders, the share of each class held out
+            as the test split.
+    """
+    reader = open_reader(source, image_column, label_column, test_fraction)
+    key = hashlib.sha1(json.dumps([_CACHE_FORMAT, reader.fingerprint(), store_size, max_side]).encode()).hexdigest()[:16]
+    folder = cache_dir() / "data" / key
+    if not (folder / "meta.json").is_file():
+        _build_cache(reader, folder, store_size, max_side)
+    return _open_cache(folder, source)
+
+
+# --------------------------------------------------------------------------- the cache
+
+
+def decode_workers() -> int:
+    """Processes that decode images into the cache: ``$MIXER_FT_WORKERS``, else one per core."""
+    try:
+        return max(1, int(os.environ.get("MIXER_FT_WORKERS") or os.cpu_count() or 1))
+    except ValueError:
+        raise ConfigError(f"MIXER_FT_WORKERS must be a whole number, got {os.environ['MIXER_FT_WORKERS']!r}.") from None
+
+
+def _read(item: Any) -> Any:
+    """An item's bytes (or PIL image, or array), read here; a file that cannot be read becomes an error."""
+    if isinstance(item, np.ndarray):
+        return item
+    try:
+        return item[1]()
+    except OSError as e:
+        return OSError(e.strerror or str(e))
+
+
+WINDOW_BYTES = 256 << 20  # encoded bytes held at once while decoding, whatever the images' sizes
+
+
+def _window(items: Iterator[tuple[str, str | int, Any]], most: int) -> list[tuple[tuple[str, str | int, Any], Any]]:
+    """The next images and their bytes: at most ``most`` of them, and no more once WINDOW_BYTES are held."""
+    window, held = [], 0
+    for item in items:
+        data = _read(item[2])
+        window.append((item, data))
+        held += len(data) if isinstance(data, (bytes, bytearray)) else 0
+        if len(window) >= most or held >= WINDOW_BYTES:
+            break
+    return window
+
+
+def _decode(payload: tuple[Any, tuple[int, int] | None, int]) -> np.ndarray | str:
+    """One image (bytes, a PIL image or an array) decoded, or why it could not be (a worker process runs this)."""
+    from PIL import Image, UnidentifiedImageError
+
+    data, size, max_side = payload
+    if isinstance(data, OSError):
+        return f"unreadable: {data}"
+    try:
+        return to_rgb_array(data if isinstance(data, np.ndarray) else ("", lambda: data), size, max_side=max_side)
+    except UnidentifiedImageError:
+        return "not an image"
+    except Image.DecompressionBombError as e:
+        return f"too large: {e}"
+    except (OSError, ValueError, SyntaxError) as e:
+        return type(e).__name__
+
+
+def _decoded(reader: Reader, size: tuple[int, int] | None,
+             max_side: int) -> Iterator[tuple[str, str | int, str, np.ndarray | str]]:
+    """(split, label, name, image or why not) for each image of ``reader``, in order.
+
+    Encoded images are decoded in worker processes, a bounded window of them at a time, so host
+    memory stays bounded; a progress bar shows images done and images/s.
+    """
+    import multiprocessing
+
+    from mixer_ft.data.ticker import Ticker
+
+    workers = decode_workers() if "fork" in multiprocessing.get_all_start_methods() else 1
+    items = reader.items()
+    pool = multiprocessing.get_context("fork").Pool(workers) if workers > 1 else None
+    try:
+        with Ticker(f"decoding {Path(reader.location).name}") as bar:
+            while window := _window(items, 64 * workers):
+                payloads = [(data, size, max_side) for _, data in window]
+                window = [item for item, _ in window]
+                results = pool.map(_decode, payloads, chunksize=4) if pool else map(_decode, payloads)
+                for (split, label, item), arr in zip(window, results):
+                    yield split, label, "array" if isinstance(item, np.ndarray) else item[0], arr
+                    bar.total = reader.total  # known once the reader has listed its images
+                    bar.update(1)
+    finally:
+        if pool:
+            pool.terminate()
+
+
+def _decode_all(reader: Reader, tmp: Path, size: tuple[int, int] | None,
+                max_side: int) -> tuple[dict[str, list], dict[str, np.ndarray], int]:
+    """Decode every image of ``reader`` into tmp/<split>.u8, one after another at its own (bounded) size.
+
+    Returns (labels by split, (h, w) of each image by split, images skipped).
+    """
+    labels: dict[str, list] = {"train": [], "test": []}
+    shapes: dict[str, list] = {"train": [], "test": []}
+    skipped = []
+    with open(tmp / "train.u8", "wb") as train, open(tmp / "test.u8", "wb") as test:
+        outs = {"train": train, "test": test}
+        for split, label, name, arr in _decoded(reader, size, max_side):
+            if isinstance(arr, str):
+                skipped.append(f"{name} ({arr})")
+                continue
+            outs[split].write(arr.tobytes())
+            labels[split].append(label)
+            shapes[split].append(arr.shape[:2])
+    if skipped:
+        log.warning("skipped %d image(s) that could not be decoded: %s%s", len(skipped),
+                    ", ".join(skipped[:5]), ", ..." if len(skipped) > 5 else "")
+    for split in ("train", "test"):
+        if not labels[split]:
+            bad = f" ({len(skipped)} could not be decoded)" if skipped else ""
+            raise DataError(
+                f"{reader.location} has no {split} images{bad}. Expected the image-folder layout "
+                f"{split}/<class>/<image> (e.g. {split}/cat/0001.jpg), a CIFAR python-version archive, "
+                f"or a Hub data set with train and test splits."
+            )
+    return labels, {k: np.array(v, dtype=np.int64).reshape(-1, 2) for k, v in shapes.items()}, len(skipped)
+
+
+def _label_ids(reader: Reader, labels: dict[str, list]) -> tuple[list[str], dict[str, np.ndarray]]:
+    """Class names and each split's labels as indices into them (folder names in sorted order)."""
+    classes = reader.classes or sorted(set(labels["train"]))
+    index = {c: i for i, c in enumerate(classes)}
+    ids = {}
+    for split, names in labels.items():
+        unknown = {c for c in names if isinstance(c, str) and c not in index}
+        if unknown:
+            raise DataError(f"{reader.location}: {split} has classes missing from train: {sorted(unknown)}.")
+        ids[split] = np.array([index[c] if isinstance(c, str) else c for c in names], dtype=np.int64)
+        if ids[split].min() < 0 or ids[split].max() >= len(classes):
+            raise DataError(f"{reader.location}: {split} labels outside 0..{len(classes) - 1}.")
+    return classes, ids
+
+
+def _build_cache(reader: Reader, folder: Path, store_size: int | None, max_side: int) -> None:
+    """Decode every image once into raw uint8 files, written beside and renamed into place."""
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        with locked(folder.parent / f".{folder.name}.lock", wait=True):  # one builder; a killed one's files go
+            if (folder / "meta.json").is_file():
+                return  # another process built it while this one waited
+            for stale in folder.parent.glob(f".{folder.name}.*"):
+                if stale.is_dir():
+                    shutil.rmtree(stale, ignore_errors=True)
+            _build(reader, folder, store_size, max_side)
+    except OSError as e:
+        raise StorageError(f"Could not write the data cache {folder} ({e.strerror or e}); free space there or set "
+                           "MIXER_FT_CACHE to a folder with room, then run the same command again.") from None
+
+
+def _build(reader: Reader, folder: Path, store_size: int | None, max_side: int) -> None:
+    tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
+    try:
+        labels, shapes, skipped = _decode_all(reader, tmp, (store_size, store_size) if store_size else None, max_side)
+        classes, ids = _label_ids(reader, labels)
+        for split, split_ids in ids.items():
+            np.save(tmp / f"{split}_labels.npy", split_ids)
+            np.save(tmp / f"{split}_shapes.npy", shapes[split])
+        size = np.concatenate(list(shapes.values())).max(0).tolist()
+        meta = {"format": _CACHE_FORMAT, "location": reader.location, "classes": classes, "size": size,
+                "counts": {s: len(v) for s, v in ids.items()}, "skipped": skipped, "test_from": reader.test_from}
+        (tmp / "meta.json").write_text(json.dumps(meta))  # written last: its presence marks a whole cache
+        if folder.exists():
+            shutil.rmtree(folder)
+        os.replace(tmp, folder)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def _open_cache(folder: Path, source: str) -> ImageData:
+    meta = json.loads((folder / "meta.json").read_text())
+    images, extents = {}, {}
+    for split, n in meta["counts"].items():
+        shapes = np.load(folder / f"{split}_shapes.npy")
+        flat = np.memmap(folder / f"{split}.u8", dtype=np.uint8, mode="r")
+        if (shapes == shapes[0]).all():  # one size for all (CIFAR): a plain (N, H, W, 3) array
+            images[split], extents[split] = flat.reshape(n, *shapes[0], 3), None
+        else:
+            images[split], extents[split] = RaggedImages(flat, shapes), shapes
+    labels = {s: np.load(folder / f"{s}_labels.npy") for s in meta["counts"]}
+    return ImageData(source, meta["location"], meta["classes"], images, labels,  # type: ignore[arg-type]
+                     meta["skipped"], meta.get("test_from", ""), extents)
+
+
+class RaggedImages:
+    """Images of several sizes stored one after another in a flat uint8 file. Indexing with an array
+    of indices gives them padded (zeros, bottom and right) into one (n, H, W, 3) array; their own
+    sizes are ``ImageData.extents``."""
+
+    dtype = np.dtype(np.uint8)
+
+    def __init__(self, flat: np.ndarray, shapes: np.ndarray) -> None:
+        self.flat, self.shapes = flat, shapes
+        self.offsets = np.concatenate([[0], np.cumsum(shapes[:, 0] * shapes[:, 1] * 3)])
+        self.shape = (len(shapes), int(shapes[:, 0].max()), int(shapes[:, 1].max()), 3)
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+    def image(self, i: int) -> np.ndarray:
+        h, w = self.shapes[i]
+        return self.flat[self.offsets[i]:self.offsets[i + 1]].reshape(h, w, 3)
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        if np.ndim(index) == 0:
+            return self.image(int(index))
+        index = np.arange(len(self))[index] if isinstance(index, slice) else np.asarray(index)
+        h, w = self.shapes[index].max(0) if len(index) else (0, 0)
+        out = np.zeros((len(index), h, w, 3), dtype=np.uint8)
+        for k, i in enumerate(index):
+            img = self.image(int(i))
+            out[k, :img.shape[0], :img.shape[1]] = img
+        return out
+
+
+def summary_lines(info: dict[str, Any]) -> list[str]:
+    """``mixer-ft data``'s text: what :meth:`ImageData.summary` holds, a line each, class counts included."""
+    out: list[str] = []
+    h, w = info["image_size"]
+    out.append(f"{'source':<11} {info['source']}")
+    out.append(f"{'read from':<11} {info['location']}")
+    for split, n in info["splits"].items():
+        out.append(f"{split:<11} {n:,} images")
+    out.append(f"{'test split':<11} {info['test_from']}")
+    if info["one_size"]:
+        out.append(f"{'image size':<11} {h}x{w}")
+    else:
+        (lh, lw), _ = info["size_range"]
+        out.append(f"{'image size':<11} heights {lh}-{h}, widths {lw}-{w} (each image kept at its own size)")
+    out.append(f"{'classes':<11} {len(info['classes'])}: {' '.join(info['classes'])}")
+    counts = info["class_counts"]
+    for name in info["classes"][:20]:  # images of each class in each split
+        out.append(f"  {name:<{max(map(len, info['classes'][:20]))}}  " +
+                   "  ".join(f"{split} {counts[split][name]:,}" for split in counts))
+    if len(info["classes"]) > 20:
+        out.append(f"  ... {len(info['classes']) - 20} more (--json lists every class)")
+    if info["skipped"]:
+        out.append(f"{'skipped':<11} {info['skipped']} image(s) that could not be decoded")
+    return out

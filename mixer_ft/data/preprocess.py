@@ -1,0 +1,222 @@
+"""Upstream preprocessing (vit_jax input_pipeline), batched on the training device.
+
+Train: Inception crop (random area 5%-100%, aspect 3/4-4/3, integer pixel box, as
+``tf.image.sample_distorted_bounding_box``), resize to the model's input size, random
+horizontal flip. Optionally (not upstream, for short runs from scratch) the box is shifted by a
+few pixels, the image's border repeated past its edge. Eval: resize the whole image. Then pixels are normalised with the model's
+``mean``/``std`` (0.5/0.5 for Google's weights: [-1, 1]).
+
+Crop, resize and flip are two batched matrix products per batch: each image gets a row and a
+column interpolation matrix mapping output pixel centres into its crop box (half-pixel
+centres, as TF's bilinear resize); a flipped image's column matrix is reversed. The random boxes come from a CPU generator seeded per batch,
+so a batch's augmentation depends only on (seed, epoch, batch index), whatever the device.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from mixer_ft.model.config import AREA_RANGE, ASPECT_RANGE, DEFAULT_MEAN, DEFAULT_STD, MixerConfig
+
+MAX_ATTEMPTS = 100  # tf.image.sample_distorted_bounding_box's default; after that the whole image is used
+
+
+def _round(x: torch.Tensor) -> torch.Tensor:
+    """C's lrintf: to the nearest integer, halves to even (as torch.round)."""
+    return torch.round(x).long()
+
+
+def inception_boxes(n: int, height: int | torch.Tensor, width: int | torch.Tensor, generator: torch.Generator,
+                    area_range: tuple[float, float] = AREA_RANGE) -> torch.Tensor:
+    """Random crop boxes (n, 4) as integer (x0, y0, w, h), drawn as vit_jax draws them.
+
+    vit_jax calls ``tf.image.sample_distorted_bounding_box`` with ``area_range`` and TF's defaults
+    (aspect ratio uniform in [0.75, 1.33], 100 attempts, then the whole image). TF's algorithm, read
+    from its kernel: the aspect ratio is uniform; the *height* (not the area) is uniform between the
+    heights of the smallest and the largest allowed area, the width its rounded product with the
+    ratio; an area pushed out of range by rounding is mended by one pixel of height, else the attempt
+    fails; the offset is uniform in [0, H - h) (so a box smaller than the image never touches its far
+    edge). ``height`` and ``width`` are the images' own: one size for all, or one per image ((n,)
+    tensors), so each crop keeps its image's aspect ratio and stays inside it.
+    """
+    if isinstance(height, torch.Tensor):
+        full_h, full_w = height.long(), width.long()
+    else:
+        full_h, full_w = torch.full((n,), height), torch.full((n,), width)
+    big_h, big_w = full_h[:, None].float(), full_w[:, None].float()
+    min_area, max_area = area_range[0] * big_w * big_h, area_range[1] * big_w * big_h
+    ratio = torch.rand(n, MAX_ATTEMPTS, generator=generator) * (ASPECT_RANGE[1] - ASPECT_RANGE[0]) + ASPECT_RANGE[0]
+    h = _round(torch.sqrt(min_area / ratio))
+    max_h = _round(torch.sqrt(max_area / ratio))
+    too_wide = _round(max_h * ratio) > big_w  # the largest height whose rounded width still fits
+    fitted = ((big_w + 0.5 - 1e-7) / ratio).long()
+    fitted = torch.where(_round(fitted * ratio) > big_w, fitted - 1, fitted)
+    max_h = torch.minimum(torch.where(too_wide, fitted, max_h), full_h[:, None])
+    h = torch.minimum(h, max_h)
+    h = h + (torch.rand(n, MAX_ATTEMPTS, generator=generator) * (max_h - h + 1)).long()
+    w = _round(h * ratio)
+    small = w * h < min_area
+    h, w = torch.where(small, h + 1, h), torch.where(small, _round((h + 1) * ratio), w)
+    large = w * h > max_area
+    h, w = torch.where(large, h - 1, h), torch.where(large, _round((h - 1) * ratio), w)
+    area = w * h
+    ok = (area >= min_area) & (area <= max_area) & (w <= big_w) & (h <= big_h) & (w > 0) & (h > 0)
+    first = torch.where(ok.any(1), ok.float().argmax(1), torch.full((n,), -1))
+    rows = torch.arange(n)
+    w = torch.where(first >= 0, w[rows, first.clamp(min=0)], full_w)
+    h = torch.where(first >= 0, h[rows, first.clamp(min=0)], full_h)
+    u = torch.rand(n, 2, generator=generator)
+    x0 = torch.floor(u[:, 0] * (full_w - w)).long()
+    y0 = torch.floor(u[:, 1] * (full_h - h)).long()
+    return torch.stack([x0, y0, w, h], 1)
+
+
+def _interp_matrix(start: torch.Tensor, length: torch.Tensor, size: int, extent: int, flip: torch.Tensor | None,
+                   device: torch.device, limit: torch.Tensor | None = None) -> torch.Tensor:
+    """(n, size, extent) bilinear weights taking ``extent`` pixels to ``size`` over a box.
+
+    ``limit``: each image's own extent (n,), where images of several sizes share a padded array.
+    """
+    n = start.shape[0]
+    t = torch.arange(size, device=device, dtype=torch.float32) + 0.5
+    # Source coordinate of each output pixel centre (half-pixel centres, as TF's bilinear resize).
+    # Clamped first to the box, as tf.slice then tf.image.resize sees only the box's pixels, so a
+    # crop never takes pixels from outside it; then to the image (a box that `translate` moved past
+    # the edge repeats the border), its own edge, never the padding.
+    src = start[:, None] + t * (length[:, None] / size) - 0.5
+    src = torch.minimum(torch.maximum(src, start[:, None]), (start + length - 1)[:, None])
+    if limit is None:
+        src = src.clamp(0, extent - 1)
+    else:
+        src = torch.minimum(src.clamp(min=0), (limit.to(device, torch.float32) - 1)[:, None])
+    if flip is not None:
+        src = torch.where(flip[:, None], src.flip(1), src)
+    lo = src.floor()
+    frac = src - lo
+    lo = lo.long()
+    hi = (lo + 1).clamp(max=extent - 1) if limit is None else torch.minimum(lo + 1, (limit.to(device) - 1)[:, None])
+    m = torch.zeros(n, size, extent, device=device)
+    m.scatter_add_(2, lo[..., None], (1 - frac)[..., None])
+    return m.scatter_add_(2, hi[..., None], frac[..., None])
+
+
+def crop_resize(images: torch.Tensor, boxes: torch.Tensor, size: int, flip: torch.Tensor | None = None,
+                dtype: torch.dtype = torch.float32, extents: torch.Tensor | None = None) -> torch.Tensor:
+    """Crop each NHWC image to its box (x0, y0, w, h), resize to ``size`` (bilinear), optionally flip.
+
+    Bilinear resizing is separable, so it is two batched matrix products with per-image
+    interpolation matrices: no per-pixel gathers, and the output comes out NCHW directly.
+    Returns NCHW in ``dtype``, in the input's value range.
+    """
+    n, height, width, c = images.shape
+    dev = images.device
+    boxes = boxes.to(dev, torch.float32)
+    limits = (None, None) if extents is None else (extents[:, 0], extents[:, 1])  # (h, w) of each padded image
+    rows = _interp_matrix(boxes[:, 1], boxes[:, 3], size, height, None, dev, limits[0])
+    cols = _interp_matrix(boxes[:, 0], boxes[:, 2], size, width, None if flip is None else flip.to(dev), dev, limits[1])
+    x = images.to(torch.float32).reshape(n, height, width * c)
+    y = torch.bmm(rows, x).view(n, size, width, c).permute(0, 3, 1, 2).reshape(n, c * size, width)
+    return torch.bmm(y, cols.transpose(1, 2)).view(n, c, size, size).to(dtype)
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """The model's input pipeline: size and normalisation come from its config."""
+
+    size: int
+    mean: tuple[float, ...] = DEFAULT_MEAN
+    std: tuple[float, ...] = DEFAULT_STD
+    crop_area_min: float = AREA_RANGE[0]
+    translate: int = 0
+
+    @classmethod
+    def for_model(cls, config: MixerConfig, crop_area_min: float = AREA_RANGE[0], translate: int = 0) -> Preprocess:
+        """The pipeline of a model: its input size and its checkpoint's normalisation."""
+        return cls(config.img_size, tuple(config.mean), tuple(config.std), crop_area_min, translate)
+
+    def sample(self, n: int, height: int | torch.Tensor, width: int | torch.Tensor,
+               generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """Random crop boxes and flips for ``n`` images, drawn from ``generator`` (on the CPU).
+
+        Drawn for a whole global batch at once, so each image's augmentation is the same
+        however the batch is split over processes and micro-batches.
+        """
+        boxes = inception_boxes(n, height, width, generator, (self.crop_area_min, 1.0))
+        flips = torch.rand(n, generator=generator) < 0.5
+        if self.translate:
+            # Shift the box, not the image: pixels past the edge repeat the border (crop_resize clamps).
+            shift = torch.randint(-self.translate, self.translate + 1, (n, 2), generator=generator)
+            boxes = torch.cat([boxes[:, :2] + shift, boxes[:, 2:]], 1)
+        return boxes, flips
+
+    def _normalise(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 NHWC -> float NHWC scaled with mean/std. Interpolation weights sum to one, so
+        scaling the small source image before resizing equals scaling the large output."""
+        mean = torch.tensor(self.mean, device=images.device) * 255
+        std = torch.tensor(self.std, device=images.device) * 255
+        return (images.float() - mean) / std
+
+    def train(self, images: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor,
+              extents: torch.Tensor | None = None) -> torch.Tensor:
+        """Crop to ``boxes``, resize, flip where ``flip``, normalise: uint8 NHWC -> float NCHW.
+
+        ``extents``: each image's (h, w) where images of several sizes are padded into one array.
+        """
+        return crop_resize(self._normalise(images), boxes, self.size, flip, extents=extents)
+
+    def eval(self, images: torch.Tensor, extents: torch.Tensor | None = None) -> torch.Tensor:
+        """Resize each whole image (its own extent, where given), normalise."""
+        n, h, w, _ = images.shape
+        x = self._normalise(images)
+        if extents is not None:
+            boxes = torch.cat([torch.zeros(n, 2, dtype=torch.long), extents.flip(1).long().cpu()], 1)
+            return crop_resize(x, boxes, self.size, extents=extents)
+        if (h, w) == (self.size, self.size):
+            return x.permute(0, 3, 1, 2).contiguous()
+        return crop_resize(x, torch.tensor([[0, 0, w, h]]).expand(n, 4), self.size)
+
+
+def batch_seed(seed: int, epoch: int, index: int) -> int:
+    """A generator seed for one batch, independent of where a run was resumed."""
+    return (seed * 1_000_003 + epoch) * 1_000_003 + index
+
+
+def epoch_order(indices: np.ndarray, seed: int, epoch: int) -> np.ndarray:
+    """``indices`` in the shuffled order of one epoch, fixed by (seed, epoch) alone."""
+    return indices[np.random.default_rng((seed, epoch)).permutation(len(indices))]
+
+
+def index_batches(indices: np.ndarray, batch_size: int, *, shuffle: bool = False, seed: int = 0, epoch: int = 0,
+                  start: int = 0, num_shards: int = 1, shard: int = 0) -> Iterator[tuple[int, np.ndarray]]:
+    """(batch index, sorted image indices) of each batch; see :func:`iterate_batches`."""
+    order = epoch_order(indices, seed, epoch) if shuffle else indices
+    for b in range(start, -(-len(order) // batch_size)):
+        # Sorted reads are kinder to a memory map on disk; labels follow the same order.
+        yield b, np.sort(order[b * batch_size:(b + 1) * batch_size][shard::num_shards])
+
+
+def iterate_batches(
+    images: np.ndarray,
+    labels: np.ndarray,
+    indices: np.ndarray,
+    batch_size: int,
+    *,
+    shuffle: bool,
+    seed: int = 0,
+    epoch: int = 0,
+    start: int = 0,
+    num_shards: int = 1,
+    shard: int = 0,
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+    """Yield (batch index, uint8 NHWC images, int64 labels) from a memory-mapped array.
+
+    Only one batch is ever copied out of the memory map. ``num_shards``/``shard`` give each
+    process its own slice of every global batch; ``start`` skips batches already done.
+    """
+    for b, idx in index_batches(indices, batch_size, shuffle=shuffle, seed=seed, epoch=epoch, start=start,
+                                num_shards=num_shards, shard=shard):
+        yield b, torch.from_numpy(np.ascontiguousarray(images[idx])), torch.from_numpy(labels[idx])

@@ -1,0 +1,155 @@
+"""What a run asks of the device it runs on: the process group's backend, precision, compilation
+and the micro-batch that fits in memory. Each answer is decided once, before training starts.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from mixer_ft.errors import ConfigError
+from mixer_ft.model.mixer import MlpMixer
+from mixer_ft.train.recipe import Recipe
+
+log = logging.getLogger(__name__)
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """``--device``: cpu, cuda or cuda:N (default: cuda where available, else cpu).
+
+    Raises:
+        ConfigError: an unknown device, or one this machine does not have.
+    """
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, TypeError):
+        raise ConfigError(f"Unknown device {name!r}; use cpu, cuda or cuda:N.") from None
+    if dev.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"Unknown device {name!r}; use cpu, cuda or cuda:N.")
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"--device {name}: this machine has no CUDA device; use --device cpu.")
+    if dev.type == "cuda" and (dev.index or 0) >= torch.cuda.device_count():
+        raise ConfigError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s).")
+    if dev.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"--device {name}: this machine has no Apple GPU; use --device cpu.")
+    return dev
+
+
+def use_cpu() -> bool:
+    """With no accelerator, processes started by `accelerate launch` (torchrun) talk over gloo on
+    the CPU; Accelerate only does that when told the run is a CPU run."""
+    from accelerate.utils import is_mps_available, is_xpu_available, parse_flag_from_env
+
+    return parse_flag_from_env("ACCELERATE_USE_CPU") or not (
+        torch.cuda.is_available() or is_mps_available() or is_xpu_available())
+
+
+def micro_batch(recipe: Recipe, per_process: int, model: MlpMixer, device: torch.device, precision: str) -> int:
+    """The per-process forward-pass size. "auto" probes the largest that fits the device's memory."""
+    if recipe.micro_batch is None:
+        return per_process
+    if recipe.micro_batch == "auto":
+        micro = probe_micro_batch(model, per_process, device, precision)
+    else:
+        micro = int(recipe.micro_batch)
+    if per_process % micro:
+        raise ConfigError(f"micro-batch {micro} does not divide the {per_process} images each process takes "
+                          f"from a global batch of {recipe.global_batch}; use a divisor.")
+    return micro
+
+
+def _out_of_memory(e: RuntimeError) -> bool:
+    """torch's OOM error (CUDA and others), or the CPU allocator's plain RuntimeError."""
+    return isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in str(e)
+
+
+def probe_micro_batch(model: MlpMixer, per_process: int, device: torch.device, precision: str) -> int:
+    """The largest divisor of ``per_process`` whose forward and backward fit the device's memory.
+
+    The probe leaves no trace: gradients are dropped, the weights are untouched (no optimizer
+    step) and no random numbers are drawn, so training is the same as with that micro-batch given.
+    """
+    cfg, dtype = model.config, {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
+    model.to(device)
+    for m in [d for d in range(per_process, 0, -1) if per_process % d == 0]:
+        try:
+            x = torch.zeros(m, cfg.in_chans, cfg.img_size, cfg.img_size, device=device)
+            with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
+                model(x).float().sum().backward()
+            return m
+        except RuntimeError as e:
+            if not _out_of_memory(e):
+                raise
+        finally:
+            model.zero_grad(set_to_none=True)
+            if device.type == "cuda":
+                torch.cuda.empty_cache()
+    raise ConfigError(f"Not even a micro-batch of 1 fits this device's memory ({device}).")
+
+
+def compile_mode(recipe: Recipe, device: torch.device) -> str | None:
+    """torch.compile's mode for the run, or None when it runs eager.
+
+    The recipe's ``compile``: a mode ("default", "reduce-overhead" for CUDA graphs, "max-autotune",
+    "max-autotune-no-cudagraphs"), true (the default mode) or false; unset, the default mode with the
+    fast path on CUDA only (on a CPU its start-up outweighs a short run's gain).
+    """
+    wanted = recipe.compile if recipe.compile is not None else recipe.fast_path and device.type == "cuda"
+    if wanted is False:
+        return None
+    return "default" if wanted is True else str(wanted)
+
+
+def dynamo_plugin(recipe: Recipe, device: torch.device) -> Any:
+    """Accelerate's TorchDynamoPlugin for the run: inductor in :func:`compile_mode`'s mode, or none."""
+    from accelerate.utils import TorchDynamoPlugin
+
+    mode = compile_mode(recipe, device)
+    if mode is None:
+        return TorchDynamoPlugin(backend="no")
+    return TorchDynamoPlugin(backend="inductor", mode=None if mode == "default" else mode)
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait until the device has done the work queued on it (a no-op on the CPU, which runs it at once)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def quiet_compiler() -> None:
+    """Stop torch.compile's compile workers once the training step is compiled.
+
+    inductor starts a pool of worker processes (one per core) whenever it compiles. After a cold
+    compile they have done their work and sit idle; after a warm start (every kernel found in the
+    cache) the pool is still starting up when the first step is done, and its processes compete
+    with the training loop for the CPU. Nothing is left to compile then; a later compile starts a
+    new pool.
+    """
+    try:
+        from torch._inductor.async_compile import shutdown_compile_workers
+
+        shutdown_compile_workers()
+    except Exception as e:  # noqa: BLE001 - a torch without this pool, or one that changed it: training goes on
+        log.debug("could not stop torch.compile's workers: %s", e)
+
+
+def precision(recipe: Recipe, device: torch.device) -> str:
+    """"auto": bf16 where the device computes it natively (a GPU that has it, a CPU with AVX512-BF16
+    or AMX), else fp32. An explicit bf16 on a CPU that would emulate it runs, with a warning."""
+    from mixer_ft.train.records import bf16_slowdown, cpu_isa, native_bf16
+
+    native = native_bf16(device)
+    if recipe.mixed_precision == "auto":
+        return "bf16" if native else "no"
+    if recipe.mixed_precision == "bf16" and device.type == "cpu" and not native:
+        log.warning("mixed_precision = \"bf16\" on a CPU without native bf16 (%s): a bf16 matrix product ran "
+                    "%.0fx slower than fp32 here. Use --mixed-precision auto or no.", cpu_isa(), bf16_slowdown())
+    return recipe.mixed_precision
+
+
+__all__ = ["compile_mode", "dynamo_plugin", "micro_batch", "precision", "probe_micro_batch", "quiet_compiler",
+           "resolve_device", "synchronize", "use_cpu"]

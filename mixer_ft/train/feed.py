@@ -1,0 +1,160 @@
+"""The training data of each step, ready on the device before the step needs it.
+
+One optimizer step takes one global batch: its images, crop boxes and flips are fixed by (seed,
+step) alone (:func:`batch_share`), so work for a later step can be done early without changing
+what any step trains on. On a GPU the host must stay ahead of the device, or the device waits:
+
+- Train images that fit (CIFAR-10's 50,000 are 150 MB of uint8) are copied to the device once,
+  and each batch is gathered there by an index tensor: no per-step host copy at all.
+- Otherwise the next step's images are gathered into pinned host memory and copied on a side
+  stream by a background thread while the current step computes.
+- Either way the crop boxes of the next step are drawn in that thread.
+
+On the CPU there is nothing to overlap: each step's data is read when the step starts.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from mixer_ft.data.preprocess import batch_seed, epoch_order
+
+if TYPE_CHECKING:
+    from mixer_ft.data.cache import ImageData
+    from mixer_ft.train.loop import Run
+
+# Train images go to the device when they take at most this share of its free memory (before the
+# model's activations are sized): the rest stays for the micro-batch that "auto" finds.
+DEVICE_DATA_SHARE = 0.25
+
+
+@dataclass
+class StepData:
+    """One step's share of this process: images (uint8 NHWC, on the device), labels, boxes, flips, extents."""
+
+    images: torch.Tensor
+    labels: torch.Tensor
+    boxes: torch.Tensor
+    flips: torch.Tensor
+    extents: torch.Tensor | None
+    ready: torch.cuda.Event | None = None  # the side stream's copy; the step's stream waits on it
+
+
+def batch_share(run: Run, step: int) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+    """This process's share of step ``step``'s global batch: train image indices, crop boxes, flips.
+
+    Boxes and flips are drawn for the whole global batch, so each image's augmentation is the
+    same whatever the number of processes.
+    """
+    r, accel = run.recipe, run.accelerator
+    epoch, b = divmod(step, run.steps_per_epoch)
+    order = run.order  # one tuple, read and replaced whole: safe beside the feed's thread
+    if order[0] != epoch:
+        order = run.order = (epoch, epoch_order(run.splits["train"][1], r.seed, epoch))
+    batch = order[1][b * r.global_batch:(b + 1) * r.global_batch]  # type: ignore[index]
+    gen = torch.Generator().manual_seed(batch_seed(r.seed, epoch, b))
+    extents = run.data.extents.get("train")
+    if extents is None:  # one size for all
+        boxes, flips = run.pre.sample(len(batch), *run.data.image_size, gen)
+    else:  # each crop inside its own image, with its own aspect ratio
+        own = torch.from_numpy(extents[batch])
+        boxes, flips = run.pre.sample(len(batch), own[:, 0], own[:, 1], gen)
+    share = slice(accel.process_index, None, accel.num_processes)
+    return batch[share], boxes[share], flips[share]
+
+
+def fits_on_device(images: np.ndarray, device: torch.device) -> bool:
+    """Whether the train images are worth keeping on ``device``: a GPU with room for them."""
+    if device.type != "cuda":
+        return False
+    free, _ = torch.cuda.mem_get_info(device)
+    return images.nbytes <= DEVICE_DATA_SHARE * free
+
+
+def device_images(data: ImageData, device: torch.device) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """The train images and labels copied to ``device`` once, where they fit (see :func:`fits_on_device`)."""
+    images = data.images["train"]
+    if not fits_on_device(images, device):
+        return None
+    return (torch.from_numpy(np.ascontiguousarray(images)).to(device),
+            torch.from_numpy(np.asarray(data.labels["train"])).to(device))
+
+
+class TrainFeed:
+    """Each step's data for :func:`mixer_ft.train.loop.micro_batches`, prepared one step ahead on a GPU.
+
+    ``on_device``: the train images and labels already on the device (:func:`device_images`, called
+    before the micro-batch probe so that the probe counts them), else None.
+    """
+
+    def __init__(self, run: Run, on_device: tuple[torch.Tensor, torch.Tensor] | None = None,
+                 prefetch: bool | None = None) -> None:
+        self.run = run
+        self.device = run.device
+        cuda = self.device.type == "cuda"
+        self.prefetch = cuda if prefetch is None else prefetch
+        # What a step reads: the images on the device (see device_images), or the memory map, per batch.
+        self.on_device = on_device is not None
+        self.images, self.labels = on_device if on_device is not None else (
+            run.data.images["train"], run.data.labels["train"])
+        self.extents = run.data.extents.get("train")
+        self.side = torch.cuda.Stream(self.device) if cuda else None
+        self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mixer-ft-feed") if self.prefetch else None
+        self.pending: tuple[int, concurrent.futures.Future[StepData]] | None = None
+
+    def _prepare(self, step: int) -> StepData:
+        """Step ``step``'s data, its copies issued (on the side stream where there is one)."""
+        batch, boxes, flips = batch_share(self.run, step)
+        own = None if self.extents is None else torch.from_numpy(self.extents[batch])
+        if self.side is None:  # the CPU: the step reads its data where it is
+            images = self.images[torch.from_numpy(batch)] if self.on_device else \
+                torch.from_numpy(np.ascontiguousarray(self.images[batch]))
+            labels = self.labels[torch.from_numpy(batch)] if self.on_device else torch.from_numpy(self.labels[batch])
+            return StepData(images, labels, boxes, flips, own)
+        # A GPU: everything the step needs goes over from pinned memory on the side stream, so no copy
+        # waits for the step that is computing now.
+        small = [torch.from_numpy(np.ascontiguousarray(batch)), boxes, flips] + ([] if own is None else [own])
+        if not self.on_device:
+            small += [torch.from_numpy(np.ascontiguousarray(self.images[batch])), torch.from_numpy(self.labels[batch])]
+        with torch.cuda.stream(self.side):
+            moved = [t.pin_memory().to(self.device, non_blocking=True) for t in small]
+            index, boxes, flips = moved[:3]
+            own = None if own is None else moved[3]
+            images, labels = (self.images[index], self.labels[index]) if self.on_device else moved[-2:]
+            ready = torch.cuda.Event()
+            ready.record(self.side)
+        return StepData(images, labels, boxes, flips, own, ready)
+
+    def take(self, step: int) -> StepData:
+        """Step ``step``'s data, on the device and safe to use on the current stream; the next
+        step's preparation starts in the background."""
+        if self.pending is not None and self.pending[0] == step:
+            data = self.pending[1].result()
+        else:
+            data = self._prepare(step)
+        if self.pool is not None and step + 1 < self.run.total:
+            self.pending = (step + 1, self.pool.submit(self._prepare, step + 1))
+        else:
+            self.pending = None
+        if data.ready is not None:
+            stream = torch.cuda.current_stream(self.device)
+            stream.wait_event(data.ready)
+            for t in (data.images, data.labels, data.boxes, data.flips, data.extents):
+                if t is not None:  # made on the side stream, used on this one: keep its memory until then
+                    t.record_stream(stream)
+        return data
+
+    def close(self) -> None:
+        """Stop the background thread (a prepared step that is not taken is dropped)."""
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
+        self.pending = None
+
+
+__all__ = ["DEVICE_DATA_SHARE", "StepData", "TrainFeed", "batch_share", "device_images", "fits_on_device"]

@@ -1,0 +1,465 @@
+"""The fine-tune loop on Accelerate: prepare, backward, reduce metrics; nothing clever.
+
+One optimizer step consumes one global batch. Its images, crop boxes and flips are fixed by
+(seed, step) alone, and each process takes every P-th of them, split into micro-batches that
+Accelerate accumulates: so 1 or N processes, with or without accumulation, train on the same
+images with the same augmentation, and a resumed run repeats the uninterrupted one exactly.
+
+:func:`finetune` reads as the run does: :func:`setup`, :func:`restore`, then
+:func:`train_step` until the end with :func:`evaluate` and :func:`save_checkpoint` on their
+intervals, then :func:`finish`. The steps share one :class:`Run`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import os
+import platform
+import shutil
+import time
+import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mixer_ft.atomic import atomic_write_text, locked, sweep_partial_writes
+from mixer_ft.data.cache import ImageData, load_data
+from mixer_ft.data.preprocess import Preprocess
+from mixer_ft.errors import ConfigError, RunStopped, TrainingError
+from mixer_ft.model.mixer import MlpMixer
+from mixer_ft.train import devices
+from mixer_ft.train.checkpoints import Checkpoints
+from mixer_ft.train.feed import TrainFeed, device_images
+from mixer_ft.train.optim import make_optimizers, make_schedules
+from mixer_ft.train.progress import Progress
+from mixer_ft.train.recipe import Recipe, resume_conflicts
+from mixer_ft.train.records import check_record_is_ours, record_path, run_record, write_record
+from mixer_ft.train.signals import StopSignals
+from mixer_ft.use.infer import check_shift, count_correct
+from mixer_ft.weights.loading import build_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Run:
+    """What the steps of one fine-tune run share. Built by :func:`setup`."""
+
+    recipe: Recipe
+    accelerator: Any  # accelerate.Accelerator
+    out: Path
+    data: ImageData
+    splits: dict[str, tuple[str, np.ndarray]]
+    model: torch.nn.Module  # as prepared by Accelerate (wrapped under DDP): train through it
+    net: MlpMixer  # the bare model: state dicts and evaluation
+    optimizers: list[torch.optim.Optimizer]
+    schedules: list[torch.optim.lr_scheduler.LambdaLR]
+    pre: Preprocess
+    checkpoints: Checkpoints
+    total: int  # optimizer steps
+    steps_per_epoch: int
+    micro: int  # images per forward pass and process
+    accum: int  # forward passes per step and process
+    precision: str
+    head: str = ""  # how the model's head was made, and why (see head_choice)
+    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])  # kept across resumes; records carry it
+    step: int = 0  # steps done
+    lr: float = 0.0  # the learning rate the last step used (its first optimizer's)
+    elapsed: float = 0.0  # seconds spent in training steps, over every part of a resumed run
+    # The first step of each (re)start compiles, autotunes kernels and first touches the data (38 s
+    # of a 51 s run on an H200): kept apart, so that images/s is the rate a long run goes at.
+    warmup_s: float = 0.0
+    warmup_steps: int = 0
+    eval_s: float = 0.0  # seconds in minival evaluations during training, and in checkpoint writes
+    checkpoint_s: float = 0.0
+    history: dict[str, list] = field(default_factory=lambda: {"loss": [], "minival": []})
+    order: tuple[int, np.ndarray | None] = (-1, None)  # (epoch, its shuffled train indices)
+    feed: TrainFeed | None = None  # each step's data, prepared ahead (see mixer_ft.train.feed)
+    loss_check: NonFinite | None = None
+
+    @property
+    def device(self) -> torch.device:
+        return self.accelerator.device
+
+
+# --------------------------------------------------------------------------- setup
+
+
+def run_folder(recipe: Recipe) -> Path:
+    return Path(recipe.output_dir or Path("runs") / recipe.run_name)
+
+
+def _writable(folder: Path, what: str) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / ".write_test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise ConfigError(f"Cannot write to the {what} {folder} ({e.strerror or e}). Choose another folder.") from None
+
+
+def _check_recipe_needs(recipe: Recipe, num_processes: int) -> int:
+    """What the recipe asks of this machine, checked before any work; returns the per-process batch."""
+    from accelerate.utils import LoggerType
+
+    trackers = sorted(t.value for t in LoggerType if t.value != "all")
+    if recipe.tracker is not None and recipe.tracker not in trackers:
+        raise ConfigError(f"Unknown tracker {recipe.tracker!r}; Accelerate knows {', '.join(trackers)}.")
+    if recipe.tracker == "tensorboard":
+        import importlib.util
+
+        if not (importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX")):
+            raise ConfigError("tracker = \"tensorboard\" needs TensorBoard: pip install 'mixer_ft[tensorboard]'.")
+    if recipe.global_batch % num_processes:
+        raise ConfigError(f"global batch {recipe.global_batch} cannot be split over {num_processes} processes; "
+                          f"use a multiple of {num_processes}.")
+    return recipe.global_batch // num_processes
+
+
+def _schedule_length(recipe: Recipe, n_train: int) -> tuple[int, int]:
+    """(steps per epoch, total steps): ``epochs`` passes over train, or ``steps``."""
+    steps_per_epoch = n_train // recipe.global_batch
+    if steps_per_epoch == 0:
+        raise ConfigError(f"global batch {recipe.global_batch} is larger than the {n_train} training "
+                          "images; lower it.")
+    return steps_per_epoch, math.ceil(recipe.epochs * steps_per_epoch) if recipe.epochs else recipe.steps
+
+
+def setup(recipe: Recipe, *, fresh: bool = False) -> Run:
+    """Data, model, optimizers and schedules, prepared by Accelerate; ``fresh`` drops old checkpoints."""
+    from accelerate import Accelerator, PartialState
+
+    use_cpu = devices.use_cpu()
+    state = PartialState(cpu=use_cpu)
+    per_process = _check_recipe_needs(recipe, state.num_processes)
+    out = run_folder(recipe)
+    if state.is_main_process:
+        _writable(out, "output folder")
+        _writable(Path(recipe.results_dir), "results folder")
+        for inside in ("checkpoints", "model"):  # found now, not when the finished model is saved
+            if (out / inside).exists() and not (out / inside).is_dir():
+                raise ConfigError(f"{out / inside} is a file where the run keeps its {inside} folder; move it away.")
+    with state.main_process_first():  # one process decodes into the cache, the others read it
+        data = load_data(recipe.dataset, image_column=recipe.image_column, label_column=recipe.label_column,
+                         test_fraction=recipe.test_fraction)
+    splits = data.splits(recipe.val_fraction, recipe.seed)
+    if state.is_main_process:
+        for warning in data.small_splits(splits):
+            log.warning(warning)
+    steps_per_epoch, total = _schedule_length(recipe, len(splits["train"][1]))
+
+    torch.manual_seed(recipe.seed)  # the same initial weights on every process
+    model, head = build_model(recipe, data.classes)
+    check_shift(recipe.eval_translate, model.config.img_size)
+    model.set_fast_path(recipe.fast_path)
+    on_device = device_images(data, state.device)  # before the micro-batch probe, so that it counts them
+    precision = devices.precision(recipe, state.device)
+    micro = devices.micro_batch(recipe, per_process, model, state.device, precision)
+    fast_device = state.device.type in ("cpu", "cuda")
+    accelerator = Accelerator(mixed_precision=precision,
+                              gradient_accumulation_steps=per_process // micro, log_with=recipe.tracker,
+                              project_dir=str(out), cpu=use_cpu, dynamo_plugin=devices.dynamo_plugin(recipe, state.device))
+    raw_opts = make_optimizers(recipe, model, fused=recipe.fast_path and fast_device)
+    schedules = make_schedules(raw_opts, recipe.warmup_steps, total)
+    model, *optimizers = accelerator.prepare(model, *raw_opts)
+    # The bare module: without keep_torch_compile=False a compiled model unwraps to its
+    # OptimizedModule, whose state dict names every weight "_orig_mod.*" (checkpoints and the saved
+    # model would not load). Evaluation runs eager on it.
+    net: MlpMixer = accelerator.unwrap_model(model, keep_torch_compile=False)
+    checkpoints = Checkpoints(out)
+    if fresh and accelerator.is_main_process:  # starting over: nothing of an old run may be taken for this one's
+        for old in (checkpoints.folder, out / "model"):
+            shutil.rmtree(old, ignore_errors=True)
+        (out / "record.json").unlink(missing_ok=True)
+    accelerator.wait_for_everyone()
+    accelerator.print(head)
+    run = Run(recipe, accelerator, out, data, splits, model, net, optimizers, schedules,
+              Preprocess.for_model(net.config, recipe.crop_area_min, recipe.translate), checkpoints, total,
+              steps_per_epoch, micro, per_process // micro, precision, head)
+    run.feed, run.loss_check = TrainFeed(run, on_device), NonFinite(run.device)
+    return run
+
+
+def restore(run: Run) -> None:
+    """Continue from the newest checkpoint in the run folder, if there is one of this recipe."""
+    saved = run.checkpoints.latest()
+    if saved is None:
+        return
+    if "optimizers" not in saved:
+        raise TrainingError(f"{run.out} holds a checkpoint from an older mixer_ft that this one cannot resume. "
+                            "Use another --output-dir, or --fresh to start over.")
+    differ = resume_conflicts(saved["recipe"], run.recipe)
+    if differ:
+        raise TrainingError(f"{run.out} holds a checkpoint of another recipe (different {', '.join(differ)}). "
+                            "Use another --output-dir, or delete its checkpoints folder to start over.")
+    run.net.load_state_dict(saved["model"])
+    for optimizer, schedule, o_state, s_state in zip(run.optimizers, run.schedules, saved["optimizers"],
+                                                     saved["schedules"], strict=True):
+        optimizer.load_state_dict(o_state)
+        schedule.load_state_dict(s_state)
+    torch.set_rng_state(saved["torch_rng"])
+    run.step, run.history, run.elapsed = saved["step"], json.loads(saved["history"]), saved["elapsed_s"]
+    run.run_id = saved.get("run_id") or run.run_id
+    run.warmup_s, run.warmup_steps = saved.get("warmup_s", 0.0), saved.get("warmup_steps", 0)
+    run.eval_s, run.checkpoint_s = saved.get("eval_s", 0.0), saved.get("checkpoint_s", 0.0)
+    run.accelerator.print(f"resuming {run.out} at step {run.step}/{run.total}")
+
+
+# --------------------------------------------------------------------------- steps
+
+
+def micro_batches(run: Run, step: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """This process's micro-batches of step ``step``: (model inputs, labels), each augmented when taken."""
+    assert run.feed is not None, "setup() gives every run its feed"
+    data = run.feed.take(step)
+    for a in range(run.accum):
+        part = slice(a * run.micro, (a + 1) * run.micro)
+        own = None if data.extents is None else data.extents[part]
+        yield run.pre.train(data.images[part], data.boxes[part], data.flips[part], own), data.labels[part]
+
+
+def optimizer_step(run: Run, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """One optimizer step over ``run.accum`` micro-batches: gradients averaged over them (and over
+    processes), clipped to the global norm once, then the update at this step's rate (as vit_jax:
+    ``accumulate_gradient``, then ``optax.chain(clip_by_global_norm, sgd)``).
+
+    Returns (loss averaged over micro-batches and processes, this process's correct count, its images).
+    """
+    r, accel, device = run.recipe, run.accelerator, run.device
+    step_loss, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
+    run.lr = run.schedules[0].get_last_lr()[0]  # the rate this update uses: the schedule moves on after it
+    for x, y in batches:
+        with accel.accumulate(run.model):
+            logits = run.model(x)
+            loss = F.cross_entropy(logits.float(), y, label_smoothing=r.label_smoothing)
+            accel.backward(loss)
+            if accel.sync_gradients and r.grad_clip:
+                accel.clip_grad_norm_(run.model.parameters(), r.grad_clip)
+            for optimizer in run.optimizers:
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+        step_loss += loss.detach() / run.accum
+        correct += (logits.argmax(1) == y).sum()
+        seen += len(y)
+    for schedule in run.schedules:
+        schedule.step()
+    return accel.reduce(step_loss, "mean"), correct, seen
+
+
+def train_step(run: Run, step: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Step ``step`` of the run: its micro-batches of the training data, then :func:`optimizer_step`."""
+    return optimizer_step(run, micro_batches(run, step))
+
+
+class NonFinite:
+    """Watches the loss for a non-finite value without waiting for the device.
+
+    Reading the loss every step would make the host wait for each step before it may queue the
+    next, leaving the GPU idle between steps. The first bad step is kept on the device instead,
+    and :meth:`check` reads it where the loop waits anyway (a log line, an evaluation) and before
+    any checkpoint is written, so no checkpoint ever holds the weights of a diverged step.
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.first = torch.full((), -1, dtype=torch.long, device=device)  # step number of the first bad loss
+        self.value = torch.zeros((), device=device)
+
+    def watch(self, loss: torch.Tensor, step: int) -> None:
+        """Note ``loss`` of step ``step`` (queued on the device, no wait)."""
+        new = ~torch.isfinite(loss) & (self.first < 0)
+        self.first = torch.where(new, step + 1, self.first)
+        self.value = torch.where(new, loss.detach().float(), self.value)
+
+    def check(self, run: Run) -> None:
+        """End the run if a loss so far was not finite; the last good checkpoint stays for a resume.
+
+        Raises:
+            TrainingError: the step and the value, and what to change.
+        """
+        step = int(self.first)
+        if step < 0:
+            return
+        last = run.checkpoints.all()
+        kept = f"The last good checkpoint is kept: {last[-1]}." if last else "No checkpoint was written yet."
+        raise TrainingError(
+            f"The loss became {float(self.value)} at step {step}: training diverged. {kept} Lower the "
+            f"learning rate (now {run.recipe.lr}) or check the data; running again resumes from that checkpoint."
+        )
+
+
+def evaluate(run: Run, split: str) -> tuple[float, int]:
+    """(accuracy, images) on ``split`` with the recipe's evaluation views.
+
+    Each process scores its own disjoint share: the summed counts count every image exactly once.
+    """
+    array, idx = run.splits[split]
+    accel = run.accelerator
+    run.net.eval()
+    with torch.no_grad(), accel.autocast():
+        correct, seen = count_correct(run.net, run.pre, run.data.images[array], run.data.labels[array],
+                                      idx[accel.process_index::accel.num_processes], run.device,
+                                      mirror=run.recipe.eval_flip, shift=run.recipe.eval_translate,
+                                      extents=run.data.extents.get(array))
+    run.net.train()
+    counts = accel.reduce(torch.tensor([correct, seen], device=run.device), "sum")
+    return float(counts[0] / max(int(counts[1]), 1)), int(counts[1])
+
+
+def evaluation_views(run: Run) -> dict[str, Any]:
+    """How the run scores images, as its model folder and checkpoints record it."""
+    return {"flip": run.recipe.eval_flip, "translate": run.recipe.eval_translate, "precision": run.precision}
+
+
+def save_checkpoint(run: Run) -> None:
+    """Everything a resume needs, written atomically by the main process; never after a diverged step."""
+    accel = run.accelerator
+    if run.loss_check is not None:
+        run.loss_check.check(run)
+    accel.wait_for_everyone()
+    if accel.is_main_process:
+        run.checkpoints.save({
+            "step": run.step, "model": run.net.state_dict(), "optimizers": [o.state_dict() for o in run.optimizers],
+            "schedules": [s.state_dict() for s in run.schedules], "torch_rng": torch.get_rng_state(),
+            "recipe": run.recipe.to_dict(), "history": json.dumps(run.history), "elapsed_s": run.elapsed,
+            "warmup_s": run.warmup_s, "warmup_steps": run.warmup_steps, "run_id": run.run_id,
+            "eval_s": run.eval_s, "checkpoint_s": run.checkpoint_s,
+            # So that the checkpoint alone is a usable model (`mixer-ft predict runs/<name>`):
+            "model_config": run.net.config.to_dict(), "classes": run.data.classes, "evaluation": evaluation_views(run),
+        })
+    accel.wait_for_everyone()
+
+
+def stop(run: Run, signum: int, checkpointed: bool) -> None:
+    """End the run at its current step, with a checkpoint to resume from."""
+    if not checkpointed:
+        save_checkpoint(run)
+    raise RunStopped(f"stopped at step {run.step} of {run.total}; run the same command to resume",
+                     128 + signum, announce=run.accelerator.is_main_process)
+
+
+# --------------------------------------------------------------------------- the end
+
+
+def finish(run: Run) -> dict[str, Any]:
+    """Score minival and test, save the model and write the run record; returns the record."""
+    from mixer_ft.weights.model_folder import save_pretrained
+
+    minival, test = evaluate(run, "minival"), evaluate(run, "test")
+    run.history["minival"].append({"step": run.total, "accuracy": round(minival[0], 5)})
+    accel, record = run.accelerator, {}
+    accel.wait_for_everyone()
+    if accel.is_main_process:
+        record = run_record(run, test, minival)
+        provenance = {k: record[k] for k in ("name", "upstream", "dataset", "data_source", "test_accuracy", "test_images",
+                                             "minival_accuracy", "minival_images", "steps", "global_batch",
+                                             "git_commit", "finished")}
+        provenance |= {"val_fraction": run.recipe.val_fraction, "seed": run.recipe.seed,
+                       "test_fraction": run.recipe.test_fraction, "train_images": len(run.splits["train"][1]),
+                       "license": run.recipe.license}
+        save_pretrained(run.net, run.out / "model", classes=run.data.classes, evaluation=evaluation_views(run),
+                        provenance=provenance)
+        path = write_record(record_path(run.recipe), record)
+        atomic_write_text(run.out / "record.json", json.dumps(record, indent=2) + "\n")
+        accel.print(f"test accuracy {test[0]:.4f} ({test[1]} images), minival {minival[0]:.4f}; "
+                  f"record {path}, model {run.out / 'model'}")
+    if run.recipe.tracker:
+        accel.end_training()
+    accel.wait_for_everyone()
+    return record
+
+
+def finetune(recipe: Recipe, *, resume: bool = True) -> dict[str, Any]:
+    """Run ``recipe`` to the end and return its run record (also written to results_dir).
+
+    With ``resume``, a run whose output folder holds checkpoints continues from the newest.
+    """
+    from mixer_ft.train import preflight
+
+    preflight.check(recipe.upstream, recipe.variant, recipe.dataset)
+    out = run_folder(recipe)
+    made = [p for p in (out, Path(recipe.results_dir)) if not p.exists()]
+    main = int(os.environ.get("RANK", "0")) == 0  # under torchrun; Accelerate is not set up yet
+    try:
+        with contextlib.ExitStack() as held:
+            if main:  # one run at a time in a run folder; what a killed run half-wrote goes
+                _writable(out, "output folder")
+                held.enter_context(locked(out / ".lock", wait=False, holder=f"pid {os.getpid()} on {platform.node()}"))
+                sweep_partial_writes(out, out / "checkpoints", out / "model")
+            return _run(recipe, resume)
+    except BaseException:
+        for folder in made:  # a run that never started leaves no empty folders behind
+            if folder.is_dir() and not any(p.name != ".lock" for p in folder.iterdir()):
+                shutil.rmtree(folder, ignore_errors=True)
+        raise
+
+
+def _run(recipe: Recipe, resume: bool) -> dict[str, Any]:
+    """:func:`finetune` inside its run folder's lock."""
+    run = setup(recipe, fresh=not resume)
+    if resume:
+        restore(run)
+    check_record_is_ours(run)
+    progress = Progress(run)
+    run.model.train()
+    try:
+        with StopSignals() as signals:
+            _train(run, progress, signals)
+    finally:
+        if run.feed is not None:
+            run.feed.close()
+    progress.bar.close()
+    return finish(run)
+
+
+def _train(run: Run, progress: Progress, signals: StopSignals) -> None:
+    """The steps from where the run stands to the end, with evaluations and checkpoints on their intervals.
+
+    The host queues each step and moves on to the next (whose data the feed has ready) without
+    waiting for the device, except where a value must be read: the first step of a (re)start (its
+    compile time is kept apart), a log line, an evaluation, a checkpoint. Each wait is counted in
+    the step where it happens, so a window's images/s covers all of its steps' device time.
+    """
+    r, losses = run.recipe, run.loss_check
+    assert losses is not None, "setup() gives every run its loss check"
+    start = run.step
+    for step in range(start, run.total):
+        t0 = time.perf_counter()
+        loss, correct, images = train_step(run, step)
+        losses.watch(loss, step)
+        run.step = step + 1
+        warmup = step == start
+        evaluate_now = bool(r.eval_every) and run.step % r.eval_every == 0 and run.step < run.total
+        checkpoint_now = bool(r.checkpoint_every and run.step % r.checkpoint_every == 0) or run.step == run.total
+        if warmup or evaluate_now or checkpoint_now or progress.due():
+            devices.synchronize(run.device)
+            losses.check(run)
+            if warmup and devices.compile_mode(r, run.device):
+                devices.quiet_compiler()  # the step is compiled: nothing may compete with training for the CPU
+        seconds = time.perf_counter() - t0
+        run.elapsed += seconds
+        run.warmup_s, run.warmup_steps = run.warmup_s + warmup * seconds, run.warmup_steps + warmup
+        progress.step(loss, correct, images, seconds, warmup)
+        if evaluate_now:
+            t0 = time.perf_counter()
+            progress.minival(evaluate(run, "minival")[0])
+            run.eval_s += time.perf_counter() - t0
+        if checkpoint_now:
+            t0 = time.perf_counter()
+            save_checkpoint(run)  # always at the end: running the finished run again only re-evaluates
+            run.checkpoint_s += time.perf_counter() - t0
+        if (signum := signals.requested(run)) and run.step < run.total:
+            progress.bar.close()
+            stop(run, signum, checkpointed=checkpoint_now)
+
+
+__all__ = ["Run", "evaluate", "finetune", "restore", "save_checkpoint", "setup",
+           "train_step"]

@@ -1,0 +1,403 @@
+"""Fine-tune recipes: plain data (TOML), validated, with the upstream protocol as defaults.
+
+A recipe names the weights, the model and the data set, and the schedule. Its defaults are
+vit_jax's "default adaption parameters" (README, Fine-tuning): plain SGD with momentum 0.9, lr 0.03, 500
+linear warm-up steps then cosine to 0 over 10,000 steps, global batch 512, global-norm clip 1.0,
+no weight decay, zero-initialised head, cross-entropy without smoothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import math
+import re
+import tomllib
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from mixer_ft.errors import ConfigError
+from mixer_ft.model.config import AREA_RANGE, GELU_FLAVOURS, RESIZE_METHODS, TEST_FRACTION, WEIGHT_SUFFIXES, MixerConfig
+from mixer_ft.train.optim import OPTIMIZERS
+
+PRECISIONS = ("auto", "no", "bf16", "fp16")
+MOMENTUM_DTYPES = ("float32", "bfloat16")
+# torch.compile's modes: "reduce-overhead" launches the step's kernels as CUDA graphs (none on a CPU).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+# The `architecture` sub-table: MixerConfig's fields (the head's size comes from the data set).
+_ARCH_TYPES = {k: t for k, t in typing.get_type_hints(MixerConfig).items() if k != "num_classes"}
+# Keys a run may change when it resumes: where it writes, what it logs, how a step is computed
+# (micro-batch, precision, fast path) and how it is scored. Every other key defines the
+# optimisation, so a checkpoint resumes only under the same value: a key added to Recipe is
+# checked on resume unless it is named here.
+RESUMABLE_KEYS = frozenset({"output_dir", "results_dir", "name", "tracker", "log_every", "eval_every",
+                            "checkpoint_every", "micro_batch", "mixed_precision", "fast_path", "compile",
+                            "eval_flip", "eval_translate", "license"})
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Everything a fine-tune run needs; a run record stores it whole."""
+
+    upstream: str = "in21k"  # in1k | in21k | none | any weight source (file, URL, hf-hub:, timm:)
+    model: str | None = None  # a variant; "custom" with the sizes in `architecture`; None: see `variant`
+    dataset: str = "cifar10"
+    architecture: dict[str, Any] = field(default_factory=dict)  # MixerConfig fields to set
+    resize: str | None = None  # how pretrained weights reach another architecture.img_size: tile | resample
+    new_head: bool | None = None  # a new zero head (True) or the checkpoint's (False); None: see train.head_choice
+    image_column: str | None = None
+    label_column: str | None = None
+    val_fraction: float = 0.02
+    test_fraction: float = TEST_FRACTION  # of a folder without split folders: each class's share held out as test
+    steps: int = 10_000
+    epochs: float | None = None  # instead of steps: passes over train[:98%]
+    global_batch: int = 512
+    micro_batch: int | str | None = None  # per process and forward pass; None = no accumulation; "auto"
+    optimizer: str = "sgd"
+    lr: float = 0.03
+    momentum: float = 0.9  # SGD's, and Muon's
+    momentum_dtype: str = "float32"  # SGD's momentum buffer: float32, or bfloat16 as vit_jax's train.py keeps it
+    weight_decay: float = 0.0
+    warmup_steps: int = 500
+    grad_clip: float = 1.0
+    label_smoothing: float = 0.0
+    crop_area_min: float = AREA_RANGE[0]  # Inception crop: smallest share of the image kept
+    translate: int = 0  # random shift of the crop box, up to this many source pixels each way (edges repeat)
+    eval_flip: bool = False  # evaluate on the mean logits of each image and its mirror image
+    eval_translate: int = 0  # also on copies shifted this many pixels diagonally each way (edges repeat)
+    mixed_precision: str = "auto"  # auto = bf16 where the device has it, else fp32
+    fast_path: bool = True  # token-major layout, fused optimizer; plus torch.compile on CUDA
+    compile: bool | str | None = None  # torch.compile (inductor) on any device: true, false or a mode (COMPILE_MODES);
+    # None: the default mode with the fast path on CUDA
+    eval_every: int = 1000  # minival accuracy every N steps (0: only at the end)
+    checkpoint_every: int = 1000
+    log_every: int = 50
+    seed: int = 0
+    output_dir: str | None = None  # default runs/<name>
+    results_dir: str = "results"
+    tracker: str | None = None  # "tensorboard" (or any Accelerate tracker name)
+    license: str = "apache-2.0"  # of the fine-tuned model, on its card (Google's Mixer weights are Apache-2.0)
+    name: str | None = None  # default: <upstream>_<model>_<dataset>
+
+    def __post_init__(self) -> None:
+        def check(ok: bool, msg: str) -> None:
+            if not ok:
+                raise ConfigError(f"Recipe: {msg}")
+
+        if "resize" in self.architecture:  # recipes before 0.2 kept resize inside architecture
+            arch = dict(self.architecture)
+            moved = arch.pop("resize")
+            check(self.resize in (None, moved), f"resize is set twice: {self.resize!r} and architecture.resize "
+                  f"{moved!r}; keep the top-level key.")
+            object.__setattr__(self, "architecture", arch)
+            object.__setattr__(self, "resize", moved)
+
+        check(self.steps >= 1, f"steps must be at least 1, got {self.steps}.")
+        check(self.epochs is None or self.epochs > 0, f"epochs must be positive, got {self.epochs}.")
+        check(self.global_batch >= 1, f"global_batch must be at least 1, got {self.global_batch}.")
+        check(self.micro_batch in (None, "auto") or (isinstance(self.micro_batch, int) and self.micro_batch >= 1),
+              f"micro_batch must be a positive integer or \"auto\", got {self.micro_batch!r}.")
+        check(self.optimizer in OPTIMIZERS, f"optimizer must be one of {tuple(OPTIMIZERS)}, got {self.optimizer!r}.")
+        check(self.momentum_dtype in MOMENTUM_DTYPES, f"momentum_dtype must be one of {MOMENTUM_DTYPES}, got "
+              f"{self.momentum_dtype!r}.")
+        check(self.momentum_dtype == "float32" or self.optimizer == "sgd",
+              "momentum_dtype = \"bfloat16\" is for optimizer = \"sgd\" (vit_jax's momentum buffer).")
+        check(not isinstance(self.compile, str) or self.compile in COMPILE_MODES,
+              f"compile must be true, false or one of {COMPILE_MODES}, got {self.compile!r}.")
+        check(self.mixed_precision in PRECISIONS,
+              f"mixed_precision must be one of {PRECISIONS}, got {self.mixed_precision!r}.")
+        check(self.lr > 0 and self.warmup_steps >= 0 and self.grad_clip >= 0 and self.weight_decay >= 0,
+              "lr must be positive; warmup_steps, grad_clip and weight_decay non-negative.")
+        check(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}.")
+        check(0 < self.crop_area_min <= 1, f"crop_area_min must be in (0, 1], got {self.crop_area_min}.")
+        for key in ("translate", "eval_translate"):
+            pixels = getattr(self, key)
+            check(pixels >= 0, f"{key} must be a non-negative whole number of pixels, got {pixels!r}.")
+        check(0 <= self.val_fraction < 1, f"val_fraction must be in [0, 1), got {self.val_fraction}.")
+        check(0 < self.test_fraction < 1, f"test_fraction must be in (0, 1), got {self.test_fraction}.")
+        check(min(self.eval_every, self.checkpoint_every) >= 0 and self.log_every >= 1,
+              "eval_every and checkpoint_every must be >= 0, log_every >= 1.")
+        check(0 <= self.seed < 2**32, f"seed must be a whole number from 0 to 2**32 - 1, got {self.seed}.")
+        for key in ("lr", "momentum", "weight_decay", "grad_clip", "label_smoothing", "epochs", "val_fraction",
+                    "test_fraction", "crop_area_min"):
+            value = getattr(self, key)
+            check(value is None or math.isfinite(value), f"{key} must be a finite number, got {value}.")
+        check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}.")
+        check(self.name is None or (self.name == safe_name(self.name) and len(self.name) <= 120),
+              f"name {self.name!r} is used as a file and folder name: letters, digits, '.', '_', '+' and '-' "
+              f"only, not starting with '.' or '-', at most 120 characters (e.g. {safe_name(self.name or '')!r}).")
+        unknown = set(self.architecture) - set(_ARCH_TYPES)
+        check(not unknown, f"unknown architecture field(s) {sorted(unknown)}; valid: {sorted(_ARCH_TYPES)}.")
+        for key, value in self.architecture.items():
+            check(_type_ok(value, _ARCH_TYPES[key]), f"architecture.{key} must be {_type_name(_ARCH_TYPES[key])}, "
+                  f"got {value!r}.")
+        check(self.architecture.get("gelu", "tanh") in GELU_FLAVOURS, f"gelu must be one of {GELU_FLAVOURS}.")
+        check(self.resize is None or self.resize in RESIZE_METHODS, f"resize must be one of {RESIZE_METHODS}.")
+        check(self.resize is None or self.upstream != "none", "resize says how pretrained weights reach another "
+              "img_size; with upstream = \"none\" there are none: leave it out.")
+        if self.model == "custom":
+            need = {"patch_size", "hidden_dim", "num_blocks", "tokens_mlp_dim", "channels_mlp_dim"}
+            check(need <= set(self.architecture), f"model = \"custom\" needs architecture.{{{', '.join(sorted(need))}}}.")
+            check(self.upstream == "none", "model = \"custom\" trains the architecture in `architecture` from scratch: "
+                  "set upstream = \"none\", or leave model unset to fine-tune the architecture of the upstream weights.")
+
+    @property
+    def variant(self) -> str | None:
+        """The variant to build: ``model``; unset, B/16 for in1k, in21k and none, and None (the
+        architecture the upstream weights hold) for a weight file or folder."""
+        if self.model is not None:
+            return self.model
+        return "B/16" if self.upstream in ("in1k", "in21k", "none") else None
+
+    @property
+    def run_name(self) -> str:
+        """``name``, else the run folder's name (``output_dir``), else <upstream>_<model>_<data set>: a file
+        and folder name, never a path."""
+        if self.name:
+            return self.name
+        if self.output_dir and Path(self.output_dir).name not in ("", ".", ".."):
+            return safe_name(Path(self.output_dir).name)
+        data = Path(self.dataset.removeprefix("hf:")).name.split(".")[0]
+        if self.upstream in ("in1k", "in21k", "none"):
+            return safe_name(f"{self.upstream}_{(self.variant or '').replace('/', '').lower()}_{data}")
+        # Weights of one's own: named by their file or folder (a run's model/ by its run), e.g. smoke_cifar10_photos.
+        weights = Path(self.upstream.split(":", 1)[-1].rstrip("/"))
+        up = weights.parent.name if weights.name == "model" else (
+            weights.stem if weights.suffix.lower() in WEIGHT_SUFFIXES else weights.name)
+        model = f"_{self.variant.replace('/', '').lower()}" if self.model else ""
+        return safe_name(f"{up}{model}_{data}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> Recipe:
+        check_keys(changes, "override")
+        return dataclasses.replace(self, **changes)
+
+
+def hyper_rule(n_train: int) -> tuple[int, int, str]:
+    """The schedule length the paper used for small sets (BiT-HyperRule, by the size of train[:98%]):
+    500 steps below 20,000 images, 10,000 below 500,000, else 20,000; warm-up a tenth of it, at most
+    500 (our choice: the upstream 500 on 10,000 steps). Returns (steps, warm-up steps, why)."""
+    steps = 500 if n_train < 20_000 else 10_000 if n_train < 500_000 else 20_000
+    warmup = min(500, steps // 10)
+    band = "under 20,000" if steps == 500 else "under 500,000" if steps == 10_000 else "500,000 or more"
+    return steps, warmup, f"BiT-HyperRule: {n_train:,} training images, {band}: {steps:,} steps, warm-up {warmup}"
+
+
+def apply_hyper_rule(r: Recipe, origin: dict[str, str], count_only: bool) -> tuple[Recipe, dict[str, str], str | None]:
+    """The recipe with the BiT-HyperRule's steps (and warm-up, unless given) for its data set's size;
+    the origins updated; what was chosen and why. ``count_only``: never load the data to count it."""
+    from mixer_ft.data.sources import listed_train_images
+
+    n = listed_train_images(r.dataset, r.test_fraction)
+    if n is None and not count_only:  # a Hub data set: loading it (cached for the run) counts it
+        from mixer_ft.data.cache import load_data
+        from mixer_ft.train import preflight
+
+        preflight.check(r.upstream, r.variant, r.dataset)  # what the run lacks, all in one message
+        n = len(load_data(r.dataset, image_column=r.image_column, label_column=r.label_column).labels["train"])
+    if n is None:
+        origin["steps"] = "rule (BiT-HyperRule; the data set's size is known once it is loaded)"
+        return r, origin, None
+    steps, warmup, why = hyper_rule(n - int(round(n * r.val_fraction)))
+    changes = {"steps": steps} | ({} if origin["warmup_steps"] != "default" else {"warmup_steps": warmup})
+    origin = origin | {k: f"rule ({why})" for k in changes}
+    return r.replace(**changes), origin, f"steps {steps:,}, warm-up {changes.get('warmup_steps', r.warmup_steps)}: {why}"
+
+
+def safe_name(text: str) -> str:
+    """``text`` as a plain file name: runs of other characters become '-', no leading '.' or '-'."""
+    return re.sub(r"[^A-Za-z0-9._+-]+", "-", text).strip(".-")[:120] or "run"
+
+
+def _type_ok(value: Any, hint: Any) -> bool:
+    """Whether a plain (TOML) value fits a type hint: int, float, str, bool, dict, tuple, unions of them."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        return any(_type_ok(value, h) for h in typing.get_args(hint))
+    origin = typing.get_origin(hint) or hint
+    if hint is type(None):
+        return value is None
+    if hint is Any:
+        return True
+    if isinstance(value, bool):  # a bool is an int to Python, never to a recipe
+        return origin is bool
+    if origin is float:
+        return isinstance(value, (int, float))
+    if origin is tuple:  # tuple[float, ...]: TOML gives a list
+        item = typing.get_args(hint)[0] if typing.get_args(hint) else Any
+        return isinstance(value, (list, tuple)) and all(_type_ok(v, item) for v in value)
+    return isinstance(value, origin)
+
+
+def _type_name(hint: Any) -> str:
+    return getattr(hint, "__name__", None) or str(hint).replace("typing.", "")
+
+
+def _migrated(saved: dict[str, Any]) -> dict[str, Any]:
+    """A recipe dict of an older checkpoint or record in today's keys (resize left architecture in 0.2)."""
+    arch = saved.get("architecture")
+    if isinstance(arch, dict) and "resize" in arch:
+        saved = dict(saved, architecture={k: v for k, v in arch.items() if k != "resize"}, resize=arch["resize"])
+    return saved
+
+
+def _field_default(f: dataclasses.Field) -> Any:
+    return f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+
+
+def default(key: str) -> Any:
+    """The default value of recipe key ``key`` (the one place defaults are written)."""
+    return _field_default(next(f for f in dataclasses.fields(Recipe) if f.name == key))
+
+
+def _same(key: str, saved: Any, now: Any) -> bool:
+    """Whether a checkpoint's recipe value is the run's; a local data set may be named by another path."""
+    if saved == now:
+        return True
+    # The same folder or archive named relative to another working directory, or through a link.
+    return key == "dataset" and Path(saved).exists() and Path(now).exists() and Path(saved).samefile(now)
+
+
+def _differences(saved: dict[str, Any], recipe: Recipe, free: frozenset[str]) -> list[str]:
+    """Keys outside ``free`` whose value in ``saved`` differs from ``recipe``'s; a key ``saved`` lacks
+    (it was written before the key existed) counts at its default."""
+    saved = _migrated(saved)
+    return [f.name for f in dataclasses.fields(recipe) if f.name not in free
+            and not _same(f.name, saved.get(f.name, _field_default(f)), getattr(recipe, f.name))]
+
+
+def resume_conflicts(saved: dict[str, Any], recipe: Recipe) -> list[str]:
+    """The keys outside :data:`RESUMABLE_KEYS` whose value in a checkpoint's recipe differs from ``recipe``'s."""
+    return _differences(saved, recipe, RESUMABLE_KEYS)
+
+
+def protocol_differences(config: dict[str, Any], recipe: Recipe) -> list[str]:
+    """How a run's recipe (a record's ``config``) departs from ``recipe``'s protocol: the keys that
+    define the optimisation, whatever the data set's path, the seed, the folders or the name."""
+    return _differences(config, recipe, RESUMABLE_KEYS | {"dataset", "seed"})
+
+
+def find_recipe(relative: str) -> Path:
+    """A shipped recipe (``recipes/...``), looked up from the working folder, then beside the package."""
+    for base in (Path.cwd(), Path(__file__).resolve().parents[2]):
+        if (base / relative).is_file():
+            return base / relative
+    raise ConfigError(f"Recipe {relative} not found here or beside the package; run from a mixer_ft checkout.")
+
+
+def check_keys(d: dict[str, Any], what: str) -> None:
+    valid = [f.name for f in dataclasses.fields(Recipe)]
+    for key in d:
+        if key not in valid:
+            close = difflib.get_close_matches(key, valid, n=1)
+            hint = f" Did you mean {close[0]!r}?" if close else f" Valid keys: {', '.join(valid)}."
+            raise ConfigError(f"Unknown {what} key {key!r}.{hint}")
+
+
+def load_recipe(path: str | Path, **overrides: Any) -> Recipe:
+    """Read a TOML recipe; ``overrides`` (e.g. from the command line) win over its values."""
+    path = Path(path)
+    try:
+        data = tomllib.loads(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"No recipe at {path}. The recipes shipped with mixer_ft are in recipes/.") from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"Recipe {path} is not valid TOML: {e}.") from None
+    except OSError as e:
+        raise ConfigError(f"Cannot read recipe {path}: {e.strerror or e}.") from None
+    check_keys(data, f"recipe ({path.name})")
+    merged = data | overrides
+    for key, value in overrides.items():  # a table (architecture) is updated, not replaced
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            merged[key] = data[key] | value
+    try:
+        return from_dict(merged)
+    except ConfigError as e:
+        raise ConfigError(f"{e} (recipe {path}{' with the flags given' if overrides else ''})") from None
+
+
+def from_dict(data: dict[str, Any]) -> Recipe:
+    """A recipe from plain values, unknown keys and wrong types refused with a clear message."""
+    check_keys(data, "recipe")
+    hints = typing.get_type_hints(Recipe)
+    for key, value in data.items():
+        if value is not None and not _type_ok(value, hints[key]):
+            raise ConfigError(f"Recipe key {key!r} must be {_type_name(hints[key])}, got {value!r}.")
+    return Recipe(**data)
+
+
+def from_command_line(path: str | None, flags: dict[str, Any], set_items: list[str]) -> tuple[Recipe, dict[str, Any]]:
+    """The recipe a command line asks for: the file (if any), then its flags, then ``--set key=value``s;
+    also the overrides themselves (flags and --set)."""
+    overrides = {k: v for k, v in flags.items() if v is not None}
+    for item in set_items:
+        key, value = parse_override(item)
+        if isinstance(value, dict):  # architecture.x=... adds to the table
+            value = {**overrides.get(key, {}), **value}
+        overrides[key] = value
+    check_keys(overrides, "--set")
+    if "steps" in overrides and "epochs" not in overrides:
+        overrides["epochs"] = None  # --steps on the command line beats the file's epochs (which would win)
+    return (load_recipe(path, **overrides) if path else from_dict(overrides)), overrides
+
+
+def resolve(path: str | None, flags: dict[str, Any], set_items: list[str],
+            count_only: bool = False) -> tuple[Recipe, dict[str, str], str | None]:
+    """The recipe a command line asks for (``from_command_line``), with the BiT-HyperRule's schedule
+    when neither the file nor the command line sets steps or epochs; where each key came from; and
+    what the rule chose and why (None when it did not apply)."""
+    r, overrides = from_command_line(path, flags, set_items)
+    origin = origins(path, overrides)
+    if {"steps", "epochs"} & {k for k, v in origin.items() if v != "default"}:
+        return r, origin, None
+    return apply_hyper_rule(r, origin, count_only)
+
+
+def origins(path: str | Path | None, overrides: dict[str, Any]) -> dict[str, str]:
+    """Where each recipe key's value comes from: "flag", "recipe file" or "default"."""
+    in_file = set(tomllib.loads(Path(path).read_text())) if path else set()
+    return {f.name: "flag" if f.name in overrides else "recipe file" if f.name in in_file else "default"
+            for f in dataclasses.fields(Recipe)}
+
+
+def to_toml(recipe: Recipe, origin: dict[str, str]) -> str:
+    """The resolved recipe as TOML, every key, each with where its value came from."""
+    def value(v: Any) -> str:
+        if isinstance(v, bool):
+            return str(v).lower()
+        if isinstance(v, (int, float)):
+            return repr(v)
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        return json.dumps(str(v))
+    lines, table = [], []
+    for key, v in recipe.to_dict().items():
+        if isinstance(v, dict):
+            table = [f"[{key}]  # {origin.get(key, 'default')}"] + [f"{k} = {value(x)}" for k, x in v.items()]
+        elif v is None:
+            lines.append(f"# {key} unset  # {origin.get(key, 'default')}")
+        else:
+            unused = " (not used: epochs sets the length)" if key == "steps" and recipe.epochs else ""
+            lines.append(f"{key} = {value(v)}  # {origin.get(key, 'default')}{unused}")
+    return "\n".join(lines + ([""] + table if table else [])) + "\n"
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """``key=value`` from ``--set``: the value is read as TOML (numbers, strings, booleans)."""
+    key, sep, raw = text.partition("=")
+    if not sep:
+        raise ConfigError(f"--set takes key=value, got {text!r}.")
+    key = key.strip()
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()  # a bare word: a string
+    if "." in key:  # architecture.hidden_dim=128
+        head, sub = key.split(".", 1)
+        return head, {sub: value}
+    return key, value

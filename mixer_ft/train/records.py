@@ -1,0 +1,233 @@
+"""Run records: one JSON file per finished run, holding everything needed to repeat it."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from mixer_ft.atomic import atomic_write_text
+from mixer_ft.errors import ConfigError
+
+if TYPE_CHECKING:
+    from mixer_ft.train.loop import Run
+    from mixer_ft.train.recipe import Recipe
+
+RECORD_VERSION = 1
+
+
+def cpu_name() -> str:
+    """The processor's model name (from /proc/cpuinfo where there is one)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> set[str]:
+    """The processor's feature flags (x86 "flags", ARM "Features" in /proc/cpuinfo); empty elsewhere."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def bf16_slowdown(size: int = 256, repeats: int = 5) -> float:
+    """How many times slower a bf16 matrix product runs than an fp32 one on this CPU, measured now."""
+    import time
+
+    a = torch.randn(size, size)
+    times = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        x = a.to(dtype)
+        x @ x  # warm-up
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            x @ x
+        times[dtype] = time.perf_counter() - t0
+    return times[torch.bfloat16] / max(times[torch.float32], 1e-9)
+
+
+def cpu_native_bf16() -> bool:
+    """Whether the CPU computes bf16 natively (AVX512-BF16, AMX or ARM's BF16); elsewhere torch emulates
+    it, about a hundred times slower than fp32."""
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 natively: a GPU that has it, a CPU with AVX512-BF16, AMX or ARM bf16."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and cpu_native_bf16()
+
+
+def cpu_isa() -> str:
+    """The CPU's instruction set level for matrix work, e.g. "AVX2", "AVX512", "AVX512_BF16", "AMX".
+
+    Two CPUs of one name can differ here by a hundredfold in bf16 (native or emulated), so run
+    records and benchmarks name it.
+    """
+    flags = cpu_flags()
+    for level, flag in (("AMX", "amx_bf16"), ("AVX512_BF16", "avx512_bf16"), ("AVX512", "avx512f"), ("AVX2", "avx2"),
+                        ("SVE", "sve"), ("NEON+BF16", "bf16"), ("NEON", "asimd")):
+        if flag in flags:
+            return level
+    return torch.backends.cpu.get_cpu_capability()
+
+
+def hardware(device: torch.device, num_processes: int) -> dict[str, Any]:
+    """The device name (a CPU's with its cores and instruction set level) and how many took part."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"CPU ({cpu_name()}, {os.cpu_count()} cores, {cpu_isa()})"
+    return {"device": name, "type": device.type, "count": num_processes}
+
+
+def versions() -> dict[str, str]:
+    out = {"python": platform.python_version()}
+    for pkg in ("mixer_ft", "torch", "timm", "accelerate", "datasets", "huggingface_hub", "numpy"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            pass
+    out["torch"] = torch.__version__  # with its build tag (+cpu, +cu132): it matters for speed and numerics
+    return out
+
+
+def _installed_from() -> Path | None:
+    """The checkout `pip install .` was run in, as pip records it (PEP 610 direct_url.json)."""
+    import json
+    import urllib.parse
+
+    try:
+        info = json.loads(metadata.distribution("mixer_ft").read_text("direct_url.json") or "{}")
+    except (metadata.PackageNotFoundError, ValueError):
+        return None
+    url = urllib.parse.urlsplit(info.get("url", ""))
+    return Path(urllib.parse.unquote(url.path)) if url.scheme == "file" else None
+
+
+def git_commit(cwd: Path | None = None) -> str | None:
+    """The commit the code ran from, with '+dirty' when the tree had changes; None outside git.
+
+    Installed with `pip install .`, the package no longer sits in the checkout: the commit is then
+    read from the checkout pip installed it from, where it still exists.
+    """
+    here = Path(__file__).resolve().parent
+    source = _installed_from()
+    where = cwd or (source if source and source.is_dir() and not str(here).startswith(str(source)) else here)
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=where, capture_output=True, text=True,
+                                timeout=10, check=True).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=where,
+                               capture_output=True, text=True, timeout=10).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return commit + ("+dirty" if dirty else "")
+
+
+def write_record(path: str | Path, record: dict[str, Any]) -> Path:
+    """Write ``record`` to ``path`` (atomically; a folder means <folder>/<name>.json); returns the path."""
+    record = {"record_version": RECORD_VERSION, **record}
+    path = Path(path)
+    if path.suffix != ".json":
+        path = path / f"{record['name']}.json"
+    atomic_write_text(path, json.dumps(record, indent=2, sort_keys=False) + "\n")
+    return path
+
+
+def _compiled(model: torch.nn.Module) -> bool:
+    from accelerate.utils import is_compiled_module
+
+    return is_compiled_module(model)
+
+
+def _compiled_graphs() -> int:
+    """Graphs torch.compile built in this process: as many as compiled frames when nothing recompiled."""
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
+
+
+def _graph_breaks() -> int:
+    """Graph breaks torch.compile met in this process (each costs a return to Python mid-step)."""
+    from torch._dynamo.utils import counters
+
+    return sum(counters["graph_break"].values())
+
+
+def steady_rate(run: Run) -> float:
+    """Images/s of the steps after each (re)start's first; of all steps if there are no others."""
+    steps, seconds = run.total - run.warmup_steps, run.elapsed - run.warmup_s
+    if steps < 1 or seconds <= 0:
+        steps, seconds = run.total, run.elapsed
+    return steps * run.recipe.global_batch / max(seconds, 1e-9)
+
+
+def run_record(run: Run, test: tuple[float, int], minival: tuple[float, int]) -> dict[str, Any]:
+    """Everything needed to repeat the run and compare it, as results/<name>.json holds it."""
+    r, n_train = run.recipe, len(run.splits["train"][1])
+    trained, compiled = run.total * r.global_batch, _compiled(run.model)
+    return {
+        "name": r.run_name, "run_id": run.run_id, "upstream": r.upstream, "model": run.net.config.variant or "custom",
+        "dataset": run.data.dataset_id, "data_source": r.dataset, "data_location": run.data.location,
+        "classes": run.data.classes,
+        "test_accuracy": round(test[0], 5), "test_images": test[1],
+        "minival_accuracy": round(minival[0], 5), "minival_images": minival[1],
+        "steps": run.total, "global_batch": r.global_batch, "epochs": round(trained / n_train, 3),
+        "micro_batch": run.micro, "accumulation": run.accum, "mixed_precision": run.precision,
+        "compiled": compiled, "graph_breaks": _graph_breaks() if compiled else None, "head": run.head,
+        "compile_mode": (r.compile if isinstance(r.compile, str) else "default") if compiled else None,
+        "data_on_device": bool(run.feed and run.feed.on_device),
+        "wall_clock_s": round(run.elapsed, 1), "images_per_s": round(steady_rate(run), 1),
+        "warmup_s": round(run.warmup_s, 2), "eval_s": round(run.eval_s, 2), "checkpoint_s": round(run.checkpoint_s, 2),
+        "compiled_graphs": _compiled_graphs() if compiled else None,
+        "hardware": hardware(run.device, run.accelerator.num_processes), "versions": versions(),
+        "git_commit": git_commit(), "config": r.to_dict(), "model_config": run.net.config.to_dict(),
+        "model_dir": str(run.out / "model"), "history": run.history,
+        "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+
+
+def record_path(recipe: Recipe) -> Path:
+    """Where the run's record goes: results/<name>.json."""
+    return Path(recipe.results_dir) / f"{recipe.run_name}.json"
+
+
+def check_record_is_ours(run: Run) -> None:
+    """Refuse, before any training, a run whose record would replace another run's.
+
+    The record file is this run's when it carries this run's id (a resumed or re-evaluated run) or was
+    written from this run's folder (the run started over there, with ``--fresh`` or after its
+    checkpoints were lost). Anything else there is another run's result, kept: the run stops with both
+    named.
+    """
+    path = record_path(run.recipe)
+    if not path.exists() and not path.is_symlink():
+        return
+    try:
+        theirs = json.loads(path.read_text()) if path.is_file() and not path.is_symlink() else {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        theirs = {}
+    theirs = theirs if isinstance(theirs, dict) else {}
+    folder = theirs.get("model_dir")
+    if theirs.get("run_id") == run.run_id or (
+            isinstance(folder, str) and Path(folder).resolve() == (run.out / "model").resolve()):
+        return
+    made_by = f"the run in {Path(folder).parent}" if isinstance(folder, str) else "another run (or not a run record)"
+    raise ConfigError(f"{path} holds the record of {made_by}, not of this run ({run.out}); it is kept. Give this "
+                      f"run its own name (--set name=...) or results folder (--set results_dir=...).")

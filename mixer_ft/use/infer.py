@@ -1,0 +1,294 @@
+"""Using a model: test-time views, scoring a labelled split, and :class:`Classifier`, which labels
+images from any model source.
+
+Training scores its minival and test splits through :func:`split_predictions`, and so does
+``mixer-ft evaluate``: a saved model scored on its run's data and split gives exactly the
+accuracy its run record holds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mixer_ft.data.images import to_rgb_array
+from mixer_ft.data.preprocess import Preprocess, index_batches
+from mixer_ft.errors import ConfigError
+from mixer_ft.model.config import MAX_SIDE
+from mixer_ft.model.mixer import MlpMixer
+
+EVAL_BATCH = 256
+_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def view_logits(model: torch.nn.Module, images: torch.Tensor, mirror: bool = False, shift: int = 0) -> torch.Tensor:
+    """Summed float32 logits of a preprocessed NCHW batch over its test-time views.
+
+    The views: the image; with ``shift``, two copies moved ``shift`` pixels diagonally (towards
+    the top left and the bottom right, the border repeated as ``translate`` does in training);
+    with ``mirror``, the left-right mirror of each of these.
+    """
+    views = [images]
+    if shift:
+        h, w = images.shape[-2:]
+        padded = F.pad(images, (shift, shift, shift, shift), mode="replicate")
+        views += [padded[..., 2 * shift:2 * shift + h, 2 * shift:2 * shift + w], padded[..., :h, :w]]
+    if mirror:
+        views += [v.flip(3) for v in views]
+    logits = model(views[0]).float()
+    for view in views[1:]:  # one view at a time: evaluation memory stays that of one batch
+        logits = logits + model(view).float()
+    return logits
+
+
+def check_shift(shift: int, size: int) -> None:
+    """A test-time shift is a whole number of pixels from 0 to half the input size."""
+    if not 0 <= shift <= size // 2:
+        raise ConfigError(f"--translate takes a shift of 0 to {size // 2} pixels (half the {size}x{size} input), "
+                          f"got {shift}.")
+
+
+def num_views(mirror: bool, shift: int) -> int:
+    return (3 if shift else 1) * (2 if mirror else 1)
+
+
+def predict(model: torch.nn.Module, images: torch.Tensor, mirror: bool = False, shift: int = 0) -> torch.Tensor:
+    """Predicted classes of a preprocessed NCHW batch, from :func:`view_logits`."""
+    return view_logits(model, images, mirror, shift).argmax(1)
+
+
+def split_predictions(model: torch.nn.Module, pre: Preprocess, images: np.ndarray, labels: np.ndarray,
+                      indices: np.ndarray, device: torch.device, *, mirror: bool = False, shift: int = 0,
+                      batch: int = EVAL_BATCH, extents: np.ndarray | None = None
+                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """(predicted, true) labels on the CPU, batch by batch, over ``indices`` of a uint8 NHWC array.
+
+    ``extents``: each image's own (h, w), where images of several sizes are padded into the array.
+    The caller chooses the mode and precision (``model.eval()``, ``torch.no_grad()``, autocast).
+    """
+    for idx, x in eval_batches(pre, images, indices, device, batch, extents):
+        yield predict(model, x, mirror=mirror, shift=shift).cpu(), torch.from_numpy(labels[idx])
+
+
+def eval_batches(pre: Preprocess, images: np.ndarray, indices: np.ndarray, device: torch.device,
+                 batch: int = EVAL_BATCH, extents: np.ndarray | None = None) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
+    """(indices, preprocessed NCHW batch) over ``indices`` of a uint8 NHWC array, as for testing.
+
+    ``extents``: each image's own (h, w), where images of several sizes are padded into the array.
+    """
+    for _, idx in index_batches(indices, batch):
+        x = torch.from_numpy(np.ascontiguousarray(images[idx])).to(device)
+        own = None if extents is None else torch.from_numpy(extents[idx]).to(device)
+        yield idx, pre.eval(x, own)
+
+
+def count_correct(model: torch.nn.Module, pre: Preprocess, images: np.ndarray, labels: np.ndarray,
+                  indices: np.ndarray, device: torch.device, *, mirror: bool = False, shift: int = 0,
+                  batch: int = EVAL_BATCH, extents: np.ndarray | None = None) -> tuple[int, int]:
+    """(correct, scored) over ``indices``; see :func:`split_predictions`."""
+    correct = seen = 0
+    for pred, y in split_predictions(model, pre, images, labels, indices, device, mirror=mirror, shift=shift,
+                                     batch=batch, extents=extents):
+        correct += int((pred == y).sum())
+        seen += len(y)
+    return correct, seen
+
+
+def imagenet_names(num_classes: int) -> list[str] | None:
+    """timm's ImageNet class descriptions for a 1,000- or 21,843-class head (Google's heads), else None."""
+    subsets = {1000: "imagenet-1k", 21843: "imagenet-21k-goog"}
+    if num_classes not in subsets:
+        return None
+    from timm.data import ImageNetInfo
+
+    info = ImageNetInfo(subsets[num_classes])
+    return [info.index_to_description(i) for i in range(num_classes)]
+
+
+def _default_precision(recorded: str | None, device: torch.device) -> str:
+    """bf16 on a GPU that has it; on a CPU, what the model was scored with if the CPU computes it natively."""
+    from mixer_ft.train.records import native_bf16
+
+    return "bf16" if native_bf16(device) and (device.type == "cuda" or recorded == "bf16") else "no"
+
+
+class Classifier:
+    """A model ready to label images: weights, preprocessing, class names and test-time views.
+
+    Called on one image (a path, a PIL image or an RGB uint8 array) it returns that image's
+    top-k ``[{"label", "index", "score"}, ...]``; on a list, one such list per image, as
+    ``transformers.pipeline("image-classification")`` does.
+    """
+
+    def __init__(self, model: MlpMixer, classes: list[str], *, mirror: bool = False, shift: int = 0,
+                 precision: str = "no", device: str | torch.device = "cpu") -> None:
+        check_shift(shift, model.config.img_size)
+        self.device = torch.device(device)
+        self.model = model.to(self.device).eval()
+        self.pre = Preprocess.for_model(model.config)
+        self.classes, self.mirror, self.shift, self.precision = classes, mirror, shift, precision
+        self.provenance: dict[str, Any] = {}  # how the model was made, where its folder says
+
+    @classmethod
+    def from_pretrained(cls, source: str | Path, *, variant: str | None = None, device: str | None = None,
+                        mirror: bool | None = None, shift: int | None = None,
+                        precision: str | None = None, img_size: int | None = None,
+                        resize: str = "tile") -> Classifier:
+        """Load any model source: a model folder, a run folder or any weight source of ``--upstream``.
+
+        The test-time views and precision are those the model was scored with unless given;
+        ``img_size`` and ``resize`` as :func:`mixer_ft.weights.loading.create_model` takes them.
+        """
+        from mixer_ft.weights.loading import load_checkpoint, model_from_checkpoint
+
+        ckpt = load_checkpoint(str(source), variant=variant)
+        model = model_from_checkpoint(ckpt, variant, resize=resize, **({"img_size": img_size} if img_size else {}))
+        n = model.config.num_classes
+        classes = ckpt.classes or imagenet_names(n) or [str(i) for i in range(n)]
+        from mixer_ft.train.devices import resolve_device
+
+        dev = resolve_device(device)
+        views = ckpt.evaluation
+        clf = cls(model, classes, device=dev,
+                  mirror=views.get("flip", False) if mirror is None else mirror,
+                  shift=views.get("translate", 0) if shift is None else shift,
+                  precision=precision or _default_precision(views.get("precision"), dev))
+        clf.provenance = ckpt.provenance
+        return clf
+
+    @contextlib.contextmanager
+    def scoring(self) -> Iterator[None]:
+        """No gradients, and autocast in the classifier's precision."""
+        dtype = _DTYPES.get(self.precision)
+        with torch.no_grad(), torch.autocast(self.device.type, dtype=dtype, enabled=dtype is not None):
+            yield
+
+    def probabilities(self, arrays: list[np.ndarray]) -> torch.Tensor:
+        """(N, classes) softmax of the mean logits over the views, for RGB uint8 arrays of any sizes."""
+        batches, start = [], 0
+        while start < len(arrays):  # runs of one shape are resized together, as evaluation does
+            end = start + 1
+            while end < len(arrays) and arrays[end].shape == arrays[start].shape:
+                end += 1
+            batches.append(self.pre.eval(torch.from_numpy(np.stack(arrays[start:end])).to(self.device)))
+            start = end
+        with self.scoring():
+            logits = view_logits(self.model, torch.cat(batches), self.mirror, self.shift)
+        return torch.softmax(logits / num_views(self.mirror, self.shift), dim=1).cpu()
+
+    def top_k(self, probs: torch.Tensor, k: int) -> list[dict[str, Any]]:
+        values, indices = probs.topk(min(k, len(self.classes)))
+        return [{"label": self.classes[i], "index": int(i), "score": float(v)} for v, i in zip(values, indices)]
+
+    def __call__(self, images: Any, top_k: int = 5) -> list[dict[str, Any]] | list[list[dict[str, Any]]]:
+        single = not isinstance(images, (list, tuple))
+        arrays = [as_rgb_array(x) for x in ([images] if single else images)]
+        results = [self.top_k(p, top_k) for p in self.probabilities(arrays)]
+        return results[0] if single else results
+
+
+def as_rgb_array(image: Any) -> np.ndarray:
+    """A path, PIL image or array as an upright RGB uint8 array (H, W, 3)."""
+    from PIL import Image
+
+    if isinstance(image, (str, Path)):
+        return to_rgb_array((str(image), Path(image).read_bytes), max_side=MAX_SIDE)
+    if isinstance(image, Image.Image):
+        return to_rgb_array(("image", lambda: image), max_side=MAX_SIDE)
+    if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim in (2, 3):
+        if image.ndim == 2:
+            return np.repeat(image[..., None], 3, axis=2)
+        if image.shape[2] in (3, 4):
+            return np.ascontiguousarray(image[..., :3])
+    raise ConfigError(f"Cannot classify {type(image).__name__} {getattr(image, 'shape', '')}: give a path, a PIL "
+                      "image, or a uint8 array (H, W), (H, W, 3) or (H, W, 4).")
+
+
+def collect_images(inputs: list[str]) -> list[Path]:
+    """Image files named by ``inputs``: files, folders (searched recursively) and globs, in order.
+
+    Raises:
+        ConfigError: an input that matches nothing, or a folder or glob with no images in it.
+    """
+    import glob
+
+    from mixer_ft.data.sources import IMAGE_SUFFIXES
+
+    def images_in(paths: list[Path]) -> list[Path]:
+        return sorted(p for p in paths if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+    found: list[Path] = []
+    for text in inputs:
+        path = Path(text).expanduser()
+        if path.is_file():
+            found.append(path)
+            continue
+        if path.is_dir():
+            files = images_in(list(path.rglob("*")))
+        elif glob.has_magic(text):
+            files = images_in([Path(p) for p in glob.glob(str(path), recursive=True)])
+        else:
+            raise ConfigError(f"No image file or folder {text!r}.")
+        if not files:
+            raise ConfigError(f"{text} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}).")
+        found += files
+    return found
+
+
+def label_files(clf: Classifier, files: list[Path], *, top_k: int = 1,
+                batch: int = 64) -> Iterator[tuple[Path, list[dict[str, Any]] | str]]:
+    """(file, its top-k) for each file, decoded and scored ``batch`` at a time; a file that cannot be
+    read gives (file, why) instead, and the others are still labelled."""
+    from PIL import Image, UnidentifiedImageError
+
+    from mixer_ft.data.images import MAX_FILE_BYTES
+
+    for start in range(0, len(files), batch):
+        decoded: list[tuple[Path, np.ndarray | str]] = []
+        for f in files[start:start + batch]:
+            try:
+                if f.stat().st_size > MAX_FILE_BYTES:
+                    raise OSError(f"{f.stat().st_size:,} bytes, more than an image file may have")
+                decoded.append((f, to_rgb_array((str(f), f.read_bytes), max_side=MAX_SIDE)))
+            except UnidentifiedImageError:
+                decoded.append((f, "empty file" if f.stat().st_size == 0 else "not an image PIL can read"))
+            except Image.DecompressionBombError as e:
+                decoded.append((f, f"too large: {e}"))
+            except (OSError, ValueError, SyntaxError) as e:  # truncated or damaged image data
+                decoded.append((f, f"{type(e).__name__}: {e}"))
+        good = [(f, a) for f, a in decoded if isinstance(a, np.ndarray)]
+        probs = iter(clf.probabilities([a for _, a in good])) if good else iter(())
+        for f, a in decoded:
+            yield f, (clf.top_k(next(probs), top_k) if isinstance(a, np.ndarray) else a)
+
+
+def format_prediction(fmt: str, path: str, top: list[dict], header: bool, width: int = 0) -> str:
+    """One image's top-k as ``mixer-ft predict`` prints it: a table row, a JSON line or CSV rows (one per rank)."""
+    if fmt == "json":
+        first = top[0]
+        return json.dumps({"path": path, "label": first["label"], "index": first["index"], "probability": first["score"],
+                           "top_k": [{"label": t["label"], "index": t["index"], "probability": t["score"]}
+                                     for t in top]}) + "\n"
+    if fmt == "csv":
+        import csv
+
+        buf = io.StringIO()
+        writer = csv.writer(buf, lineterminator="\n")
+        if header:
+            writer.writerow(["path", "rank", "label", "index", "probability"])
+        writer.writerows([path, r + 1, t["label"], t["index"], f"{t['score']:.6f}"] for r, t in enumerate(top))
+        return buf.getvalue()
+    return f"{path:<{width}}  " + ", ".join(f"{t['label']} {100 * t['score']:5.1f}%" for t in top) + "\n"
+
+
+__all__ = ["EVAL_BATCH", "Classifier", "as_rgb_array", "collect_images", "count_correct", "eval_batches", "format_prediction",
+           "imagenet_names",
+           "label_files", "predict", "split_predictions", "view_logits"]
