@@ -27,7 +27,7 @@ import torch
 from mixer_ft.atomic import atomic_write_text
 from mixer_ft.data.cache import load_data
 from mixer_ft.data.preprocess import Preprocess, iterate_batches
-from mixer_ft.train.records import cpu_name
+from mixer_ft.train.hardware import cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
 SIZE, BATCH = 224, 256

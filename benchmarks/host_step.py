@@ -41,7 +41,8 @@ from mixer_ft.data.preprocess import Preprocess, batch_seed  # noqa: E402
 from mixer_ft.model.mixer import MixerConfig, MlpMixer  # noqa: E402
 from mixer_ft.report.bench import device_slug  # noqa: E402
 from mixer_ft.train.bf16_momentum import BF16MomentumSGD  # noqa: E402
-from mixer_ft.train.records import hardware, versions  # noqa: E402
+from mixer_ft.train.hardware import hardware  # noqa: E402
+from mixer_ft.train.records import versions  # noqa: E402
 from mixer_ft.train.signals import StopSignals  # noqa: E402
 
 
@@ -150,12 +151,11 @@ def main() -> None:
     out["log, new tensors (0.1.0)"] = both(log_old, dev, args.repeats)
     out["log, in place"] = both(log_new, dev, args.repeats)
 
-    class _One:  # what StopSignals.requested reads of a run
-        class accelerator:  # noqa: N801
-            num_processes = 1
+    class _OneProcess:  # what StopSignals.requested reads of an Accelerator
+        num_processes, device = 1, dev
 
     with StopSignals() as signals:
-        out["signal"] = {"issue_ms": timed(lambda: signals.requested(_One()), dev, args.repeats, False)}
+        out["signal"] = {"issue_ms": timed(lambda: signals.requested(_OneProcess()), dev, args.repeats, False)}
     cache.unlink()
 
     record = {"kind": "host_step", "model": cfg.variant, "batch": n, "parameters": len(params),

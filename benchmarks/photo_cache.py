@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from mixer_ft.atomic import atomic_write_text
-from mixer_ft.train.records import cpu_isa, cpu_name
+from mixer_ft.train.hardware import cpu_isa, cpu_name
 
 ROOT = Path(__file__).resolve().parents[1]
 

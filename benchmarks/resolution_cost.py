@@ -22,7 +22,8 @@ from mixer_ft.atomic import atomic_write_text
 from mixer_ft.model.mixer import MixerConfig
 from mixer_ft.model.resolution import resized_config
 from mixer_ft.report.bench import device_slug, forward_flops, measure_pair, our_step
-from mixer_ft.train.records import hardware, versions
+from mixer_ft.train.hardware import hardware
+from mixer_ft.train.records import versions
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -15,10 +15,10 @@ from safetensors.torch import load_file
 
 from conftest import REPO, randomize_, run_cli
 from mixer_ft.model.mixer import MixerConfig, MlpMixer
+from mixer_ft.train.build import build_model
 from mixer_ft.train.devices import probe_micro_batch
+from mixer_ft.train.hardware import cpu_native_bf16
 from mixer_ft.train.recipe import Recipe
-from mixer_ft.train.records import cpu_native_bf16
-from mixer_ft.weights.loading import build_model
 
 TINY = ["--set", "architecture.patch_size=8", "--set", "architecture.hidden_dim=32", "--set", "architecture.num_blocks=2",
         "--set", "architecture.tokens_mlp_dim=16", "--set", "architecture.channels_mlp_dim=64",

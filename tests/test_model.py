@@ -104,16 +104,16 @@ def test_data_push_and_preflight_import_neither_the_weights_loader_nor_torch():
 def test_auto_precision_is_bf16_only_where_the_cpu_computes_it_natively(monkeypatch, caplog):
     import logging
 
-    from mixer_ft.train import records
+    from mixer_ft.train import hardware
     from mixer_ft.train.devices import precision as _precision
     from mixer_ft.train.recipe import Recipe
 
     cpu = torch.device("cpu")
-    assert _precision(Recipe(mixed_precision="auto"), cpu) == ("bf16" if records.cpu_native_bf16() else "no")
-    assert records.hardware(cpu, 1)["device"].endswith(f", {records.cpu_isa()})")
+    assert _precision(Recipe(mixed_precision="auto"), cpu) == ("bf16" if hardware.cpu_native_bf16() else "no")
+    assert hardware.hardware(cpu, 1)["device"].endswith(f", {hardware.cpu_isa()})")
     # A CPU with AVX2 only (the flags it reports), asked for bf16 explicitly: it runs, with the measured cost.
-    monkeypatch.setattr(records, "cpu_flags", lambda: {"avx2", "fma"})
-    assert _precision(Recipe(mixed_precision="auto"), cpu) == "no" and records.cpu_isa() == "AVX2"
+    monkeypatch.setattr(hardware, "cpu_flags", lambda: {"avx2", "fma"})
+    assert _precision(Recipe(mixed_precision="auto"), cpu) == "no" and hardware.cpu_isa() == "AVX2"
     with caplog.at_level(logging.WARNING):
         assert _precision(Recipe(mixed_precision="bf16"), cpu) == "bf16"
     assert "without native bf16 (AVX2)" in caplog.text and "slower than fp32" in caplog.text

@@ -94,11 +94,15 @@ def test_data_prepared_ahead_or_from_the_device_copy_is_the_data_of_the_step(tin
     """The feed's three ways (the memory map read when the step starts; prepared a step ahead in its thread;
     gathered from the images' device copy) give every step the same images, labels, boxes and flips,
     across an epoch's end and from a resume mid-epoch."""
-    data = tiny_run.data
-    plain = TrainFeed(tiny_run, prefetch=False)
-    ahead = TrainFeed(tiny_run, prefetch=True)
+    run, data = tiny_run, tiny_run.data
+
+    def feed(**how):
+        return TrainFeed(data, run.splits["train"][1], run.pre, seed=run.recipe.seed, global_batch=run.recipe.global_batch,
+                         steps_per_epoch=run.steps_per_epoch, total=run.total, device=run.device, **how)
+
+    plain, ahead = feed(prefetch=False), feed(prefetch=True)
     copy = (torch.from_numpy(np.array(data.images["train"])), torch.from_numpy(np.array(data.labels["train"])))
-    resident = TrainFeed(tiny_run, on_device=copy, prefetch=True)
+    resident = feed(on_device=copy, prefetch=True)
     try:
         assert ahead.pool is not None and resident.on_device and not plain.on_device
         for start in (0, 9):  # 9: a resumed run, whose feed starts mid-epoch

@@ -18,10 +18,11 @@ from conftest import REPO, randomize_, run_cli
 from mixer_ft import create_model
 from mixer_ft.data.preprocess import Preprocess
 from mixer_ft.model.mixer import MixerConfig, MlpMixer
+from mixer_ft.train.build import build_model
+from mixer_ft.train.evaluation import predict
 from mixer_ft.train.optim import make_optimizers
 from mixer_ft.train.recipe import Recipe
-from mixer_ft.use.infer import Classifier, predict
-from mixer_ft.weights.loading import build_model
+from mixer_ft.use.infer import Classifier
 
 BIN = Path(sys.executable).parent
 TINY = ["--set", "architecture.patch_size=8", "--set", "architecture.hidden_dim=32", "--set", "architecture.num_blocks=2",
@@ -316,7 +317,7 @@ def test_the_record_logs_the_rate_each_step_used(tmp_path, cut):
 
 
 def test_the_head_is_new_unless_the_checkpoint_names_the_data_sets_classes_in_order():
-    from mixer_ft.weights.loading import head_choice
+    from mixer_ft.train.build import head_choice
 
     classes = ["cat", "dog"]
     assert head_choice(Recipe(), None, classes)[0] is True  # Google's files name no classes: new, as upstream

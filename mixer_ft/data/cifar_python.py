@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from mixer_ft.data.sources import Reader, file_fingerprint
+from mixer_ft.data.reader import Reader, file_fingerprint
 from mixer_ft.errors import DataError
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
-from mixer_ft.data.sources import Reader
+from mixer_ft.data.reader import Reader
 from mixer_ft.errors import DataError
 
 

@@ -26,7 +26,8 @@ from mixer_ft.data.ticker import Ticker
 from mixer_ft.errors import ConfigError
 from mixer_ft.model.mixer import MixerConfig, MlpMixer, canonical_variant, timm_name
 from mixer_ft.model.resolution import resized_config
-from mixer_ft.train.records import hardware, versions
+from mixer_ft.train.hardware import hardware
+from mixer_ft.train.records import versions
 
 # Dense bf16 tensor-core peaks (FLOP/s) by device name, from the vendors' datasheets (SXM parts).
 BF16_PEAK = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "L4": 121e12, "A10G": 70e12,

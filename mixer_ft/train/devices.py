@@ -140,7 +140,7 @@ def quiet_compiler() -> None:
 def precision(recipe: Recipe, device: torch.device) -> str:
     """"auto": bf16 where the device computes it natively (a GPU that has it, a CPU with AVX512-BF16
     or AMX), else fp32. An explicit bf16 on a CPU that would emulate it runs, with a warning."""
-    from mixer_ft.train.records import bf16_slowdown, cpu_isa, native_bf16
+    from mixer_ft.train.hardware import bf16_slowdown, cpu_isa, native_bf16
 
     native = native_bf16(device)
     if recipe.mixed_precision == "auto":

@@ -26,7 +26,7 @@ from mixer_ft.data.preprocess import batch_seed, epoch_order
 
 if TYPE_CHECKING:
     from mixer_ft.data.cache import ImageData
-    from mixer_ft.train.loop import Run
+    from mixer_ft.data.preprocess import Preprocess
 
 # Train images go to the device when they take at most this share of its free memory (before the
 # model's activations are sized): the rest stays for the micro-batch that "auto" finds.
@@ -43,29 +43,6 @@ class StepData:
     flips: torch.Tensor
     extents: torch.Tensor | None
     ready: torch.cuda.Event | None = None  # the side stream's copy; the step's stream waits on it
-
-
-def batch_share(run: Run, step: int) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
-    """This process's share of step ``step``'s global batch: train image indices, crop boxes, flips.
-
-    Boxes and flips are drawn for the whole global batch, so each image's augmentation is the
-    same whatever the number of processes.
-    """
-    r, accel = run.recipe, run.accelerator
-    epoch, b = divmod(step, run.steps_per_epoch)
-    order = run.order  # one tuple, read and replaced whole: safe beside the feed's thread
-    if order[0] != epoch:
-        order = run.order = (epoch, epoch_order(run.splits["train"][1], r.seed, epoch))
-    batch = order[1][b * r.global_batch:(b + 1) * r.global_batch]  # type: ignore[index]
-    gen = torch.Generator().manual_seed(batch_seed(r.seed, epoch, b))
-    extents = run.data.extents.get("train")
-    if extents is None:  # one size for all
-        boxes, flips = run.pre.sample(len(batch), *run.data.image_size, gen)
-    else:  # each crop inside its own image, with its own aspect ratio
-        own = torch.from_numpy(extents[batch])
-        boxes, flips = run.pre.sample(len(batch), own[:, 0], own[:, 1], gen)
-    share = slice(accel.process_index, None, accel.num_processes)
-    return batch[share], boxes[share], flips[share]
 
 
 def fits_on_device(images: np.ndarray, device: torch.device) -> bool:
@@ -88,28 +65,56 @@ def device_images(data: ImageData, device: torch.device) -> tuple[torch.Tensor, 
 class TrainFeed:
     """Each step's data for :func:`mixer_ft.train.loop.micro_batches`, prepared one step ahead on a GPU.
 
-    ``on_device``: the train images and labels already on the device (:func:`device_images`, called
-    before the micro-batch probe so that the probe counts them), else None.
+    Args:
+        data, indices: the images and which of the "train" array's rows train (the split's indices).
+        pre: the model's preprocessing, which draws the crop boxes and flips.
+        seed, global_batch, steps_per_epoch, total: the run's; with them a step's batch is fixed.
+        device: where the step runs; ``process``: (this process's index, the number of processes).
+        on_device: the train images and labels already on the device (:func:`device_images`, called
+            before the micro-batch probe so that the probe counts them), else None.
+        prefetch: prepare the next step in a background thread (default: on a GPU).
     """
 
-    def __init__(self, run: Run, on_device: tuple[torch.Tensor, torch.Tensor] | None = None,
-                 prefetch: bool | None = None) -> None:
-        self.run = run
-        self.device = run.device
-        cuda = self.device.type == "cuda"
+    def __init__(self, data: ImageData, indices: np.ndarray, pre: Preprocess, *, seed: int, global_batch: int,
+                 steps_per_epoch: int, total: int, device: torch.device, process: tuple[int, int] = (0, 1),
+                 on_device: tuple[torch.Tensor, torch.Tensor] | None = None, prefetch: bool | None = None) -> None:
+        self.data, self.indices, self.pre = data, indices, pre
+        self.seed, self.global_batch, self.steps_per_epoch, self.total = seed, global_batch, steps_per_epoch, total
+        self.device, self.process = device, process
+        cuda = device.type == "cuda"
         self.prefetch = cuda if prefetch is None else prefetch
         # What a step reads: the images on the device (see device_images), or the memory map, per batch.
         self.on_device = on_device is not None
-        self.images, self.labels = on_device if on_device is not None else (
-            run.data.images["train"], run.data.labels["train"])
-        self.extents = run.data.extents.get("train")
-        self.side = torch.cuda.Stream(self.device) if cuda else None
+        self.images, self.labels = on_device if on_device is not None else (data.images["train"], data.labels["train"])
+        self.extents = data.extents.get("train")
+        self.order: tuple[int, np.ndarray | None] = (-1, None)  # (epoch, its shuffled train indices)
+        self.side = torch.cuda.Stream(device) if cuda else None
         self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mixer-ft-feed") if self.prefetch else None
         self.pending: tuple[int, concurrent.futures.Future[StepData]] | None = None
 
+    def batch_share(self, step: int) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+        """This process's share of step ``step``'s global batch: train image indices, crop boxes, flips.
+
+        Boxes and flips are drawn for the whole global batch, so each image's augmentation is the
+        same whatever the number of processes.
+        """
+        epoch, b = divmod(step, self.steps_per_epoch)
+        order = self.order  # one tuple, read and replaced whole: safe beside the feed's thread
+        if order[0] != epoch:
+            order = self.order = (epoch, epoch_order(self.indices, self.seed, epoch))
+        batch = order[1][b * self.global_batch:(b + 1) * self.global_batch]  # type: ignore[index]
+        gen = torch.Generator().manual_seed(batch_seed(self.seed, epoch, b))
+        if self.extents is None:  # one size for all
+            boxes, flips = self.pre.sample(len(batch), *self.data.image_size, gen)
+        else:  # each crop inside its own image, with its own aspect ratio
+            own = torch.from_numpy(self.extents[batch])
+            boxes, flips = self.pre.sample(len(batch), own[:, 0], own[:, 1], gen)
+        share = slice(self.process[0], None, self.process[1])
+        return batch[share], boxes[share], flips[share]
+
     def _prepare(self, step: int) -> StepData:
         """Step ``step``'s data, its copies issued (on the side stream where there is one)."""
-        batch, boxes, flips = batch_share(self.run, step)
+        batch, boxes, flips = self.batch_share(step)
         own = None if self.extents is None else torch.from_numpy(self.extents[batch])
         if self.side is None:  # the CPU: the step reads its data where it is
             images = self.images[torch.from_numpy(batch)] if self.on_device else \
@@ -137,7 +142,7 @@ class TrainFeed:
             data = self.pending[1].result()
         else:
             data = self._prepare(step)
-        if self.pool is not None and step + 1 < self.run.total:
+        if self.pool is not None and step + 1 < self.total:
             self.pending = (step + 1, self.pool.submit(self._prepare, step + 1))
         else:
             self.pending = None
@@ -157,4 +162,4 @@ class TrainFeed:
         self.pending = None
 
 
-__all__ = ["DEVICE_DATA_SHARE", "StepData", "TrainFeed", "batch_share", "device_images", "fits_on_device"]
+__all__ = ["DEVICE_DATA_SHARE", "StepData", "TrainFeed", "device_images", "fits_on_device"]

@@ -20,74 +20,31 @@ import os
 import platform
 import shutil
 import time
-import uuid
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from mixer_ft.atomic import atomic_write_text, locked, sweep_partial_writes
-from mixer_ft.data.cache import ImageData, load_data
+from mixer_ft.data.cache import load_data
 from mixer_ft.data.preprocess import Preprocess
 from mixer_ft.errors import ConfigError, RunStopped, TrainingError
 from mixer_ft.model.mixer import MlpMixer
 from mixer_ft.train import devices
+from mixer_ft.train.build import build_model
 from mixer_ft.train.checkpoints import Checkpoints
+from mixer_ft.train.evaluation import check_shift, count_correct
 from mixer_ft.train.feed import TrainFeed, device_images
 from mixer_ft.train.optim import make_optimizers, make_schedules
 from mixer_ft.train.progress import Progress
 from mixer_ft.train.recipe import Recipe, resume_conflicts
 from mixer_ft.train.records import check_record_is_ours, record_path, run_record, write_record
+from mixer_ft.train.run import NonFinite, Run
 from mixer_ft.train.signals import StopSignals
-from mixer_ft.use.infer import check_shift, count_correct
-from mixer_ft.weights.loading import build_model
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Run:
-    """What the steps of one fine-tune run share. Built by :func:`setup`."""
-
-    recipe: Recipe
-    accelerator: Any  # accelerate.Accelerator
-    out: Path
-    data: ImageData
-    splits: dict[str, tuple[str, np.ndarray]]
-    model: torch.nn.Module  # as prepared by Accelerate (wrapped under DDP): train through it
-    net: MlpMixer  # the bare model: state dicts and evaluation
-    optimizers: list[torch.optim.Optimizer]
-    schedules: list[torch.optim.lr_scheduler.LambdaLR]
-    pre: Preprocess
-    checkpoints: Checkpoints
-    total: int  # optimizer steps
-    steps_per_epoch: int
-    micro: int  # images per forward pass and process
-    accum: int  # forward passes per step and process
-    precision: str
-    head: str = ""  # how the model's head was made, and why (see head_choice)
-    run_id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])  # kept across resumes; records carry it
-    step: int = 0  # steps done
-    lr: float = 0.0  # the learning rate the last step used (its first optimizer's)
-    elapsed: float = 0.0  # seconds spent in training steps, over every part of a resumed run
-    # The first step of each (re)start compiles, autotunes kernels and first touches the data (38 s
-    # of a 51 s run on an H200): kept apart, so that images/s is the rate a long run goes at.
-    warmup_s: float = 0.0
-    warmup_steps: int = 0
-    eval_s: float = 0.0  # seconds in minival evaluations during training, and in checkpoint writes
-    checkpoint_s: float = 0.0
-    history: dict[str, list] = field(default_factory=lambda: {"loss": [], "minival": []})
-    order: tuple[int, np.ndarray | None] = (-1, None)  # (epoch, its shuffled train indices)
-    feed: TrainFeed | None = None  # each step's data, prepared ahead (see mixer_ft.train.feed)
-    loss_check: NonFinite | None = None
-
-    @property
-    def device(self) -> torch.device:
-        return self.accelerator.device
 
 
 # --------------------------------------------------------------------------- setup
@@ -185,7 +142,10 @@ def setup(recipe: Recipe, *, fresh: bool = False) -> Run:
     run = Run(recipe, accelerator, out, data, splits, model, net, optimizers, schedules,
               Preprocess.for_model(net.config, recipe.crop_area_min, recipe.translate), checkpoints, total,
               steps_per_epoch, micro, per_process // micro, precision, head)
-    run.feed, run.loss_check = TrainFeed(run, on_device), NonFinite(run.device)
+    run.feed = TrainFeed(data, splits["train"][1], run.pre, seed=recipe.seed, global_batch=recipe.global_batch,
+                         steps_per_epoch=steps_per_epoch, total=total, device=accelerator.device,
+                         process=(accelerator.process_index, accelerator.num_processes), on_device=on_device)
+    run.loss_check = NonFinite(run.device)
     return run
 
 
@@ -260,42 +220,6 @@ def train_step(run: Run, step: int) -> tuple[torch.Tensor, torch.Tensor, int]:
     return optimizer_step(run, micro_batches(run, step))
 
 
-class NonFinite:
-    """Watches the loss for a non-finite value without waiting for the device.
-
-    Reading the loss every step would make the host wait for each step before it may queue the
-    next, leaving the GPU idle between steps. The first bad step is kept on the device instead,
-    and :meth:`check` reads it where the loop waits anyway (a log line, an evaluation) and before
-    any checkpoint is written, so no checkpoint ever holds the weights of a diverged step.
-    """
-
-    def __init__(self, device: torch.device) -> None:
-        self.first = torch.full((), -1, dtype=torch.long, device=device)  # step number of the first bad loss
-        self.value = torch.zeros((), device=device)
-
-    def watch(self, loss: torch.Tensor, step: int) -> None:
-        """Note ``loss`` of step ``step`` (queued on the device, no wait)."""
-        new = ~torch.isfinite(loss) & (self.first < 0)
-        self.first = torch.where(new, step + 1, self.first)
-        self.value = torch.where(new, loss.detach().float(), self.value)
-
-    def check(self, run: Run) -> None:
-        """End the run if a loss so far was not finite; the last good checkpoint stays for a resume.
-
-        Raises:
-            TrainingError: the step and the value, and what to change.
-        """
-        step = int(self.first)
-        if step < 0:
-            return
-        last = run.checkpoints.all()
-        kept = f"The last good checkpoint is kept: {last[-1]}." if last else "No checkpoint was written yet."
-        raise TrainingError(
-            f"The loss became {float(self.value)} at step {step}: training diverged. {kept} Lower the "
-            f"learning rate (now {run.recipe.lr}) or check the data; running again resumes from that checkpoint."
-        )
-
-
 def evaluate(run: Run, split: str) -> tuple[float, int]:
     """(accuracy, images) on ``split`` with the recipe's evaluation views.
 
@@ -323,7 +247,7 @@ def save_checkpoint(run: Run) -> None:
     """Everything a resume needs, written atomically by the main process; never after a diverged step."""
     accel = run.accelerator
     if run.loss_check is not None:
-        run.loss_check.check(run)
+        run.loss_check.check(run.checkpoints, run.recipe.lr)
     accel.wait_for_everyone()
     if accel.is_main_process:
         run.checkpoints.save({
@@ -351,6 +275,7 @@ def stop(run: Run, signum: int, checkpointed: bool) -> None:
 
 def finish(run: Run) -> dict[str, Any]:
     """Score minival and test, save the model and write the run record; returns the record."""
+    from mixer_ft.data.sources import hub_dataset_id
     from mixer_ft.weights.model_folder import save_pretrained
 
     minival, test = evaluate(run, "minival"), evaluate(run, "test")
@@ -362,7 +287,8 @@ def finish(run: Run) -> dict[str, Any]:
         provenance = {k: record[k] for k in ("name", "upstream", "dataset", "data_source", "test_accuracy", "test_images",
                                              "minival_accuracy", "minival_images", "steps", "global_batch",
                                              "git_commit", "finished")}
-        provenance |= {"val_fraction": run.recipe.val_fraction, "seed": run.recipe.seed,
+        provenance |= {"hub_dataset": hub_dataset_id(run.recipe.dataset), "val_fraction": run.recipe.val_fraction,
+                       "seed": run.recipe.seed,
                        "test_fraction": run.recipe.test_fraction, "train_images": len(run.splits["train"][1]),
                        "license": run.recipe.license}
         save_pretrained(run.net, run.out / "model", classes=run.data.classes, evaluation=evaluation_views(run),
@@ -408,7 +334,7 @@ def _run(recipe: Recipe, resume: bool) -> dict[str, Any]:
     if resume:
         restore(run)
     check_record_is_ours(run)
-    progress = Progress(run)
+    progress = Progress(recipe, run.accelerator, run.total, run.step, run.history)
     run.model.train()
     try:
         with StopSignals() as signals:
@@ -439,24 +365,24 @@ def _train(run: Run, progress: Progress, signals: StopSignals) -> None:
         warmup = step == start
         evaluate_now = bool(r.eval_every) and run.step % r.eval_every == 0 and run.step < run.total
         checkpoint_now = bool(r.checkpoint_every and run.step % r.checkpoint_every == 0) or run.step == run.total
-        if warmup or evaluate_now or checkpoint_now or progress.due():
+        if warmup or evaluate_now or checkpoint_now or progress.due(run.step):
             devices.synchronize(run.device)
-            losses.check(run)
+            losses.check(run.checkpoints, r.lr)
             if warmup and devices.compile_mode(r, run.device):
                 devices.quiet_compiler()  # the step is compiled: nothing may compete with training for the CPU
         seconds = time.perf_counter() - t0
         run.elapsed += seconds
         run.warmup_s, run.warmup_steps = run.warmup_s + warmup * seconds, run.warmup_steps + warmup
-        progress.step(loss, correct, images, seconds, warmup)
+        progress.step(run.step, run.lr, loss, correct, images, seconds, warmup)
         if evaluate_now:
             t0 = time.perf_counter()
-            progress.minival(evaluate(run, "minival")[0])
+            progress.minival(run.step, evaluate(run, "minival")[0])
             run.eval_s += time.perf_counter() - t0
         if checkpoint_now:
             t0 = time.perf_counter()
             save_checkpoint(run)  # always at the end: running the finished run again only re-evaluates
             run.checkpoint_s += time.perf_counter() - t0
-        if (signum := signals.requested(run)) and run.step < run.total:
+        if (signum := signals.requested(run.accelerator)) and run.step < run.total:
             progress.bar.close()
             stop(run, signum, checkpointed=checkpoint_now)
 

@@ -8,22 +8,29 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:  # torch is imported where optimizers are built: the command line starts without it
     import torch
     from torch import nn
 
-    from mixer_ft.train.recipe import Recipe
+
+class OptimizerSettings(Protocol):
+    """What an optimizer builder reads of a recipe (:class:`mixer_ft.train.recipe.Recipe` has it all)."""
+
+    lr: float
+    momentum: float
+    momentum_dtype: str
+    weight_decay: float
 
 
-def _groups(recipe: Recipe, params: list[tuple[str, nn.Parameter]]) -> list[dict]:
+def _groups(recipe: OptimizerSettings, params: list[tuple[str, nn.Parameter]]) -> list[dict]:
     """Two parameter groups: matrices (decayed) and vectors (not)."""
     return [{"params": [p for _, p in params if p.ndim >= 2], "weight_decay": recipe.weight_decay},
             {"params": [p for _, p in params if p.ndim < 2], "weight_decay": 0.0}]
 
 
-def _sgd(recipe: Recipe, model: nn.Module, fused: bool) -> list[torch.optim.Optimizer]:
+def _sgd(recipe: OptimizerSettings, model: nn.Module, fused: bool) -> list[torch.optim.Optimizer]:
     """The upstream protocol's: plain (not Nesterov) momentum SGD, its buffer in ``momentum_dtype``."""
     import torch
 
@@ -35,13 +42,13 @@ def _sgd(recipe: Recipe, model: nn.Module, fused: bool) -> list[torch.optim.Opti
     return [torch.optim.SGD(groups, lr=recipe.lr, momentum=recipe.momentum, nesterov=False, fused=fused)]
 
 
-def _adamw(recipe: Recipe, model: nn.Module, fused: bool) -> list[torch.optim.Optimizer]:
+def _adamw(recipe: OptimizerSettings, model: nn.Module, fused: bool) -> list[torch.optim.Optimizer]:
     import torch
 
     return [torch.optim.AdamW(_groups(recipe, list(model.named_parameters())), lr=recipe.lr, fused=fused)]
 
 
-def _muon(recipe: Recipe, model: nn.Module, fused: bool) -> list[torch.optim.Optimizer]:
+def _muon(recipe: OptimizerSettings, model: nn.Module, fused: bool) -> list[torch.optim.Optimizer]:
     """torch's Muon on the blocks' weight matrices, AdamW on the rest.
 
     Muon orthogonalises each update; its step is scaled to AdamW's size so the two share lr and
@@ -60,12 +67,12 @@ def _muon(recipe: Recipe, model: nn.Module, fused: bool) -> list[torch.optim.Opt
 
 
 # Recipe `optimizer` name -> builder. A new optimizer is one entry here.
-OPTIMIZERS: dict[str, Callable[[Recipe, nn.Module, bool], list[torch.optim.Optimizer]]] = {
+OPTIMIZERS: dict[str, Callable[[OptimizerSettings, nn.Module, bool], list[torch.optim.Optimizer]]] = {
     "sgd": _sgd, "adamw": _adamw, "muon": _muon,
 }
 
 
-def make_optimizers(recipe: Recipe, model: nn.Module, fused: bool = False) -> list[torch.optim.Optimizer]:
+def make_optimizers(recipe: OptimizerSettings, model: nn.Module, fused: bool = False) -> list[torch.optim.Optimizer]:
     """The recipe's optimizer(s) for ``model``; each takes its own share of the parameters."""
     return OPTIMIZERS[recipe.optimizer](recipe, model, fused)
 

@@ -48,7 +48,7 @@ class Recipe:
     dataset: str = "cifar10"
     architecture: dict[str, Any] = field(default_factory=dict)  # MixerConfig fields to set
     resize: str | None = None  # how pretrained weights reach another architecture.img_size: tile | resample
-    new_head: bool | None = None  # a new zero head (True) or the checkpoint's (False); None: see train.head_choice
+    new_head: bool | None = None  # a new zero head (True) or the checkpoint's (False); None: see train.build.head_choice
     image_column: str | None = None
     label_column: str | None = None
     val_fraction: float = 0.02

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import signal
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
-
-if TYPE_CHECKING:
-    from mixer_ft.train.loop import Run
 
 
 class StopSignals:
@@ -36,11 +33,11 @@ class StopSignals:
         for s, handler in self.previous.items():
             signal.signal(s, handler)
 
-    def requested(self, run: Run) -> int:
-        """The signal any process received (0: none), the same answer on every process."""
-        if run.accelerator.num_processes == 1:
+    def requested(self, accelerator: Any) -> int:
+        """The signal any process of ``accelerator``'s received (0: none), the same answer on every process."""
+        if accelerator.num_processes == 1:
             return self.signum
-        flag = torch.tensor([self.signum], device=run.device)
+        flag = torch.tensor([self.signum], device=accelerator.device)
         torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
         return int(flag.item())
 

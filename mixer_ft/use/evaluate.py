@@ -9,7 +9,8 @@ import numpy as np
 
 from mixer_ft.data.cache import ImageData
 from mixer_ft.errors import ConfigError, DataError
-from mixer_ft.use.infer import EVAL_BATCH, Classifier, split_predictions
+from mixer_ft.train.evaluation import EVAL_BATCH, split_predictions
+from mixer_ft.use.infer import Classifier
 
 SPLITS = ("test", "minival", "train")
 

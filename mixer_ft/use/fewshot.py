@@ -22,7 +22,7 @@ from mixer_ft.data.cache import ImageData
 from mixer_ft.data.preprocess import Preprocess
 from mixer_ft.errors import ConfigError, DataError
 from mixer_ft.model.config import FEWSHOT_SHOTS as SHOTS
-from mixer_ft.use.infer import EVAL_BATCH, eval_batches
+from mixer_ft.train.evaluation import EVAL_BATCH, eval_batches
 
 L2_REG = 1024.0  # big_vision's fewshot configs
 BIAS_CONSTANT = 100.0  # big_vision's: large, so that the regulariser leaves the bias nearly free
@@ -160,7 +160,8 @@ def run_fewshot(upstream: str, dataset: str, *, variant: str | None = None, shot
     """Few-shot evaluation of ``upstream``'s features on ``dataset``; the record, also written to results_dir."""
     from mixer_ft.data.cache import load_data
     from mixer_ft.train import preflight
-    from mixer_ft.train.records import git_commit, hardware, versions, write_record
+    from mixer_ft.train.hardware import hardware
+    from mixer_ft.train.records import git_commit, versions, write_record
     from mixer_ft.weights.loading import create_model
 
     check_arguments(list(shots), seeds, split)  # before minutes of loading

@@ -1,9 +1,8 @@
-"""Using a model: test-time views, scoring a labelled split, and :class:`Classifier`, which labels
-images from any model source.
+"""Using a model: :class:`Classifier`, which labels images from any model source, and ``mixer-ft predict``.
 
-Training scores its minival and test splits through :func:`split_predictions`, and so does
-``mixer-ft evaluate``: a saved model scored on its run's data and split gives exactly the
-accuracy its run record holds.
+Test-time views and the scoring of a labelled split live in :mod:`mixer_ft.train.evaluation`, which training
+and ``mixer-ft evaluate`` share: a saved model scored on its run's data and split gives exactly the accuracy
+its run record holds.
 """
 
 from __future__ import annotations
@@ -17,89 +16,15 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from mixer_ft.data.images import to_rgb_array
-from mixer_ft.data.preprocess import Preprocess, index_batches
+from mixer_ft.data.preprocess import Preprocess
 from mixer_ft.errors import ConfigError
 from mixer_ft.model.config import MAX_SIDE
 from mixer_ft.model.mixer import MlpMixer
+from mixer_ft.train.evaluation import check_shift, num_views, view_logits
 
-EVAL_BATCH = 256
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-
-
-def view_logits(model: torch.nn.Module, images: torch.Tensor, mirror: bool = False, shift: int = 0) -> torch.Tensor:
-    """Summed float32 logits of a preprocessed NCHW batch over its test-time views.
-
-    The views: the image; with ``shift``, two copies moved ``shift`` pixels diagonally (towards
-    the top left and the bottom right, the border repeated as ``translate`` does in training);
-    with ``mirror``, the left-right mirror of each of these.
-    """
-    views = [images]
-    if shift:
-        h, w = images.shape[-2:]
-        padded = F.pad(images, (shift, shift, shift, shift), mode="replicate")
-        views += [padded[..., 2 * shift:2 * shift + h, 2 * shift:2 * shift + w], padded[..., :h, :w]]
-    if mirror:
-        views += [v.flip(3) for v in views]
-    logits = model(views[0]).float()
-    for view in views[1:]:  # one view at a time: evaluation memory stays that of one batch
-        logits = logits + model(view).float()
-    return logits
-
-
-def check_shift(shift: int, size: int) -> None:
-    """A test-time shift is a whole number of pixels from 0 to half the input size."""
-    if not 0 <= shift <= size // 2:
-        raise ConfigError(f"--translate takes a shift of 0 to {size // 2} pixels (half the {size}x{size} input), "
-                          f"got {shift}.")
-
-
-def num_views(mirror: bool, shift: int) -> int:
-    return (3 if shift else 1) * (2 if mirror else 1)
-
-
-def predict(model: torch.nn.Module, images: torch.Tensor, mirror: bool = False, shift: int = 0) -> torch.Tensor:
-    """Predicted classes of a preprocessed NCHW batch, from :func:`view_logits`."""
-    return view_logits(model, images, mirror, shift).argmax(1)
-
-
-def split_predictions(model: torch.nn.Module, pre: Preprocess, images: np.ndarray, labels: np.ndarray,
-                      indices: np.ndarray, device: torch.device, *, mirror: bool = False, shift: int = 0,
-                      batch: int = EVAL_BATCH, extents: np.ndarray | None = None
-                      ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """(predicted, true) labels on the CPU, batch by batch, over ``indices`` of a uint8 NHWC array.
-
-    ``extents``: each image's own (h, w), where images of several sizes are padded into the array.
-    The caller chooses the mode and precision (``model.eval()``, ``torch.no_grad()``, autocast).
-    """
-    for idx, x in eval_batches(pre, images, indices, device, batch, extents):
-        yield predict(model, x, mirror=mirror, shift=shift).cpu(), torch.from_numpy(labels[idx])
-
-
-def eval_batches(pre: Preprocess, images: np.ndarray, indices: np.ndarray, device: torch.device,
-                 batch: int = EVAL_BATCH, extents: np.ndarray | None = None) -> Iterator[tuple[np.ndarray, torch.Tensor]]:
-    """(indices, preprocessed NCHW batch) over ``indices`` of a uint8 NHWC array, as for testing.
-
-    ``extents``: each image's own (h, w), where images of several sizes are padded into the array.
-    """
-    for _, idx in index_batches(indices, batch):
-        x = torch.from_numpy(np.ascontiguousarray(images[idx])).to(device)
-        own = None if extents is None else torch.from_numpy(extents[idx]).to(device)
-        yield idx, pre.eval(x, own)
-
-
-def count_correct(model: torch.nn.Module, pre: Preprocess, images: np.ndarray, labels: np.ndarray,
-                  indices: np.ndarray, device: torch.device, *, mirror: bool = False, shift: int = 0,
-                  batch: int = EVAL_BATCH, extents: np.ndarray | None = None) -> tuple[int, int]:
-    """(correct, scored) over ``indices``; see :func:`split_predictions`."""
-    correct = seen = 0
-    for pred, y in split_predictions(model, pre, images, labels, indices, device, mirror=mirror, shift=shift,
-                                     batch=batch, extents=extents):
-        correct += int((pred == y).sum())
-        seen += len(y)
-    return correct, seen
 
 
 def imagenet_names(num_classes: int) -> list[str] | None:
@@ -115,7 +40,7 @@ def imagenet_names(num_classes: int) -> list[str] | None:
 
 def _default_precision(recorded: str | None, device: torch.device) -> str:
     """bf16 on a GPU that has it; on a CPU, what the model was scored with if the CPU computes it natively."""
-    from mixer_ft.train.records import native_bf16
+    from mixer_ft.train.hardware import native_bf16
 
     return "bf16" if native_bf16(device) and (device.type == "cuda" or recorded == "bf16") else "no"
 
@@ -289,6 +214,4 @@ def format_prediction(fmt: str, path: str, top: list[dict], header: bool, width:
     return f"{path:<{width}}  " + ", ".join(f"{t['label']} {100 * t['score']:5.1f}%" for t in top) + "\n"
 
 
-__all__ = ["EVAL_BATCH", "Classifier", "as_rgb_array", "collect_images", "count_correct", "eval_batches", "format_prediction",
-           "imagenet_names",
-           "label_files", "predict", "split_predictions", "view_logits"]
+__all__ = ["Classifier", "as_rgb_array", "collect_images", "format_prediction", "imagenet_names", "label_files"]

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from mixer_ft.data.sources import hub_dataset_id
 from mixer_ft.model.config import MixerConfig, timm_name
 
 DEFAULT_LICENSE = "apache-2.0"  # Google's Mixer weights are Apache-2.0; recipe key `license` sets another
@@ -24,7 +23,7 @@ def _header(cfg: MixerConfig, classes: list[str] | None, provenance: dict[str, A
     lines = ["---", f"library_name: {'timm' if timm_loads else 'transformers'}",
              f"license: {json.dumps(provenance.get('license', DEFAULT_LICENSE))}",
              "pipeline_tag: image-classification", "tags:"] + [f"- {t}" for t in tags]
-    hub_id = hub_dataset_id(provenance.get("data_source"))  # a local copy of a Hub set is not that set
+    hub_id = provenance.get("hub_dataset")  # the run names it; a local copy of a Hub set is not that set
     if hub_id:
         lines += ["datasets:", f"- {hub_id}"]
     lines += ["metrics:", "- accuracy"]

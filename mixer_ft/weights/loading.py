@@ -16,7 +16,6 @@ import torch
 
 from mixer_ft.errors import CheckpointError, ConfigError, MixerFtError
 from mixer_ft.model.mixer import VARIANTS, MixerConfig, MlpMixer, canonical_variant
-from mixer_ft.train.recipe import Recipe
 from mixer_ft.weights.downloads import download
 from mixer_ft.weights.google_npz import npz_to_state_dict
 from mixer_ft.weights.model_folder import save_pretrained
@@ -143,37 +142,6 @@ def model_from_checkpoint(ckpt: Checkpoint, name: str | None = None, num_classes
     return load_strict(model, ckpt, new_head=new_head)
 
 
-def head_choice(recipe: Recipe, theirs: list[str] | None, ours: list[str]) -> tuple[bool, str]:
-    """Whether the fine-tuned model gets a new zero head, and why (the run says it).
-
-    As vit_jax's ``load_pretrained``, a new zero head always, unless the checkpoint names its classes
-    and they are the data set's, in order: a model of ours continuing on its own classes keeps its
-    head. The recipe key ``new_head`` forces either way.
-    """
-    if recipe.new_head is not None:
-        return recipe.new_head, f"the recipe says new_head = {str(recipe.new_head).lower()}"
-    if theirs is None:
-        return True, "the checkpoint does not name its classes (as upstream, the head is always new)"
-    if theirs == ours:
-        return False, f"the checkpoint's {len(theirs)} classes are the data set's, in order"
-    return True, f"the checkpoint's {len(theirs)} classes are not the data set's {len(ours)}, in order"
-
-
-def build_model(recipe: Recipe, classes: list[str]) -> tuple[MlpMixer, str]:
-    """The recipe's model for a data set of ``classes``, and how its head was made."""
-    arch, n = dict(recipe.architecture), len(classes)
-    if recipe.model == "custom":
-        return MlpMixer(MixerConfig.from_dict({**arch, "num_classes": n})), "new zero head (no upstream)"
-    if recipe.upstream == "none":
-        return create_model(recipe.variant, num_classes=n, **arch), "new zero head (no upstream)"
-    ckpt = load_checkpoint(recipe.upstream, variant=recipe.variant)
-    new, why = head_choice(recipe, ckpt.classes, classes)
-    # With no variant named, the architecture is the upstream file's, whatever it is. resize: how the
-    # weights reach another img_size (mixer_ft.model.resolution).
-    model = model_from_checkpoint(ckpt, recipe.variant, n, resize=recipe.resize or "tile", new_head=new, **arch)
-    return model, f"{'new zero head' if new else 'head kept from the checkpoint'}: {why}"
-
-
 def describe(source: str, variant: str | None = None, img_size: int | None = None,
              resize: str = "tile") -> tuple[dict[str, Any], MixerConfig, str]:
     """What ``mixer-ft inspect`` shows of a variant or weight source: (info, config, where it was read).
@@ -208,6 +176,6 @@ def describe(source: str, variant: str | None = None, img_size: int | None = Non
 
 __all__ = [
     "VARIANTS", "Checkpoint", "create_model", "download", "infer_config", "load_checkpoint",
-    "build_model", "describe", "head_choice", "load_strict", "model_from_checkpoint", "npz_to_state_dict", "save_pretrained",
+    "describe", "load_strict", "model_from_checkpoint", "npz_to_state_dict", "save_pretrained",
     "upstream_sources",
 ]

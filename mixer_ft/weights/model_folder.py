@@ -20,7 +20,6 @@ from mixer_ft.model.config import timm_name
 if TYPE_CHECKING:
     from mixer_ft.model.config import MixerConfig
     from mixer_ft.model.mixer import MlpMixer
-    from mixer_ft.weights.weight_file import Checkpoint
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.pth", "model.pt")
 
@@ -54,52 +53,6 @@ def read_config(folder: Path) -> dict[str, Any]:
         return json.loads(cfg_file.read_text())
     except (OSError, UnicodeDecodeError, RecursionError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{cfg_file} is not valid JSON ({e}); repair or remove it.") from None
-
-
-def apply_metadata(ckpt: Checkpoint, meta: dict[str, Any], tag: str) -> None:
-    """Preprocessing, GELU flavour and class names from a config.json (ours or timm's) and the weight tag.
-
-    Raises:
-        CheckpointError: the config is not an object, or a field has the wrong type or count.
-    """
-    try:
-        _apply(ckpt, meta, tag)
-    except (AttributeError, KeyError, TypeError, ValueError, RecursionError) as e:
-        raise CheckpointError(f"The config.json of {ckpt.source} is malformed ({type(e).__name__}: {str(e)[:200]}); "
-                              "save the model again or remove config.json.") from None
-    head = ckpt.state_dict.get("head.weight")
-    if ckpt.classes is not None and head is not None and len(ckpt.classes) != head.shape[0]:
-        raise CheckpointError(f"The config.json of {ckpt.source} names {len(ckpt.classes)} classes, but the weights' "
-                              f"head has {head.shape[0]}; save the model again or fix label_names.")
-
-
-def _apply(ckpt: Checkpoint, meta: dict[str, Any], tag: str) -> None:
-    if not isinstance(meta, dict):
-        raise TypeError(f"a {type(meta).__name__}, not an object")
-    names = meta.get("label_names") or (meta.get("pretrained_cfg") or {}).get("label_names")
-    if names is not None and not (isinstance(names, list) and all(isinstance(n, (str, int)) for n in names)):
-        raise TypeError("label_names must be a list of names")
-    if names:
-        ckpt.classes = [str(n) for n in names]
-    ours = meta.get("mixer_ft")
-    if ours:
-        cfg = ours.get("config", ours)  # before model cards, the config stood alone
-        ckpt.gelu, ckpt.mean, ckpt.std = cfg["gelu"], _floats(cfg["mean"]), _floats(cfg["std"])
-        ckpt.evaluation, ckpt.provenance = dict(ours.get("evaluation", {})), dict(ours.get("provenance", {}))
-        if ckpt.gelu not in ("tanh", "exact"):
-            raise ValueError(f"gelu is {ckpt.gelu!r}")
-        return
-    pcfg = meta.get("pretrained_cfg", meta)
-    if "mean" in pcfg and "std" in pcfg:
-        ckpt.mean, ckpt.std = _floats(pcfg["mean"]), _floats(pcfg["std"])
-    # Google's weights were trained in Flax with tanh GELU; everything else in timm's exact one.
-    ckpt.gelu = "tanh" if ".goog" in tag or tag.startswith("goog") else "exact"
-
-
-def _floats(values: Any) -> tuple[float, ...]:
-    if not isinstance(values, (list, tuple)) or not all(isinstance(v, (int, float)) for v in values):
-        raise TypeError(f"mean and std must be lists of numbers, got {str(values)[:60]}")
-    return tuple(float(v) for v in values)
 
 
 _PUBLIC_PREFIXES = ("hf-hub:", "timm:", "hf:", "http://", "https://")
@@ -199,4 +152,4 @@ def _write_remote_code(directory: Path, cfg: MixerConfig) -> None:
     atomic_write_text(directory / "preprocessor_config.json", json.dumps(processor, indent=2) + "\n")
 
 
-__all__ = ["WEIGHT_FILES", "apply_metadata", "model_folder", "read_config", "save_pretrained", "weights_in"]
+__all__ = ["WEIGHT_FILES", "model_folder", "read_config", "save_pretrained", "weights_in"]

@@ -132,8 +132,7 @@ class HubRepo(WeightSource):
         from huggingface_hub import hf_hub_download
         from huggingface_hub.errors import EntryNotFoundError, HfHubHTTPError, RepositoryNotFoundError
 
-        from mixer_ft.weights.model_folder import apply_metadata
-        from mixer_ft.weights.weight_file import Checkpoint, read_safetensors
+        from mixer_ft.weights.weight_file import Checkpoint, apply_metadata, read_safetensors
 
         repo_id, _, revision = source.removeprefix("hf-hub:").partition("@")
         hub_offline()  # no Hub: huggingface_hub fails at once instead of retrying
@@ -168,8 +167,7 @@ class Timm(WeightSource):
         from timm.models.mlp_mixer import MixerBlock as TimmMixerBlock
         from timm.models.mlp_mixer import MlpMixer as TimmMlpMixer
 
-        from mixer_ft.weights.model_folder import apply_metadata
-        from mixer_ft.weights.weight_file import Checkpoint
+        from mixer_ft.weights.weight_file import Checkpoint, apply_metadata
 
         name = source.removeprefix("timm:")
         hub_offline()
@@ -222,8 +220,8 @@ class LocalPath(WeightSource):
         return self._folder(path, source) if path.is_dir() else load_file(path, source)
 
     def _folder(self, path: Path, source: str) -> Checkpoint:
-        from mixer_ft.weights.model_folder import WEIGHT_FILES, apply_metadata, read_config, weights_in
-        from mixer_ft.weights.weight_file import load_file
+        from mixer_ft.weights.model_folder import WEIGHT_FILES, read_config, weights_in
+        from mixer_ft.weights.weight_file import apply_metadata, load_file
 
         weights = weights_in(path)
         if weights is None and (path / "model").is_dir():

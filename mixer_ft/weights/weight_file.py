@@ -21,7 +21,6 @@ from mixer_ft.errors import CheckpointError
 from mixer_ft.model.config import TORCH_PICKLE_SUFFIXES
 from mixer_ft.model.mixer import DEFAULT_MEAN, DEFAULT_STD, MixerConfig
 from mixer_ft.weights.google_npz import npz_to_state_dict, read_npz, unreadable
-from mixer_ft.weights.model_folder import apply_metadata
 
 
 @dataclass
@@ -41,6 +40,52 @@ class Checkpoint:
     def config(self) -> MixerConfig:
         """The architecture read off the tensor shapes, with this checkpoint's preprocessing."""
         return infer_config(self.state_dict, gelu=self.gelu, mean=self.mean, std=self.std, source=self.source)
+
+
+def apply_metadata(ckpt: Checkpoint, meta: dict[str, Any], tag: str) -> None:
+    """Preprocessing, GELU flavour and class names from a config.json (ours or timm's) and the weight tag.
+
+    Raises:
+        CheckpointError: the config is not an object, or a field has the wrong type or count.
+    """
+    try:
+        _apply(ckpt, meta, tag)
+    except (AttributeError, KeyError, TypeError, ValueError, RecursionError) as e:
+        raise CheckpointError(f"The config.json of {ckpt.source} is malformed ({type(e).__name__}: {str(e)[:200]}); "
+                              "save the model again or remove config.json.") from None
+    head = ckpt.state_dict.get("head.weight")
+    if ckpt.classes is not None and head is not None and len(ckpt.classes) != head.shape[0]:
+        raise CheckpointError(f"The config.json of {ckpt.source} names {len(ckpt.classes)} classes, but the weights' "
+                              f"head has {head.shape[0]}; save the model again or fix label_names.")
+
+
+def _apply(ckpt: Checkpoint, meta: dict[str, Any], tag: str) -> None:
+    if not isinstance(meta, dict):
+        raise TypeError(f"a {type(meta).__name__}, not an object")
+    names = meta.get("label_names") or (meta.get("pretrained_cfg") or {}).get("label_names")
+    if names is not None and not (isinstance(names, list) and all(isinstance(n, (str, int)) for n in names)):
+        raise TypeError("label_names must be a list of names")
+    if names:
+        ckpt.classes = [str(n) for n in names]
+    ours = meta.get("mixer_ft")
+    if ours:
+        cfg = ours.get("config", ours)  # before model cards, the config stood alone
+        ckpt.gelu, ckpt.mean, ckpt.std = cfg["gelu"], _floats(cfg["mean"]), _floats(cfg["std"])
+        ckpt.evaluation, ckpt.provenance = dict(ours.get("evaluation", {})), dict(ours.get("provenance", {}))
+        if ckpt.gelu not in ("tanh", "exact"):
+            raise ValueError(f"gelu is {ckpt.gelu!r}")
+        return
+    pcfg = meta.get("pretrained_cfg", meta)
+    if "mean" in pcfg and "std" in pcfg:
+        ckpt.mean, ckpt.std = _floats(pcfg["mean"]), _floats(pcfg["std"])
+    # Google's weights were trained in Flax with tanh GELU; everything else in timm's exact one.
+    ckpt.gelu = "tanh" if ".goog" in tag or tag.startswith("goog") else "exact"
+
+
+def _floats(values: Any) -> tuple[float, ...]:
+    if not isinstance(values, (list, tuple)) or not all(isinstance(v, (int, float)) for v in values):
+        raise TypeError(f"mean and std must be lists of numbers, got {str(values)[:60]}")
+    return tuple(float(v) for v in values)
 
 
 def load_file(path: Path, source: str) -> Checkpoint:
@@ -156,4 +201,4 @@ def infer_config(
     )
 
 
-__all__ = ["Checkpoint", "infer_config", "load_file", "read_safetensors"]
+__all__ = ["Checkpoint", "apply_metadata", "infer_config", "load_file", "read_safetensors"]

@@ -1,0 +1,193 @@
+"""Image folders, as folders or .tar/.tar.gz/.zip archives: which file is an image of which class and split.
+
+``train/<class>/*`` and ``test/<class>/*`` (``val``/``valid``/``validation`` too), or plain ``<class>/*`` with
+a seeded, stratified share of each class held out as test (:func:`_layout`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import tarfile
+import zipfile
+import zlib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mixer_ft.data.images import MAX_FILE_BYTES, printable
+from mixer_ft.data.reader import Reader, file_fingerprint
+from mixer_ft.errors import ConfigError, DataError
+from mixer_ft.model.config import TEST_FRACTION
+
+log = logging.getLogger(__name__)
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
+
+
+# Split folder names, as image-folder data sets spell them; "validation" is reported when there is no "test".
+_SPLITS = {"train": "train", "test": "test", "val": "validation", "valid": "validation", "validation": "validation"}
+
+
+def _split_at(parts: tuple[str, ...]) -> int | None:
+    """Index of the first split folder (train/, test/, val/, ...) on an image's path that has a class
+    folder below it; None when there is none."""
+    return next((i for i, p in enumerate(parts[:-2]) if p.lower() in _SPLITS), None)
+
+
+def _check_classes(classes: set[str], where: str) -> None:
+    """Class folders that differ only by case are one class spelt twice: refuse, naming them."""
+    folded: dict[str, list[str]] = {}
+    for c in classes:
+        folded.setdefault(c.casefold(), []).append(c)
+    twins = [sorted(v) for v in folded.values() if len(v) > 1]
+    if twins:
+        raise DataError(f"{where} has class folders that differ only by case: "
+                        f"{'; '.join(' and '.join(repr(c) for c in t) for t in sorted(twins))}. Merge or rename them.")
+
+
+def _layout(names: list[str], test_fraction: float, where: str) -> tuple[dict[str, tuple[str, str]], str]:
+    """{image name: (split, class)} for an image folder's file names, and which split is reported as test and why.
+
+    ``train/<class>/...`` with ``test/`` or ``val/``/``validation/`` (test preferred); or, with no split
+    folders, ``<class>/...`` with a seeded, stratified ``test_fraction`` of each class held out. The class
+    is the first folder under the split folder (or under the folder all images share): images in
+    sub-folders of a class belong to it.
+    """
+    images = [n for n in names if Path(n).suffix.lower() in IMAGE_SUFFIXES]
+    split_of = {}
+    for n in images:
+        parts = Path(n).parts
+        if (i := _split_at(parts)) is not None:
+            split_of[n] = (_SPLITS[parts[i].lower()], printable(parts[i + 1]))
+    if split_of:
+        present = {s for s, _ in split_of.values()}
+        test = "test" if "test" in present else "validation" if "validation" in present else None
+        if test is None:
+            raise DataError(f"{where} has a train/ folder but no test/, val/ or validation/ folder to report on; "
+                            "add one, or put the class folders at the top to have a test split held out.")
+        if outside := len(images) - len(split_of):
+            log.warning("%s: %d image(s) outside the split folders are not used", where, outside)
+        _check_classes({c for _, c in split_of.values()}, where)
+        why = "its test/ folder" if test == "test" else "its validation folder (there is no test/ folder)"
+        if test == "test" and "validation" in present:
+            why += "; its validation folder is not used (the minival is cut from train, as upstream)"
+        return {n: ("test" if s == test else s, c) for n, (s, c) in split_of.items() if s in ("train", test)}, why
+    # Plain class folders: drop the folders every image shares (an archive's top folder), then the
+    # first folder left is the class.
+    dirs = [Path(n).parts[:-1] for n in images]
+    common = 0
+    while dirs and all(len(d) > common and d[common] == dirs[0][common] for d in dirs):
+        common += 1
+    by_class: dict[str, list[str]] = {}
+    for n, d in zip(images, dirs):
+        if len(d) > common:
+            by_class.setdefault(printable(d[common]), []).append(n)
+    if loose := sum(len(d) == common for d in dirs):
+        log.warning("%s: %d image(s) outside the class folders are not used", where, loose)
+    _check_classes(set(by_class), where)
+    rng, out = np.random.default_rng(0), {}
+    for cls in sorted(by_class):
+        files = sorted(by_class[cls])
+        held = {files[i] for i in rng.permutation(len(files))[: round(len(files) * test_fraction)]}
+        out |= {f: ("test" if f in held else "train", cls) for f in files}
+    return out, (f"no split folders: {test_fraction:.0%} of each class held out as the test split (seeded, "
+                 "stratified; --test-fraction / recipe key test_fraction)")
+
+
+def _capped(size: int, read: Callable[[], bytes]) -> Callable[[], bytes]:
+    """``read``, unless the file is larger than an image may be: then a getter that says so, unread."""
+    if size <= MAX_FILE_BYTES:
+        return read
+
+    def refuse() -> bytes:
+        raise OSError(f"{size:,} bytes, more than the {MAX_FILE_BYTES >> 20} MiB an image file may have")
+    return refuse
+
+
+def _taken(get: Callable[[], bytes]) -> Callable[[], bytes]:
+    """Read an archive member now (the archive closes when the last item is taken); its error later."""
+    try:
+        data = get()
+    except OSError as e:
+        err = e
+
+        def fail() -> bytes:
+            raise err
+        return fail
+    return lambda: data
+
+
+class FolderReader(Reader):
+    """An image folder, or one packed as .tar, .tar.gz or .zip (see :func:`_layout`)."""
+
+    def __init__(self, path: Path, test_fraction: float = TEST_FRACTION) -> None:
+        if not 0 < test_fraction < 1:
+            raise ConfigError(f"test_fraction must be in (0, 1), got {test_fraction}.")
+        self.path, self.location, self.test_fraction = path, str(path), test_fraction
+        self.test_from = ""
+
+    def names(self) -> list[str]:
+        """The file names it holds, read from the folder or the archive's index (no image is read)."""
+        try:
+            if self.path.is_dir():
+                return [str(p.relative_to(self.path)) for p in sorted(self.path.rglob("*")) if p.is_file()]
+            if zipfile.is_zipfile(self.path):
+                with zipfile.ZipFile(self.path) as zf:
+                    return zf.namelist()
+            with tarfile.open(self.path) as tar:
+                return [m.name for m in tar.getmembers() if m.isfile()]
+        except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, zlib.error) as e:
+            raise self._damaged(e) from None
+
+    def count(self, split: str) -> int:
+        """Images of ``split`` the layout assigns (from the names alone, no image read)."""
+        assign, _ = _layout(self.names(), self.test_fraction, self.location)
+        return sum(s == split for s, _ in assign.values())
+
+    def fingerprint(self) -> list[Any]:
+        if self.path.is_file():
+            return ["folder-archive", *file_fingerprint(self.path), self.test_fraction]
+        files = sorted(p for p in self.path.rglob("*") if p.is_file())
+        h = hashlib.sha1()
+        for p in files:
+            st = p.stat()
+            h.update(os.fsencode(p.relative_to(self.path)) + f"\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        return ["folder", str(self.path.resolve()), h.hexdigest(), self.test_fraction]
+
+    def _damaged(self, e: BaseException) -> DataError:
+        return DataError(f"{self.path} is truncated or damaged ({type(e).__name__}: {e}); download or copy it again.")
+
+    def items(self) -> Iterator[tuple[str, str | int, Any]]:
+        try:
+            if self.path.is_dir():
+                files = {str(p.relative_to(self.path)): p for p in sorted(self.path.rglob("*")) if p.is_file()}
+                assign, self.test_from = _layout(list(files), self.test_fraction, self.location)
+                self.total = len(assign)
+                for name, path in files.items():
+                    if name in assign:
+                        yield *assign[name], (printable(str(path)), _capped(path.stat().st_size, path.read_bytes))
+            elif zipfile.is_zipfile(self.path):
+                with zipfile.ZipFile(self.path) as zf:
+                    assign, self.test_from = _layout(zf.namelist(), self.test_fraction, self.location)
+                    self.total = len(assign)
+                    for info in zf.infolist():
+                        if info.filename in assign:  # read now: the archive closes when the last item is taken
+                            get = _capped(info.file_size, lambda i=info: zf.read(i))
+                            yield *assign[info.filename], (printable(info.filename), _taken(get))
+            else:
+                with tarfile.open(self.path) as tar:  # names first, then the images in archive order
+                    members = [m for m in tar.getmembers() if m.isfile()]
+                    assign, self.test_from = _layout([m.name for m in members], self.test_fraction, self.location)
+                    self.total = len(assign)
+                    for m in members:
+                        if m.name in assign:
+                            get = _capped(m.size, lambda m=m: tar.extractfile(m).read())  # type: ignore[union-attr]
+                            yield *assign[m.name], (printable(m.name), _taken(get))
+        except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, zlib.error) as e:
+            raise self._damaged(e) from None
+
+
+__all__ = ["IMAGE_SUFFIXES", "FolderReader"]

@@ -1,0 +1,88 @@
+"""What this machine is: the processor's name and features, whether a device computes bf16 natively, the name
+a record gives the device. Facts read from the machine, decided nothing."""
+
+from __future__ import annotations
+
+import os
+import platform
+from pathlib import Path
+from typing import Any
+
+import torch
+
+
+def cpu_name() -> str:
+    """The processor's model name (from /proc/cpuinfo where there is one)."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def cpu_flags() -> set[str]:
+    """The processor's feature flags (x86 "flags", ARM "Features" in /proc/cpuinfo); empty elsewhere."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith(("flags", "Features")):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def bf16_slowdown(size: int = 256, repeats: int = 5) -> float:
+    """How many times slower a bf16 matrix product runs than an fp32 one on this CPU, measured now."""
+    import time
+
+    a = torch.randn(size, size)
+    times = {}
+    for dtype in (torch.float32, torch.bfloat16):
+        x = a.to(dtype)
+        x @ x  # warm-up
+        t0 = time.perf_counter()
+        for _ in range(repeats):
+            x @ x
+        times[dtype] = time.perf_counter() - t0
+    return times[torch.bfloat16] / max(times[torch.float32], 1e-9)
+
+
+def cpu_native_bf16() -> bool:
+    """Whether the CPU computes bf16 natively (AVX512-BF16, AMX or ARM's BF16); elsewhere torch emulates
+    it, about a hundred times slower than fp32."""
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16", "bf16"})
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 natively: a GPU that has it, a CPU with AVX512-BF16, AMX or ARM bf16."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and cpu_native_bf16()
+
+
+def cpu_isa() -> str:
+    """The CPU's instruction set level for matrix work, e.g. "AVX2", "AVX512", "AVX512_BF16", "AMX".
+
+    Two CPUs of one name can differ here by a hundredfold in bf16 (native or emulated), so run
+    records and benchmarks name it.
+    """
+    flags = cpu_flags()
+    for level, flag in (("AMX", "amx_bf16"), ("AVX512_BF16", "avx512_bf16"), ("AVX512", "avx512f"), ("AVX2", "avx2"),
+                        ("SVE", "sve"), ("NEON+BF16", "bf16"), ("NEON", "asimd")):
+        if flag in flags:
+            return level
+    return torch.backends.cpu.get_cpu_capability()
+
+
+def hardware(device: torch.device, num_processes: int) -> dict[str, Any]:
+    """The device name (a CPU's with its cores and instruction set level) and how many took part."""
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"CPU ({cpu_name()}, {os.cpu_count()} cores, {cpu_isa()})"
+    return {"device": name, "type": device.type, "count": num_processes}
+
+
+__all__ = ["bf16_slowdown", "cpu_flags", "cpu_isa", "cpu_name", "cpu_native_bf16", "hardware", "native_bf16"]
