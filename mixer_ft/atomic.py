@@ -7,13 +7,34 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
-from mixer_ft.errors import StorageError
+from mixer_ft.errors import DataError, StorageError
+
+TMP_SUFFIX = ".mixer-ft.tmp"  # atomic_write's temporary files end so; the sweep takes only these
+_OURS = re.compile(r"\..+\.[a-z0-9_]{8}" + re.escape(TMP_SUFFIX))
+
+
+def json_text(obj: object, **options: object) -> str:
+    """``obj`` as strict JSON (``json.dumps`` with ``options``): NaN and infinities are refused, never written
+    as the bare ``NaN`` that JSON readers reject. Every JSON the tool prints or writes goes through here.
+
+    Raises:
+        DataError: a value is not a finite number (a diverged or corrupt input reached a result).
+    """
+    try:
+        return json.dumps(obj, allow_nan=False, **options)  # type: ignore[arg-type]
+    except ValueError as e:
+        if "Out of range float" not in str(e):
+            raise
+        raise DataError("A result holds a number that is not finite (NaN or infinity), so it is not written: an "
+                        "input (weights, images) or the run itself went wrong; check them and run again.") from None
 
 
 def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
@@ -24,7 +45,7 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
     path, tmp = Path(path), None
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TMP_SUFFIX)
         os.close(fd)
         write(Path(tmp))
         # mkstemp makes the file private (0600), and a writer may make its own; a result has the user's usual mode.
@@ -113,12 +134,13 @@ def locked(path: Path, *, wait: bool, holder: str = "") -> Iterator[None]:
 
 
 def sweep_partial_writes(*folders: Path) -> list[Path]:
-    """Remove what killed writers left: atomic_write's temporary files (``.<name>.*.tmp``). Call it only
-    while holding the lock of the folders, so no live writer's file is taken."""
+    """Remove what killed writers left: atomic_write's temporary files (``.<name>.<8 random>.mixer-ft.tmp``),
+    and nothing else (a user's own ``.notes.tmp`` stays). Call it only while holding the lock of the folders,
+    so no live writer's file is taken."""
     gone = []
     for folder in folders:
-        for tmp in folder.glob(".*.tmp") if folder.is_dir() else []:
-            if tmp.is_file():
+        for tmp in folder.glob(f".*{TMP_SUFFIX}") if folder.is_dir() else []:
+            if _OURS.fullmatch(tmp.name) and tmp.is_file() and not tmp.is_symlink():
                 tmp.unlink(missing_ok=True)
                 gone.append(tmp)
     return gone

@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import json
 import sys
 from typing import Annotated, Optional
 
 import typer
 
+from mixer_ft.atomic import json_text
 from mixer_ft.cli_checks import check_folder as _check_folder
 from mixer_ft.cli_checks import check_plot as _check_plot
 from mixer_ft.cli_checks import positive_int as _positive_int
@@ -59,7 +59,7 @@ def inspect(
 
     info, cfg, where = describe(source, model, img_size, resize)
     if as_json:
-        typer.echo(json.dumps(info))
+        typer.echo(json_text(info))
         return
     rows = [
         ("source", source), ("read from", where),
@@ -94,7 +94,7 @@ def data(
     info = load_data(source, image_column=image_column, label_column=label_column,
                      test_fraction=test_fraction).summary(val_fraction, seed)
     if as_json:
-        typer.echo(json.dumps(info))
+        typer.echo(json_text(info))
         for warning in info["warnings"]:
             typer.echo(f"warning: {warning}", err=True)
         return
@@ -252,6 +252,10 @@ def evaluate(
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     _check_plot(plot)  # before minutes of evaluation
+    if plot:
+        from mixer_ft.data.sources import check_outside_data
+
+        check_outside_data(dataset, plot, "plot")
     clf = Classifier.from_pretrained(model_source, variant=model, device=device, mirror=flip, shift=translate,
                                      img_size=img_size, resize=resize)
     made = clf.provenance  # the run's own cut of train into train and minival
@@ -261,7 +265,7 @@ def evaluate(
     if plot:
         typer.echo(f"plot: {plot_confusion(result, plot)}", err=True)
     if as_json:
-        typer.echo(json.dumps(result))
+        typer.echo(json_text(result))
         return
     typer.echo(f"{result['dataset']} {split}: {100 * result['accuracy']:.2f}% of {result['images']:,} images")
     width = max(len(c) for c in result["classes"])
@@ -309,10 +313,13 @@ def fewshot(
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     _check_folder(results, "--results")
+    from mixer_ft.data.sources import check_outside_data
+
+    check_outside_data(dataset, results, "results folder")
     rec = run_fewshot(upstream, dataset, variant=model, shots=parse_shots(shots), seeds=seeds, split=split,
                       img_size=img_size, resize=resize, device=device, results_dir=results)
     if as_json:
-        typer.echo(json.dumps({k: rec[k] for k in ("upstream", "model", "dataset", "split", "test_images",
+        typer.echo(json_text({k: rec[k] for k in ("upstream", "model", "dataset", "split", "test_images",
                                                    "seeds", "l2_reg", "shots")}))
     else:
         typer.echo(f"{rec['model']} features of {upstream} on {rec['dataset']} ({rec['split']}, "
@@ -369,7 +376,7 @@ def reproduce(
             typer.echo(f"{row_id}: already in {results}, skipped")
             continue
         recipe = find_recipe(published[row_id].recipe)
-        cmd = [sys.executable, "-m", "mixer_ft", "finetune", "--recipe", str(recipe), "--set", f"results_dir={json.dumps(results)}"]
+        cmd = [sys.executable, "-m", "mixer_ft", "finetune", "--recipe", str(recipe), "--set", f"results_dir={json_text(results)}"]
         cmd += ["--dataset", dataset] if dataset else []
         typer.echo(f"{row_id}: {' '.join(cmd[2:])}")
         if subprocess.run(cmd).returncode:
@@ -405,7 +412,7 @@ def bench(
     rec = run_bench(model, batch, device, img_size, precision, steps, fast=fast, finetune_data=finetune_data)
     where = save(rec, out) if out else None
     if as_json:
-        typer.echo(json.dumps({k: rec[k] for k in ("model", "batch", "device", "ours_images_per_s",
+        typer.echo(json_text({k: rec[k] for k in ("model", "batch", "device", "ours_images_per_s",
                                                    "timm_images_per_s", "ratio", "peak_memory_bytes", "mfu")}))
     else:
         typer.echo(f"{rec['model']} batch {rec['batch']} {rec['precision']} on {rec['device']}: ours "

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from mixer_ft.errors import ConfigError
+from mixer_ft.gate import check_name
 
 
 def check_plot(path: str | None) -> None:
@@ -24,6 +25,7 @@ def check_folder(path: str, flag: str) -> None:
     """A folder an option names: given, and not a file."""
     if not path.strip():
         raise ConfigError(f"{flag} needs a folder name.")
+    check_name(path, flag)
     if Path(path).exists() and not Path(path).is_dir():
         raise ConfigError(f"{flag} {path} is a file, not a folder.")
 

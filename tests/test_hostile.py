@@ -54,7 +54,7 @@ def test_file_and_folder_names_that_are_not_utf8_work_end_to_end(tmp_path):
                    "--set", f'results_dir="{tmp_path / "results"}"', "--set", 'name="bytes"')
     assert out.returncode == 0, out.stderr[-2000:]
     card = (tmp_path / "run" / "model" / "README.md").read_text()
-    assert "caf\\xe9" in card
+    assert "caf\\\\xe9" in card  # markdown source: the backslash escaped, so the page shows caf\xe9
     text = run_cli("predict", tmp_path / "run" / "model", os.fsdecode(root))
     assert text.returncode == 0 and "\\xff0.jpg" in text.stdout, text.stderr
     rows = [json.loads(line) for line in run_cli("predict", tmp_path / "run" / "model", os.fsdecode(root),
@@ -182,11 +182,19 @@ def test_a_run_folder_in_use_is_refused_and_half_written_files_are_swept(tmp_pat
         out = run_cli(*args, cwd=REPO)
     assert out.returncode == 2 and "is in use by another run (pid 12345 on elsewhere)" in out.stderr
     assert "Traceback" not in out.stderr and not (tmp_path / "run" / "checkpoints").exists()
-    # What a killed writer leaves (atomic_write's temporary files) is removed by the next run there.
+    # What a killed writer leaves (atomic_write's temporary files) is removed by the next run there; a user's
+    # own .tmp files, even ones named much like ours, stay.
+    from mixer_ft.atomic import TMP_SUFFIX
+
     (tmp_path / "run" / "checkpoints").mkdir()
-    orphan = tmp_path / "run" / "checkpoints" / ".step_00000002.pt.abc123.tmp"
+    orphan = tmp_path / "run" / "checkpoints" / f".step_00000002.pt.abc123_x{TMP_SUFFIX}"
     orphan.write_bytes(b"\0" * 1000)
+    mine = [tmp_path / "run" / ".notes.tmp", tmp_path / "run" / "checkpoints" / ".draft.abc123_x.tmp",
+            tmp_path / "run" / f".x{TMP_SUFFIX}"]
+    for path in mine:
+        path.write_text("mine")
     assert run_cli(*args, cwd=REPO).returncode == 0 and not orphan.exists()
+    assert all(path.read_text() == "mine" for path in mine)
 
 
 def test_a_full_disk_while_checkpointing_is_one_line_and_loses_nothing(tmp_path, cifar_subset):

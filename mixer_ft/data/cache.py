@@ -28,16 +28,17 @@ from typing import Any
 
 import numpy as np
 
-from mixer_ft.atomic import locked
+from mixer_ft.atomic import json_text, locked
 from mixer_ft.data.images import to_rgb_array
 from mixer_ft.data.sources import CIFAR10_CLASSES, HUB_DATASETS, Reader, open_reader
 from mixer_ft.errors import ConfigError, DataError, StorageError
 from mixer_ft.model.config import MAX_SIDE, TEST_FRACTION
+from mixer_ft.text import one_line
 from mixer_ft.weights.downloads import cache_dir
 
 log = logging.getLogger(__name__)
 
-_CACHE_FORMAT = 4  # bump when the cache layout, labels or decoding change (4: class = first folder under the split)
+_CACHE_FORMAT = 5  # bump when the cache layout, labels or decoding change (5: OS litter, links, NFC; the manifest)
 
 
 def canonical_dataset(source: str, classes: list[str], n_test: int) -> str:
@@ -71,6 +72,7 @@ class ImageData:
     skipped: int = 0
     test_from: str = ""  # which split of the source is the reported test split, and why
     extents: dict[str, np.ndarray | None] = field(default_factory=dict)  # split -> (h, w) of each image; None: one size
+    manifest: str = ""  # a digest of every image's split, class, name and size: the same data, or not
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -154,7 +156,7 @@ def load_data(
             as the test split.
     """
     reader = open_reader(source, image_column, label_column, test_fraction)
-    key = hashlib.sha1(json.dumps([_CACHE_FORMAT, reader.fingerprint(), store_size, max_side]).encode()).hexdigest()[:16]
+    key = hashlib.sha1(json_text([_CACHE_FORMAT, reader.fingerprint(), store_size, max_side]).encode()).hexdigest()[:16]
     folder = cache_dir() / "data" / key
     if not (folder / "meta.json").is_file():
         _build_cache(reader, folder, store_size, max_side)
@@ -244,14 +246,15 @@ def _decoded(reader: Reader, size: tuple[int, int] | None,
 
 
 def _decode_all(reader: Reader, tmp: Path, size: tuple[int, int] | None,
-                max_side: int) -> tuple[dict[str, list], dict[str, np.ndarray], int]:
+                max_side: int) -> tuple[dict[str, list], dict[str, np.ndarray], int, str]:
     """Decode every image of ``reader`` into tmp/<split>.u8, one after another at its own (bounded) size.
 
-    Returns (labels by split, (h, w) of each image by split, images skipped).
+    Returns (labels by split, (h, w) of each image by split, images skipped, the manifest: a digest of
+    each kept image's split, class, name and size).
     """
     labels: dict[str, list] = {"train": [], "test": []}
     shapes: dict[str, list] = {"train": [], "test": []}
-    skipped = []
+    skipped, manifest = [], hashlib.sha256()
     with open(tmp / "train.u8", "wb") as train, open(tmp / "test.u8", "wb") as test:
         outs = {"train": train, "test": test}
         for split, label, name, arr in _decoded(reader, size, max_side):
@@ -261,6 +264,7 @@ def _decode_all(reader: Reader, tmp: Path, size: tuple[int, int] | None,
             outs[split].write(arr.tobytes())
             labels[split].append(label)
             shapes[split].append(arr.shape[:2])
+            manifest.update(json_text([split, label, name, *arr.shape[:2]]).encode("utf-8", "backslashreplace") + b"\n")
     if skipped:
         log.warning("skipped %d image(s) that could not be decoded: %s%s", len(skipped),
                     ", ".join(skipped[:5]), ", ..." if len(skipped) > 5 else "")
@@ -272,7 +276,8 @@ def _decode_all(reader: Reader, tmp: Path, size: tuple[int, int] | None,
                 f"{split}/<class>/<image> (e.g. {split}/cat/0001.jpg), a CIFAR python-version archive, "
                 f"or a Hub data set with train and test splits."
             )
-    return labels, {k: np.array(v, dtype=np.int64).reshape(-1, 2) for k, v in shapes.items()}, len(skipped)
+    return labels, {k: np.array(v, dtype=np.int64).reshape(-1, 2) for k, v in shapes.items()}, len(skipped), \
+        manifest.hexdigest()[:16]
 
 
 def _label_ids(reader: Reader, labels: dict[str, list]) -> tuple[list[str], dict[str, np.ndarray]]:
@@ -309,15 +314,17 @@ def _build_cache(reader: Reader, folder: Path, store_size: int | None, max_side:
 def _build(reader: Reader, folder: Path, store_size: int | None, max_side: int) -> None:
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
     try:
-        labels, shapes, skipped = _decode_all(reader, tmp, (store_size, store_size) if store_size else None, max_side)
+        labels, shapes, skipped, manifest = _decode_all(reader, tmp, (store_size, store_size) if store_size else None,
+                                                        max_side)
         classes, ids = _label_ids(reader, labels)
         for split, split_ids in ids.items():
             np.save(tmp / f"{split}_labels.npy", split_ids)
             np.save(tmp / f"{split}_shapes.npy", shapes[split])
         size = np.concatenate(list(shapes.values())).max(0).tolist()
         meta = {"format": _CACHE_FORMAT, "location": reader.location, "classes": classes, "size": size,
-                "counts": {s: len(v) for s, v in ids.items()}, "skipped": skipped, "test_from": reader.test_from}
-        (tmp / "meta.json").write_text(json.dumps(meta))  # written last: its presence marks a whole cache
+                "counts": {s: len(v) for s, v in ids.items()}, "skipped": skipped, "test_from": reader.test_from,
+                "manifest": manifest}
+        (tmp / "meta.json").write_text(json_text(meta))  # written last: its presence marks a whole cache
         if folder.exists():
             shutil.rmtree(folder)
         os.replace(tmp, folder)
@@ -337,7 +344,7 @@ def _open_cache(folder: Path, source: str) -> ImageData:
             images[split], extents[split] = RaggedImages(flat, shapes), shapes
     labels = {s: np.load(folder / f"{s}_labels.npy") for s in meta["counts"]}
     return ImageData(source, meta["location"], meta["classes"], images, labels,  # type: ignore[arg-type]
-                     meta["skipped"], meta.get("test_from", ""), extents)
+                     meta["skipped"], meta.get("test_from", ""), extents, meta.get("manifest", ""))
 
 
 class RaggedImages:
@@ -375,8 +382,8 @@ def summary_lines(info: dict[str, Any]) -> list[str]:
     """``mixer-ft data``'s text: what :meth:`ImageData.summary` holds, a line each, class counts included."""
     out: list[str] = []
     h, w = info["image_size"]
-    out.append(f"{'source':<11} {info['source']}")
-    out.append(f"{'read from':<11} {info['location']}")
+    out.append(f"{'source':<11} {one_line(info['source'])}")
+    out.append(f"{'read from':<11} {one_line(info['location'])}")
     for split, n in info["splits"].items():
         out.append(f"{split:<11} {n:,} images")
     out.append(f"{'test split':<11} {info['test_from']}")
@@ -385,10 +392,11 @@ def summary_lines(info: dict[str, Any]) -> list[str]:
     else:
         (lh, lw), _ = info["size_range"]
         out.append(f"{'image size':<11} heights {lh}-{h}, widths {lw}-{w} (each image kept at its own size)")
-    out.append(f"{'classes':<11} {len(info['classes'])}: {' '.join(info['classes'])}")
+    names = [one_line(c) for c in info["classes"]]
+    out.append(f"{'classes':<11} {len(names)}: {' '.join(names)}")
     counts = info["class_counts"]
-    for name in info["classes"][:20]:  # images of each class in each split
-        out.append(f"  {name:<{max(map(len, info['classes'][:20]))}}  " +
+    for name, shown in list(zip(info["classes"], names))[:20]:  # images of each class in each split
+        out.append(f"  {shown:<{max(map(len, names[:20]))}}  " +
                    "  ".join(f"{split} {counts[split][name]:,}" for split in counts))
     if len(info["classes"]) > 20:
         out.append(f"  ... {len(info['classes']) - 20} more (--json lists every class)")

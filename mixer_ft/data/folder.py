@@ -1,7 +1,16 @@
 """Image folders, as folders or .tar/.tar.gz/.zip archives: which file is an image of which class and split.
 
 ``train/<class>/*`` and ``test/<class>/*`` (``val``/``valid``/``validation`` too), or plain ``<class>/*`` with
-a seeded, stratified share of each class held out as test (:func:`_layout`).
+a seeded, stratified share of each class held out as test (:func:`_layout`). The rules, in one place, for
+folders and archives alike (docs/data.md, "What counts as an image"):
+
+- OS litter is never data: ``__MACOSX/``, hidden files and folders (``._x.jpg``, ``.DS_Store``, ``.git/``),
+  ``Thumbs.db``, ``desktop.ini``; nor does it count for the folder every image shares.
+- Links are followed while they stay inside the data folder; a link that leaves it is not followed and is
+  named in a warning, as are FIFOs, devices, sockets and broken links (a folder's) and links and special
+  members (an archive's).
+- Class names are Unicode-normalised (NFC); two folders that differ only by case or by normalisation are
+  one class spelt twice, and refused.
 """
 
 from __future__ import annotations
@@ -10,6 +19,7 @@ import hashlib
 import logging
 import os
 import tarfile
+import unicodedata
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -21,10 +31,67 @@ import numpy as np
 from mixer_ft.data.images import MAX_FILE_BYTES, printable
 from mixer_ft.data.reader import Reader, file_fingerprint
 from mixer_ft.errors import ConfigError, DataError
+from mixer_ft.gate import special
 from mixer_ft.model.config import TEST_FRACTION
 
 log = logging.getLogger(__name__)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
+LITTER = {"__macosx", "thumbs.db", "desktop.ini", "$recycle.bin", "system volume information"}  # compared casefolded
+
+
+def is_litter(name: str) -> bool:
+    """Whether a file (by its path in the folder or archive) is OS litter or hidden: never data."""
+    return any(part.startswith(".") or part.casefold() in LITTER for part in name.replace("\\", "/").split("/")
+               if part not in ("", "."))
+
+
+def class_name(folder: str) -> str:
+    """A class folder's name as a class: printable, Unicode NFC."""
+    return unicodedata.normalize("NFC", printable(folder))
+
+
+def _named(what: str, names: list[str], where: str, fix: str) -> None:
+    """One warning naming skipped files (the first few)."""
+    if names:
+        shown = ", ".join(names[:5]) + (f", ... ({len(names)} in all)" if len(names) > 5 else "")
+        log.warning("%s: %s not used: %s; %s", where, what, shown, fix)
+
+
+def walk(root: Path) -> dict[str, Path]:
+    """The regular files under ``root`` by path relative to it, links followed while they stay inside.
+
+    Links that leave the folder, special files and broken links are skipped and named in a warning;
+    a folder reached twice (through a link) is read once.
+    """
+    inside, files, leaving, odd, seen = root.resolve(), {}, [], [], set()
+    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
+        here = Path(dirpath)
+        real = here.resolve()
+        if real in seen or not real.is_relative_to(inside):
+            dirnames[:] = []
+            continue
+        seen.add(real)
+        for name in list(dirnames):
+            path = here / name
+            if path.is_symlink() and not path.resolve().is_relative_to(inside):
+                leaving.append(printable(str(path.relative_to(root))) + "/")
+                dirnames.remove(name)
+        for name in filenames:
+            path, rel = here / name, str((here / name).relative_to(root))
+            if is_litter(rel):
+                continue
+            if path.is_symlink() and not path.resolve().is_relative_to(inside):
+                leaving.append(printable(rel))
+            elif (kind := special(path)) is not None:
+                odd.append(f"{printable(rel)} ({kind})")
+            elif not path.exists():
+                odd.append(f"{printable(rel)} (a broken link)")
+            else:
+                files[rel] = path
+    _named("links that lead outside the folder are", sorted(leaving), str(root),
+           "copy the files they point to into the folder")
+    _named("files that are not regular files are", sorted(odd), str(root), "replace them with image files")
+    return dict(sorted(files.items()))
 
 
 # Split folder names, as image-folder data sets spell them; "validation" is reported when there is no "test".
@@ -37,15 +104,16 @@ def _split_at(parts: tuple[str, ...]) -> int | None:
     return next((i for i, p in enumerate(parts[:-2]) if p.lower() in _SPLITS), None)
 
 
-def _check_classes(classes: set[str], where: str) -> None:
-    """Class folders that differ only by case are one class spelt twice: refuse, naming them."""
+def _check_classes(folders: set[str], where: str) -> None:
+    """Class folders that differ only by case or by Unicode normalisation (``café`` written NFC and NFD) are
+    one class spelt twice: refuse, naming them."""
     folded: dict[str, list[str]] = {}
-    for c in classes:
-        folded.setdefault(c.casefold(), []).append(c)
+    for c in folders:
+        folded.setdefault(class_name(c).casefold(), []).append(c)
     twins = [sorted(v) for v in folded.values() if len(v) > 1]
     if twins:
-        raise DataError(f"{where} has class folders that differ only by case: "
-                        f"{'; '.join(' and '.join(repr(c) for c in t) for t in sorted(twins))}. Merge or rename them.")
+        raise DataError(f"{where} has class folders that differ only by case or Unicode normalisation: "
+                        f"{'; '.join(' and '.join(ascii(c) for c in t) for t in sorted(twins))}. Merge or rename them.")
 
 
 def _layout(names: list[str], test_fraction: float, where: str) -> tuple[dict[str, tuple[str, str]], str]:
@@ -56,12 +124,12 @@ def _layout(names: list[str], test_fraction: float, where: str) -> tuple[dict[st
     is the first folder under the split folder (or under the folder all images share): images in
     sub-folders of a class belong to it.
     """
-    images = [n for n in names if Path(n).suffix.lower() in IMAGE_SUFFIXES]
+    images = [n for n in names if Path(n).suffix.lower() in IMAGE_SUFFIXES and not is_litter(n)]
     split_of = {}
     for n in images:
         parts = Path(n).parts
         if (i := _split_at(parts)) is not None:
-            split_of[n] = (_SPLITS[parts[i].lower()], printable(parts[i + 1]))
+            split_of[n] = (_SPLITS[parts[i].lower()], parts[i + 1])
     if split_of:
         present = {s for s, _ in split_of.values()}
         test = "test" if "test" in present else "validation" if "validation" in present else None
@@ -71,6 +139,7 @@ def _layout(names: list[str], test_fraction: float, where: str) -> tuple[dict[st
         if outside := len(images) - len(split_of):
             log.warning("%s: %d image(s) outside the split folders are not used", where, outside)
         _check_classes({c for _, c in split_of.values()}, where)
+        split_of = {n: (s, class_name(c)) for n, (s, c) in split_of.items()}
         why = "its test/ folder" if test == "test" else "its validation folder (there is no test/ folder)"
         if test == "test" and "validation" in present:
             why += "; its validation folder is not used (the minival is cut from train, as upstream)"
@@ -81,13 +150,14 @@ def _layout(names: list[str], test_fraction: float, where: str) -> tuple[dict[st
     common = 0
     while dirs and all(len(d) > common and d[common] == dirs[0][common] for d in dirs):
         common += 1
-    by_class: dict[str, list[str]] = {}
+    by_folder: dict[str, list[str]] = {}
     for n, d in zip(images, dirs):
         if len(d) > common:
-            by_class.setdefault(printable(d[common]), []).append(n)
+            by_folder.setdefault(d[common], []).append(n)
     if loose := sum(len(d) == common for d in dirs):
         log.warning("%s: %d image(s) outside the class folders are not used", where, loose)
-    _check_classes(set(by_class), where)
+    _check_classes(set(by_folder), where)
+    by_class = {class_name(folder): files for folder, files in by_folder.items()}
     rng, out = np.random.default_rng(0), {}
     for cls in sorted(by_class):
         files = sorted(by_class[cls])
@@ -120,6 +190,14 @@ def _taken(get: Callable[[], bytes]) -> Callable[[], bytes]:
     return lambda: data
 
 
+def _regular_members(members: list[tarfile.TarInfo], where: str) -> list[tarfile.TarInfo]:
+    """An archive's regular files; its links and special members (FIFOs, devices) named in a warning."""
+    odd = [f"{printable(m.name)} ({'a link' if m.issym() or m.islnk() else 'not a regular file'})"
+           for m in members if not m.isfile() and not m.isdir() and not is_litter(m.name)]
+    _named("archive members that are not regular files are", odd, where, "pack the files themselves")
+    return [m for m in members if m.isfile()]
+
+
 class FolderReader(Reader):
     """An image folder, or one packed as .tar, .tar.gz or .zip (see :func:`_layout`)."""
 
@@ -133,12 +211,12 @@ class FolderReader(Reader):
         """The file names it holds, read from the folder or the archive's index (no image is read)."""
         try:
             if self.path.is_dir():
-                return [str(p.relative_to(self.path)) for p in sorted(self.path.rglob("*")) if p.is_file()]
+                return list(walk(self.path))
             if zipfile.is_zipfile(self.path):
                 with zipfile.ZipFile(self.path) as zf:
                     return zf.namelist()
             with tarfile.open(self.path) as tar:
-                return [m.name for m in tar.getmembers() if m.isfile()]
+                return [m.name for m in tar.getmembers() if m.isfile()]  # (items() names the others)
         except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, zlib.error) as e:
             raise self._damaged(e) from None
 
@@ -150,11 +228,10 @@ class FolderReader(Reader):
     def fingerprint(self) -> list[Any]:
         if self.path.is_file():
             return ["folder-archive", *file_fingerprint(self.path), self.test_fraction]
-        files = sorted(p for p in self.path.rglob("*") if p.is_file())
         h = hashlib.sha1()
-        for p in files:
+        for rel, p in walk(self.path).items():
             st = p.stat()
-            h.update(os.fsencode(p.relative_to(self.path)) + f"\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+            h.update(os.fsencode(rel) + f"\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
         return ["folder", str(self.path.resolve()), h.hexdigest(), self.test_fraction]
 
     def _damaged(self, e: BaseException) -> DataError:
@@ -163,7 +240,7 @@ class FolderReader(Reader):
     def items(self) -> Iterator[tuple[str, str | int, Any]]:
         try:
             if self.path.is_dir():
-                files = {str(p.relative_to(self.path)): p for p in sorted(self.path.rglob("*")) if p.is_file()}
+                files = walk(self.path)
                 assign, self.test_from = _layout(list(files), self.test_fraction, self.location)
                 self.total = len(assign)
                 for name, path in files.items():
@@ -179,7 +256,7 @@ class FolderReader(Reader):
                             yield *assign[info.filename], (printable(info.filename), _taken(get))
             else:
                 with tarfile.open(self.path) as tar:  # names first, then the images in archive order
-                    members = [m for m in tar.getmembers() if m.isfile()]
+                    members = _regular_members(tar.getmembers(), self.location)
                     assign, self.test_from = _layout([m.name for m in members], self.test_fraction, self.location)
                     self.total = len(assign)
                     for m in members:
@@ -190,4 +267,4 @@ class FolderReader(Reader):
             raise self._damaged(e) from None
 
 
-__all__ = ["IMAGE_SUFFIXES", "FolderReader"]
+__all__ = ["IMAGE_SUFFIXES", "LITTER", "FolderReader", "class_name", "is_litter", "walk"]

@@ -23,7 +23,8 @@ from typing import Any
 
 from mixer_ft.data.folder import IMAGE_SUFFIXES, FolderReader
 from mixer_ft.data.reader import Reader
-from mixer_ft.errors import DataError
+from mixer_ft.errors import ConfigError, DataError
+from mixer_ft.gate import check_path
 from mixer_ft.model.config import TEST_FRACTION
 
 log = logging.getLogger(__name__)
@@ -151,7 +152,13 @@ DATA_SOURCES: list[DataSource] = [NamedHubDataSet(), HubDataSet(), CifarPython()
 
 
 def data_source_of(source: str) -> DataSource | None:
-    """The kind of data source ``source`` is; None when it is none (no such file or folder either)."""
+    """The kind of data source ``source`` is; None when it is none (no such file or folder either).
+
+    Raises:
+        ConfigError: a local path that is a FIFO, device or socket, or has an over-long name (the gate).
+    """
+    if not source.startswith("hf:") and source not in HUB_DATASETS:
+        check_path(Path(source).expanduser(), "data set")
     return next((kind for kind in DATA_SOURCES if kind.matches(source)), None)
 
 
@@ -194,11 +201,26 @@ def missing_data(source: str, online: bool) -> str | None:
     return kind.missing(source, online)
 
 
+def check_outside_data(source: str, path: str | Path, what: str) -> None:
+    """Refuse to write ``path`` inside the data folder ``source``: the next read of the data would take what was
+    written (a plot, a run's files) for images, or a class.
+
+    Raises:
+        ConfigError: naming both.
+    """
+    data = Path(source).expanduser()
+    if source.startswith("hf:") or source in HUB_DATASETS or not data.is_dir():
+        return
+    if Path(path).expanduser().resolve().is_relative_to(data.resolve()):
+        raise ConfigError(f"The {what} {path} is inside the data folder {source}: what is written there would be read "
+                          "as data next time. Choose a folder outside it.")
+
+
 def hub_dataset_id(source: Any) -> str | None:
     """The Hub data set a ``--dataset`` value names (``cifar10`` -> ``uoft-cs/cifar10``), else None."""
     kind = data_source_of(source) if isinstance(source, str) and source else None
     return kind.hub_id(source) if kind else None
 
 
-__all__ = ["CIFAR10_CLASSES", "DATA_SOURCES", "DataSource", "HUB_DATASETS", "IMAGE_SUFFIXES", "Reader",
+__all__ = ["CIFAR10_CLASSES", "DATA_SOURCES", "check_outside_data", "DataSource", "HUB_DATASETS", "IMAGE_SUFFIXES", "Reader",
            "data_source_of", "hub_dataset_id", "missing_data", "open_reader"]

@@ -96,6 +96,9 @@ class MixerConfig:
             )
         if len(self.mean) != self.in_chans or len(self.std) != self.in_chans:
             raise ConfigError(f"mean and std need {self.in_chans} values each (one per input channel).")
+        if not all(math.isfinite(v) for v in self.mean + self.std) or 0.0 in self.std:
+            raise ConfigError(f"mean and std must be finite numbers and std non-zero (every pixel is divided by it); "
+                              f"got mean {list(self.mean)}, std {list(self.std)}.")
         # Checked before anything is allocated: an absurd size is one message, not minutes of swapping.
         if self.num_tokens > MAX_TOKENS:
             raise ConfigError(f"{self.img_size}x{self.img_size} input with patch {self.patch_size} is {self.num_tokens:,} "

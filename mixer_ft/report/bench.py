@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from mixer_ft.atomic import atomic_write_text
+from mixer_ft.atomic import atomic_write_text, json_text
 from mixer_ft.data.ticker import Ticker
 from mixer_ft.errors import ConfigError
 from mixer_ft.model.mixer import MixerConfig, MlpMixer, canonical_variant, timm_name
@@ -201,7 +201,7 @@ def save(record: dict[str, Any], folder: str | Path = "results/bench") -> Path:
     size = "" if record.get("img_size", 224) == 224 else f"_{record['img_size']}px"
     name = f"{dev}_{record['model'].replace('/', '')}{size}_b{record['batch']}_{record['precision']}.json"
     path = Path(folder) / name
-    atomic_write_text(path, json.dumps(record, indent=2) + "\n")
+    atomic_write_text(path, json_text(record, indent=2) + "\n")
     return path
 
 

@@ -9,12 +9,12 @@ record ``results/sweep_<name>.json`` (``kind = "sweep"``), which ``mixer-ft tabl
 from __future__ import annotations
 
 import itertools
-import json
 import logging
 import time
 from pathlib import Path
 from typing import Any
 
+from mixer_ft.atomic import json_text
 from mixer_ft.errors import ConfigError, MixerFtError, RunStopped
 from mixer_ft.train.recipe import Recipe, parse_override, safe_name
 
@@ -111,7 +111,7 @@ def summary(record: dict[str, Any]) -> str:
     lines = [f"{'point':<40} {'minival':>8} {'test':>8}"]
     for p in record["points"]:
         mark = "  <- chosen on minival" if p["settings"] == record["chosen"] else ""
-        label = json.dumps(p["settings"]) if not p["failed"] else json.dumps(p["settings"]) + " (failed)"
+        label = json_text(p["settings"]) if not p["failed"] else json_text(p["settings"]) + " (failed)"
         lines.append(f"{label:<40} {pct(p['minival_accuracy']):>8} {pct(p['test_accuracy']):>8}{mark}")
     return "\n".join(lines) + "\n"
 

@@ -14,8 +14,11 @@ from importlib import resources
 from pathlib import Path
 from typing import Any
 
+from mixer_ft.atomic import json_text
 from mixer_ft.data.cache import canonical_dataset
 from mixer_ft.errors import ConfigError, MixerFtError
+from mixer_ft.gate import read_text
+from mixer_ft.text import md_cell, one_line
 
 log = logging.getLogger(__name__)
 FORMATS = ("table", "markdown", "csv", "json")
@@ -91,6 +94,7 @@ def _section(title: str, head: list[str], body: list[list[str]], markdown: bool)
     if markdown:
         return ["", title, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + \
             ["| " + " | ".join(map(_md, row)) + " |" for row in body]
+    body = [[one_line(x) for x in row] for row in body]
     widths = [max(len(x) for x in col) for col in zip(head, *body)]
     return ["", title] + ["  ".join(f"{x:<{w}}" for x, w in zip(row, widths)) for row in [head, *body]]
 
@@ -114,12 +118,11 @@ def _read_records(results: str | Path, check: Callable[[Any, Path], dict[str, An
     records = []
     for path in sorted(Path(results).glob("*.json")):
         try:
-            if not path.is_file() or path.stat().st_size > MAX_RECORD_BYTES:  # a FIFO would hang the read
-                raise ValueError("not a regular file" if not path.is_file() else "larger than any record")
-            record = check(json.loads(path.read_text()), path)
+            record = check(json.loads(read_text(path, "record", MAX_RECORD_BYTES)), path)
             if record is not None:
                 records.append(record)
-        except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError) as e:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError, IndexError, RecursionError,
+                MixerFtError) as e:
             log.warning("skipping %s: not a %s (%s: %s)", path, what, type(e).__name__, str(e)[:200])
     return records
 
@@ -252,10 +255,10 @@ def _num(v: float | None, unit: str = "") -> str:
 
 
 def _cell(value: Any) -> Any:
-    """A CSV cell a spreadsheet will not run: text starting like a formula gets a leading quote."""
+    """A CSV cell on one line that a spreadsheet will not run: text starting like a formula gets a leading quote."""
     if isinstance(value, str) and value[:1] in ("=", "+", "-", "@", "\t", "\r"):
-        return "'" + value
-    return value
+        value = "'" + value
+    return one_line(value) if isinstance(value, str) else value
 
 
 FEWSHOT_COLUMNS = ("split", "seeds", "shots", "shot_mean", "shot_std")
@@ -288,7 +291,7 @@ def _csv(rows: list[dict[str, Any]], other: list[dict[str, Any]], fewshot: list[
 
 def _md(text: str) -> str:
     """A markdown table cell: its own pipes escaped, no line breaks."""
-    return " ".join(str(text).split()).replace("|", "\\|")
+    return md_cell(text)
 
 
 _HEAD = ["upstream", "model", "dataset", "published", "time", "hardware", "ours", "diff", "time", "hardware",
@@ -322,6 +325,8 @@ def _markdown(body: list, notes: list[str], extra: list) -> list[str]:
 
 
 def _text(body: list, notes: list[str], extra: list) -> list[str]:
+    body, extra = [[one_line(x) for x in row] for row in body], [[one_line(x) for x in row] for row in extra]
+    notes = [one_line(n) for n in notes]
     widths = [max(len(str(x)) for x in col) for col in zip(_HEAD, *body)]
     fmt_row = "  ".join(f"{{:<{w}}}" for w in widths)
     lines = [fmt_row.format(*_HEAD), fmt_row.format(*("-" * w for w in widths))]
@@ -341,7 +346,7 @@ def render(rows: list[dict[str, Any]], other: list[dict[str, Any]], fmt: str = "
     if fmt == "json":
         doc = {"rows": [{k: r[k] for k in COLUMNS} for r in rows], "other_runs": other}
         doc |= ({"fewshot": fewshot} if fewshot else {}) | ({"sweeps": sweeps} if sweeps else {})
-        return json.dumps(_finite(doc), indent=2, allow_nan=False)
+        return json_text(_finite(doc), indent=2)
     if fmt == "csv":
         return _csv(rows, other, fewshot or [], sweeps or [])
     lines = (_markdown if fmt == "markdown" else _text)(*_cells(rows, other))

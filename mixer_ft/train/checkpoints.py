@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import re
 from pathlib import Path
 from typing import Any
 
@@ -26,8 +27,11 @@ def _digest(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
+_NAME = re.compile(r"step_(\d{8})\.pt")
+
+
 def _step(path: Path) -> int:
-    return int(path.name.split("_")[1].split(".")[0])
+    return int(path.name[5:13])
 
 
 class Checkpoints:
@@ -37,10 +41,19 @@ class Checkpoints:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder / "checkpoints"
+        self._warned = False
 
     def all(self) -> list[Path]:
-        """The checkpoint files, oldest step first."""
-        return sorted(self.folder.glob("step_*.pt"), key=_step)
+        """The checkpoint files (``step_<8 digits>.pt``, regular files), oldest step first. Anything else in the
+        folder (a copy the user made, ``step_best.pt``) is not a checkpoint of this run's: left alone, named once."""
+        found, stray = [], []
+        for path in self.folder.glob("step_*.pt"):
+            (found if _NAME.fullmatch(path.name) and path.is_file() else stray).append(path)
+        if stray and not self._warned:
+            self._warned = True
+            log.warning("%s: ignoring %s, not checkpoint(s) this run wrote (step_<8 digits>.pt)", self.folder,
+                        ", ".join(sorted(p.name for p in stray)))
+        return sorted(found, key=_step)
 
     def save(self, state: dict[str, Any]) -> Path:
         """Write ``state`` as step_<step>.pt with its digest; drop later steps' and all but the newest two."""

@@ -27,10 +27,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from mixer_ft.atomic import atomic_write_text, locked, sweep_partial_writes
+from mixer_ft.atomic import atomic_write_text, json_text, locked, sweep_partial_writes
 from mixer_ft.data.cache import load_data
 from mixer_ft.data.preprocess import Preprocess
+from mixer_ft.data.sources import check_outside_data
 from mixer_ft.errors import ConfigError, RunStopped, TrainingError
+from mixer_ft.gate import check_path
 from mixer_ft.model.mixer import MlpMixer
 from mixer_ft.train import devices
 from mixer_ft.train.build import build_model
@@ -134,6 +136,7 @@ def setup(recipe: Recipe, *, fresh: bool = False) -> Run:
     net: MlpMixer = accelerator.unwrap_model(model, keep_torch_compile=False)
     checkpoints = Checkpoints(out)
     if fresh and accelerator.is_main_process:  # starting over: nothing of an old run may be taken for this one's
+        check_fresh_removes_no_input(recipe, out)
         for old in (checkpoints.folder, out / "model"):
             shutil.rmtree(old, ignore_errors=True)
         (out / "record.json").unlink(missing_ok=True)
@@ -145,8 +148,40 @@ def setup(recipe: Recipe, *, fresh: bool = False) -> Run:
     run.feed = TrainFeed(data, splits["train"][1], run.pre, seed=recipe.seed, global_batch=recipe.global_batch,
                          steps_per_epoch=steps_per_epoch, total=total, device=accelerator.device,
                          process=(accelerator.process_index, accelerator.num_processes), on_device=on_device)
-    run.loss_check = NonFinite(run.device)
+    run.loss_check, run.fresh = NonFinite(run.device), fresh
     return run
+
+
+def check_fresh_removes_no_input(recipe: Recipe, out: Path) -> None:
+    """``--fresh`` deletes the run folder's checkpoints, model and record: never an input of this run.
+
+    Raises:
+        ConfigError: the upstream weights or the data set lie among what ``--fresh`` would delete.
+    """
+    doomed = [(out / "checkpoints").resolve(), (out / "model").resolve(), (out / "record.json").resolve()]
+    for what, value in (("upstream weights", recipe.upstream), ("data set", recipe.dataset)):
+        path = Path(value).expanduser()
+        if not path.exists():
+            continue
+        real = path.resolve()
+        if real == out.resolve() or any(real == d or real.is_relative_to(d) or
+                                        (what.startswith("upstream") and d.is_relative_to(real)) for d in doomed):
+            raise ConfigError(f"--fresh would delete the {what} of this run ({value}): it is in {out}. Give the new run "
+                              "its own --output-dir, or copy them out first.")
+
+
+def check_same_classes(saved: list[str] | None, now: list[str], out: Path, fresh: str) -> None:
+    """A checkpoint's head rows are its classes in order: resuming on other classes would train the wrong rows.
+
+    Raises:
+        TrainingError: naming what changed (classes added, removed, renamed or reordered); nothing is trained.
+    """
+    if saved is None or list(saved) == list(now):
+        return
+    gone, new = [c for c in saved if c not in now], [c for c in now if c not in saved]
+    change = "; ".join(part for part in (f"removed {gone}" if gone else "", f"added {new}" if new else "") if part) \
+        or f"the same classes in another order ({saved} then, {now} now)"
+    raise TrainingError(f"{out} holds a checkpoint trained on other classes than the data set's now: {change}. {fresh}")
 
 
 def restore(run: Run) -> None:
@@ -157,10 +192,15 @@ def restore(run: Run) -> None:
     if "optimizers" not in saved:
         raise TrainingError(f"{run.out} holds a checkpoint from an older mixer_ft that this one cannot resume. "
                             "Use another --output-dir, or --fresh to start over.")
+    fresh = (f"Use another --output-dir, or --fresh to start over (it deletes the checkpoints, model and record "
+             f"in {run.out}).")
     differ = resume_conflicts(saved["recipe"], run.recipe)
     if differ:
-        raise TrainingError(f"{run.out} holds a checkpoint of another recipe (different {', '.join(differ)}). "
-                            "Use another --output-dir, or delete its checkpoints folder to start over.")
+        raise TrainingError(f"{run.out} holds a checkpoint of another recipe (different {', '.join(differ)}). {fresh}")
+    check_same_classes(saved.get("classes"), run.data.classes, run.out, fresh)
+    if saved.get("manifest") and run.data.manifest and saved["manifest"] != run.data.manifest:
+        log.warning("%s: the data set's files changed since the checkpoint (same classes): the resumed run trains on "
+                    "the data as it is now", run.out)
     run.net.load_state_dict(saved["model"])
     for optimizer, schedule, o_state, s_state in zip(run.optimizers, run.schedules, saved["optimizers"],
                                                      saved["schedules"], strict=True):
@@ -253,11 +293,12 @@ def save_checkpoint(run: Run) -> None:
         run.checkpoints.save({
             "step": run.step, "model": run.net.state_dict(), "optimizers": [o.state_dict() for o in run.optimizers],
             "schedules": [s.state_dict() for s in run.schedules], "torch_rng": torch.get_rng_state(),
-            "recipe": run.recipe.to_dict(), "history": json.dumps(run.history), "elapsed_s": run.elapsed,
+            "recipe": run.recipe.to_dict(), "history": json_text(run.history), "elapsed_s": run.elapsed,
             "warmup_s": run.warmup_s, "warmup_steps": run.warmup_steps, "run_id": run.run_id,
             "eval_s": run.eval_s, "checkpoint_s": run.checkpoint_s,
             # So that the checkpoint alone is a usable model (`mixer-ft predict runs/<name>`):
             "model_config": run.net.config.to_dict(), "classes": run.data.classes, "evaluation": evaluation_views(run),
+            "manifest": run.data.manifest,
         })
     accel.wait_for_everyone()
 
@@ -266,8 +307,10 @@ def stop(run: Run, signum: int, checkpointed: bool) -> None:
     """End the run at its current step, with a checkpoint to resume from."""
     if not checkpointed:
         save_checkpoint(run)
-    raise RunStopped(f"stopped at step {run.step} of {run.total}; run the same command to resume",
-                     128 + signum, announce=run.accelerator.is_main_process)
+    again = ("run the same command without --fresh to resume (with --fresh it would start over)" if run.fresh
+             else "run the same command to resume")
+    raise RunStopped(f"stopped at step {run.step} of {run.total}; {again}", 128 + signum,
+                     announce=run.accelerator.is_main_process)
 
 
 # --------------------------------------------------------------------------- the end
@@ -294,7 +337,7 @@ def finish(run: Run) -> dict[str, Any]:
         save_pretrained(run.net, run.out / "model", classes=run.data.classes, evaluation=evaluation_views(run),
                         provenance=provenance)
         path = write_record(record_path(run.recipe), record)
-        atomic_write_text(run.out / "record.json", json.dumps(record, indent=2) + "\n")
+        atomic_write_text(run.out / "record.json", json_text(record, indent=2) + "\n")
         accel.print(f"test accuracy {test[0]:.4f} ({test[1]} images), minival {minival[0]:.4f}; "
                   f"record {path}, model {run.out / 'model'}")
     if run.recipe.tracker:
@@ -312,6 +355,9 @@ def finetune(recipe: Recipe, *, resume: bool = True) -> dict[str, Any]:
 
     preflight.check(recipe.upstream, recipe.variant, recipe.dataset)
     out = run_folder(recipe)
+    for folder, what in ((out, "output folder"), (Path(recipe.results_dir), "results folder")):
+        check_path(folder, what)
+        check_outside_data(recipe.dataset, folder, what)
     made = [p for p in (out, Path(recipe.results_dir)) if not p.exists()]
     main = int(os.environ.get("RANK", "0")) == 0  # under torchrun; Accelerate is not set up yet
     try:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
-import json
 import math
 import re
 import tomllib
@@ -20,7 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from mixer_ft.atomic import json_text
 from mixer_ft.errors import ConfigError
+from mixer_ft.gate import read_text
 from mixer_ft.model.config import AREA_RANGE, GELU_FLAVOURS, RESIZE_METHODS, TEST_FRACTION, WEIGHT_SUFFIXES, MixerConfig
 from mixer_ft.train.optim import OPTIMIZERS
 
@@ -211,8 +212,15 @@ def apply_hyper_rule(r: Recipe, origin: dict[str, str], count_only: bool) -> tup
 
 
 def safe_name(text: str) -> str:
-    """``text`` as a plain file name: runs of other characters become '-', no leading '.' or '-'."""
-    return re.sub(r"[^A-Za-z0-9._+-]+", "-", text).strip(".-")[:120] or "run"
+    """``text`` as a plain file name: runs of other characters become '-', no leading '.' or '-', at most 120
+    characters. A longer one keeps its start and ends with a digest of the whole, so two long names that
+    differ only past the cut stay two names."""
+    name = re.sub(r"[^A-Za-z0-9._+-]+", "-", text).strip(".-") or "run"
+    if len(name) <= 120:
+        return name
+    import hashlib
+
+    return name[:111].rstrip(".-") + "-" + hashlib.sha1(name.encode()).hexdigest()[:8]
 
 
 def _type_ok(value: Any, hint: Any) -> bool:
@@ -303,10 +311,10 @@ def load_recipe(path: str | Path, **overrides: Any) -> Recipe:
     """Read a TOML recipe; ``overrides`` (e.g. from the command line) win over its values."""
     path = Path(path)
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(read_text(path, "recipe"))
     except FileNotFoundError:
         raise ConfigError(f"No recipe at {path}. The recipes shipped with mixer_ft are in recipes/.") from None
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+    except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"Recipe {path} is not valid TOML: {e}.") from None
     except OSError as e:
         raise ConfigError(f"Cannot read recipe {path}: {e.strerror or e}.") from None
@@ -360,7 +368,7 @@ def resolve(path: str | None, flags: dict[str, Any], set_items: list[str],
 
 def origins(path: str | Path | None, overrides: dict[str, Any]) -> dict[str, str]:
     """Where each recipe key's value comes from: "flag", "recipe file" or "default"."""
-    in_file = set(tomllib.loads(Path(path).read_text())) if path else set()
+    in_file = set(tomllib.loads(read_text(path, "recipe"))) if path else set()
     return {f.name: "flag" if f.name in overrides else "recipe file" if f.name in in_file else "default"
             for f in dataclasses.fields(Recipe)}
 
@@ -374,7 +382,7 @@ def to_toml(recipe: Recipe, origin: dict[str, str]) -> str:
             return repr(v)
         if isinstance(v, (list, tuple)):
             return "[" + ", ".join(value(x) for x in v) + "]"
-        return json.dumps(str(v))
+        return json_text(str(v))
     lines, table = [], []
     for key, v in recipe.to_dict().items():
         if isinstance(v, dict):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import platform
 import subprocess
 import time
@@ -12,8 +13,9 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from mixer_ft.atomic import atomic_write_text
-from mixer_ft.errors import ConfigError
+from mixer_ft.atomic import atomic_write_text, json_text, locked
+from mixer_ft.errors import ConfigError, MixerFtError
+from mixer_ft.gate import read_text
 from mixer_ft.train.hardware import hardware
 
 if TYPE_CHECKING:
@@ -21,6 +23,7 @@ if TYPE_CHECKING:
     from mixer_ft.train.run import Run
 
 RECORD_VERSION = 1
+log = logging.getLogger(__name__)
 
 
 def versions() -> dict[str, str]:
@@ -66,13 +69,36 @@ def git_commit(cwd: Path | None = None) -> str | None:
     return commit + ("+dirty" if dirty else "")
 
 
+def _another_runs(path: Path, record: dict[str, Any]) -> bool:
+    """Whether ``path`` holds the record of another run than ``record``'s (a fine-tune run has a run id; a
+    record without one is an evaluation, which the same command makes again alike)."""
+    if "run_id" not in record or not (path.exists() or path.is_symlink()):
+        return False
+    try:
+        theirs = json.loads(read_text(path, "record")) if path.is_file() and not path.is_symlink() else {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, MixerFtError):
+        theirs = {}
+    theirs = theirs if isinstance(theirs, dict) else {}
+    return theirs.get("run_id") != record["run_id"] and theirs.get("model_dir") != record.get("model_dir")
+
+
 def write_record(path: str | Path, record: dict[str, Any]) -> Path:
-    """Write ``record`` to ``path`` (atomically; a folder means <folder>/<name>.json); returns the path."""
+    """Write ``record`` to ``path`` (atomically; a folder means <folder>/<name>.json); returns the path written.
+
+    Create, never replace another run's: under the results folder's lock, a record of another run at
+    ``path`` (two runs of one name that overlapped) stays, and this one is written beside it as
+    ``<name>.<run id>.json``, with a warning. ``mixer-ft table`` shows both.
+    """
     record = {"record_version": RECORD_VERSION, **record}
     path = Path(path)
     if path.suffix != ".json":
         path = path / f"{record['name']}.json"
-    atomic_write_text(path, json.dumps(record, indent=2, sort_keys=False) + "\n")
+    with locked(path.parent / ".records.lock", wait=True):
+        if _another_runs(path, record):
+            beside = path.with_name(f"{path.stem}.{record['run_id']}.json")
+            log.warning("%s holds another run's record, which stays; this run's record is %s", path, beside)
+            path = beside
+        atomic_write_text(path, json_text(record, indent=2, sort_keys=False) + "\n")
     return path
 
 
@@ -111,7 +137,7 @@ def run_record(run: Run, test: tuple[float, int], minival: tuple[float, int]) ->
     return {
         "name": r.run_name, "run_id": run.run_id, "upstream": r.upstream, "model": run.net.config.variant or "custom",
         "dataset": run.data.dataset_id, "data_source": r.dataset, "data_location": run.data.location,
-        "classes": run.data.classes,
+        "classes": run.data.classes, "data_manifest": run.data.manifest,
         "test_accuracy": round(test[0], 5), "test_images": test[1],
         "minival_accuracy": round(minival[0], 5), "minival_images": minival[1],
         "steps": run.total, "global_batch": r.global_batch, "epochs": round(trained / n_train, 3),
@@ -146,8 +172,8 @@ def check_record_is_ours(run: Run) -> None:
     if not path.exists() and not path.is_symlink():
         return
     try:
-        theirs = json.loads(path.read_text()) if path.is_file() and not path.is_symlink() else {}
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        theirs = json.loads(read_text(path, "record")) if path.is_file() and not path.is_symlink() else {}
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, MixerFtError):
         theirs = {}
     theirs = theirs if isinstance(theirs, dict) else {}
     folder = theirs.get("model_dir")

@@ -89,6 +89,7 @@ class Run:
     checkpoint_s: float = 0.0
     history: dict[str, list] = field(default_factory=lambda: {"loss": [], "minival": []})
     feed: TrainFeed | None = None  # each step's data, prepared ahead (see mixer_ft.train.feed)
+    fresh: bool = False  # started with --fresh (a stop says how to resume without starting over again)
     loss_check: NonFinite | None = None
 
     @property

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,11 +16,13 @@ from typing import Any
 import numpy as np
 import torch
 
+from mixer_ft.atomic import json_text
 from mixer_ft.data.images import to_rgb_array
 from mixer_ft.data.preprocess import Preprocess
 from mixer_ft.errors import ConfigError
 from mixer_ft.model.config import MAX_SIDE
 from mixer_ft.model.mixer import MlpMixer
+from mixer_ft.text import one_line
 from mixer_ft.train.evaluation import check_shift, num_views, view_logits
 
 _DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -199,7 +200,7 @@ def format_prediction(fmt: str, path: str, top: list[dict], header: bool, width:
     """One image's top-k as ``mixer-ft predict`` prints it: a table row, a JSON line or CSV rows (one per rank)."""
     if fmt == "json":
         first = top[0]
-        return json.dumps({"path": path, "label": first["label"], "index": first["index"], "probability": first["score"],
+        return json_text({"path": path, "label": first["label"], "index": first["index"], "probability": first["score"],
                            "top_k": [{"label": t["label"], "index": t["index"], "probability": t["score"]}
                                      for t in top]}) + "\n"
     if fmt == "csv":
@@ -209,9 +210,10 @@ def format_prediction(fmt: str, path: str, top: list[dict], header: bool, width:
         writer = csv.writer(buf, lineterminator="\n")
         if header:
             writer.writerow(["path", "rank", "label", "index", "probability"])
-        writer.writerows([path, r + 1, t["label"], t["index"], f"{t['score']:.6f}"] for r, t in enumerate(top))
+        writer.writerows([one_line(path), r + 1, one_line(t["label"]), t["index"], f"{t['score']:.6f}"]
+                         for r, t in enumerate(top))
         return buf.getvalue()
-    return f"{path:<{width}}  " + ", ".join(f"{t['label']} {100 * t['score']:5.1f}%" for t in top) + "\n"
+    return f"{one_line(path):<{width}}  " + ", ".join(f"{one_line(t['label'])} {100 * t['score']:5.1f}%" for t in top) + "\n"
 
 
 __all__ = ["Classifier", "as_rgb_array", "collect_images", "format_prediction", "imagenet_names", "label_files"]

@@ -7,10 +7,11 @@ YAML reads as they are.
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
+from mixer_ft.atomic import json_text
 from mixer_ft.model.config import MixerConfig, timm_name
+from mixer_ft.text import md_cell
 
 DEFAULT_LICENSE = "apache-2.0"  # Google's Mixer weights are Apache-2.0; recipe key `license` sets another
 
@@ -21,7 +22,7 @@ def _header(cfg: MixerConfig, classes: list[str] | None, provenance: dict[str, A
     # A custom size: transformers runs the folder's own model code (the Hub's "custom_code" tag).
     tags = ["image-classification", "mlp-mixer", "mixer_ft"] + (["timm"] if timm_loads else ["custom_code"])
     lines = ["---", f"library_name: {'timm' if timm_loads else 'transformers'}",
-             f"license: {json.dumps(provenance.get('license', DEFAULT_LICENSE))}",
+             f"license: {json_text(provenance.get('license', DEFAULT_LICENSE))}",
              "pipeline_tag: image-classification", "tags:"] + [f"- {t}" for t in tags]
     hub_id = provenance.get("hub_dataset")  # the run names it; a local copy of a Hub set is not that set
     if hub_id:
@@ -32,8 +33,8 @@ def _header(cfg: MixerConfig, classes: list[str] | None, provenance: dict[str, A
                    "type": hub_id or "imagefolder", "split": "test"}
         result = {"task": {"type": "image-classification", "name": "Image Classification"}, "dataset": dataset,
                   "metrics": [{"type": "accuracy", "value": provenance["test_accuracy"], "name": "Test accuracy"}]}
-        lines += ["model-index:", f"- name: {json.dumps(provenance.get('name', 'mixer'))}",
-                  f"  results: [{json.dumps(result)}]"]
+        lines += ["model-index:", f"- name: {json_text(provenance.get('name', 'mixer'))}",
+                  f"  results: [{json_text(result)}]"]
     return lines + ["---", ""]
 
 
@@ -65,7 +66,7 @@ def _facts(cfg: MixerConfig, classes: list[str] | None, evaluation: dict[str, An
     for key in ("test_accuracy", "minival_accuracy"):
         if key in provenance:
             rows.append((key.replace("_", " "), pct(key)))
-    return ["| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in rows]
+    return ["| | |", "|---|---|"] + [f"| {k} | {md_cell(v)} |" for k, v in rows]
 
 
 def model_card(cfg: MixerConfig, classes: list[str] | None = None, evaluation: dict[str, Any] | None = None,

@@ -15,6 +15,7 @@ import numpy as np
 import torch
 
 from mixer_ft.errors import CheckpointError
+from mixer_ft.model.config import MAX_PARAMS
 
 
 def unreadable(path: Path, e: BaseException) -> CheckpointError:
@@ -25,8 +26,39 @@ def unreadable(path: Path, e: BaseException) -> CheckpointError:
     )
 
 
+# Bytes the arrays of one .npz may declare: the largest Mixer mixer_ft builds, in float32.
+MAX_NPZ_BYTES = MAX_PARAMS * 4
+
+
+def declared_bytes(path: Path) -> int:
+    """What the arrays of an .npz declare they hold, read from each member's .npy header (no array is read).
+
+    Raises:
+        CheckpointError: a member that declares more than MAX_NPZ_BYTES, or more than that in all.
+    """
+    total = 0
+    with zipfile.ZipFile(path) as zf:
+        for info in zf.infolist():
+            if not info.filename.endswith(".npy"):
+                continue
+            with zf.open(info) as f:
+                major, _ = np.lib.format.read_magic(f)
+                header = np.lib.format.read_array_header_1_0 if major == 1 else np.lib.format.read_array_header_2_0
+                shape, _, dtype = header(f)
+            count = 1
+            for n in shape:
+                count *= n
+            total += max(count * dtype.itemsize, info.file_size)
+            if total > MAX_NPZ_BYTES:
+                raise CheckpointError(f"{path} declares arrays of more than {MAX_NPZ_BYTES / 2**30:,.0f} GiB (at "
+                                      f"{info.filename}: {shape} {dtype}), more than the largest Mixer mixer_ft builds "
+                                      "holds; it is not a Mixer checkpoint.")
+    return total
+
+
 def read_npz(path: Path) -> dict[str, np.ndarray]:
     try:
+        declared_bytes(path)
         with np.load(path, allow_pickle=False) as z:
             if not isinstance(z, np.lib.npyio.NpzFile):
                 raise CheckpointError(f"{path} is a single .npy array, not an .npz of named parameters.")

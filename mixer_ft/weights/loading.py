@@ -39,6 +39,23 @@ def _listed(names: list[str], most: int = 20) -> str:
     return ", ".join(names[:most]) + (f", ... and {len(names) - most:,} more" if len(names) > most else "")
 
 
+def check_numbers(sd: dict[str, torch.Tensor], source: str) -> None:
+    """Every weight a floating-point tensor of finite numbers: a NaN or infinity would make every prediction
+    NaN, and an integer or bool tensor is not a trained weight.
+
+    Raises:
+        CheckpointError: naming the first tensor that is not, and what it holds.
+    """
+    for name, value in sd.items():
+        if not value.is_floating_point():
+            raise CheckpointError(f"Weights from {source}: {name} is a {str(value.dtype).removeprefix('torch.')} tensor, "
+                                  "not floating point; the file is damaged or not a trained model.")
+        if value.numel() and not bool(torch.isfinite(value).all()):
+            bad = int((~torch.isfinite(value)).sum())
+            raise CheckpointError(f"Weights from {source}: {name} holds {bad:,} value(s) that are not finite (NaN or "
+                                  "infinity); the model diverged or the file is damaged. Use an earlier checkpoint.")
+
+
 def load_strict(model: MlpMixer, ckpt: Checkpoint, *, new_head: bool = False) -> MlpMixer:
     """Load ``ckpt`` into ``model`` (which may live on the meta device), all keys strict.
 
@@ -73,6 +90,7 @@ def load_strict(model: MlpMixer, ckpt: Checkpoint, *, new_head: bool = False) ->
             f"{head}{hint}\n  missing: {_listed(missing)}\n  unexpected: {_listed(unexpected)}\n  mis-shaped: "
             f"{_listed(misshaped)}"
         )
+    check_numbers(sd, ckpt.source)
     sd = {k: v.to(torch.float32).contiguous() for k, v in sd.items()}
     model.load_state_dict(sd, strict=True, assign=True)
     return model

@@ -13,8 +13,9 @@ import json
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from mixer_ft.atomic import atomic_write, atomic_write_text
+from mixer_ft.atomic import atomic_write, atomic_write_text, json_text
 from mixer_ft.errors import CheckpointError, ConfigError
+from mixer_ft.gate import read_text
 from mixer_ft.model.config import timm_name
 
 if TYPE_CHECKING:
@@ -50,7 +51,7 @@ def read_config(folder: Path) -> dict[str, Any]:
     if not cfg_file.is_file():
         return {}
     try:
-        return json.loads(cfg_file.read_text())
+        return json.loads(read_text(cfg_file, "model config"))
     except (OSError, UnicodeDecodeError, RecursionError, json.JSONDecodeError) as e:
         raise CheckpointError(f"{cfg_file} is not valid JSON ({e}); repair or remove it.") from None
 
@@ -122,7 +123,7 @@ def save_pretrained(model: MlpMixer, directory: str | Path, *, classes: list[str
     directory = Path(directory)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     atomic_write(directory / "model.safetensors", lambda p: save_file(tensors, str(p)))
-    atomic_write_text(directory / "config.json", json.dumps(config, indent=2) + "\n")
+    atomic_write_text(directory / "config.json", json_text(config, indent=2) + "\n")
     atomic_write_text(directory / "README.md", model_card(cfg, classes, evaluation, provenance))
     if not cfg.variant:  # timm cannot build it: transformers can, with the folder's own code
         _write_remote_code(directory, cfg)
@@ -149,7 +150,7 @@ def _write_remote_code(directory: Path, cfg: MixerConfig) -> None:
                  "size": {"height": cfg.img_size, "width": cfg.img_size}, "do_rescale": True,
                  "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": list(cfg.mean),
                  "image_std": list(cfg.std)}
-    atomic_write_text(directory / "preprocessor_config.json", json.dumps(processor, indent=2) + "\n")
+    atomic_write_text(directory / "preprocessor_config.json", json_text(processor, indent=2) + "\n")
 
 
 __all__ = ["WEIGHT_FILES", "model_folder", "read_config", "save_pretrained", "weights_in"]

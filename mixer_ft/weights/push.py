@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from mixer_ft.errors import ConfigError, WeightsUnavailable
+from mixer_ft.gate import special
 from mixer_ft.weights.downloads import offline
 from mixer_ft.weights.model_folder import model_folder
 
@@ -22,10 +23,28 @@ _TIMEOUT = {"timeout": 20.0, "connect": 10.0}  # each request
 
 
 def files_to_push(path: str | Path) -> list[Path]:
-    """The files a push uploads: everything in the model folder but hidden files."""
+    """The files a push uploads: every regular file in the model folder but hidden ones.
+
+    Raises:
+        ConfigError: a link in the folder that leads outside it (its target would be uploaded), or a FIFO,
+            device or socket; the folder is pushed only as it really is.
+    """
     folder = model_folder(path)
-    return sorted(p for p in folder.rglob("*") if p.is_file() and not any(x.startswith(".") for x in
-                                                                           p.relative_to(folder).parts))
+    inside, files, refused = folder.resolve(), [], []
+    for p in sorted(folder.rglob("*")):
+        rel = p.relative_to(folder)
+        if any(x.startswith(".") for x in rel.parts):
+            continue
+        if p.is_symlink() and not p.resolve().is_relative_to(inside):
+            refused.append(f"{rel} (a link to {p.resolve()})")
+        elif (kind := special(p)) is not None:
+            refused.append(f"{rel} ({kind})")
+        elif p.is_file():
+            files.append(p)
+    if refused:
+        raise ConfigError(f"{folder} holds what a push must not upload: {', '.join(refused[:5])}. Copy the files "
+                          "themselves into the folder, or remove these, then push again.")
+    return files
 
 
 def _network_error(e: BaseException) -> bool:

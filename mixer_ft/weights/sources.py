@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mixer_ft.errors import CheckpointError, ConfigError, WeightsUnavailable
+from mixer_ft.gate import check_path
 from mixer_ft.model.config import VARIANTS, canonical_variant, timm_name
 from mixer_ft.weights.downloads import cached_path, download, hub_download_advice, hub_offline, offline_reason
 
@@ -211,7 +212,7 @@ class LocalPath(WeightSource):
     """A weight file, a model folder, or a run folder (its model/, else its newest checkpoint)."""
 
     def matches(self, source: str) -> bool:
-        return Path(source).expanduser().exists()
+        return check_path(Path(source).expanduser(), "weights").exists()  # the gate: no FIFO, no over-long name
 
     def load(self, source: str, variant: str | None) -> Checkpoint:
         from mixer_ft.weights.weight_file import load_file
@@ -226,7 +227,8 @@ class LocalPath(WeightSource):
         weights = weights_in(path)
         if weights is None and (path / "model").is_dir():
             return self._folder(path / "model", source)
-        if weights is None and (steps := sorted((path / "checkpoints").glob("step_*.pt"))):
+        steps = sorted(p for p in (path / "checkpoints").glob("step_*.pt") if re.fullmatch(r"step_\d{8}\.pt", p.name))
+        if weights is None and steps:  # (a file of another name there is not one of the run's checkpoints)
             return load_file(steps[-1], source)
         if weights is None:
             raise CheckpointError(

@@ -18,6 +18,7 @@ from typing import Any
 import torch
 
 from mixer_ft.errors import CheckpointError
+from mixer_ft.gate import check_path
 from mixer_ft.model.config import TORCH_PICKLE_SUFFIXES
 from mixer_ft.model.mixer import DEFAULT_MEAN, DEFAULT_STD, MixerConfig
 from mixer_ft.weights.google_npz import npz_to_state_dict, read_npz, unreadable
@@ -90,6 +91,7 @@ def _floats(values: Any) -> tuple[float, ...]:
 
 def load_file(path: Path, source: str) -> Checkpoint:
     """Read one weight file, by its suffix; ``source`` is how the user named it (for messages)."""
+    check_path(path, "weight file")
     suffix = path.suffix.lower()
     if suffix == ".npz":
         return Checkpoint(npz_to_state_dict(read_npz(path), str(path)), source, str(path), gelu="tanh")
