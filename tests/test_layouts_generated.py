@@ -15,7 +15,6 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
-import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
@@ -41,7 +40,7 @@ def layouts(draw):
     classes = draw(st.lists(class_names, min_size=1, max_size=3, unique=True))
     top = draw(st.sampled_from(["", "pets", "My Photos"]))
     files = {}  # relative path -> ("jpeg" | "bytes" | "link_in" | "link_out" | "fifo", payload)
-    for i, c in enumerate(classes):
+    for c in classes:
         for k in range(5):  # enough that each class has a test image
             files[f"{c}/{k}.jpg"] = ("jpeg", JPEG)
         for j, extra in enumerate(draw(st.lists(extras, max_size=4))):
