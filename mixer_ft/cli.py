@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Annotated, Optional
 
@@ -40,8 +41,17 @@ app = typer.Typer(
 )
 
 
+def _version(value: bool) -> None:
+    if value:
+        from mixer_ft import __version__
+
+        typer.echo(f"mixer-ft {__version__}")
+        raise typer.Exit()
+
+
 @app.callback()
-def _root() -> None:
+def _root(version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                                help="Print the version and exit.")] = False) -> None:
     """Fine-tune pretrained MLP-Mixer checkpoints."""
 
 
@@ -192,6 +202,9 @@ def predict(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per image, one per line.")] = False,
     as_csv: Annotated[bool, typer.Option("--csv", help="CSV: one row per image and rank.")] = False,
     batch: Annotated[int, typer.Option(help="Images per forward pass.")] = 64,
+    flip: Annotated[bool, typer.Option("--flip", help="Also score each image's mirror image (test-time views; "
+                                                      "by default the image alone, as timm and transformers).")] = False,
+    translate: Annotated[int, typer.Option(help="Also score copies shifted N pixels (test-time views).")] = 0,
     device: Device = None,
     img_size: ImgSize = None,
     resize: Resize = "tile",
@@ -208,7 +221,10 @@ def predict(
     if as_json and as_csv:
         raise ConfigError("Choose one of --json and --csv.")
     files = collect_images(inputs)
-    clf = Classifier.from_pretrained(model_source, variant=model, device=device, img_size=img_size, resize=resize)
+    clf = Classifier.from_pretrained(model_source, variant=model, device=device, img_size=img_size, resize=resize,
+                                     mirror=flip, shift=translate)
+    if note := clf.views_note():
+        typer.echo(note, err=True)
     fmt = "json" if as_json else "csv" if as_csv else "table"
     width = min(max((len(printable(str(f))) for f in files), default=0), 100)  # the table's path column
     bad: list[str] = []
@@ -233,10 +249,9 @@ def evaluate(
     dataset: Annotated[str, typer.Option(help="Any --dataset source: cifar10, hf:owner/name, a folder or archive.")],
     split: Annotated[str, typer.Option(help="test, minival or train.")] = "test",
     model: Variant = None,
-    flip: Annotated[Optional[bool], typer.Option("--flip/--no-flip", help="Also score mirror images "
-                                                 "(default: as the model was scored in training).")] = None,
-    translate: Annotated[Optional[int], typer.Option(help="Also score copies shifted N pixels (default: as in "
-                                                     "training).")] = None,
+    flip: Annotated[bool, typer.Option("--flip", help="Also score mirror images (test-time views; by default the "
+                                                      "image alone, as the record's test_accuracy).")] = False,
+    translate: Annotated[int, typer.Option(help="Also score copies shifted N pixels (test-time views).")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
     plot: Annotated[Optional[str], typer.Option(help="Draw the confusion matrix to this PNG.")] = None,
     device: Device = None,
@@ -436,7 +451,8 @@ def main() -> None:
             typer.echo(str(e), err=True)
         sys.exit(e.exit_code)
     except MixerFtError as e:
-        typer.echo(f"error: {e}", err=True)
+        if os.environ.get("RANK", "0") == "0":  # under `accelerate launch`, every process meets it: one says it
+            typer.echo(f"error: {e}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:  # a second Ctrl-C, or one outside a run's steps
         typer.echo("interrupted", err=True)

@@ -67,6 +67,38 @@ def check_path(path: str | Path, what: str) -> Path:
     return Path(path)
 
 
+ARCHIVE_SUFFIXES = (".tar", ".gz", ".tgz", ".zip", ".npz", ".safetensors", ".pt", ".pth", ".bin", ".toml", ".json")
+
+
+def looks_local(value: str) -> bool:
+    """Whether a value that names no existing file was meant as one: it has a folder part, starts like a path,
+    or ends like a file."""
+    return ("/" in value or "\\" in value or value.startswith((".", "~"))
+            or value.lower().endswith(ARCHIVE_SUFFIXES))
+
+
+def nearest(path: str | Path) -> str | None:
+    """The existing name closest to ``path``'s last part, in its folder (for "did you mean"); None if none is."""
+    import difflib
+
+    path = Path(path).expanduser()
+    folder = path.parent if str(path.parent) else Path(".")
+    try:
+        names = [p.name + ("/" if p.is_dir() else "") for p in folder.iterdir() if not p.name.startswith(".")]
+    except OSError:
+        return None
+    close = difflib.get_close_matches(path.name, names, n=1, cutoff=0.6)
+    if not close:
+        return None
+    return close[0] if folder == Path(".") else str(folder / close[0]) + ("/" if close[0].endswith("/") else "")
+
+
+def no_such(value: str, what: str) -> str:
+    """The message for a path that does not exist: the path, and the nearest existing name."""
+    hint = nearest(value.rstrip("/"))
+    return f"No {what} {value}: no such file or folder" + (f"; did you mean {hint}?" if hint else ".")
+
+
 def read_bytes(path: str | Path, what: str, limit: int = TEXT_LIMIT) -> bytes:
     """The whole of a small file, through the gate, never more than ``limit`` bytes read.
 
@@ -94,4 +126,5 @@ def read_text(path: str | Path, what: str, limit: int = TEXT_LIMIT) -> str:
         raise ConfigError(f"The {what} {path} is not UTF-8 text ({e.reason} at byte {e.start}).") from None
 
 
-__all__ = ["NAME_MAX", "PATH_MAX", "TEXT_LIMIT", "check_name", "check_path", "read_bytes", "read_text", "special"]
+__all__ = ["NAME_MAX", "PATH_MAX", "TEXT_LIMIT", "check_name", "check_path", "looks_local", "nearest", "no_such",
+           "read_bytes", "read_text", "special"]

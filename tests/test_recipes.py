@@ -191,4 +191,6 @@ def test_a_sweep_gets_the_hyper_rule_as_finetune_does(cifar_subset, tmp_path):
     r, origin, said = resolve(str(recipe), {"dataset": str(cut)}, [])
     assert (r.steps, r.warmup_steps) == (500, 50) and origin["steps"].startswith("rule") and "BiT" in said
     r, _, said = resolve(str(recipe), {"dataset": str(cut)}, ["steps=20"])
-    assert r.steps == 20 and said is None
+    assert r.steps == 20 and said.startswith("warm-up 2:") and "BiT-HyperRule: " not in said  # no rule for steps
+    r, _, said = resolve(str(recipe), {"dataset": str(cut), "warmup_steps": 50}, ["steps=20"])
+    assert (r.steps, r.warmup_steps) == (20, 50) and said is None  # an explicit --warmup is kept

@@ -5,6 +5,7 @@ import io
 import json
 import os
 import shutil
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -70,7 +71,8 @@ def test_every_format(results):
     assert "98.34%" in text and "98.22%" in text and "-0.12 pt" in text and "+21.50 pt" in text
     assert "no run yet for in1k_b16_cifar10: mixer-ft finetune --recipe recipes/in1k_b16_cifar10.toml" in text
     assert "Other runs" in text and "cifar100" in text
-    assert "in21k_l16_cifar10: best of 2 runs shown; mean 98.11%, lowest 98.01%" in text
+    best = next(r for r in rows if r["id"] == "in21k_l16_cifar10")["record"]
+    assert f"in21k_l16_cifar10: best of 2 runs shown ({Path(best).name}); mean 98.11%, lowest 98.01%" in text
     assert "scratch_cifar10: best of" not in text  # one run has no spread to show
     md = render(rows, other, "markdown")
     assert md.splitlines()[1].startswith("|---|") and md.count("\n| in") >= 4
@@ -177,4 +179,4 @@ def test_hostile_records_are_skipped_or_escaped_in_every_format(results):
     assert "'" + nasty["dataset"].replace("\n", "\\n") in cells and not any(c.startswith(("=", "@")) for c in cells)
     md = cli("table", "--results", str(results), "--format", "markdown").stdout
     row = next(line for line in md.splitlines() if "HYPERLINK" in line)
-    assert row.count(" | ") == 5 and "\\|a\\\\nb" in row  # the pipe escaped, the newline too: one row, six cells
+    assert row.count(" | ") == 6 and "\\|a\\\\nb" in row  # the pipe escaped, the newline too: one row, seven cells

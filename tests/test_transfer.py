@@ -53,8 +53,11 @@ def test_the_transfer_experiment_runs_end_to_end_and_reports_every_arm(readme_wo
     fewshot = json.loads(next(results.glob("fewshot_*.json")).read_text())
     assert list(fewshot["shots"]) == ["10"] and len(fewshot["shots"]["10"]["per_seed"]) == 2
 
-    again = script("run.py", "--sizes=10", "--seeds=0,1", "--set=steps=2", "--set=warmup_steps=1")
-    assert "$ mixer-ft" not in again  # every step's record is there: nothing runs twice
+    again = subprocess.run([sys.executable, str(REPO / "benchmarks" / "transfer" / "run.py"), "--sizes=10", "--seeds=0,1",
+                            "--set=steps=2"], cwd=work, capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0 and "$ mixer-ft" not in again.stdout  # every step's record is there: none runs twice
+    assert "skipped 9 of 9 steps whose records are in results/transfer already (all of them" in again.stderr
+    assert "run.py --results results/transfer-rerun" in again.stderr  # and how to run them again
 
     table = script("report.py", f"--results={results}", f"--figure={tmp_path / 'transfer.png'}")
     row = next(line for line in table.splitlines() if line.startswith("| 10 |"))

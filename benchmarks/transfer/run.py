@@ -12,7 +12,13 @@
    - the fine-tuned sweep continued beyond the paper's grid (lr 0.06 and 0.1, seed 0);
    - few-shot: one `mixer-ft fewshot` of the upstream's frozen features, every size, 3 seeds.
 A step whose record is in results/transfer already is skipped, so an interrupted run goes on where it
-stopped. ``--set key=value`` (repeatable) goes to every training command (tests use it to cut steps).
+stopped; the run says how many it skipped. The repository ships the records of its own run there, so to run
+the experiment again give it a fresh folder (and the figure its own name):
+
+    python benchmarks/transfer/run.py --results results/transfer-rerun
+    python benchmarks/transfer/report.py --results results/transfer-rerun --figure transfer-rerun.png
+
+``--set key=value`` (repeatable) goes to every training command (tests use it to cut steps).
 """
 
 from __future__ import annotations
@@ -76,14 +82,20 @@ def main() -> None:
     common = [f"--set=results_dir={json.dumps(str(results))}"] + [f"--set={s}" for s in args.sets]
     upstream_model = f"runs/{UPSTREAM_RUN}/model"
 
+    skipped, steps = [], [0]
     if not (results / f"{UPSTREAM_RUN}.json").exists():
         mixer_ft("finetune", "--recipe", UPSTREAM_RECIPE, f"--dataset={data / 'upstream'}", *common)
+    else:
+        skipped.append(UPSTREAM_RUN)
 
     def train(command: str, arm: str, n: int, s: int, name: str, *extra: str) -> Path:
         """One downstream `mixer-ft finetune` or `sweep` of ``arm``'s recipe on seed ``s``'s draw of ``n``
         images a class, unless its record is there already; returns that record's path."""
         record = results / (f"sweep_{name}.json" if command == "sweep" else f"{name}.json")
-        if not record.exists():
+        steps[0] += 1
+        if record.exists():
+            skipped.append(record.name)
+        else:
             upstream = [] if arm == "scratch" else [f"--set=upstream={json.dumps(upstream_model)}"]
             mixer_ft(command, "--recipe", ARMS[arm][0], f"--dataset={data / f'downstream_n{n}_s{s}'}",
                      f"--set=seed={s}", f"--set=name={name}", *extra, *upstream, *common)
@@ -105,6 +117,14 @@ def main() -> None:
     if not list(results.glob("fewshot_*.json")):  # its record: fewshot_<weights>_<data set>.json
         mixer_ft("fewshot", f"--upstream={upstream_model}", f"--dataset={data / 'downstream'}",
                  f"--shots={args.sizes}", f"--seeds={len(seeds)}", f"--results={results}")
+    else:
+        skipped.append("fewshot")
+    if skipped:
+        print(f"skipped {len(skipped)} of {steps[0] + 2} steps whose records are in {results} already"
+              f"{' (all of them: the repository ships its own run there)' if len(skipped) == steps[0] + 2 else ''}. "
+              f"To run them again, into a fresh folder: python benchmarks/transfer/run.py --results "
+              f"{results}-rerun && python benchmarks/transfer/report.py --results {results}-rerun --figure "
+              f"transfer-rerun.png", file=sys.stderr)
 
 if __name__ == "__main__":
     main()

@@ -24,7 +24,7 @@ from typing import Any
 from mixer_ft.data.folder import IMAGE_SUFFIXES, FolderReader
 from mixer_ft.data.reader import Reader
 from mixer_ft.errors import ConfigError, DataError
-from mixer_ft.gate import check_path
+from mixer_ft.gate import check_path, looks_local, no_such
 from mixer_ft.model.config import TEST_FRACTION
 
 log = logging.getLogger(__name__)
@@ -158,7 +158,9 @@ def data_source_of(source: str) -> DataSource | None:
         ConfigError: a local path that is a FIFO, device or socket, or has an over-long name (the gate).
     """
     if not source.startswith("hf:") and source not in HUB_DATASETS:
-        check_path(Path(source).expanduser(), "data set")
+        path = check_path(Path(source).expanduser(), "data set")
+        if looks_local(source) and not path.exists():  # a mistyped path is not an offline problem
+            raise ConfigError(no_such(source, "data set"))
     return next((kind for kind in DATA_SOURCES if kind.matches(source)), None)
 
 

@@ -307,10 +307,11 @@ def _cells(rows: list[dict[str, Any]], other: list[dict[str, Any]]) -> tuple[lis
                      _num(r["published_wall_clock_h"], " h"), r["published_hardware"], _pct(r["accuracy"]), diff,
                      _num(r["wall_clock_h"], " h"), r["hardware"] or "-", _num(r["device_hours"])])
     notes = [f"no run yet for {r['id']}: {r['command']}" for r in rows if r["accuracy"] is None]
-    notes += [f"{r['id']}: best of {r['runs']} runs shown; mean {_pct(r['mean_accuracy'])}, "
+    notes += [f"{r['id']}: best of {r['runs']} runs shown ({Path(r['record']).name}); mean {_pct(r['mean_accuracy'])}, "
               f"lowest {_pct(r['min_accuracy'])}" for r in rows if r["runs"] > 1]
+    # The record's file tells two runs of one model and data apart (a user's beside the shipped ones, say).
     extra = [[r["upstream"], r["model"], r["dataset"], _pct(r["accuracy"]), _num(r["wall_clock_h"], " h"),
-              r["hardware"]] for r in other]
+              r["hardware"], Path(r["record"]).name] for r in other]
     return body, notes, extra
 
 
@@ -319,8 +320,8 @@ def _markdown(body: list, notes: list[str], extra: list) -> list[str]:
     lines += ["| " + " | ".join(map(_md, row)) + " |" for row in body]
     lines += [""] + [f"- {_md(m)}" for m in notes]
     if extra:
-        lines += ["", "Other runs:", "", "| upstream | model | dataset | accuracy | time | hardware |",
-                  "|---|---|---|---|---|---|"] + ["| " + " | ".join(map(_md, e)) + " |" for e in extra]
+        lines += ["", "Other runs:", "", "| upstream | model | dataset | accuracy | time | hardware | record |",
+                  "|---|---|---|---|---|---|---|"] + ["| " + " | ".join(map(_md, e)) + " |" for e in extra]
     return lines
 
 

@@ -5,11 +5,13 @@ and the micro-batch that fits in memory. Each answer is decided once, before tra
 from __future__ import annotations
 
 import logging
+import os
 from typing import Any
 
 import torch
 
 from mixer_ft.errors import ConfigError
+from mixer_ft.model.config import MixerConfig
 from mixer_ft.model.mixer import MlpMixer
 from mixer_ft.train.recipe import Recipe
 
@@ -48,8 +50,51 @@ def use_cpu() -> bool:
         torch.cuda.is_available() or is_mps_available() or is_xpu_available())
 
 
+def activation_bytes(cfg: MixerConfig) -> int:
+    """Bytes one image's forward pass keeps for the backward pass, counted from the architecture (float32):
+    per block, the two LayerNorms' inputs and outputs, and each MLP's hidden layer before and after its
+    GELU (tokens x channels, token-MLP width x channels, tokens x channel-MLP width)."""
+    s, c = cfg.num_tokens, cfg.hidden_dim
+    block = 4 * s * c + 2 * cfg.tokens_mlp_dim * c + 2 * s * cfg.channels_mlp_dim
+    return 4 * (cfg.num_blocks * block + 2 * s * c + cfg.in_chans * cfg.img_size ** 2)
+
+
+# Measured peaks run above the count (temporaries of the backward pass, the allocator's slack): the
+# count is scaled by this before it is set against free memory (tests/test_first_hour.py measures it).
+ACTIVATION_SLACK = 1.4
+
+
+def host_micro_batch(cfg: MixerConfig, per_process: int, params: int) -> tuple[int, str]:
+    """The largest divisor of ``per_process`` whose training step fits the host's free memory, and why.
+
+    Raises:
+        ConfigError: not even one image fits; says what would.
+    """
+    from mixer_ft.train.hardware import memory_free
+
+    free, bound = memory_free()
+    processes = max(int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1), 1)  # processes of this host share it
+    room = free // processes - 3 * 4 * params  # gradients, momentum and a working copy: made at the first step
+    each = int(activation_bytes(cfg) * ACTIVATION_SLACK)
+    fit = room // each if room > 0 else 0
+    gb = f"{free / 2**30:.1f} GB free ({bound})"
+    if fit < 1:
+        raise ConfigError(f"Training {cfg.describe()} needs about {(each + 12 * params) / 2**30:.1f} GB for even one image, "
+                          f"more than the {gb}. A smaller model (S/32, B/32) or a smaller img_size fits; or a GPU.")
+    micro = max(d for d in range(1, per_process + 1) if per_process % d == 0 and d <= fit)
+    return micro, f"micro-batch {micro} ({micro * each / 2**30:.1f} GB of activations; {gb})"
+
+
 def micro_batch(recipe: Recipe, per_process: int, model: MlpMixer, device: torch.device, precision: str) -> int:
-    """The per-process forward-pass size. "auto" probes the largest that fits the device's memory."""
+    """The per-process forward-pass size. "auto" finds the largest that fits the device's memory: probed on a
+    GPU, counted on the CPU (where a step too large is not an error but the kernel's silent kill). On the CPU
+    with no micro-batch set, a batch too large for the host is split into micro-batches too, and said so."""
+    if device.type == "cpu" and recipe.micro_batch in (None, "auto"):
+        micro, why = host_micro_batch(model.config, per_process, sum(p.numel() for p in model.parameters()))
+        if micro < per_process:
+            log.warning("%d images a step do not fit this machine's memory at once: %s, %d accumulated a step "
+                        "(the same training)", per_process, why, per_process // micro)
+        return micro
     if recipe.micro_batch is None:
         return per_process
     if recipe.micro_batch == "auto":

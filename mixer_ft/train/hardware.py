@@ -85,4 +85,51 @@ def hardware(device: torch.device, num_processes: int) -> dict[str, Any]:
     return {"device": name, "type": device.type, "count": num_processes}
 
 
-__all__ = ["bf16_slowdown", "cpu_flags", "cpu_isa", "cpu_name", "cpu_native_bf16", "hardware", "native_bf16"]
+def _read_int(path: str) -> int | None:
+    try:
+        text = Path(path).read_text().strip()
+    except (OSError, ValueError):
+        return None
+    return int(text) if text.isdigit() else None
+
+
+def _status(key: str) -> int:
+    """A field of /proc/self/status in bytes (VmData, VmSize), 0 where there is none."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith(key + ":"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 0
+
+
+def memory_free() -> tuple[int, str]:
+    """Bytes this process may still take on the host, and what bounds it: the memory the kernel reports
+    available, the container's (cgroup) limit, or the process's own limits (ulimit -d, -v)."""
+    import resource
+
+    bounds = []
+    try:
+        import psutil
+
+        bounds.append((psutil.virtual_memory().available, "the host's available memory"))
+    except ImportError:  # psutil comes with accelerate; without it, MemAvailable
+        info = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines() if ":" in line)
+        if "MemAvailable" in info:
+            bounds.append((int(info["MemAvailable"].split()[0]) * 1024, "the host's available memory"))
+    for limit, usage in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+                         ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+        cap, used = _read_int(limit), _read_int(usage)
+        if cap is not None and used is not None and cap < 1 << 60:
+            bounds.append((cap - used, "the container's memory limit"))
+    for which, key, name in ((resource.RLIMIT_DATA, "VmData", "ulimit -d"), (resource.RLIMIT_AS, "VmSize", "ulimit -v")):
+        soft, _ = resource.getrlimit(which)
+        if soft != resource.RLIM_INFINITY:
+            bounds.append((soft - _status(key), f"this process's limit ({name})"))
+    free, why = min(bounds) if bounds else (1 << 62, "no limit known")
+    return max(free, 0), why
+
+
+__all__ = ["bf16_slowdown", "cpu_flags", "cpu_isa", "cpu_name", "cpu_native_bf16", "hardware", "memory_free",
+           "native_bf16"]

@@ -260,8 +260,8 @@ def train_step(run: Run, step: int) -> tuple[torch.Tensor, torch.Tensor, int]:
     return optimizer_step(run, micro_batches(run, step))
 
 
-def evaluate(run: Run, split: str) -> tuple[float, int]:
-    """(accuracy, images) on ``split`` with the recipe's evaluation views.
+def evaluate(run: Run, split: str, views: bool = True) -> tuple[float, int]:
+    """(accuracy, images) on ``split``, with the recipe's evaluation views (``views``) or the image alone.
 
     Each process scores its own disjoint share: the summed counts count every image exactly once.
     """
@@ -271,7 +271,7 @@ def evaluate(run: Run, split: str) -> tuple[float, int]:
     with torch.no_grad(), accel.autocast():
         correct, seen = count_correct(run.net, run.pre, run.data.images[array], run.data.labels[array],
                                       idx[accel.process_index::accel.num_processes], run.device,
-                                      mirror=run.recipe.eval_flip, shift=run.recipe.eval_translate,
+                                      mirror=views and run.recipe.eval_flip, shift=run.recipe.eval_translate * views,
                                       extents=run.data.extents.get(array))
     run.net.train()
     counts = accel.reduce(torch.tensor([correct, seen], device=run.device), "sum")
@@ -321,15 +321,21 @@ def finish(run: Run) -> dict[str, Any]:
     from mixer_ft.data.sources import hub_dataset_id
     from mixer_ft.weights.model_folder import save_pretrained
 
-    minival, test = evaluate(run, "minival"), evaluate(run, "test")
-    run.history["minival"].append({"step": run.total, "accuracy": round(minival[0], 5)})
+    # What timm, transformers and `predict` compute from the saved model: the image alone. The recipe's
+    # test-time views (eval_flip, eval_translate), where it has any, are scored too and recorded beside.
+    minival, test = evaluate(run, "minival", views=False), evaluate(run, "test", views=False)
+    has_views = run.recipe.eval_flip or bool(run.recipe.eval_translate)
+    with_views = (evaluate(run, "minival"), evaluate(run, "test")) if has_views else None
+    run.history["minival"].append({"step": run.total, "accuracy": round((with_views or (minival,))[0][0], 5)})
     accel, record = run.accelerator, {}
     accel.wait_for_everyone()
     if accel.is_main_process:
         record = run_record(run, test, minival)
+        if with_views:
+            record |= {"minival_accuracy_views": round(with_views[0][0], 5), "test_accuracy_views": round(with_views[1][0], 5)}
         provenance = {k: record[k] for k in ("name", "upstream", "dataset", "data_source", "test_accuracy", "test_images",
                                              "minival_accuracy", "minival_images", "steps", "global_batch",
-                                             "git_commit", "finished")}
+                                             "git_commit", "finished", "test_accuracy_views") if k in record}
         provenance |= {"hub_dataset": hub_dataset_id(run.recipe.dataset), "val_fraction": run.recipe.val_fraction,
                        "seed": run.recipe.seed,
                        "test_fraction": run.recipe.test_fraction, "train_images": len(run.splits["train"][1]),
@@ -338,8 +344,9 @@ def finish(run: Run) -> dict[str, Any]:
                         provenance=provenance)
         path = write_record(record_path(run.recipe), record)
         atomic_write_text(run.out / "record.json", json_text(record, indent=2) + "\n")
-        accel.print(f"test accuracy {test[0]:.4f} ({test[1]} images), minival {minival[0]:.4f}; "
-                  f"record {path}, model {run.out / 'model'}")
+        views = f" (with the recipe's test-time views: {with_views[1][0]:.4f})" if with_views else ""
+        accel.print(f"test accuracy {test[0]:.4f} ({test[1]} images){views}, minival {minival[0]:.4f}; "
+                    f"record {path}, model {run.out / 'model'}")
     if run.recipe.tracker:
         accel.end_training()
     accel.wait_for_everyone()
@@ -381,6 +388,9 @@ def _run(recipe: Recipe, resume: bool) -> dict[str, Any]:
         restore(run)
     check_record_is_ours(run)
     progress = Progress(recipe, run.accelerator, run.total, run.step, run.history)
+    if recipe.eval_every >= run.total and run.step == 0:
+        run.accelerator.print(f"eval_every {recipe.eval_every:,} is not shorter than the run's {run.total:,} steps: "
+                              "minival is scored at the end")
     run.model.train()
     try:
         with StopSignals() as signals:
@@ -411,7 +421,7 @@ def _train(run: Run, progress: Progress, signals: StopSignals) -> None:
         warmup = step == start
         evaluate_now = bool(r.eval_every) and run.step % r.eval_every == 0 and run.step < run.total
         checkpoint_now = bool(r.checkpoint_every and run.step % r.checkpoint_every == 0) or run.step == run.total
-        if warmup or evaluate_now or checkpoint_now or progress.due(run.step):
+        if warmup or evaluate_now or checkpoint_now or progress.settle(run.step):
             devices.synchronize(run.device)
             losses.check(run.checkpoints, r.lr)
             if warmup and devices.compile_mode(r, run.device):

@@ -13,6 +13,17 @@ if TYPE_CHECKING:
     from mixer_ft.train.recipe import Recipe
 
 
+ETA_STEPS = 3  # timed steps after a (re)start's first, before the time left is told
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
 class Progress:
     """The progress bar, a loss line in ``history`` every ``log_every`` steps, and the tracker.
 
@@ -40,21 +51,45 @@ class Progress:
         self.window = torch.zeros(2, device=self.device)
         self.steps = self.images = self.timed_images = 0
         self.window_s = 0.0
+        # For the estimate of the time left: the (re)start's timed steps so far, and when to tell it.
+        self.start, self.timed, self.timed_s, self.told = start, 0, 0.0, False
 
     def due(self, done: int) -> bool:
-        """Whether step ``done`` ends a window (a line in the history): the loop settles the device first."""
+        """Whether step ``done`` ends a window (a line in the history)."""
         return done % self.recipe.log_every == 0 or done == self.total
+
+    def settle(self, done: int) -> bool:
+        """Whether the loop should wait for the device after step ``done``: a window ends, or the time left is told
+        (after ETA_STEPS timed steps of this start, where the run has more steps than that)."""
+        return self.due(done) or (not self.told and done == self.start + 1 + ETA_STEPS and done < self.total)
+
+    def _eta(self, done: int, images: int) -> None:
+        """Tell once, after the first timed steps, how long the rest takes; on a CPU, what would be faster."""
+        self.told = True
+        per_step = self.timed_s / self.timed
+        left = (self.total - done) * per_step
+        if self.accelerator.is_main_process:
+            print(f"{self.recipe.run_name}: {images / per_step:,.1f} images/s; the {self.total - done:,} steps left "
+                  f"take about {_duration(left)}", file=sys.stderr, flush=True)
+            if self.device.type == "cpu" and left > 3600:
+                print(f"{self.recipe.run_name}: that is long for a CPU: a smaller model (--model S/32), fewer steps "
+                      "(--steps), or a GPU shortens it; Ctrl-C stops at a checkpoint and the same command resumes.",
+                      file=sys.stderr, flush=True)
 
     def step(self, done: int, lr: float, loss: torch.Tensor, correct: torch.Tensor, images: int, seconds: float,
              warmup: bool) -> None:
         """Count step ``done`` (its loss, correct count and images; ``lr``, the rate it used) in the window."""
         self.window_s += 0.0 if warmup else seconds
+        if not warmup:
+            self.timed, self.timed_s = self.timed + 1, self.timed_s + seconds
         self.window[0] += loss.detach()
         self.window[1] += correct
         self.steps, self.images = self.steps + 1, self.images + images
         self.timed_images += 0 if warmup else images
         if self.due(done):
             self._line(done, lr)
+        if not self.told and self.timed >= ETA_STEPS and done < self.total:
+            self._eta(done, images)
         self.bar.update(1)
 
     def _line(self, done: int, lr: float) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 
 from mixer_ft.atomic import json_text
 from mixer_ft.errors import ConfigError
-from mixer_ft.gate import read_text
+from mixer_ft.gate import no_such, read_text
 from mixer_ft.model.config import AREA_RANGE, GELU_FLAVOURS, RESIZE_METHODS, TEST_FRACTION, WEIGHT_SUFFIXES, MixerConfig
 from mixer_ft.train.optim import OPTIMIZERS
 
@@ -290,6 +290,15 @@ def protocol_differences(config: dict[str, Any], recipe: Recipe) -> list[str]:
     return _differences(config, recipe, RESUMABLE_KEYS | {"dataset", "seed"})
 
 
+def shipped_recipes() -> list[str]:
+    """The recipes beside the package (a checkout's recipes/, or the working folder's), as paths to give."""
+    for base in (Path.cwd(), Path(__file__).resolve().parents[2]):
+        found = sorted(str(p.relative_to(base)) for p in (base / "recipes").rglob("*.toml"))
+        if found:
+            return found
+    return []
+
+
 def find_recipe(relative: str) -> Path:
     """A shipped recipe (``recipes/...``), looked up from the working folder, then beside the package."""
     for base in (Path.cwd(), Path(__file__).resolve().parents[2]):
@@ -313,7 +322,8 @@ def load_recipe(path: str | Path, **overrides: Any) -> Recipe:
     try:
         data = tomllib.loads(read_text(path, "recipe"))
     except FileNotFoundError:
-        raise ConfigError(f"No recipe at {path}. The recipes shipped with mixer_ft are in recipes/.") from None
+        raise ConfigError(f"{no_such(str(path), 'recipe')} The recipes: {', '.join(shipped_recipes()) or 'none found'}.") \
+            from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"Recipe {path} is not valid TOML: {e}.") from None
     except OSError as e:
@@ -362,8 +372,22 @@ def resolve(path: str | None, flags: dict[str, Any], set_items: list[str],
     r, overrides = from_command_line(path, flags, set_items)
     origin = origins(path, overrides)
     if {"steps", "epochs"} & {k for k, v in origin.items() if v != "default"}:
+        said = None
+    else:
+        r, origin, said = apply_hyper_rule(r, origin, count_only)
+    r, origin, shorter = short_warmup(r, origin)
+    return r, origin, "; ".join(s for s in (said, shorter) if s) or None
+
+
+def short_warmup(r: Recipe, origin: dict[str, str]) -> tuple[Recipe, dict[str, str], str | None]:
+    """A warm-up as long as the run or longer (the protocol's 500 steps in a 50-step run) never lets the rate
+    reach ``lr``: it shrinks to a tenth of the run, the BiT-HyperRule's share, unless ``--warmup`` set it."""
+    if r.epochs is not None or origin.get("warmup_steps") == "flag" or r.warmup_steps < r.steps:
         return r, origin, None
-    return apply_hyper_rule(r, origin, count_only)
+    warmup, was = r.steps // 10, "the recipe's" if origin.get("warmup_steps") == "recipe file" else "the default"
+    why = f"{was} {r.warmup_steps} is not shorter than the {r.steps}-step run: a tenth of it, as the BiT-HyperRule"
+    return (r.replace(warmup_steps=warmup), origin | {"warmup_steps": f"rule ({why}; --warmup sets another)"},
+            f"warm-up {warmup}: {why} (--warmup sets another)")
 
 
 def origins(path: str | Path | None, overrides: dict[str, Any]) -> dict[str, str]:

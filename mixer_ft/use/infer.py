@@ -62,6 +62,7 @@ class Classifier:
         self.pre = Preprocess.for_model(model.config)
         self.classes, self.mirror, self.shift, self.precision = classes, mirror, shift, precision
         self.provenance: dict[str, Any] = {}  # how the model was made, where its folder says
+        self.recorded_views: dict[str, Any] = {}  # the test-time views its training scored with
 
     @classmethod
     def from_pretrained(cls, source: str | Path, *, variant: str | None = None, device: str | None = None,
@@ -70,8 +71,11 @@ class Classifier:
                         resize: str = "tile") -> Classifier:
         """Load any model source: a model folder, a run folder or any weight source of ``--upstream``.
 
-        The test-time views and precision are those the model was scored with unless given;
-        ``img_size`` and ``resize`` as :func:`mixer_ft.weights.loading.create_model` takes them.
+        The image alone is scored unless ``mirror`` or ``shift`` add test-time views: what timm and
+        transformers compute from the same folder, and the accuracy its card and run record give. The
+        precision is the one the model was scored with unless given; ``img_size`` and ``resize`` as
+        :func:`mixer_ft.weights.loading.create_model` takes them. ``recorded_views`` says which views the
+        model's training scored besides.
         """
         from mixer_ft.weights.loading import load_checkpoint, model_from_checkpoint
 
@@ -83,12 +87,20 @@ class Classifier:
 
         dev = resolve_device(device)
         views = ckpt.evaluation
-        clf = cls(model, classes, device=dev,
-                  mirror=views.get("flip", False) if mirror is None else mirror,
-                  shift=views.get("translate", 0) if shift is None else shift,
+        clf = cls(model, classes, device=dev, mirror=bool(mirror), shift=shift or 0,
                   precision=precision or _default_precision(views.get("precision"), dev))
-        clf.provenance = ckpt.provenance
+        clf.provenance, clf.recorded_views = ckpt.provenance, views
         return clf
+
+    def views_note(self) -> str | None:
+        """Which views score the images, where the model's training also used others (None: nothing to say)."""
+        trained = [f for f, on in (("--flip", self.recorded_views.get("flip")),
+                                   (f"--translate {self.recorded_views.get('translate')}", self.recorded_views.get("translate")))
+                   if on]
+        if not trained or self.mirror or self.shift:
+            return None
+        return (f"views: the image alone, as timm and transformers score it; this model's run also scored test-time "
+                f"views ({' '.join(trained)} adds them)")
 
     @contextlib.contextmanager
     def scoring(self) -> Iterator[None]:

@@ -63,9 +63,12 @@ def _facts(cfg: MixerConfig, classes: list[str] | None, evaluation: dict[str, An
                        ("global_batch", "global batch"), ("git_commit", "mixer_ft commit")):
         if provenance.get(key) is not None:
             rows.append((label, str(provenance[key])))
-    for key in ("test_accuracy", "minival_accuracy"):
+    for key in ("test_accuracy", "minival_accuracy"):  # the image alone: what timm and transformers compute
         if key in provenance:
             rows.append((key.replace("_", " "), pct(key)))
+    if "test_accuracy_views" in provenance:
+        rows.append(("test accuracy with the evaluation views above", f"{100 * provenance['test_accuracy_views']:.2f}% "
+                     "(`mixer-ft predict --flip`/`--translate`; timm and transformers score the image alone)"))
     return ["| | |", "|---|---|"] + [f"| {k} | {md_cell(v)} |" for k, v in rows]
 
 

@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mixer_ft.errors import CheckpointError, ConfigError, WeightsUnavailable
-from mixer_ft.gate import check_path
+from mixer_ft.gate import check_path, looks_local, no_such
 from mixer_ft.model.config import VARIANTS, canonical_variant, timm_name
 from mixer_ft.weights.downloads import cached_path, download, hub_download_advice, hub_offline, offline_reason
 
@@ -269,6 +269,8 @@ def missing_weights(source: str, variant: str | None, online: bool) -> str | Non
     try:
         kind = source_of(source)
     except WeightsUnavailable:
+        if looks_local(source):  # a mistyped path is not an offline problem
+            raise ConfigError(no_such(source, "weights")) from None
         return f"the weights {source}: no such file or folder"
     return kind.missing(source, variant, online)
 
