@@ -200,7 +200,7 @@ def test_data_command_on_the_whole_cifar10_archive():
 
 
 @pytest.mark.parametrize("args,needle", [
-    (["/no/such/folder"], "No data set '/no/such/folder'"),
+    (["/no/such/folder"], "No data set /no/such/folder: no such file or folder"),
     (["cifar100"], "cifar-100-python.tar.gz"),
 ])
 def test_data_command_bad_input(args, needle):

@@ -14,19 +14,23 @@ from test_invariants import TINY, one_error_line, photo_folder
 
 from conftest import REPO, run_cli
 
+# The peak RSS of this process alone: VmHWM (ru_maxrss survives exec, so it holds the parent's), reset once the
+# model, its input and its gradients exist (writing 5 to clear_refs resets it).
 MEASURE = """
-import resource, sys, torch, torch.nn.functional as F
+import sys, torch, torch.nn.functional as F
 from mixer_ft.model.config import MixerConfig
 from mixer_ft.model.mixer import MlpMixer
 from mixer_ft.train.devices import activation_bytes
+def hwm():
+    return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) * 1024
 cfg = MixerConfig.from_variant(sys.argv[1], num_classes=10)
 model, b = MlpMixer(cfg), int(sys.argv[2])
 x, y = torch.randn(b, 3, cfg.img_size, cfg.img_size), torch.randint(0, 10, (b,))
 F.cross_entropy(model(x[:1]), y[:1]).backward()  # gradients exist before the peak is read
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+open("/proc/self/clear_refs", "w").write("5")
+base = hwm()
 F.cross_entropy(model(x), y).backward()
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-print((peak - base) / b / activation_bytes(cfg))
+print((hwm() - base) / b / activation_bytes(cfg))
 """
 
 
@@ -43,10 +47,14 @@ def test_the_activation_count_with_its_slack_bounds_the_measured_peak(variant, b
 
 
 def limited(megabytes: int):
-    """A subprocess's preexec: its data segment (heap and private mappings) limited, as `ulimit -d` does."""
+    """A subprocess's preexec: its data segment (heap and private mappings) limited, as `ulimit -d` does, to
+    what a fresh process with torch and mixer_ft loaded takes, plus ``megabytes``."""
+    code = ("import torch, accelerate, mixer_ft.train.loop; "
+            "print(next(l.split()[1] for l in open('/proc/self/status') if l.startswith('VmData')))")
+    base = int(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO).stdout) * 1024
+    limit = base + (300 << 20) + (megabytes << 20)  # (the preexec runs before exec: its own VmData is this process's)
+
     def apply():
-        base = int(next(line for line in open("/proc/self/status") if line.startswith("VmData")).split()[1]) * 1024
-        limit = base + (900 << 20) + (megabytes << 20)  # what python and torch take to start, then the budget
         resource.setrlimit(resource.RLIMIT_DATA, (limit, limit))
     return apply
 

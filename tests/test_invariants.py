@@ -312,3 +312,40 @@ def test_a_class_named_with_a_newline_and_a_pipe_stays_on_one_line_everywhere(tm
     assert len(lines) == 5 and all("a\\nb|c" in line for line in lines)
     csv_rows = run_cli("predict", tmp_path / "run", data / "dog", "--top-k", 2, "--csv").stdout.splitlines()
     assert len(csv_rows) == 1 + 10  # a header, then one line per image and rank
+
+
+def test_two_long_run_names_that_differ_past_the_cut_stay_two_names():
+    from mixer_ft.train.recipe import safe_name
+
+    a, b = safe_name("sweep_" + "x" * 130 + "_lr0.001"), safe_name("sweep_" + "x" * 130 + "_lr0.003")
+    assert a != b and len(a) <= 120 and len(b) <= 120 and safe_name(a) == a
+
+
+def test_push_refuses_a_model_folder_with_a_link_leading_outside_it(tmp_path, smoke_run):
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(smoke_run[0] / "model", folder)
+    (tmp_path / "secret.txt").write_text("not for the Hub")
+    (folder / "notes.txt").symlink_to(tmp_path / "secret.txt")
+    line = one_error_line(run_cli("push", folder, "someone/model", env={"HF_HUB_OFFLINE": "0"}))
+    assert "must not upload" in line and "notes.txt (a link to" in line
+
+
+@pytest.mark.slow
+def test_a_run_started_with_fresh_and_stopped_says_to_resume_without_fresh(tmp_path):
+    import subprocess
+    import sys
+    import time
+
+    data = photo_folder(tmp_path / "photos", per_class=10)
+    cmd = [sys.executable, "-m", "mixer_ft", "finetune", "--dataset", data, "--steps", 100000, "--batch", 4, "--warmup", 0,
+           "--eval-every", 0, "--set", "checkpoint_every=5", "--output-dir", tmp_path / "run", "--set",
+           f'results_dir="{tmp_path / "results"}"', "--fresh", *TINY]
+    proc = subprocess.Popen(list(map(str, cmd)), stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True, cwd=REPO)
+    deadline = time.time() + 300
+    while not list((tmp_path / "run" / "checkpoints").glob("step_*.pt")) and time.time() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130 and "run the same command without --fresh to resume" in err, err[-2000:]

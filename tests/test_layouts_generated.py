@@ -138,5 +138,6 @@ def test_any_generated_layout_is_labelled_by_its_class_folders_or_refused_in_one
     printable = [c.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace") for c in shown]
     assert sorted(info["classes"]) == sorted(printable)  # the class folders, NFC: litter and the top folder are not
     assert sum(info["splits"].values()) == expect["images"] and info["skipped"] == expect["skipped"], (info, expect)
-    for rel in expect["named"]:  # each image not used is named in a warning
-        assert Path(rel).name in out.stderr, (rel, out.stderr)
+    # Each file not used is named in a warning (of a long list, the first five, and the count).
+    named = [rel for rel in expect["named"] if Path(rel).name in out.stderr]
+    assert named == expect["named"] or ("in all)" in out.stderr and len(named) >= 5), (expect["named"], out.stderr)

@@ -169,7 +169,7 @@ def test_tensorboard_tracker_writes_events(tmp_path, cut):
 @pytest.mark.parametrize("extra,needle", [
     (["--set", "learning_rate=0.1"], "Unknown --set key 'learning_rate'"),
     (["--batch", 64, "--micro-batch", 48], "micro-batch 48 does not divide"),
-    (["--dataset", "/no/such/data"], "the data set /no/such/data: no such file or folder"),
+    (["--dataset", "/no/such/data"], "No data set /no/such/data: no such file or folder"),
     (["--model", "X/99"], "Unknown Mixer variant"),
     (["--micro-batch", "lots"], "--micro-batch takes a positive integer"),
 ])

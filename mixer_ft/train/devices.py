@@ -85,12 +85,27 @@ def host_micro_batch(cfg: MixerConfig, per_process: int, params: int) -> tuple[i
     return micro, f"micro-batch {micro} ({micro * each / 2**30:.1f} GB of activations; {gb})"
 
 
+def eval_batch(cfg: MixerConfig, device: torch.device) -> int:
+    """Images an evaluation pass takes at once: 256, or on the CPU as many as the host's free memory holds
+    (a forward pass keeps no activations, but its largest layer's input and output are there at once)."""
+    from mixer_ft.train.evaluation import EVAL_BATCH
+
+    if device.type != "cpu":
+        return EVAL_BATCH
+    from mixer_ft.train.hardware import memory_free
+
+    each = 4 * 2 * cfg.num_tokens * max(cfg.channels_mlp_dim, cfg.hidden_dim) * 2 + 4 * 3 * cfg.img_size ** 2
+    return int(max(1, min(EVAL_BATCH, memory_free()[0] // 2 // int(each * ACTIVATION_SLACK))))
+
+
 def micro_batch(recipe: Recipe, per_process: int, model: MlpMixer, device: torch.device, precision: str) -> int:
     """The per-process forward-pass size. "auto" finds the largest that fits the device's memory: probed on a
     GPU, counted on the CPU (where a step too large is not an error but the kernel's silent kill). On the CPU
     with no micro-batch set, a batch too large for the host is split into micro-batches too, and said so."""
     if device.type == "cpu" and recipe.micro_batch in (None, "auto"):
         micro, why = host_micro_batch(model.config, per_process, sum(p.numel() for p in model.parameters()))
+        if recipe.micro_batch == "auto":  # and then tried, as on a GPU: a limit the count missed shows here
+            micro = probe_micro_batch(model, per_process, device, precision, largest=micro)
         if micro < per_process:
             log.warning("%d images a step do not fit this machine's memory at once: %s, %d accumulated a step "
                         "(the same training)", per_process, why, per_process // micro)
@@ -107,27 +122,28 @@ def micro_batch(recipe: Recipe, per_process: int, model: MlpMixer, device: torch
     return micro
 
 
-def _out_of_memory(e: RuntimeError) -> bool:
+def out_of_memory(e: RuntimeError) -> bool:
     """torch's OOM error (CUDA and others), or the CPU allocator's plain RuntimeError."""
     return isinstance(e, torch.OutOfMemoryError) or "can't allocate memory" in str(e)
 
 
-def probe_micro_batch(model: MlpMixer, per_process: int, device: torch.device, precision: str) -> int:
-    """The largest divisor of ``per_process`` whose forward and backward fit the device's memory.
+def probe_micro_batch(model: MlpMixer, per_process: int, device: torch.device, precision: str,
+                      largest: int | None = None) -> int:
+    """The largest divisor of ``per_process`` (up to ``largest``) whose forward and backward fit the device's memory.
 
     The probe leaves no trace: gradients are dropped, the weights are untouched (no optimizer
     step) and no random numbers are drawn, so training is the same as with that micro-batch given.
     """
     cfg, dtype = model.config, {"bf16": torch.bfloat16, "fp16": torch.float16}.get(precision)
     model.to(device)
-    for m in [d for d in range(per_process, 0, -1) if per_process % d == 0]:
+    for m in [d for d in range(largest or per_process, 0, -1) if per_process % d == 0]:
         try:
             x = torch.zeros(m, cfg.in_chans, cfg.img_size, cfg.img_size, device=device)
             with torch.autocast(device.type, dtype=dtype or torch.bfloat16, enabled=dtype is not None):
                 model(x).float().sum().backward()
             return m
         except RuntimeError as e:
-            if not _out_of_memory(e):
+            if not out_of_memory(e):
                 raise
         finally:
             model.zero_grad(set_to_none=True)

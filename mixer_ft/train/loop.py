@@ -271,6 +271,7 @@ def evaluate(run: Run, split: str, views: bool = True) -> tuple[float, int]:
     with torch.no_grad(), accel.autocast():
         correct, seen = count_correct(run.net, run.pre, run.data.images[array], run.data.labels[array],
                                       idx[accel.process_index::accel.num_processes], run.device,
+                                      batch=devices.eval_batch(run.net.config, run.device),
                                       mirror=views and run.recipe.eval_flip, shift=run.recipe.eval_translate * views,
                                       extents=run.data.extents.get(array))
     run.net.train()
@@ -395,11 +396,21 @@ def _run(recipe: Recipe, resume: bool) -> dict[str, Any]:
     try:
         with StopSignals() as signals:
             _train(run, progress, signals)
+        progress.bar.close()
+        return finish(run)
+    except RuntimeError as e:  # the device or host ran out of memory: one line, the checkpoints kept
+        if not devices.out_of_memory(e):
+            raise
+        kept = run.checkpoints.all()
+        where = f"step {run.step + 1}" if run.step < run.total else "the final evaluation"
+        raise TrainingError(f"The run ran out of memory at {where} on the {run.device.type} (micro-batch {run.micro} of "
+                            f"{run.micro * run.accum} images a process): set a smaller --micro-batch (a divisor of "
+                            f"{run.micro * run.accum}; the same training) or a smaller model. "
+                            + (f"Running again resumes from {kept[-1]}." if kept else "No checkpoint was written yet.")) \
+            from None
     finally:
         if run.feed is not None:
             run.feed.close()
-    progress.bar.close()
-    return finish(run)
 
 
 def _train(run: Run, progress: Progress, signals: StopSignals) -> None:

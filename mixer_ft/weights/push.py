@@ -87,6 +87,7 @@ def push(path: str | Path, repo_id: str, *, private: bool = False) -> str:
         WeightsUnavailable: offline, the Hub unreachable or silent, or the upload refused (with the Hub's reason).
     """
     folder = model_folder(path)
+    files = files_to_push(folder)  # before anything goes out: a link leading outside the folder is refused here
     from huggingface_hub.utils import HFValidationError, validate_repo_id
 
     try:
@@ -106,7 +107,7 @@ def push(path: str | Path, repo_id: str, *, private: bool = False) -> str:
             api = HfApi()
             api.create_repo(repo_id, private=private, exist_ok=True)
             outcome["url"] = api.upload_folder(repo_id=repo_id, folder_path=folder, allow_patterns=[
-                str(p.relative_to(folder)) for p in files_to_push(folder)],
+                str(p.relative_to(folder)) for p in files],
                 commit_message="Upload a model made with mixer_ft").commit_url
         except BaseException as e:  # noqa: BLE001 - reported by the caller's thread
             outcome["error"] = e
