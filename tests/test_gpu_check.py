@@ -46,13 +46,14 @@ def test_the_gpu_check_dry_run_ends_every_step_with_rc_0(tmp_path, readme_workdi
 
 @pytest.mark.slow
 def test_the_gpu_soak_dry_run_stops_resumes_and_reports(tmp_path, readme_workdir):
-    out, scratch = dry_run("gpu_soak.sh", tmp_path, readme_workdir)
+    # SOAK_PARTS=soak: the equality runs are the speed check's too (its dry run below compares them)
+    out, scratch = dry_run("gpu_soak.sh", tmp_path, readme_workdir, {"SOAK_PARTS": "soak"})
     log = (tmp_path / "out" / "soak_log.txt").read_text()
-    assert out.returncode == 0 and [line for line in log.splitlines() if line.startswith("rc=")] == ["rc=0"] * 4, log[-3000:]
-    assert log.count("stopped rc=143") == 2  # the soak and the equality run were each stopped by SIGTERM, then resumed
+    assert out.returncode == 0 and [line for line in log.splitlines() if line.startswith("rc=")] == ["rc=0"] * 2, log[-3000:]
+    assert log.count("stopped rc=143") == 1  # the soak was stopped by SIGTERM, then resumed
     report = json.loads((tmp_path / "out" / "soak_cpu.json").read_text())
     assert report["kind"] == "soak" and report["steps"] == 12 and len(report["images_per_s_windows"]) >= 4
-    assert report["resumed_equals_uninterrupted"] is True and report["resumed_max_abs_difference"] == 0
+    assert report["resumed_equals_uninterrupted"] is None  # no equality runs in this part
     assert report["eval_s"] > 0 and report["checkpoint_s"] > 0 and not list(scratch.glob("gpu-soak-runs.*"))
 
 
