@@ -158,23 +158,24 @@ def collect_images(inputs: list[str]) -> list[Path]:
     """
     import glob
 
-    from mixer_ft.data.sources import IMAGE_SUFFIXES
+    from mixer_ft.data.folder import IMAGE_SUFFIXES, is_litter, walk
+    from mixer_ft.gate import check_path, no_such
 
     def images_in(paths: list[Path]) -> list[Path]:
-        return sorted(p for p in paths if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        return sorted(p for p in paths if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not is_litter(p.name))
 
     found: list[Path] = []
     for text in inputs:
-        path = Path(text).expanduser()
+        path = check_path(Path(text).expanduser(), "image")  # the gate: a FIFO or device is one line
         if path.is_file():
             found.append(path)
             continue
-        if path.is_dir():
-            files = images_in(list(path.rglob("*")))
+        if path.is_dir():  # the data folders' rules: OS litter skipped, links followed inside, named outside
+            files = images_in(list(walk(path).values()))
         elif glob.has_magic(text):
             files = images_in([Path(p) for p in glob.glob(str(path), recursive=True)])
         else:
-            raise ConfigError(f"No image file or folder {text!r}.")
+            raise ConfigError(no_such(text, "image file or folder"))
         if not files:
             raise ConfigError(f"{text} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}).")
         found += files
