@@ -22,6 +22,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from soak_report import weights_difference  # noqa: E402 - this folder's, beside this script
+
 from mixer_ft.atomic import atomic_write_text  # noqa: E402
 from mixer_ft.report.bench import device_slug  # noqa: E402
 
@@ -81,16 +83,6 @@ def run_summary(record: dict, samples: list[dict]) -> dict:
             "peak_compile_workers": max((s.get("compile_workers_n", 0) for s in samples), default=None),
             "cpu_timeline": timeline(samples),
             "test_accuracy": record["test_accuracy"]}
-
-
-def weights_difference(a: Path, b: Path) -> tuple[bool, float]:
-    from safetensors.torch import load_file
-
-    x, y = load_file(a / "model.safetensors"), load_file(b / "model.safetensors")
-    if x.keys() != y.keys():
-        return False, float("inf")
-    worst = max(float((x[k].float() - y[k].float()).abs().max()) for k in x)
-    return all(bool((x[k] == y[k]).all()) for k in x), worst
 
 
 def main() -> None:

@@ -93,7 +93,7 @@ def _section(title: str, head: list[str], body: list[list[str]], markdown: bool)
     """A titled table of its own under the main one, as markdown or aligned text."""
     if markdown:
         return ["", title, "", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)] + \
-            ["| " + " | ".join(map(_md, row)) + " |" for row in body]
+            ["| " + " | ".join(map(md_cell, row)) + " |" for row in body]
     body = [[one_line(x) for x in row] for row in body]
     widths = [max(len(x) for x in col) for col in zip(head, *body)]
     return ["", title] + ["  ".join(f"{x:<{w}}" for x, w in zip(row, widths)) for row in [head, *body]]
@@ -289,11 +289,6 @@ def _csv(rows: list[dict[str, Any]], other: list[dict[str, Any]], fewshot: list[
     return buf.getvalue()
 
 
-def _md(text: str) -> str:
-    """A markdown table cell: its own pipes escaped, no line breaks."""
-    return md_cell(text)
-
-
 _HEAD = ["upstream", "model", "dataset", "published", "time", "hardware", "ours", "diff", "time", "hardware",
          "device-h"]
 
@@ -317,11 +312,11 @@ def _cells(rows: list[dict[str, Any]], other: list[dict[str, Any]]) -> tuple[lis
 
 def _markdown(body: list, notes: list[str], extra: list) -> list[str]:
     lines = ["| " + " | ".join(_HEAD) + " |", "|" + "---|" * len(_HEAD)]
-    lines += ["| " + " | ".join(map(_md, row)) + " |" for row in body]
-    lines += [""] + [f"- {_md(m)}" for m in notes]
+    lines += ["| " + " | ".join(map(md_cell, row)) + " |" for row in body]
+    lines += [""] + [f"- {md_cell(m)}" for m in notes]
     if extra:
         lines += ["", "Other runs:", "", "| upstream | model | dataset | accuracy | time | hardware | record |",
-                  "|---|---|---|---|---|---|---|"] + ["| " + " | ".join(map(_md, e)) + " |" for e in extra]
+                  "|---|---|---|---|---|---|---|"] + ["| " + " | ".join(map(md_cell, e)) + " |" for e in extra]
     return lines
 
 

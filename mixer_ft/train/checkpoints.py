@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from mixer_ft.atomic import atomic_write, atomic_write_text
+from mixer_ft.weights.model_folder import CHECKPOINT_NAME
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +27,6 @@ def _digest(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-_NAME = re.compile(r"step_(\d{8})\.pt")
 
 
 def _step(path: Path) -> int:
@@ -48,7 +47,7 @@ class Checkpoints:
         folder (a copy the user made, ``step_best.pt``) is not a checkpoint of this run's: left alone, named once."""
         found, stray = [], []
         for path in self.folder.glob("step_*.pt"):
-            (found if _NAME.fullmatch(path.name) and path.is_file() else stray).append(path)
+            (found if CHECKPOINT_NAME.fullmatch(path.name) and path.is_file() else stray).append(path)
         if stray and not self._warned:
             self._warned = True
             log.warning("%s: ignoring %s, not checkpoint(s) this run wrote (step_<8 digits>.pt)", self.folder,

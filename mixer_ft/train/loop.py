@@ -39,6 +39,7 @@ from mixer_ft.train.build import build_model
 from mixer_ft.train.checkpoints import Checkpoints
 from mixer_ft.train.evaluation import check_shift, count_correct
 from mixer_ft.train.feed import TrainFeed, device_images
+from mixer_ft.train.guards import check_fresh_removes_no_input, check_same_classes
 from mixer_ft.train.optim import make_optimizers, make_schedules
 from mixer_ft.train.progress import Progress
 from mixer_ft.train.recipe import Recipe, resume_conflicts
@@ -150,38 +151,6 @@ def setup(recipe: Recipe, *, fresh: bool = False) -> Run:
                          process=(accelerator.process_index, accelerator.num_processes), on_device=on_device)
     run.loss_check, run.fresh = NonFinite(run.device), fresh
     return run
-
-
-def check_fresh_removes_no_input(recipe: Recipe, out: Path) -> None:
-    """``--fresh`` deletes the run folder's checkpoints, model and record: never an input of this run.
-
-    Raises:
-        ConfigError: the upstream weights or the data set lie among what ``--fresh`` would delete.
-    """
-    doomed = [(out / "checkpoints").resolve(), (out / "model").resolve(), (out / "record.json").resolve()]
-    for what, value in (("upstream weights", recipe.upstream), ("data set", recipe.dataset)):
-        path = Path(value).expanduser()
-        if not path.exists():
-            continue
-        real = path.resolve()
-        if real == out.resolve() or any(real == d or real.is_relative_to(d) or
-                                        (what.startswith("upstream") and d.is_relative_to(real)) for d in doomed):
-            raise ConfigError(f"--fresh would delete the {what} of this run ({value}): it is in {out}. Give the new run "
-                              "its own --output-dir, or copy them out first.")
-
-
-def check_same_classes(saved: list[str] | None, now: list[str], out: Path, fresh: str) -> None:
-    """A checkpoint's head rows are its classes in order: resuming on other classes would train the wrong rows.
-
-    Raises:
-        TrainingError: naming what changed (classes added, removed, renamed or reordered); nothing is trained.
-    """
-    if saved is None or list(saved) == list(now):
-        return
-    gone, new = [c for c in saved if c not in now], [c for c in now if c not in saved]
-    change = "; ".join(part for part in (f"removed {gone}" if gone else "", f"added {new}" if new else "") if part) \
-        or f"the same classes in another order ({saved} then, {now} now)"
-    raise TrainingError(f"{out} holds a checkpoint trained on other classes than the data set's now: {change}. {fresh}")
 
 
 def restore(run: Run) -> None:

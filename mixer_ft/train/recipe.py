@@ -290,9 +290,14 @@ def protocol_differences(config: dict[str, Any], recipe: Recipe) -> list[str]:
     return _differences(config, recipe, RESUMABLE_KEYS | {"dataset", "seed"})
 
 
+def _recipe_bases() -> tuple[Path, Path]:
+    """Where recipes/ is looked for: the working folder, then the checkout the package sits in."""
+    return Path.cwd(), Path(__file__).resolve().parents[2]
+
+
 def shipped_recipes() -> list[str]:
     """The recipes beside the package (a checkout's recipes/, or the working folder's), as paths to give."""
-    for base in (Path.cwd(), Path(__file__).resolve().parents[2]):
+    for base in _recipe_bases():
         found = sorted(str(p.relative_to(base)) for p in (base / "recipes").rglob("*.toml"))
         if found:
             return found
@@ -301,7 +306,7 @@ def shipped_recipes() -> list[str]:
 
 def find_recipe(relative: str) -> Path:
     """A shipped recipe (``recipes/...``), looked up from the working folder, then beside the package."""
-    for base in (Path.cwd(), Path(__file__).resolve().parents[2]):
+    for base in _recipe_bases():
         if (base / relative).is_file():
             return base / relative
     raise ConfigError(f"Recipe {relative} not found here or beside the package; run from a mixer_ft checkout.")

@@ -16,6 +16,7 @@ import torch
 from mixer_ft.atomic import atomic_write_text, json_text, locked
 from mixer_ft.errors import ConfigError, MixerFtError
 from mixer_ft.gate import read_text
+from mixer_ft.train.devices import compile_mode
 from mixer_ft.train.hardware import hardware
 
 if TYPE_CHECKING:
@@ -69,17 +70,30 @@ def git_commit(cwd: Path | None = None) -> str | None:
     return commit + ("+dirty" if dirty else "")
 
 
-def _another_runs(path: Path, record: dict[str, Any]) -> bool:
-    """Whether ``path`` holds the record of another run than ``record``'s (a fine-tune run has a run id; a
-    record without one is an evaluation, which the same command makes again alike)."""
-    if "run_id" not in record or not (path.exists() or path.is_symlink()):
-        return False
+def _existing(path: Path) -> dict[str, Any] | None:
+    """What is at a record's path: None when nothing is, else the record there ({} for anything that is not one)."""
+    if not path.exists() and not path.is_symlink():
+        return None
     try:
         theirs = json.loads(read_text(path, "record")) if path.is_file() and not path.is_symlink() else {}
     except (OSError, UnicodeDecodeError, json.JSONDecodeError, MixerFtError):
         theirs = {}
-    theirs = theirs if isinstance(theirs, dict) else {}
-    return theirs.get("run_id") != record["run_id"] and theirs.get("model_dir") != record.get("model_dir")
+    return theirs if isinstance(theirs, dict) else {}
+
+
+def _same_run(theirs: dict[str, Any], run_id: Any, model_dir: Any) -> bool:
+    """Whether a record is of the run with ``run_id`` (resumed or re-evaluated) or was written from its folder
+    (``model_dir``: the run started over there)."""
+    folder = theirs.get("model_dir")
+    return theirs.get("run_id") == run_id or (isinstance(folder, str) and isinstance(model_dir, str)
+                                              and Path(folder).resolve() == Path(model_dir).resolve())
+
+
+def _another_runs(path: Path, record: dict[str, Any]) -> bool:
+    """Whether ``path`` holds the record of another run than ``record``'s (a fine-tune run has a run id; a
+    record without one is an evaluation, which the same command makes again alike)."""
+    theirs = _existing(path) if "run_id" in record else None
+    return theirs is not None and not _same_run(theirs, record["run_id"], record.get("model_dir"))
 
 
 def write_record(path: str | Path, record: dict[str, Any]) -> Path:
@@ -143,7 +157,7 @@ def run_record(run: Run, test: tuple[float, int], minival: tuple[float, int]) ->
         "steps": run.total, "global_batch": r.global_batch, "epochs": round(trained / n_train, 3),
         "micro_batch": run.micro, "accumulation": run.accum, "mixed_precision": run.precision,
         "compiled": compiled, "graph_breaks": _graph_breaks() if compiled else None, "head": run.head,
-        "compile_mode": (r.compile if isinstance(r.compile, str) else "default") if compiled else None,
+        "compile_mode": compile_mode(r, run.device) if compiled else None,
         "data_on_device": bool(run.feed and run.feed.on_device),
         "wall_clock_s": round(run.elapsed, 1), "images_per_s": round(steady_rate(run), 1),
         "warmup_s": round(run.warmup_s, 2), "eval_s": round(run.eval_s, 2), "checkpoint_s": round(run.checkpoint_s, 2),
@@ -169,17 +183,10 @@ def check_record_is_ours(run: Run) -> None:
     named.
     """
     path = record_path(run.recipe)
-    if not path.exists() and not path.is_symlink():
+    theirs = _existing(path)
+    if theirs is None or _same_run(theirs, run.run_id, str(run.out / "model")):
         return
-    try:
-        theirs = json.loads(read_text(path, "record")) if path.is_file() and not path.is_symlink() else {}
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError, MixerFtError):
-        theirs = {}
-    theirs = theirs if isinstance(theirs, dict) else {}
     folder = theirs.get("model_dir")
-    if theirs.get("run_id") == run.run_id or (
-            isinstance(folder, str) and Path(folder).resolve() == (run.out / "model").resolve()):
-        return
     made_by = f"the run in {Path(folder).parent}" if isinstance(folder, str) else "another run (or not a run record)"
     raise ConfigError(f"{path} holds the record of {made_by}, not of this run ({run.out}); it is kept. Give this "
                       f"run its own name (--set name=...) or results folder (--set results_dir=...).")

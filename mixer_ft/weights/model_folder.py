@@ -10,6 +10,7 @@ pushes as it is. Importing this module loads no torch: push and preflight only l
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,9 @@ if TYPE_CHECKING:
     from mixer_ft.model.mixer import MlpMixer
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "model.pth", "model.pt")
+# A run folder's training checkpoints, checkpoints/step_<8 digits>.pt (mixer_ft.train.checkpoints writes them);
+# any other file there is not one of them.
+CHECKPOINT_NAME = re.compile(r"step_(\d{8})\.pt")
 
 
 def model_folder(path: str | Path) -> Path:
@@ -153,4 +157,4 @@ def _write_remote_code(directory: Path, cfg: MixerConfig) -> None:
     atomic_write_text(directory / "preprocessor_config.json", json_text(processor, indent=2) + "\n")
 
 
-__all__ = ["WEIGHT_FILES", "model_folder", "read_config", "save_pretrained", "weights_in"]
+__all__ = ["CHECKPOINT_NAME", "WEIGHT_FILES", "model_folder", "read_config", "save_pretrained", "weights_in"]

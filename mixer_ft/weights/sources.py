@@ -221,13 +221,13 @@ class LocalPath(WeightSource):
         return self._folder(path, source) if path.is_dir() else load_file(path, source)
 
     def _folder(self, path: Path, source: str) -> Checkpoint:
-        from mixer_ft.weights.model_folder import WEIGHT_FILES, read_config, weights_in
+        from mixer_ft.weights.model_folder import CHECKPOINT_NAME, WEIGHT_FILES, read_config, weights_in
         from mixer_ft.weights.weight_file import apply_metadata, load_file
 
         weights = weights_in(path)
         if weights is None and (path / "model").is_dir():
             return self._folder(path / "model", source)
-        steps = sorted(p for p in (path / "checkpoints").glob("step_*.pt") if re.fullmatch(r"step_\d{8}\.pt", p.name))
+        steps = sorted(p for p in (path / "checkpoints").glob("step_*.pt") if CHECKPOINT_NAME.fullmatch(p.name))
         if weights is None and steps:  # (a file of another name there is not one of the run's checkpoints)
             return load_file(steps[-1], source)
         if weights is None:
