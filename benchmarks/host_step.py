@@ -41,6 +41,7 @@ from mixer_ft.data.preprocess import Preprocess, batch_seed  # noqa: E402
 from mixer_ft.model.mixer import MixerConfig, MlpMixer  # noqa: E402
 from mixer_ft.report.bench import device_slug  # noqa: E402
 from mixer_ft.train.bf16_momentum import BF16MomentumSGD  # noqa: E402
+from mixer_ft.train.feed import copy_rows  # noqa: E402
 from mixer_ft.train.hardware import hardware  # noqa: E402
 from mixer_ft.train.records import versions  # noqa: E402
 from mixer_ft.train.signals import StopSignals  # noqa: E402
@@ -106,7 +107,7 @@ def main() -> None:
     out["gather, memory map"] = {"issue_ms": timed(lambda: np.ascontiguousarray(images[batch]), dev, args.repeats, False)}
     host = torch.from_numpy(np.ascontiguousarray(images[batch]))
     if cuda:
-        on_device = torch.from_numpy(np.ascontiguousarray(images)).to(dev)
+        on_device = copy_rows(images, dev)
         index = torch.from_numpy(batch)
         out["gather, on the device"] = both(lambda: on_device[index.pin_memory().to(dev, non_blocking=True)], dev,
                                             args.repeats)

@@ -44,6 +44,9 @@ def test_the_transfer_table_is_what_report_py_computes_from_its_records():
 @pytest.mark.parametrize("record,row", [
     ("nvidia-h200_B16_b256_bf16.json", "| GPU: NVIDIA H200 (2026-11-26) | B/16 | 256 | bf16 |"),
     ("nvidia-h200_L16_b128_bf16.json", "| GPU: NVIDIA H200 (2026-11-26) | L/16 | 128 | bf16 |"),
+    ("nvidia-h200_2026-12-04/nvidia-h200_B16_b256_bf16.json", "| GPU: NVIDIA H200 (2026-12-04) | B/16 | 256 | bf16 |"),
+    ("nvidia-h200_2026-12-04/step_profile_nvidia-h200_L16_b128_compile.json",
+     "| GPU: NVIDIA H200 (2026-12-04) | L/16 | 128 | bf16 |"),
 ])
 def test_the_gpu_rows_of_the_speed_doc_equal_their_bench_records(record, row):
     r = json.loads(text(f"results/bench/{record}"))
@@ -54,11 +57,17 @@ def test_the_gpu_rows_of_the_speed_doc_equal_their_bench_records(record, row):
 
 
 def test_the_l16_rate_quoted_is_the_soak_records_steady_median():
-    windows = [e["images_per_s"] for e in json.loads(text("results/bench/soak_run_l16_nvidia-h200.json"))["history"]["loss"]]
-    median = statistics.median(windows)
-    steady = [w for w in windows[1:] if w >= 0.8 * median]
-    quoted = f"{statistics.median(steady):,.0f}"
-    assert quoted == "1,467" and f"ran {quoted}\nimages/s" in text("README.md") and f"| {quoted} (" in text("docs/speed.md")
+    old = [e["images_per_s"] for e in json.loads(text("results/bench/soak_run_l16_nvidia-h200.json"))["history"]["loss"]]
+    median = statistics.median(old)
+    steady = [w for w in old[1:] if w >= 0.8 * median]  # 0.1.0's loop: its table row in docs/speed.md
+    assert f"| {statistics.median(steady):,.0f} (" in text("docs/speed.md")
+    new = json.loads(text("results/bench/nvidia-h200_2026-12-04/soak_nvidia-h200.json"))  # today's loop: the README
+    import tomllib
+    recipe = tomllib.loads(text("recipes/in21k_l16_cifar10.toml"))
+    steps, batch = recipe["steps"], recipe["global_batch"]
+    readme = " ".join(text("README.md").split())
+    assert f"ran {new['images_per_s']:,.0f} images/s" in readme
+    assert f"about {steps * batch / new['images_per_s'] / 60:.0f} minutes" in readme
 
 
 def test_the_few_shot_figures_equal_their_record():
@@ -66,3 +75,46 @@ def test_the_few_shot_figures_equal_their_record():
     doc = text("docs/fewshot.md")
     assert f"10-shot {100 * r['10']['mean']:.2f}% +- {100 * r['10']['std']:.2f}" in doc
     assert f"1-shot {100 * r['1']['mean']:.2f}%" in doc and f"25-shot {100 * r['25']['mean']:.2f}%" in doc
+
+
+def test_the_2026_12_04_gpu_figures_of_the_speed_doc_are_computed_from_their_records():
+    """The speed check's table, the profile's shares, the L/16 soak and the four-row H200-hours, each recomputed
+    from the records in results/bench/nvidia-h200_2026-12-04/ and found in docs/speed.md."""
+    import tomllib
+    folder = "results/bench/nvidia-h200_2026-12-04"
+    doc = text("docs/speed.md")
+    speed = json.loads(text(f"{folder}/speed_nvidia-h200.json"))
+    assert f"ran {speed['bare_step_images_per_s']:,.0f} images/s" in doc
+    for name, run in speed["runs"].items():
+        cells = (f"| {run['steady_images_per_s']:,.0f} | {speed['finetune_over_step'][name]:.3f}x | "
+                 f"{run['slow_windows']} | {run['peak_compile_workers']} |")
+        assert any(line.startswith(f"| {name} |") and line.endswith(cells) for line in doc.splitlines()), cells
+    assert speed["resumed_equals_uninterrupted"] and speed["resumed_max_abs_difference"] == 0
+    host = json.loads(text(f"{folder}/host_step_nvidia-h200_B16_b256.json"))["pieces"]
+    today = ("boxes", "gather, on the device", "preprocess", "optimizer, multi-tensor", "loss check, on the device",
+             "log, in place", "signal")
+    step_ms = 1000 * speed["global_batch"] / speed["bare_step_images_per_s"]
+    assert f"about {sum(host[p]['issue_ms'] for p in today):.1f} ms of a {step_ms:.0f} ms step" in " ".join(doc.split())
+    profile = json.loads(text(f"{folder}/step_profile_nvidia-h200_L16_b128_compile.json"))
+    busy = profile["profile"]["busy_ms"]
+    flat = " ".join(doc.split())  # the doc's lines wrap anywhere
+    for words, key in (("matrix products", "matmul_ms"), ("normalisation (LayerNorm)", "normalisation_ms"),
+                       ("elementwise kernels (GELU, residual adds, casts)", "elementwise_ms"),
+                       ("copies", "memory_ms"), ("the optimizer", "optimizer_ms")):
+        assert f"{words} {100 * profile['profile'][key] / busy:.1f}%" in flat, words
+    assert f"MFU is {100 * profile['mfu']:.1f}% ({profile['ours_images_per_s']:,.0f} images/s)" in flat
+    soak = json.loads(text(f"{folder}/soak_nvidia-h200.json"))
+    after = soak["images_per_s_windows"]
+    assert f"{soak['images_per_s']:,.0f} images/s steady ({min(after):,.0f}-{max(after):,.0f}" in flat
+    assert not soak["slow_windows"] and f"drift {100 * soak['drift']:+.1f}%" in flat
+    assert f"a checkpoint {soak['checkpoint_s']:.1f} s" in flat and f"warm start {soak['warmup_s']:.1f} s" in flat
+    # The published CIFAR-10 rows with an upstream, each at its recipe's steps and global batch
+    published = tomllib.loads(text("mixer_ft/report/published.toml"))["row"]
+    rows = [r for r in published if r["dataset"] == "cifar10" and r["upstream"] != "none"]
+    rate = {"L/16": soak["images_per_s"], "B/16": speed["runs"]["straight"]["steady_images_per_s"]}
+    seconds = 0.0
+    for row in rows:
+        recipe = tomllib.loads(text(row["recipe"]))
+        seconds += recipe["steps"] * recipe["global_batch"] / rate[row["model"]]
+    assert len(rows) == 4 and f"take {seconds / 3600:.2f} H200-hours of steps" in flat
+    assert f"took {sum(r['wall_clock_h'] for r in rows):.1f} h on 4x V100" in doc

@@ -121,6 +121,22 @@ def test_data_prepared_ahead_or_from_the_device_copy_is_the_data_of_the_step(tin
             feed.close()
 
 
+def test_a_resumed_runs_read_only_cache_is_copied_to_the_device_in_chunks_without_torchs_warning(tmp_path):
+    """A resumed run reads its cache as a read-only memory map; the device copy of its images goes through
+    writable chunks, so torch never warns that it shares a read-only array (the 2026-12-04 GPU soak printed
+    that warning on resume), and the copy holds every row. torch warns once per process: a fresh one runs it."""
+    import subprocess
+    import sys
+    rows = np.random.default_rng(0).integers(0, 255, (37, 4, 4, 3), dtype=np.uint8)
+    np.save(tmp_path / "rows.npy", rows)
+    code = ("import numpy as np, torch; from mixer_ft.train.feed import copy_rows; "
+            f"a = np.load({str(tmp_path / 'rows.npy')!r}, mmap_mode='r'); assert not a.flags.writeable; "
+            "t = copy_rows(a, torch.device('cpu'), chunk_bytes=5 * 48); "
+            "assert torch.equal(t, torch.from_numpy(np.array(a))), 'rows differ'")
+    done = subprocess.run([sys.executable, "-W", "error", "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-2000:]
+
+
 def test_a_loss_that_turns_non_finite_between_log_lines_is_named_by_its_step_and_never_checkpointed(tmp_path,
                                                                                                   cifar_subset):
     """The loss is read only at log lines and checkpoints, not every step; the step where it first became

@@ -58,8 +58,21 @@ def device_images(data: ImageData, device: torch.device) -> tuple[torch.Tensor, 
     images = data.images["train"]
     if not fits_on_device(images, device):
         return None
-    return (torch.from_numpy(np.ascontiguousarray(images)).to(device),
-            torch.from_numpy(np.asarray(data.labels["train"])).to(device))
+    return copy_rows(images, device), copy_rows(np.asarray(data.labels["train"]), device)
+
+
+def copy_rows(array: np.ndarray, device: torch.device, chunk_bytes: int = 1 << 28) -> torch.Tensor:
+    """``array`` copied to ``device`` in chunks of rows.
+
+    A resumed run's cache is a read-only memory map: torch cannot share it (and warns), and one host
+    copy of the whole array could be as large as the GPU's data share. Each chunk is copied on the host
+    (writable) and sent, so the host holds one chunk at a time.
+    """
+    out = torch.empty(array.shape, dtype=torch.from_numpy(np.empty(0, array.dtype)).dtype, device=device)
+    rows = max(1, chunk_bytes // max(1, array[:1].nbytes))
+    for start in range(0, len(array), rows):
+        out[start:start + rows].copy_(torch.from_numpy(np.array(array[start:start + rows])))
+    return out
 
 
 class TrainFeed:
