@@ -440,20 +440,39 @@ def bench(
         typer.echo(f"record: {where}", err=True)
 
 
+@app.command(short_help="accelerate launch, with one message and mixer-ft's exit status.",
+             context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+             options_metavar="[ACCELERATE LAUNCH OPTIONS] COMMAND [ARGS]")
+def launch(ctx: typer.Context) -> None:
+    """Run COMMAND under `accelerate launch`, with the launcher's options before it,
+
+    e.g. `mixer-ft launch --num_processes 4 finetune --recipe recipes/in21k_l16_cifar10.toml`. A user
+    error is printed once, as `error: ...`, and exits 2; a stopped run exits 130 or 143 with its
+    message: without the launcher's traceback that plain `accelerate launch` adds (it exits 1).
+    """
+    from mixer_ft import launch as launcher
+
+    commands = {c.name or c.callback.__name__ for c in app.registered_commands if c.callback is not None}
+    sys.exit(launcher.run(launcher.command_line(list(ctx.args), commands)))
+
+
 def main() -> None:
     """Entry point: run the app; a user error prints its message and exits 2, no traceback."""
     from mixer_ft.errors import RunStopped
+    from mixer_ft.launch import write_status
 
     try:
         app()
     except RunStopped as e:
-        if e.announce:
+        if not write_status(e.exit_code, str(e)) and e.announce:  # under `mixer-ft launch` it says it
             typer.echo(str(e), err=True)
         sys.exit(e.exit_code)
     except MixerFtError as e:
-        if os.environ.get("RANK", "0") == "0":  # under `accelerate launch`, every process meets it: one says it
+        # Under `accelerate launch`, every process meets it: one says it
+        if not write_status(2, str(e)) and os.environ.get("RANK", "0") == "0":
             typer.echo(f"error: {e}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:  # a second Ctrl-C, or one outside a run's steps
-        typer.echo("interrupted", err=True)
+        if not write_status(130, "interrupted"):
+            typer.echo("interrupted", err=True)
         sys.exit(130)

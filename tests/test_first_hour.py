@@ -10,6 +10,8 @@ import sys
 import time
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from test_invariants import TINY, one_error_line, photo_folder
 
 from conftest import REPO, run_cli
@@ -177,3 +179,42 @@ def test_pyproject_leaves_torch_free_to_be_the_cpu_build_the_user_installed():
         name = dep.split(">")[0].split("=")[0].split("<")[0].split("[")[0].strip()
         if name in ("torch", "torchvision"):
             assert "<" not in dep and "==" not in dep and "~=" not in dep, dep
+
+
+# Two processes on a machine without a GPU, over gloo (Accelerate runs several CPU processes only through MPI)
+TWO = ["--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+
+
+@pytest.mark.parametrize("launcher", [TWO, []], ids=["two-processes", "one-process"])
+def test_under_mixer_ft_launch_a_user_error_is_one_line_with_exit_2_and_no_launcher_traceback(tmp_path, launcher):
+    """Plain `accelerate launch` exits 1 with torch elastic's report (or the single-process launcher's
+    CalledProcessError) after our line, which a process killed by the others may not even print."""
+    out = subprocess.run([sys.executable, "-m", "mixer_ft", "launch", *launcher, "finetune", "--recipe", "no_such.toml"],
+                         capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    line = one_error_line(out)
+    assert "No recipe no_such.toml" in line
+    for launcher_words in ("ChildFailedError", "CalledProcessError", "RuntimeError", "exitcode", "\x1e"):
+        assert launcher_words not in out.stderr, out.stderr[-2000:]
+    assert not list(tmp_path.iterdir())  # nothing written where it ran
+
+
+@pytest.mark.parametrize("args", [[], ["--num_processes", "2"], ["launch", "finetune"]])
+def test_mixer_ft_launch_without_a_command_of_its_own_is_one_line_with_the_usage(args):
+    line = one_error_line(run_cli("launch", *args, "--steps", "3") if args else run_cli("launch", "--steps", "3"))
+    assert "Usage: mixer-ft launch" in line
+
+
+@given(st.lists(st.integers(min_value=0, max_value=400), max_size=8), st.binary(max_size=200), st.binary(max_size=200))
+def test_the_launcher_output_is_shown_up_to_the_first_mark_however_the_pipe_cuts_it(cuts, before, after):
+    """Generated streams (progress-bar carriage returns and partial lines included) cut into generated chunks:
+    what is shown is exactly the bytes before the first mark, whether or not a cut falls inside the mark."""
+    from mixer_ft.launch import MARK, LauncherOutput
+
+    before = before.replace(b"\x1e", b"")  # the mark's first byte never occurs in text
+    stream = before + MARK + after
+    bounds = sorted({min(c, len(stream)) for c in cuts} | {0, len(stream)})
+    shown = LauncherOutput()
+    got = b"".join(shown.feed(stream[a:b]) for a, b in zip(bounds, bounds[1:])) + shown.flush()
+    assert got == before
+    plain = LauncherOutput()  # no process ended with a status: all of it, nothing held back at the end
+    assert b"".join(plain.feed(before[a:b]) for a, b in zip(bounds, bounds[1:]) if a < len(before)) + plain.flush() == before
