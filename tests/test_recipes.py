@@ -37,9 +37,13 @@ def test_every_recipe_loads_and_heads_with_its_command(path):
 
 @pytest.mark.parametrize("path", [p for p in RECIPES if p.stem.startswith("in")], ids=lambda p: p.stem)
 def test_table_recipes_follow_the_upstream_protocol(path):
+    """vit_jax/configs/common.py: base_lr 0.03, warmup 500, batch 512, clip 1.0; DATASET_PRESETS: 10,000 steps and
+    train[:98%] for CIFAR, 20,000 steps and train[:99%] (validation as test) for imagenet2012."""
     r = load_recipe(path)
+    steps, held_out = (20_000, 0.01) if path.stem.endswith("imagenet") else (10_000, 0.02)
     assert (r.optimizer, r.lr, r.momentum, r.weight_decay, r.warmup_steps, r.steps, r.global_batch,
-            r.grad_clip, r.label_smoothing, r.crop_area_min) == ("sgd", 0.03, 0.9, 0.0, 500, 10_000, 512, 1.0, 0.0, 0.05)
+            r.grad_clip, r.label_smoothing, r.crop_area_min, r.val_fraction) == (
+        "sgd", 0.03, 0.9, 0.0, 500, steps, 512, 1.0, 0.0, 0.05, held_out)
     assert r.upstream in ("in1k", "in21k") and r.model in ("B/16", "L/16")
 
 

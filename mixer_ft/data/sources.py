@@ -3,7 +3,7 @@
 Kinds: ``cifar10`` / ``cifar100`` (the Hub copies through ``datasets``), ``hf:owner/name`` (any Hub
 image-classification set, or a local folder ``datasets`` can read), the official CIFAR "python
 version" archives or folders, and an image folder (``train/<class>/*``, ``test/<class>/*``, or plain
-``<class>/*``) or that folder as .tar/.tar.gz/.zip.
+``<class>/*``) or that folder as .tar/.tar.gz/.zip, and a folder of webdataset tar shards.
 
 Each kind answers: is this string mine (:meth:`DataSource.matches`), what is missing for it on this
 machine (:meth:`DataSource.missing`, asked by :mod:`mixer_ft.train.preflight`), which Hub data set it is
@@ -133,6 +133,21 @@ class CifarPython(DataSource):
         return CifarPythonReader(Path(source).expanduser())
 
 
+class WebDatasetShards(DataSource):
+    """A folder of webdataset tar shards: ``train-*.tar``, ``test-*.tar`` or ``validation-*.tar``, ``classes.txt``."""
+
+    def matches(self, source: str) -> bool:
+        from mixer_ft.data.shards import is_shard_folder
+
+        return is_shard_folder(Path(source).expanduser())
+
+    def reader(self, source: str, image_column: str | None, label_column: str | None,
+               test_fraction: float) -> Reader:
+        from mixer_ft.data.shards import ShardReader
+
+        return ShardReader(Path(source).expanduser())
+
+
 class ImageFolder(DataSource):
     """An image folder, or that folder as a .tar, .tar.gz or .zip archive."""
 
@@ -148,7 +163,7 @@ class ImageFolder(DataSource):
 
 
 # Asked in order; the first that matches answers. A new kind of source is one class and one entry.
-DATA_SOURCES: list[DataSource] = [NamedHubDataSet(), HubDataSet(), CifarPython(), ImageFolder()]
+DATA_SOURCES: list[DataSource] = [NamedHubDataSet(), HubDataSet(), CifarPython(), WebDatasetShards(), ImageFolder()]
 
 
 def data_source_of(source: str) -> DataSource | None:
@@ -191,7 +206,9 @@ def listed_train_images(source: str, test_fraction: float = TEST_FRACTION) -> in
 
     if isinstance(reader, HubReader):
         return 50_000 if reader.alias else None  # cifar10 and cifar100 are published with 50,000
-    return 50_000
+    from mixer_ft.data.cifar_python import CifarPythonReader
+
+    return 50_000 if isinstance(reader, CifarPythonReader) else None  # shards: only reading them tells
 
 
 def missing_data(source: str, online: bool) -> str | None:

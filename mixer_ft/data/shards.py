@@ -1,0 +1,157 @@
+"""Webdataset tar shards: the form large image sets travel in (timm's ``wds`` reader, the Hub's webdataset sets).
+
+A folder of ``train-*.tar`` shards and ``test-*.tar`` (or ``validation-*.tar`` / ``val-*.tar``: ImageNet's
+labelled split serves as test) shards; ``.tar.gz`` and ``.tgz`` too. In each shard a sample is the run of
+consecutive members that share a key (the member's path up to the first dot of its file name):
+``<key>.jpg`` (or ``.jpeg``, ``.png``, ``.webp``) and ``<key>.cls``, the class as an integer. ``classes.txt``
+beside the shards names the classes, one per line in index order; without it a class is named by its number.
+
+The shards are read in name order, each in one pass from start to end (a shard is never seeked, so a
+compressed one costs no more). What cannot be used is skipped and said once, by kind: a sample without an
+image or a ``.cls``, a ``.cls`` that is not an integer or not a class, an image over the size bound, a
+link or special member. A shard that ends mid-member is named: its samples before the damage are kept, the
+rest of it is skipped, and the other shards go on.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import tarfile
+import zlib
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from mixer_ft.data.folder import class_name
+from mixer_ft.data.images import MAX_FILE_BYTES, printable
+from mixer_ft.data.reader import Reader, file_fingerprint
+from mixer_ft.errors import DataError
+from mixer_ft.gate import check_path, read_text
+
+log = logging.getLogger(__name__)
+SHARD = re.compile(r"(train|test|validation|val)[-_.][^/]*\.(tar|tar\.gz|tgz)", re.IGNORECASE)
+SPLIT_OF = {"train": "train", "test": "test", "validation": "validation", "val": "validation"}
+IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
+CLASSES_FILE = "classes.txt"
+
+
+def shards_of(folder: Path) -> dict[str, list[Path]]:
+    """The folder's shards by split ("train", "test", "validation"), each list in name order."""
+    found: dict[str, list[Path]] = {"train": [], "test": [], "validation": []}
+    for path in sorted(folder.iterdir()):
+        match = SHARD.fullmatch(path.name)
+        if match:
+            found[SPLIT_OF[match.group(1).lower()]].append(check_path(path, "shard"))
+    return found
+
+
+def is_shard_folder(path: Path) -> bool:
+    """Whether ``path`` is a folder holding webdataset shards (``train-*.tar``, ...)."""
+    try:
+        return path.is_dir() and any(SHARD.fullmatch(p.name) for p in path.iterdir())
+    except OSError:
+        return False
+
+
+def _key_and_extension(name: str) -> tuple[str, str]:
+    """webdataset's grouping: ``a/b/x.seg.png`` -> (``a/b/x``, ``seg.png``)."""
+    folder, _, base = name.rpartition("/")
+    stem, dot, extension = base.partition(".")
+    return (f"{folder}/{stem}" if folder else stem), extension.lower() if dot else ""
+
+
+class ShardReader(Reader):
+    """A folder of webdataset shards (see the module's description)."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.location = folder, str(folder)
+        shards = shards_of(folder)
+        test = shards["test"] or shards["validation"]
+        if not shards["train"] or not test:
+            lacking = "train-*.tar" if not shards["train"] else "test-*.tar or validation-*.tar"
+            raise DataError(f"{folder} has no {lacking} shards. A shard folder holds train-*.tar and test-*.tar "
+                            "(or validation-*.tar) webdataset shards, each sample a <key>.jpg and a <key>.cls.")
+        if shards["test"] and shards["validation"]:
+            log.warning("%s: the test-* shards are the test split; its %d validation-* shard(s) are not used",
+                        printable(str(folder)), len(shards["validation"]))
+        self.test_from = "its test-* shards" if shards["test"] else "its validation-* shards"
+        self.shards = [("train", p) for p in shards["train"]] + [("test", p) for p in test]
+        self.named = self._class_names()
+        self.classes = self.named
+
+    def _class_names(self) -> list[str] | None:
+        path = self.folder / CLASSES_FILE
+        if not path.exists():
+            return None
+        names = [class_name(line.strip()) for line in read_text(path, "class list").splitlines() if line.strip()]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if not names or twice:
+            raise DataError(f"{path} must name each class once, one per line in index order"
+                            + (f"; named twice: {', '.join(twice[:5])}" if twice else "; it is empty") + ".")
+        return names
+
+    def fingerprint(self) -> list[Any]:
+        extra = [file_fingerprint(self.folder / CLASSES_FILE)] if self.named is not None else []
+        return ["wds-shards", *[file_fingerprint(p) for _, p in self.shards], *extra]
+
+    def items(self) -> Iterator[tuple[str, str | int, Any]]:
+        skipped: Counter[str] = Counter()
+        top = -1
+        for split, shard in self.shards:
+            for key, sample in self._samples(shard, skipped):
+                label, why = self._label(sample.get("cls"))
+                image = next((e for e in IMAGE_EXTENSIONS if e in sample), None)
+                if why or image is None:
+                    skipped[why or "sample(s) without an image"] += 1
+                    continue
+                top = max(top, label)
+                data = sample[image]
+                yield split, label, (printable(f"{shard.name}:{key}.{image}"), lambda data=data: data)
+        if skipped:
+            log.warning("%s: skipped %s", printable(self.location),
+                        "; ".join(f"{n} {why}" for why, n in sorted(skipped.items())))
+        if self.named is None:
+            self.classes = [str(i) for i in range(top + 1)]
+
+    def _label(self, raw: bytes | None) -> tuple[int, str | None]:
+        if raw is None:
+            return -1, "sample(s) without a .cls"
+        try:
+            label = int(raw.decode("ascii").strip())
+        except (UnicodeDecodeError, ValueError):
+            return -1, "sample(s) whose .cls is not an integer"
+        if label < 0 or (self.named is not None and label >= len(self.named)):
+            bound = f"0..{len(self.named) - 1}, the classes of {CLASSES_FILE}" if self.named else "0 or more"
+            return -1, f"sample(s) with a class outside {bound}"
+        return label, None
+
+    def _samples(self, shard: Path, skipped: Counter[str]) -> Iterator[tuple[str, dict[str, bytes]]]:
+        """(key, {extension: bytes}) for each sample of ``shard``, in order; damage ends the shard, named."""
+        key, sample = None, {}
+        try:
+            with tarfile.open(shard, mode="r|*") as tar:  # a stream: one pass, never a seek
+                for member in tar:
+                    if not member.isfile():
+                        if not member.isdir():
+                            skipped["link or special member(s)"] += 1
+                        continue
+                    name_key, extension = _key_and_extension(member.name)
+                    if name_key != key:
+                        if sample:
+                            yield key, sample
+                        key, sample = name_key, {}
+                    if member.size > MAX_FILE_BYTES:
+                        skipped[f"member(s) over {MAX_FILE_BYTES >> 20} MiB"] += 1
+                        continue
+                    sample[extension] = tar.extractfile(member).read()  # type: ignore[union-attr]
+        except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+            log.warning("%s is truncated or damaged (%s): the rest of it is skipped, the other shards are read",
+                        printable(str(shard)), type(e).__name__)
+            return  # the sample being read when the damage came is incomplete: dropped
+        if sample:
+            yield key, sample
+
+
+__all__ = ["ShardReader", "is_shard_folder", "shards_of"]
