@@ -38,7 +38,8 @@ from mixer_ft.weights.downloads import cache_dir
 
 log = logging.getLogger(__name__)
 
-_CACHE_FORMAT = 5  # bump when the cache layout, labels or decoding change (5: OS litter, links, NFC; the manifest)
+_CACHE_FORMAT = 6  # bump when the cache layout, labels or decoding change (6: the encoded store)
+SMALL_SIDE = 64  # a set whose images all have one size, at most this on a side (CIFAR), is stored decoded
 
 
 def canonical_dataset(source: str, classes: list[str], n_test: int) -> str:
@@ -216,26 +217,29 @@ def _decode(payload: tuple[Any, tuple[int, int] | None, int]) -> np.ndarray | st
         return type(e).__name__
 
 
-def _decoded(reader: Reader, size: tuple[int, int] | None,
-             max_side: int) -> Iterator[tuple[str, str | int, str, np.ndarray | str]]:
+def _decoded(reader: Reader, size: tuple[int, int] | None, max_side: int,
+             index_only: bool = False) -> Iterator[tuple[str, str | int, str, Any]]:
     """(split, label, name, image or why not) for each image of ``reader``, in order.
 
     Encoded images are decoded in worker processes, a bounded window of them at a time, so host
-    memory stays bounded; a progress bar shows images done and images/s.
+    memory stays bounded; a progress bar shows images done and images/s. ``index_only``: instead of
+    the image, (height, width, bytes to keep) from its header (:func:`mixer_ft.data.encoded.index_image`).
     """
     import multiprocessing
 
+    from mixer_ft.data.encoded import index_image
     from mixer_ft.data.ticker import Ticker
 
     workers = decode_workers() if "fork" in multiprocessing.get_all_start_methods() else 1
     items = reader.items()
     pool = multiprocessing.get_context("fork").Pool(workers) if workers > 1 else None
     try:
-        with Ticker(f"decoding {Path(reader.location).name}") as bar:
+        with Ticker(f"{'indexing' if index_only else 'decoding'} {Path(reader.location).name}") as bar:
             while window := _window(items, 64 * workers):
-                payloads = [(data, size, max_side) for _, data in window]
+                payloads: list[Any] = [(data, max_side) if index_only else (data, size, max_side) for _, data in window]
                 window = [item for item, _ in window]
-                results = pool.map(_decode, payloads, chunksize=4) if pool else map(_decode, payloads)
+                work: Any = index_image if index_only else _decode
+                results = pool.map(work, payloads, chunksize=4) if pool else map(work, payloads)
                 for (split, label, item), arr in zip(window, results):
                     yield split, label, "array" if isinstance(item, np.ndarray) else item[0], arr
                     bar.total = reader.total  # known once the reader has listed its images
@@ -243,6 +247,21 @@ def _decoded(reader: Reader, size: tuple[int, int] | None,
     finally:
         if pool:
             pool.terminate()
+
+
+def _report(reader: Reader, labels: dict[str, list], skipped: list[str]) -> None:
+    """Name the images skipped; refuse a split left without images."""
+    if skipped:
+        log.warning("skipped %d image(s) that could not be decoded: %s%s", len(skipped),
+                    ", ".join(skipped[:5]), ", ..." if len(skipped) > 5 else "")
+    for split in ("train", "test"):
+        if not labels[split]:
+            bad = f" ({len(skipped)} could not be decoded)" if skipped else ""
+            raise DataError(
+                f"{reader.location} has no {split} images{bad}. Expected the image-folder layout "
+                f"{split}/<class>/<image> (e.g. {split}/cat/0001.jpg), a CIFAR python-version archive, "
+                f"or a Hub data set with train and test splits."
+            )
 
 
 def _decode_all(reader: Reader, tmp: Path, size: tuple[int, int] | None,
@@ -265,19 +284,51 @@ def _decode_all(reader: Reader, tmp: Path, size: tuple[int, int] | None,
             labels[split].append(label)
             shapes[split].append(arr.shape[:2])
             manifest.update(json_text([split, label, name, *arr.shape[:2]]).encode("utf-8", "backslashreplace") + b"\n")
-    if skipped:
-        log.warning("skipped %d image(s) that could not be decoded: %s%s", len(skipped),
-                    ", ".join(skipped[:5]), ", ..." if len(skipped) > 5 else "")
-    for split in ("train", "test"):
-        if not labels[split]:
-            bad = f" ({len(skipped)} could not be decoded)" if skipped else ""
-            raise DataError(
-                f"{reader.location} has no {split} images{bad}. Expected the image-folder layout "
-                f"{split}/<class>/<image> (e.g. {split}/cat/0001.jpg), a CIFAR python-version archive, "
-                f"or a Hub data set with train and test splits."
-            )
+    _report(reader, labels, skipped)
     return labels, {k: np.array(v, dtype=np.int64).reshape(-1, 2) for k, v in shapes.items()}, len(skipped), \
         manifest.hexdigest()[:16]
+
+
+def _index_all(reader: Reader, tmp: Path, max_side: int) -> tuple[dict[str, list], dict[str, np.ndarray], int, str]:
+    """Keep every image of ``reader`` encoded in tmp/<split>.enc, its offsets in tmp/<split>_offsets.npy: no
+    pixel decoded, except for files larger than their decoded image (see :mod:`mixer_ft.data.encoded`).
+    Returns what :func:`_decode_all` returns, the same manifest for the same images."""
+    labels: dict[str, list] = {"train": [], "test": []}
+    shapes: dict[str, list] = {"train": [], "test": []}
+    offsets: dict[str, list] = {"train": [0], "test": [0]}
+    skipped, manifest = [], hashlib.sha256()
+    with open(tmp / "train.enc", "wb") as train, open(tmp / "test.enc", "wb") as test:
+        outs = {"train": train, "test": test}
+        for split, label, name, got in _decoded(reader, None, max_side, index_only=True):
+            if isinstance(got, str):
+                skipped.append(f"{name} ({got})")
+                continue
+            h, w, data = got
+            outs[split].write(data)
+            offsets[split].append(offsets[split][-1] + len(data))
+            labels[split].append(label)
+            shapes[split].append((h, w))
+            manifest.update(json_text([split, label, name, h, w]).encode("utf-8", "backslashreplace") + b"\n")
+    _report(reader, labels, skipped)
+    for split, ends in offsets.items():
+        np.save(tmp / f"{split}_offsets.npy", np.array(ends, dtype=np.int64))
+    return labels, {k: np.array(v, dtype=np.int64).reshape(-1, 2) for k, v in shapes.items()}, len(skipped), \
+        manifest.hexdigest()[:16]
+
+
+def _to_raw(tmp: Path, shapes: dict[str, np.ndarray], max_side: int) -> None:
+    """Decode the kept files of tmp/<split>.enc into tmp/<split>.u8 (the store of small one-size sets)."""
+    from mixer_ft.data.encoded import EncodedImages
+
+    for split, split_shapes in shapes.items():
+        flat = np.memmap(tmp / f"{split}.enc", dtype=np.uint8, mode="r")
+        images = EncodedImages(flat, np.load(tmp / f"{split}_offsets.npy"), split_shapes, max_side, split)
+        with open(tmp / f"{split}.u8", "wb") as out:
+            for start in range(0, len(images), 1024):
+                out.write(images[np.arange(start, min(start + 1024, len(images)))].tobytes())
+        del flat, images
+        (tmp / f"{split}.enc").unlink()
+        (tmp / f"{split}_offsets.npy").unlink()
 
 
 def _label_ids(reader: Reader, labels: dict[str, list]) -> tuple[list[str], dict[str, np.ndarray]]:
@@ -314,8 +365,17 @@ def _build_cache(reader: Reader, folder: Path, store_size: int | None, max_side:
 def _build(reader: Reader, folder: Path, store_size: int | None, max_side: int) -> None:
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
     try:
-        labels, shapes, skipped, manifest = _decode_all(reader, tmp, (store_size, store_size) if store_size else None,
-                                                        max_side)
+        store = "raw"
+        if reader.encoded_files and not store_size:  # files: kept encoded, unless one small size (CIFAR)
+            labels, shapes, skipped, manifest = _index_all(reader, tmp, max_side)
+            every = np.concatenate(list(shapes.values()))
+            if (every == every[0]).all() and every[0].max() <= SMALL_SIDE:
+                _to_raw(tmp, shapes, max_side)
+            else:
+                store = "encoded"
+        else:
+            labels, shapes, skipped, manifest = _decode_all(reader, tmp, (store_size, store_size) if store_size else None,
+                                                            max_side)
         classes, ids = _label_ids(reader, labels)
         for split, split_ids in ids.items():
             np.save(tmp / f"{split}_labels.npy", split_ids)
@@ -323,7 +383,7 @@ def _build(reader: Reader, folder: Path, store_size: int | None, max_side: int) 
         size = np.concatenate(list(shapes.values())).max(0).tolist()
         meta = {"format": _CACHE_FORMAT, "location": reader.location, "classes": classes, "size": size,
                 "counts": {s: len(v) for s, v in ids.items()}, "skipped": skipped, "test_from": reader.test_from,
-                "manifest": manifest}
+                "manifest": manifest, "store": store, "max_side": max_side}
         (tmp / "meta.json").write_text(json_text(meta))  # written last: its presence marks a whole cache
         if folder.exists():
             shutil.rmtree(folder)
@@ -337,6 +397,13 @@ def _open_cache(folder: Path, source: str) -> ImageData:
     images, extents = {}, {}
     for split, n in meta["counts"].items():
         shapes = np.load(folder / f"{split}_shapes.npy")
+        if meta["store"] == "encoded":
+            from mixer_ft.data.encoded import EncodedImages
+
+            flat = np.memmap(folder / f"{split}.enc", dtype=np.uint8, mode="r")
+            images[split] = EncodedImages(flat, np.load(folder / f"{split}_offsets.npy"), shapes, meta["max_side"], split)
+            extents[split] = None if (shapes == shapes[0]).all() else shapes
+            continue
         flat = np.memmap(folder / f"{split}.u8", dtype=np.uint8, mode="r")
         if (shapes == shapes[0]).all():  # one size for all (CIFAR): a plain (N, H, W, 3) array
             images[split], extents[split] = flat.reshape(n, *shapes[0], 3), None

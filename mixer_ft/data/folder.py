@@ -201,6 +201,8 @@ def _regular_members(members: list[tarfile.TarInfo], where: str) -> list[tarfile
 class FolderReader(Reader):
     """An image folder, or one packed as .tar, .tar.gz or .zip (see :func:`_layout`)."""
 
+    encoded_files = True
+
     def __init__(self, path: Path, test_fraction: float = TEST_FRACTION) -> None:
         if not 0 < test_fraction < 1:
             raise ConfigError(f"test_fraction must be in (0, 1), got {test_fraction}.")

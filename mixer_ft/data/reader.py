@@ -14,6 +14,7 @@ class Reader:
     classes: list[str] | None = None  # known up front, or collected while reading
     total: int | None = None  # images it will yield, once it knows
     test_from: str = "its test split"  # which split is reported as test, and why
+    encoded_files: bool = False  # items are files' bytes: the cache may keep them encoded (data/encoded.py)
 
     def fingerprint(self) -> list[Any]:
         raise NotImplementedError

@@ -65,6 +65,8 @@ def _key_and_extension(name: str) -> tuple[str, str]:
 class ShardReader(Reader):
     """A folder of webdataset shards (see the module's description)."""
 
+    encoded_files = True
+
     def __init__(self, folder: Path) -> None:
         self.folder, self.location = folder, str(folder)
         shards = shards_of(folder)

@@ -1,0 +1,137 @@
+"""The compact store: each image kept encoded in the cache and decoded when a batch needs it.
+
+A photo decoded into the cache takes up to 786 KB (512 x 512 x 3); the JPEG it came from is usually a
+tenth of that. So for sets of encoded files (image folders, archives, shards) the cache keeps each file's
+own bytes and an index built from the headers alone: its size once turned upright and bounded to the
+longer side kept (the exact size :func:`~mixer_ft.data.images.to_rgb_array` will give, JPEG draft scaling
+included). Building the index reads no pixel, so a run starts after one pass over the files.
+
+A batch decodes its images with :func:`~mixer_ft.data.images.to_rgb_array`, the function the decoded
+store is filled by, so both stores give the same pixels, bit for bit. A file larger than its decoded
+size would be (a 12-MP phone photo: 4 MB against 590 KB) is decoded once and kept re-encoded at the
+size kept (JPEG, quality :data:`REENCODE_QUALITY`). A JPEG or PNG whose file is cut short (no end
+marker) is found while indexing and skipped, like any image that does not decode.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from mixer_ft.data.images import MAX_PIXELS, _bounded, to_rgb_array
+from mixer_ft.errors import DataError
+
+REENCODE_QUALITY = 95
+KEPT_FORMATS = {"JPEG", "PNG", "WEBP"}
+_TRANSPOSED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
+
+
+def _complete(data: bytes, fmt: str) -> bool:
+    """Whether a JPEG or PNG file has its end marker (a file cut short has not)."""
+    tail = data.rstrip(b"\0")
+    if fmt == "JPEG":
+        return tail.endswith(b"\xff\xd9")
+    if fmt == "PNG":
+        return b"IEND" in data[-16:]
+    return True
+
+
+def index_image(payload: tuple[Any, int]) -> tuple[int, int, bytes] | str:
+    """(height, width, bytes to keep) of one image, from its header; or why it cannot be used.
+
+    ``payload``: (the file's bytes, or an OSError reading them; the longer side kept). The bytes kept
+    are the file's own, or, when those are larger than the decoded image, a re-encode at the size kept.
+    """
+    from PIL import Image, UnidentifiedImageError
+
+    data, max_side = payload
+    if isinstance(data, OSError):
+        return f"unreadable: {data}"
+    try:
+        img = Image.open(io.BytesIO(data))
+        if img.size[0] * img.size[1] > MAX_PIXELS:
+            return f"too large: {img.size[0]}x{img.size[1]} pixels"
+        fmt = img.format or ""
+        if not _complete(data, fmt):
+            return "cut short"
+        if max_side and fmt == "JPEG":
+            img.draft(img.mode, _bounded(img.size, max_side))  # as to_rgb_array does: only the header changes
+        w, h = img.size
+        if img.getexif().get(0x0112, 1) in _TRANSPOSED:
+            w, h = h, w
+        w, h = _bounded((w, h), max_side)
+        if fmt in KEPT_FORMATS and len(data) <= h * w * 3:
+            return h, w, bytes(data)
+        arr = to_rgb_array(("", lambda: data), None, max_side)  # decoded once, kept small
+        out = io.BytesIO()
+        Image.fromarray(arr).save(out, "JPEG", quality=REENCODE_QUALITY)
+        return arr.shape[0], arr.shape[1], out.getvalue()
+    except UnidentifiedImageError:
+        return "not an image"
+    except Image.DecompressionBombError as e:
+        return f"too large: {e}"
+    except (OSError, ValueError, SyntaxError) as e:
+        return type(e).__name__
+
+
+class EncodedImages:
+    """Encoded images stored one after another in a flat byte file, decoded on access.
+
+    The same interface as :class:`mixer_ft.data.cache.RaggedImages`: indexing with an array of indices
+    gives the images decoded and padded (zeros, bottom and right) into one (n, H, W, 3) uint8 array; their
+    own sizes are ``shapes``. Decoding runs in threads (PIL releases the GIL while it decodes and resizes).
+    """
+
+    dtype = np.dtype(np.uint8)
+
+    def __init__(self, flat: np.ndarray, offsets: np.ndarray, shapes: np.ndarray, max_side: int, names: str) -> None:
+        self.flat, self.offsets, self.shapes, self.max_side, self.names = flat, offsets, shapes, max_side, names
+        self.shape = (len(shapes), int(shapes[:, 0].max()), int(shapes[:, 1].max()), 3) if len(shapes) else (0, 0, 0, 3)
+        self.nbytes = int(offsets[-1])  # on disk; the decoded images are never all held
+        self._pool: ThreadPoolExecutor | None = None
+
+    def __len__(self) -> int:
+        return len(self.shapes)
+
+    def __getstate__(self) -> dict[str, Any]:  # a thread pool does not cross processes
+        return {**self.__dict__, "_pool": None}
+
+    def image(self, i: int) -> np.ndarray:
+        data = bytes(self.flat[self.offsets[i]:self.offsets[i + 1]])
+        try:
+            arr = to_rgb_array(("", lambda: data), None, self.max_side)
+        except Exception as e:  # noqa: BLE001 - PIL raises many kinds; any of them is this image's damage
+            raise DataError(f"image {i} of the {self.names} split no longer decodes ({type(e).__name__}: {e}); the "
+                            "data cache is damaged: delete it (MIXER_FT_CACHE/data) and run the same command again.") from None
+        if arr.shape[:2] != tuple(self.shapes[i]):
+            raise DataError(f"image {i} of the {self.names} split decodes at {arr.shape[0]}x{arr.shape[1]}, not the "
+                            f"{self.shapes[i][0]}x{self.shapes[i][1]} its index holds; delete the data cache and run again.")
+        return arr
+
+    def __getitem__(self, index: Any) -> np.ndarray:
+        if np.ndim(index) == 0:
+            return self.image(int(index))
+        index = np.arange(len(self))[index] if isinstance(index, slice) else np.asarray(index)
+        h, w = self.shapes[index].max(0) if len(index) else (0, 0)
+        out = np.zeros((len(index), h, w, 3), dtype=np.uint8)
+
+        def put(k: int) -> None:
+            img = self.image(int(index[k]))
+            out[k, :img.shape[0], :img.shape[1]] = img
+
+        if len(index) > 1:
+            if self._pool is None:
+                from mixer_ft.data.cache import decode_workers
+
+                self._pool = ThreadPoolExecutor(max(1, min(decode_workers(), os.cpu_count() or 1)))
+            list(self._pool.map(put, range(len(index))))
+        elif len(index):
+            put(0)
+        return out
+
+
+__all__ = ["KEPT_FORMATS", "REENCODE_QUALITY", "EncodedImages", "index_image"]

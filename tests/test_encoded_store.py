@@ -1,0 +1,111 @@
+"""The compact store (issue 35): photo-size sets kept encoded in the cache and decoded per batch. It must give the
+pixels the decoded store gives, take a fraction of its disk, and treat damaged files as the decoded store does."""
+
+import io
+import logging
+
+import numpy as np
+import pytest
+from PIL import Image
+from test_data import phone_photos  # noqa: F401 - the fixture: 12-MP photos, EXIF rotations
+from test_invariants import TINY
+
+from conftest import REPO, run_cli
+from mixer_ft.data.cache import load_data
+from mixer_ft.data.encoded import EncodedImages
+from mixer_ft.data.folder import FolderReader
+
+
+def camera_like(rng, h=480, w=640):
+    """A smooth picture with a little noise: compresses as photos do (noise alone would not)."""
+    y, x = np.mgrid[0:h, 0:w]
+    base = np.stack([(x * 255 // w), (y * 255 // h), ((x + y) * 255 // (w + h))], -1)
+    return np.clip(base + rng.normal(0, 6, (h, w, 3)), 0, 255).astype(np.uint8)
+
+
+@pytest.fixture(scope="module")
+def photos_640(tmp_path_factory):
+    """train/ and test/ of 640x480 JPEGs (quality 90) in two classes, one of them portrait."""
+    root, rng = tmp_path_factory.mktemp("p640") / "photos", np.random.default_rng(0)
+    for split, n in (("train", 12), ("test", 4)):
+        for cls in ("a", "b"):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(n):
+                img = camera_like(rng) if i % 3 else camera_like(rng).transpose(1, 0, 2).copy()
+                Image.fromarray(img).save(root / split / cls / f"{i:03d}.jpg", quality=90)
+    return root
+
+
+def decoded_store(source, tmp_path, monkeypatch):
+    """The same set through the decoded store, in a cache of its own."""
+    with monkeypatch.context() as m:
+        m.setattr(FolderReader, "encoded_files", False)
+        m.setenv("MIXER_FT_CACHE", str(tmp_path / "decoded-cache"))
+        return load_data(str(source))
+
+
+@pytest.mark.parametrize("which", ["photos_640", "phone_photos"])
+def test_the_encoded_store_gives_the_decoded_stores_pixels_and_sizes(which, request, tmp_path, monkeypatch):
+    source = request.getfixturevalue(which)
+    enc, dec = load_data(str(source)), decoded_store(source, tmp_path, monkeypatch)
+    assert isinstance(enc.images["train"], EncodedImages) and not isinstance(dec.images["train"], EncodedImages)
+    assert enc.manifest == dec.manifest and enc.classes == dec.classes
+    for split in ("train", "test"):
+        assert np.array_equal(enc.labels[split], dec.labels[split])
+        a, b = enc.extents[split], dec.extents[split]
+        assert (a is None and b is None) or np.array_equal(a, b)
+        every = np.arange(len(enc.labels[split]))
+        got, want = enc.images[split][every], dec.images[split][every]
+        if which == "photos_640":  # files within their decoded size: kept as they are, decoded as before
+            assert np.array_equal(got, want)
+        else:  # the 12-MP photos are kept re-encoded at 512 px: within JPEG quality 95's error
+            diff = np.abs(got.astype(int) - want.astype(int))
+            assert diff.mean() < 1.5, diff.mean()
+
+
+def test_photo_size_sets_take_at_most_a_fifth_of_the_decoded_stores_disk(photos_640, tmp_path, monkeypatch):
+    enc, dec = load_data(str(photos_640)), decoded_store(photos_640, tmp_path, monkeypatch)
+    for split in ("train", "test"):
+        encoded = enc.images[split].nbytes
+        decoded = int((dec.extents[split][:, 0] * dec.extents[split][:, 1] * 3).sum()) if dec.extents[split] is not None \
+            else dec.images[split].nbytes
+        assert encoded <= 0.2 * decoded, (split, encoded, decoded)
+
+
+def test_small_one_size_sets_keep_the_decoded_store(cifar_subset):
+    data = load_data(str(cifar_subset(train=2, test=1)))
+    assert type(data.images["train"]) is np.memmap and data.images["train"].shape[1:] == (32, 32, 3)
+
+
+def test_a_jpeg_cut_short_is_skipped_and_named_and_nothing_else_is_lost(photos_640, tmp_path, caplog):
+    import shutil
+    root = tmp_path / "photos"
+    shutil.copytree(photos_640, root)
+    victim = root / "train" / "a" / "005.jpg"
+    victim.write_bytes(victim.read_bytes()[: victim.stat().st_size // 2])
+    with caplog.at_level(logging.WARNING):
+        data = load_data(str(root))
+    assert len(data.labels["train"]) == 23 and "005.jpg (cut short)" in caplog.text
+    assert data.images["train"][np.arange(23)].shape[0] == 23  # every kept image decodes
+
+
+def test_a_run_trains_and_evaluates_on_the_encoded_store(photos_640, tmp_path):
+    out = run_cli("finetune", "--dataset", photos_640, "--steps", 2, "--batch", 4, "--warmup", 0, "--eval-every", 0,
+                  "--output-dir", tmp_path / "run", "--set", f'results_dir="{tmp_path / "results"}"', "--set", 'name="enc"',
+                  *TINY, cwd=REPO)
+    assert out.returncode == 0, out.stderr[-2000:]
+    out = run_cli("evaluate", tmp_path / "run" / "model", "--dataset", photos_640, "--json", cwd=REPO)
+    assert out.returncode == 0, out.stderr[-2000:]
+
+
+def test_an_index_image_of_a_png_within_its_size_keeps_its_bytes():
+    """A PNG is kept as it came; decoded per batch it is the decoded store's array."""
+    from mixer_ft.data.encoded import index_image
+    from mixer_ft.data.images import to_rgb_array
+
+    arr = camera_like(np.random.default_rng(1), 60, 80)
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "PNG")
+    h, w, kept = index_image((buf.getvalue(), 512))
+    assert (h, w) == (60, 80) and kept == buf.getvalue()
+    assert np.array_equal(to_rgb_array(("", lambda: kept), None, 512), arr)
