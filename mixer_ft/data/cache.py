@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from mixer_ft.atomic import json_text, locked
-from mixer_ft.data.images import to_rgb_array
+from mixer_ft.data.images import decode_workers, to_rgb_array
 from mixer_ft.data.sources import CIFAR10_CLASSES, HUB_DATASETS, Reader, open_reader
 from mixer_ft.errors import ConfigError, DataError, StorageError
 from mixer_ft.model.config import MAX_SIDE, TEST_FRACTION
@@ -165,14 +165,6 @@ def load_data(
 
 
 # --------------------------------------------------------------------------- the cache
-
-
-def decode_workers() -> int:
-    """Processes that decode images into the cache: ``$MIXER_FT_WORKERS``, else one per core."""
-    try:
-        return max(1, int(os.environ.get("MIXER_FT_WORKERS") or os.cpu_count() or 1))
-    except ValueError:
-        raise ConfigError(f"MIXER_FT_WORKERS must be a whole number, got {os.environ['MIXER_FT_WORKERS']!r}.") from None
 
 
 def _read(item: Any) -> Any:

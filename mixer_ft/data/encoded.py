@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from mixer_ft.data.images import MAX_PIXELS, _bounded, to_rgb_array
+from mixer_ft.data.images import MAX_PIXELS, _bounded, decode_workers, to_rgb_array
 from mixer_ft.errors import DataError
 
 REENCODE_QUALITY = 95
@@ -125,8 +125,6 @@ class EncodedImages:
 
         if len(index) > 1:
             if self._pool is None:
-                from mixer_ft.data.cache import decode_workers
-
                 self._pool = ThreadPoolExecutor(max(1, min(decode_workers(), os.cpu_count() or 1)))
             list(self._pool.map(put, range(len(index))))
         elif len(index):

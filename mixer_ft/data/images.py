@@ -8,10 +8,13 @@ mode becomes RGB (16-bit and float images scaled to 8 bits, not clipped).
 from __future__ import annotations
 
 import io
+import os
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+
+from mixer_ft.errors import ConfigError
 
 # What a source hands over for one image: its name and a getter for its bytes or PIL image
 # (called only when the image is decoded), or a ready uint8 array (CIFAR's pickles).
@@ -22,6 +25,14 @@ MAX_PIXELS = 89_478_485
 # The most bytes one image file may have (an archive member or a file): larger ones are skipped unread.
 MAX_FILE_BYTES = 64 << 20
 _WIDE_MODES = {"I;16": 1 / 257, "I;16L": 1 / 257, "I;16B": 1 / 257, "I;16N": 1 / 257, "I": 1 / 257, "F": 255.0}  # to 0..255
+
+
+def decode_workers() -> int:
+    """Processes that decode images into the cache: ``$MIXER_FT_WORKERS``, else one per core."""
+    try:
+        return max(1, int(os.environ.get("MIXER_FT_WORKERS") or os.cpu_count() or 1))
+    except ValueError:
+        raise ConfigError(f"MIXER_FT_WORKERS must be a whole number, got {os.environ['MIXER_FT_WORKERS']!r}.") from None
 
 
 def printable(name: str) -> str:
@@ -87,4 +98,4 @@ def to_rgb_array(item: ImageItem, size: tuple[int, int] | None = None, max_side:
     return np.asarray(img, dtype=np.uint8)
 
 
-__all__ = ["MAX_FILE_BYTES", "MAX_PIXELS", "ImageItem", "printable", "to_rgb", "to_rgb_array"]
+__all__ = ["MAX_FILE_BYTES", "decode_workers", "MAX_PIXELS", "ImageItem", "printable", "to_rgb", "to_rgb_array"]

@@ -75,13 +75,13 @@ def inception_boxes(n: int, height: int | torch.Tensor, width: int | torch.Tenso
     return torch.stack([x0, y0, w, h], 1)
 
 
-def _interp_matrix(start: torch.Tensor, length: torch.Tensor, size: int, extent: int, flip: torch.Tensor | None,
-                   device: torch.device, limit: torch.Tensor | None = None) -> torch.Tensor:
-    """(n, size, extent) bilinear weights taking ``extent`` pixels to ``size`` over a box.
+def _taps(start: torch.Tensor, length: torch.Tensor, size: int, extent: int, flip: torch.Tensor | None,
+          device: torch.device, limit: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Bilinear taps taking ``extent`` pixels to ``size`` over a box: (lo, hi, frac), each (n, size); an output
+    pixel is ``(1 - frac) * x[lo] + frac * x[hi]``.
 
     ``limit``: each image's own extent (n,), where images of several sizes share a padded array.
     """
-    n = start.shape[0]
     t = torch.arange(size, device=device, dtype=torch.float32) + 0.5
     # Source coordinate of each output pixel centre (half-pixel centres, as TF's bilinear resize).
     # Clamped first to the box, as tf.slice then tf.image.resize sees only the box's pixels, so a
@@ -99,28 +99,34 @@ def _interp_matrix(start: torch.Tensor, length: torch.Tensor, size: int, extent:
     frac = src - lo
     lo = lo.long()
     hi = (lo + 1).clamp(max=extent - 1) if limit is None else torch.minimum(lo + 1, (limit.to(device) - 1)[:, None])
-    m = torch.zeros(n, size, extent, device=device)
-    m.scatter_add_(2, lo[..., None], (1 - frac)[..., None])
-    return m.scatter_add_(2, hi[..., None], frac[..., None])
+    return lo, hi, frac
 
 
 def crop_resize(images: torch.Tensor, boxes: torch.Tensor, size: int, flip: torch.Tensor | None = None,
                 dtype: torch.dtype = torch.float32, extents: torch.Tensor | None = None) -> torch.Tensor:
     """Crop each NHWC image to its box (x0, y0, w, h), resize to ``size`` (bilinear), optionally flip.
 
-    Bilinear resizing is separable, so it is two batched matrix products with per-image
-    interpolation matrices: no per-pixel gathers, and the output comes out NCHW directly.
+    Bilinear resizing is separable and takes two source pixels per output pixel along each axis: the
+    rows the output needs are gathered (two per output row) and blended, then the columns, each axis in
+    one batched pass over (n, rows, width x channels). The work grows with the output, not with the
+    images' size: a 512-pixel photo costs about what a 32-pixel one does.
     Returns NCHW in ``dtype``, in the input's value range.
     """
     n, height, width, c = images.shape
     dev = images.device
     boxes = boxes.to(dev, torch.float32)
     limits = (None, None) if extents is None else (extents[:, 0], extents[:, 1])  # (h, w) of each padded image
-    rows = _interp_matrix(boxes[:, 1], boxes[:, 3], size, height, None, dev, limits[0])
-    cols = _interp_matrix(boxes[:, 0], boxes[:, 2], size, width, None if flip is None else flip.to(dev), dev, limits[1])
-    x = images.to(torch.float32).reshape(n, height, width * c)
-    y = torch.bmm(rows, x).view(n, size, width, c).permute(0, 3, 1, 2).reshape(n, c * size, width)
-    return torch.bmm(y, cols.transpose(1, 2)).view(n, c, size, size).to(dtype)
+    lo_r, hi_r, fr_r = _taps(boxes[:, 1], boxes[:, 3], size, height, None, dev, limits[0])
+    lo_c, hi_c, fr_c = _taps(boxes[:, 0], boxes[:, 2], size, width, None if flip is None else flip.to(dev), dev,
+                             limits[1])
+    flat = images.reshape(n, height, width * c)
+    each = torch.arange(n, device=dev)[:, None]
+    y = torch.lerp(flat[each, lo_r].to(torch.float32), flat[each, hi_r].to(torch.float32), fr_r[:, :, None])
+    # Columns of the flattened (width x channels) axis: column j, channel k is at j * c + k
+    channel = torch.arange(c, device=dev)
+    at = [(idx[:, :, None] * c + channel).reshape(n, 1, size * c).expand(n, size, size * c) for idx in (lo_c, hi_c)]
+    out = torch.lerp(y.gather(2, at[0]), y.gather(2, at[1]), fr_c.repeat_interleave(c, 1)[:, None, :])
+    return out.view(n, size, size, c).permute(0, 3, 1, 2).to(dtype)
 
 
 @dataclass(frozen=True)
@@ -153,12 +159,13 @@ class Preprocess:
             boxes = torch.cat([boxes[:, :2] + shift, boxes[:, 2:]], 1)
         return boxes, flips
 
-    def _normalise(self, images: torch.Tensor) -> torch.Tensor:
-        """uint8 NHWC -> float NHWC scaled with mean/std. Interpolation weights sum to one, so
-        scaling the small source image before resizing equals scaling the large output."""
-        mean = torch.tensor(self.mean, device=images.device) * 255
-        std = torch.tensor(self.std, device=images.device) * 255
-        return (images.float() - mean) / std
+    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
+        """Pixel values (0..255, NCHW) scaled with mean/std. Interpolation weights sum to one, so scaling
+        the large output of a resize equals scaling the small source image before it (to rounding); the
+        output is the smaller, so it is scaled."""
+        mean = torch.tensor(self.mean, device=x.device)[:, None, None] * 255
+        std = torch.tensor(self.std, device=x.device)[:, None, None] * 255
+        return ((x.float() - mean) / std).contiguous()
 
     def train(self, images: torch.Tensor, boxes: torch.Tensor, flip: torch.Tensor,
               extents: torch.Tensor | None = None) -> torch.Tensor:
@@ -166,18 +173,17 @@ class Preprocess:
 
         ``extents``: each image's (h, w) where images of several sizes are padded into one array.
         """
-        return crop_resize(self._normalise(images), boxes, self.size, flip, extents=extents)
+        return self._normalise(crop_resize(images, boxes, self.size, flip, extents=extents))
 
     def eval(self, images: torch.Tensor, extents: torch.Tensor | None = None) -> torch.Tensor:
         """Resize each whole image (its own extent, where given), normalise."""
         n, h, w, _ = images.shape
-        x = self._normalise(images)
         if extents is not None:
             boxes = torch.cat([torch.zeros(n, 2, dtype=torch.long), extents.flip(1).long().cpu()], 1)
-            return crop_resize(x, boxes, self.size, extents=extents)
+            return self._normalise(crop_resize(images, boxes, self.size, extents=extents))
         if (h, w) == (self.size, self.size):
-            return x.permute(0, 3, 1, 2).contiguous()
-        return crop_resize(x, torch.tensor([[0, 0, w, h]]).expand(n, 4), self.size)
+            return self._normalise(images.permute(0, 3, 1, 2))
+        return self._normalise(crop_resize(images, torch.tensor([[0, 0, w, h]]).expand(n, 4), self.size))
 
 
 def batch_seed(seed: int, epoch: int, index: int) -> int:

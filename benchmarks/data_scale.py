@@ -1,0 +1,190 @@
+"""Data at scale: the decoded store, the compact (encoded) store, webdataset shards and timm's loader, in one run.
+
+Run:  python benchmarks/data_scale.py [--images 20000] [--workers 1,2] [--out results/bench]
+
+It makes a set of JPEGs (640x480, quality 90, smooth content with noise, 10 classes, a tenth of them as
+test/) and the same images as webdataset shards, then measures each way of reading them, each in a fresh
+process (so its peak RSS is its own) with a cache of its own:
+- cache bytes on disk (timm's loader has none: it reads the files each epoch);
+- seconds from the process start to the first training batch delivered (the cache built, or the loader's
+  workers started), 224 px with the upstream crop (Inception crop, 5-100% of the area, and a flip);
+- images/s delivered after that, at each number of workers (our decode threads, MIXER_FT_WORKERS; the
+  DataLoader's worker processes for timm), over --batches batches of --batch;
+- peak RSS (the process's, the loader's workers not counted).
+The record goes to --out as data_scale_<cpu>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import resource
+import subprocess
+import sys
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mixer_ft.atomic import atomic_write_text, json_text  # noqa: E402
+from mixer_ft.train.hardware import cpu_isa, cpu_name  # noqa: E402
+
+WAYS = ("decoded", "encoded", "shards", "timm")
+
+
+def make_set(folder: Path, n: int, classes: int = 10) -> None:
+    """n JPEGs at 640x480 under folder/photos/{train,test}/c<k>/, and the same as shards under folder/shards/."""
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    y, x = np.mgrid[0:480, 0:640]
+    photos, shards = folder / "photos", folder / "shards"
+    shards.mkdir(parents=True)
+    samples: dict[str, list[tuple[int, bytes]]] = {"train": [], "test": []}
+    for i in range(n):
+        split, cls = ("test" if i % 10 == 9 else "train"), (i // 7) % classes
+        phase = rng.uniform(0, 6.28, 3)
+        base = 127 + 100 * np.sin(x[..., None] / rng.uniform(20, 120) + y[..., None] / rng.uniform(20, 120) + phase)
+        img = np.clip(base + rng.normal(0, 6, (480, 640, 3)), 0, 255).astype(np.uint8)
+        path = photos / split / f"c{cls}" / f"{i:06d}.jpg"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(img).save(path, quality=90)
+        samples[split].append((cls, path.read_bytes()))
+    for split, items in samples.items():
+        for s, start in enumerate(range(0, len(items), 1000)):
+            with tarfile.open(shards / f"{split}-{s:05d}.tar", "w") as tar:
+                for k, (cls, data) in enumerate(items[start:start + 1000], start):
+                    for name, payload in ((f"{k:07d}.jpg", data), (f"{k:07d}.cls", str(cls).encode())):
+                        info = tarfile.TarInfo(name)
+                        info.size = len(payload)
+                        tar.addfile(info, io.BytesIO(payload))
+    (shards / "classes.txt").write_text("".join(f"c{k}\n" for k in range(classes)))
+
+
+def du(folder: Path) -> int:
+    return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
+
+
+def measure(way: str, folder: Path, workers: list[int], batches: int, batch: int) -> dict:
+    """In this (fresh) process: the numbers of one way of reading the set."""
+    t0 = time.perf_counter()
+    import torch
+
+    cache = Path(os.environ["MIXER_FT_CACHE"])
+    out: dict = {"way": way}
+    if way == "timm":
+        from timm.data import create_dataset, create_loader
+
+        def loader(w: int):
+            ds = create_dataset("", root=str(folder / "photos"), split="train", is_training=True)
+            return create_loader(ds, input_size=(3, 224, 224), batch_size=batch, is_training=True, num_workers=w,
+                                 scale=(0.05, 1.0), hflip=0.5, mean=(0.5,) * 3, std=(0.5,) * 3, use_prefetcher=False,
+                                 persistent_workers=False)
+
+        it = iter(loader(workers[0]))
+        next(it)
+        out["first_batch_s"] = round(time.perf_counter() - t0, 2)
+        out["cache_bytes"] = 0
+        rates = {}
+        for w in workers:
+            it = iter(loader(w))
+            next(it)  # the workers started
+            t = time.perf_counter()
+            for _ in range(batches):
+                x, _ = next(it)
+            rates[str(w)] = round(batches * batch / (time.perf_counter() - t), 1)
+    else:
+        from mixer_ft.data import cache as cache_mod
+        from mixer_ft.data.folder import FolderReader
+        from mixer_ft.data.preprocess import Preprocess, batch_seed
+
+        if way == "decoded":
+            FolderReader.encoded_files = False  # today's store: every image decoded into the cache
+        data = cache_mod.load_data(str(folder / ("shards" if way == "shards" else "photos")))
+        pre = Preprocess(224, mean=(0.5,) * 3, std=(0.5,) * 3)
+        images, n = data.images["train"], len(data.labels["train"])
+        extents = data.extents["train"]
+        gen = torch.Generator()
+
+        def deliver(step: int) -> torch.Tensor:
+            idx = np.sort(np.random.default_rng(step).choice(n, batch, replace=False))
+            x = torch.from_numpy(np.ascontiguousarray(images[idx]))
+            own = None if extents is None else torch.from_numpy(extents[idx])
+            g = gen.manual_seed(batch_seed(0, step, 1))
+            boxes, flips = pre.sample(batch, *x.shape[1:3], g) if own is None else pre.sample(batch, own[:, 0], own[:, 1], g)
+            return pre.train(x, boxes, flips, extents=own)
+
+        deliver(0)
+        out["first_batch_s"] = round(time.perf_counter() - t0, 2)
+        out["cache_bytes"] = du(cache)
+        rates = {}
+        for w in workers:
+            os.environ["MIXER_FT_WORKERS"] = str(w)
+            torch.set_num_threads(w)
+            if hasattr(images, "_pool"):
+                images._pool = None  # the decode threads: w of them
+            deliver(1)
+            t = time.perf_counter()
+            for step in range(2, 2 + batches):
+                deliver(step)
+            rates[str(w)] = round(batches * batch / (time.perf_counter() - t), 1)
+    out["images_per_s"] = rates
+    out["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--images", type=int, default=20_000)
+    parser.add_argument("--workers", default="1,2")
+    parser.add_argument("--batches", type=int, default=8)
+    parser.add_argument("--batch", type=int, default=256)
+    parser.add_argument("--out", type=Path, default=ROOT / "results" / "bench")
+    parser.add_argument("--measure", choices=WAYS, help=argparse.SUPPRESS)  # one way, in a fresh process
+    parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    workers = [int(w) for w in args.workers.split(",")]
+    if args.measure:
+        print(json_text(measure(args.measure, args.folder, workers, args.batches, args.batch)))
+        return
+    with tempfile.TemporaryDirectory(prefix="mixer-ft-data-scale-") as tmp:
+        folder = Path(tmp)
+        t = time.perf_counter()
+        make_set(folder, args.images)
+        print(f"made {args.images} JPEGs and their shards in {time.perf_counter() - t:.0f} s", file=sys.stderr)
+        results = {}
+        for way in WAYS:
+            env = {**os.environ, "MIXER_FT_CACHE": str(folder / f"cache-{way}"), "PYTHONPATH": str(ROOT)}
+            done = subprocess.run([sys.executable, __file__, "--measure", way, "--folder", str(folder), "--workers",
+                                   args.workers, "--batches", str(args.batches), "--batch", str(args.batch)],
+                                  capture_output=True, text=True, env=env)
+            if done.returncode:
+                sys.exit(f"error: {way} failed:\n{done.stderr[-3000:]}")
+            results[way] = json.loads(done.stdout.strip().splitlines()[-1])
+            print(way, results[way], file=sys.stderr)
+    dec, enc = results["decoded"], results["encoded"]
+    record = {
+        "kind": "data_scale", "images": args.images, "image_size": [480, 640], "batch": args.batch, "workers": workers,
+        "cpu": cpu_name(), "cpu_isa": cpu_isa(), "cores": os.cpu_count(), "date": time.strftime("%Y-%m-%d"),
+        "results": results,
+        "encoded_cache_share": round(enc["cache_bytes"] / dec["cache_bytes"], 4),
+        "first_batch_speedup": round(dec["first_batch_s"] / enc["first_batch_s"], 2),
+        "encoded_over_timm": {w: round(enc["images_per_s"][w] / results["timm"]["images_per_s"][w], 3)
+                              for w in enc["images_per_s"]},
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    slug = "cpu" if args.images == 20_000 else f"cpu_{args.images}"
+    path = atomic_write_text(args.out / f"data_scale_{slug}.json", json_text(record, indent=2) + "\n")
+    print(f"{path}: encoded cache {record['encoded_cache_share']:.1%} of the decoded store's; first batch "
+          f"{record['first_batch_speedup']}x sooner; encoded over timm's loader {record['encoded_over_timm']}")
+
+
+if __name__ == "__main__":
+    main()
