@@ -165,3 +165,18 @@ def test_compile_takes_true_false_or_one_of_torch_compiles_modes(value, ok):
     else:
         with pytest.raises(ConfigError, match="compile must be true, false or one of"):
             Recipe(compile=value)
+
+
+def test_images_of_several_sizes_or_kept_encoded_are_never_copied_to_the_device_whole():
+    """Only one array of one size goes to the GPU whole; photos of several sizes (RaggedImages, which has no
+    nbytes: the check itself failed at the start of every GPU run on such a folder) and the encoded store are
+    gathered and decoded on the host. torch.device("cuda") is a plain value: no GPU is needed to ask."""
+    from mixer_ft.data.cache import RaggedImages
+    from mixer_ft.data.encoded import EncodedImages
+    from mixer_ft.train.feed import fits_on_device
+
+    shapes = np.array([[2, 3], [4, 1]])
+    ragged = RaggedImages(np.zeros(2 * 3 * 3 + 4 * 1 * 3, np.uint8), shapes)
+    encoded = EncodedImages(np.zeros(10, np.uint8), np.array([0, 5, 10]), shapes, 512, "train")
+    for images in (ragged, encoded):
+        assert fits_on_device(images, torch.device("cuda")) is False
