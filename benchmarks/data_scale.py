@@ -39,24 +39,33 @@ from mixer_ft.train.hardware import cpu_isa, cpu_name  # noqa: E402
 WAYS = ("decoded", "encoded", "shards", "timm")
 
 
-def make_set(folder: Path, n: int, classes: int = 10) -> None:
-    """n JPEGs at 640x480 under folder/photos/{train,test}/c<k>/, and the same as shards under folder/shards/."""
+def _jpeg(args: tuple[int, int, Path]) -> tuple[str, int, bytes]:
+    """One 640x480 JPEG: one of 64 smooth pictures, shifted, with noise (quality 90); (split, class, bytes)."""
     from PIL import Image
 
-    rng = np.random.default_rng(0)
+    i, classes, photos = args
+    rng = np.random.default_rng(i)
     y, x = np.mgrid[0:480, 0:640]
+    base = np.random.default_rng(i % 64).uniform(20, 120, 2)
+    picture = 127 + 100 * np.sin(x[..., None] / base[0] + y[..., None] / base[1] + np.arange(3) * (1 + i % 64))
+    picture = np.roll(picture, rng.integers(0, 640), axis=1) + rng.integers(-6, 7, (480, 640, 3))
+    split, cls = ("test" if i % 10 == 9 else "train"), (i // 7) % classes
+    path = photos / split / f"c{cls}" / f"{i:06d}.jpg"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.clip(picture, 0, 255).astype(np.uint8)).save(path, quality=90)
+    return split, cls, path.read_bytes()
+
+
+def make_set(folder: Path, n: int, classes: int = 10) -> None:
+    """n JPEGs at 640x480 under folder/photos/{train,test}/c<k>/, and the same as shards under folder/shards/."""
+    import multiprocessing
+
     photos, shards = folder / "photos", folder / "shards"
     shards.mkdir(parents=True)
     samples: dict[str, list[tuple[int, bytes]]] = {"train": [], "test": []}
-    for i in range(n):
-        split, cls = ("test" if i % 10 == 9 else "train"), (i // 7) % classes
-        phase = rng.uniform(0, 6.28, 3)
-        base = 127 + 100 * np.sin(x[..., None] / rng.uniform(20, 120) + y[..., None] / rng.uniform(20, 120) + phase)
-        img = np.clip(base + rng.normal(0, 6, (480, 640, 3)), 0, 255).astype(np.uint8)
-        path = photos / split / f"c{cls}" / f"{i:06d}.jpg"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(img).save(path, quality=90)
-        samples[split].append((cls, path.read_bytes()))
+    with multiprocessing.get_context("fork").Pool(os.cpu_count()) as pool:
+        for split, cls, data in pool.imap(_jpeg, [(i, classes, photos) for i in range(n)], chunksize=16):
+            samples[split].append((cls, data))
     for split, items in samples.items():
         for s, start in enumerate(range(0, len(items), 1000)):
             with tarfile.open(shards / f"{split}-{s:05d}.tar", "w") as tar:

@@ -366,7 +366,8 @@ def table(
 
 @app.command(short_help="Run the table's rows with their recipes.")
 def reproduce(
-    rows: Annotated[Optional[str], typer.Option(help="Comma-separated row ids (default: all), e.g. scratch_cifar10.")] = None,
+    rows: Annotated[Optional[str], typer.Option(help="Comma-separated row ids (default: the CIFAR rows), e.g. "
+                                                "scratch_cifar10.")] = None,
     results: Annotated[str, typer.Option(help="Folder of run records.")] = "results",
     dataset: Annotated[Optional[str], typer.Option(help="Use this copy of each row's data set (e.g. a local CIFAR-10).")] = None,
 ) -> None:
@@ -381,10 +382,16 @@ def reproduce(
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     published = {p.id: p for p in tables.published_rows()}
-    wanted = [r.strip() for r in rows.split(",")] if rows else list(published)
+    wanted = [r.strip() for r in rows.split(",")] if rows else [p.id for p in tables.default_rows(list(published.values()))]
     unknown = [r for r in wanted if r not in published]
     if unknown:
         raise ConfigError(f"Unknown row(s) {', '.join(unknown)}; the rows are: {', '.join(published)}.")
+    from mixer_ft.data.sources import HUB_DATASETS
+
+    elsewhere = [r for r in wanted if published[r].dataset not in HUB_DATASETS]
+    if elsewhere and not dataset:
+        raise ConfigError(f"Row(s) {', '.join(elsewhere)} train on {published[elsewhere[0]].dataset}, which mixer-ft "
+                          "cannot download: pass --dataset with your copy (an image folder or shards).")
     done = {r["id"] for r in tables.build(results)[0] if r["accuracy"] is not None}
     for row_id in wanted:
         if row_id in done:

@@ -15,7 +15,8 @@ from mixer_ft.data.sources import CIFAR10_CLASSES
 from mixer_ft.report.table import COLUMNS, FEWSHOT_COLUMNS, build, render
 from mixer_ft.train.recipe import load_recipe
 
-ROWS = ["in1k_b16_cifar10", "in1k_l16_cifar10", "in21k_b16_cifar10", "in21k_l16_cifar10", "scratch_cifar10"]
+ROWS = ["in1k_b16_cifar10", "in1k_l16_cifar10", "in21k_b16_cifar10", "in21k_l16_cifar10", "in21k_l16_imagenet",
+        "scratch_cifar10"]
 
 
 def protocol(recipe, **changes):
@@ -77,13 +78,13 @@ def test_every_format(results):
     md = render(rows, other, "markdown")
     assert md.splitlines()[1].startswith("|---|") and md.count("\n| in") >= 4
     table = list(csv.reader(io.StringIO(render(rows, other, "csv"))))
-    assert table[0] == ["kind", *COLUMNS, *FEWSHOT_COLUMNS] and len(table) == 1 + 5 + 1
+    assert table[0] == ["kind", *COLUMNS, *FEWSHOT_COLUMNS] and len(table) == 1 + 6 + 1
     unmatched = dict(zip(table[0], table[-1]))  # each value under its own column
     assert (unmatched["kind"], unmatched["dataset"], unmatched["accuracy"], unmatched["wall_clock_h"]) == (
         "other", "cifar100", "0.88", "3.0")
     assert (unmatched["runs"], unmatched["min_accuracy"], unmatched["published_accuracy"]) == ("1", "0.88", "")
     data = json.loads(render(rows, other, "json"))
-    assert [list(r) for r in data["rows"]] == [list(COLUMNS)] * 5
+    assert [list(r) for r in data["rows"]] == [list(COLUMNS)] * 6
     assert data["rows"][0]["accuracy"] is None and data["rows"][3]["accuracy"] == 0.9822
 
 
@@ -120,9 +121,10 @@ def test_reproduce_skips_recorded_rows_and_reports_a_failing_one(results, capfd)
 def test_the_checkout_table_shows_the_published_rows_and_the_scratch_run():
     out = cli("table", "--format", "json")
     rows = json.loads(out.stdout)["rows"]
-    assert len(rows) == 5 and [r["published_accuracy"] for r in rows] == [0.9672, 0.9659, 0.9682, 0.9834, 0.5562]
+    assert len(rows) == 6 and [r["published_accuracy"] for r in rows] == [0.9672, 0.9659, 0.9682, 0.9834, 0.8289, 0.5562]
     recorded = json.loads((REPO / "results" / "scratch_cifar10.json").read_text())
-    assert rows[4]["accuracy"] == recorded["test_accuracy"]  # the committed from-scratch run is shown
+    assert rows[5]["accuracy"] == recorded["test_accuracy"]  # the committed from-scratch run is shown
+    assert rows[4]["published_wall_clock_h"] is None  # the paper gives no fine-tune time
 
 
 def test_a_row_counts_only_runs_made_with_its_protocol(results):
@@ -180,3 +182,25 @@ def test_hostile_records_are_skipped_or_escaped_in_every_format(results):
     md = cli("table", "--results", str(results), "--format", "markdown").stdout
     row = next(line for line in md.splitlines() if "HYPERLINK" in line)
     assert row.count(" | ") == 6 and "\\|a\\\\nb" in row  # the pipe escaped, the newline too: one row, seven cells
+
+
+def test_an_imagenet_run_matches_the_imagenet_row_and_reproduce_asks_for_imagenets_data(tmp_path):
+    """Any copy of ImageNet-1k (1,000 classes, 50,000 test images: a folder or shards, under any path) is
+    "imagenet"; `reproduce` leaves the row out unless named, and then wants --dataset."""
+    from mixer_ft.data.cache import canonical_dataset
+
+    assert canonical_dataset("/data/ilsvrc/shards", [f"n{i:08d}" for i in range(1000)], 50_000) == "imagenet"
+    d = tmp_path / "results"
+    d.mkdir()
+    run = record("inet", "in21k", "L/16", "imagenet", 0.83, 30.0)
+    run["config"] = protocol("in21k_l16_imagenet", dataset="/data/ilsvrc/shards", seed=1, output_dir="runs/inet",
+                             name="inet")
+    run |= {"dataset": "/data/ilsvrc/shards", "classes": [f"n{i:08d}" for i in range(1000)], "test_images": 50_000}
+    (d / "inet.json").write_text(json.dumps(run))
+    row = next(r for r in build(d)[0] if r["id"] == "in21k_l16_imagenet")
+    assert (row["accuracy"], row["delta_points"]) == (0.83, 0.11)
+    from mixer_ft.report.table import default_rows, published_rows
+
+    assert "in21k_l16_imagenet" not in [r.id for r in default_rows(published_rows())]
+    out = cli("reproduce", "--rows", "in21k_l16_imagenet", "--results", str(d))
+    assert out.returncode == 2 and "pass --dataset" in out.stderr and "Traceback" not in out.stderr

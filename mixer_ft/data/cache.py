@@ -43,13 +43,16 @@ SMALL_SIDE = 64  # a set whose images all have one size, at most this on a side 
 
 
 def canonical_dataset(source: str, classes: list[str], n_test: int) -> str:
-    """"cifar10"/"cifar100" for any copy of CIFAR (Hub, JPEG folder, python archive), else ``source``."""
+    """"cifar10"/"cifar100" for any copy of CIFAR (Hub, JPEG folder, python archive), "imagenet" for any copy of
+    ImageNet-1k (1,000 classes, the 50,000 validation images as test), else ``source``."""
     if source in HUB_DATASETS:
         return source
     if classes == CIFAR10_CLASSES and n_test == 10_000:
         return "cifar10"
     if len(classes) == 100 and n_test == 10_000 and re.search(r"cifar.?100", source, re.IGNORECASE):
         return "cifar100"
+    if len(classes) == 1000 and n_test == 50_000:  # ILSVRC-2012: its labelled validation split as test
+        return "imagenet"
     return source
 
 
@@ -229,10 +232,12 @@ def _decoded(reader: Reader, size: tuple[int, int] | None, max_side: int,
         with Ticker(f"{'indexing' if index_only else 'decoding'} {Path(reader.location).name}") as bar:
             while window := _window(items, 64 * workers):
                 payloads: list[Any] = [(data, max_side) if index_only else (data, size, max_side) for _, data in window]
-                window = [item for item, _ in window]
+                kept, window = window, [item for item, _ in window]
                 work: Any = index_image if index_only else _decode
                 results = pool.map(work, payloads, chunksize=4) if pool else map(work, payloads)
-                for (split, label, item), arr in zip(window, results):
+                for (split, label, item), (_, data), arr in zip(window, kept, results):
+                    if index_only and not isinstance(arr, str) and arr[2] is None:
+                        arr = (arr[0], arr[1], data)  # the file's own bytes, which stayed here
                     yield split, label, "array" if isinstance(item, np.ndarray) else item[0], arr
                     bar.total = reader.total  # known once the reader has listed its images
                     bar.update(1)

@@ -40,11 +40,12 @@ def _complete(data: bytes, fmt: str) -> bool:
     return True
 
 
-def index_image(payload: tuple[Any, int]) -> tuple[int, int, bytes] | str:
+def index_image(payload: tuple[Any, int]) -> tuple[int, int, bytes | None] | str:
     """(height, width, bytes to keep) of one image, from its header; or why it cannot be used.
 
-    ``payload``: (the file's bytes, or an OSError reading them; the longer side kept). The bytes kept
-    are the file's own, or, when those are larger than the decoded image, a re-encode at the size kept.
+    ``payload``: (the file's bytes, or an OSError reading them; the longer side kept). The bytes to keep
+    are None for the file's own (the caller has them: a worker process need not send them back), or,
+    when those are larger than the decoded image, a re-encode at the size kept.
     """
     from PIL import Image, UnidentifiedImageError
 
@@ -65,7 +66,7 @@ def index_image(payload: tuple[Any, int]) -> tuple[int, int, bytes] | str:
             w, h = h, w
         w, h = _bounded((w, h), max_side)
         if fmt in KEPT_FORMATS and len(data) <= h * w * 3:
-            return h, w, bytes(data)
+            return h, w, None
         arr = to_rgb_array(("", lambda: data), None, max_side)  # decoded once, kept small
         out = io.BytesIO()
         Image.fromarray(arr).save(out, "JPEG", quality=REENCODE_QUALITY)

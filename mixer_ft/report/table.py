@@ -36,9 +36,10 @@ class Published:
     model: str
     dataset: str
     accuracy: float
-    wall_clock_h: float
-    hardware: str
     recipe: str
+    wall_clock_h: float | None = None  # where the source gives it
+    hardware: str = "-"
+    source: str = ""  # where the figure is published, where the file's header does not say
 
     def matches(self, run: dict[str, Any], protocol: Any) -> bool:
         """Whether ``run`` was made with this row's protocol (its recipe ``protocol``), on its data set."""
@@ -62,6 +63,14 @@ class Published:
     @property
     def command(self) -> str:
         return f"mixer-ft finetune --recipe {self.recipe}"
+
+
+def default_rows(rows: list[Published]) -> list[Published]:
+    """The rows `mixer-ft reproduce` runs when none are named: those whose data set mixer-ft fetches by name
+    (CIFAR); a row on other data (ImageNet) runs when named, with --dataset."""
+    from mixer_ft.data.sources import HUB_DATASETS
+
+    return [r for r in rows if r.dataset in HUB_DATASETS]
 
 
 def published_rows() -> list[Published]:
@@ -364,7 +373,7 @@ def plot(rows: list[dict[str, Any]], path: str | Path) -> Path:
     fig, (acc_ax, time_ax) = plt.subplots(1, 2, figsize=(13, 5), constrained_layout=True)
     for ax, pub_key, our_key, ylabel, scale in ((acc_ax, "published_accuracy", "accuracy", "test accuracy (%)", 100),
                                                  (time_ax, "published_wall_clock_h", "wall_clock_h", "wall-clock (hours)", 1)):
-        pub = [r[pub_key] * scale for r in rows]
+        pub = [float("nan") if r[pub_key] is None else r[pub_key] * scale for r in rows]  # nan: not published
         ours = [(r[our_key] or 0) * scale for r in rows]
         ax.bar([i - 0.2 for i in x], pub, width=0.4, label="published", color="#7f7f7f")
         bars = ax.bar([i + 0.2 for i in x], ours, width=0.4, label="mixer_ft (best run)", color="#1f77b4")
