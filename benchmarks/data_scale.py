@@ -8,8 +8,9 @@ process (so its peak RSS is its own) with a cache of its own:
 - cache bytes on disk (timm's loader has none: it reads the files each epoch);
 - seconds from the process start to the first training batch delivered (the cache built, or the loader's
   workers started), 224 px with the upstream crop (Inception crop, 5-100% of the area, and a flip);
-- images/s delivered after that, at each number of workers (our decode threads, MIXER_FT_WORKERS; the
-  DataLoader's worker processes for timm), over --batches batches of --batch;
+- images/s delivered after that, at each number of workers (our decode threads, MIXER_FT_WORKERS, with the
+  next batch read while this one is cropped, as the training feed does; the DataLoader's worker processes
+  for timm), over --batches batches of --batch;
 - peak RSS (the process's, the loader's workers not counted).
 The record goes to --out as data_scale_<cpu>.json.
 """
@@ -122,15 +123,19 @@ def measure(way: str, folder: Path, workers: list[int], batches: int, batch: int
         extents = data.extents["train"]
         gen = torch.Generator()
 
-        def deliver(step: int) -> torch.Tensor:
+        from concurrent.futures import ThreadPoolExecutor
+
+        def gather(step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
             idx = np.sort(np.random.default_rng(step).choice(n, batch, replace=False))
-            x = torch.from_numpy(np.ascontiguousarray(images[idx]))
-            own = None if extents is None else torch.from_numpy(extents[idx])
+            return (torch.from_numpy(np.ascontiguousarray(images[idx])),
+                    None if extents is None else torch.from_numpy(extents[idx]))
+
+        def crop(step: int, x: torch.Tensor, own: torch.Tensor | None) -> torch.Tensor:
             g = gen.manual_seed(batch_seed(0, step, 1))
             boxes, flips = pre.sample(batch, *x.shape[1:3], g) if own is None else pre.sample(batch, own[:, 0], own[:, 1], g)
             return pre.train(x, boxes, flips, extents=own)
 
-        deliver(0)
+        crop(0, *gather(0))
         out["first_batch_s"] = round(time.perf_counter() - t0, 2)
         out["cache_bytes"] = du(cache)
         rates = {}
@@ -139,11 +144,15 @@ def measure(way: str, folder: Path, workers: list[int], batches: int, batch: int
             torch.set_num_threads(w)
             if hasattr(images, "_pool"):
                 images._pool = None  # the decode threads: w of them
-            deliver(1)
-            t = time.perf_counter()
-            for step in range(2, 2 + batches):
-                deliver(step)
-            rates[str(w)] = round(batches * batch / (time.perf_counter() - t), 1)
+            with ThreadPoolExecutor(1) as ahead:  # as the training feed does: the next batch read meanwhile
+                nxt = ahead.submit(gather, 1)
+                t = time.perf_counter()
+                for step in range(1, 1 + batches):
+                    x, own = nxt.result()
+                    nxt = ahead.submit(gather, step + 1)
+                    crop(step, x, own)
+                rates[str(w)] = round(batches * batch / (time.perf_counter() - t), 1)
+                nxt.result()
     out["images_per_s"] = rates
     out["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return out

@@ -118,3 +118,23 @@ def test_the_2026_12_04_gpu_figures_of_the_speed_doc_are_computed_from_their_rec
         seconds += recipe["steps"] * recipe["global_batch"] / rate[row["model"]]
     assert len(rows) == 4 and f"take {seconds / 3600:.2f} H200-hours of steps" in flat
     assert f"took {sum(r['wall_clock_h'] for r in rows):.1f} h on 4x V100" in doc
+
+
+def test_the_data_scale_table_is_its_record():
+    r = json.loads(text("results/bench/data_scale_cpu.json"))
+    doc = " ".join(text("docs/speed.md").split())
+    names = {"decoded": "decoded store (0.1.0's)", "encoded": "compact store (image folder)",
+             "shards": "compact store (webdataset shards)", "timm": "timm's loader (`create_dataset` + `create_loader`)"}
+    for way, label in names.items():
+        m = r["results"][way]
+        disk = "none" if not m["cache_bytes"] else f"{m['cache_bytes'] / 1e9:.2f} GB"
+        rates = " | ".join(f"{m['images_per_s'][w]:,.0f}" for w in ("1", "2"))
+        row = f"| {label} | {disk} | {m['first_batch_s']:.1f} s | {rates} | {m['peak_rss_bytes'] / 1e9:.2f} GB |"
+        assert row in doc, row
+    dec, enc, sh = (r["results"][k] for k in ("decoded", "encoded", "shards"))
+    assert f"takes {100 * r['encoded_cache_share']:.1f}% of the decoded store's" in doc
+    assert f"take {100 * r['encoded_cache_share']:.1f}% of the decoded store" in " ".join(text("docs/data.md").split())
+    assert f"{dec['first_batch_s'] / enc['first_batch_s']:.1f}x sooner from a folder, " \
+           f"{dec['first_batch_s'] / sh['first_batch_s']:.1f}x from shards" in doc
+    over = r["encoded_over_timm"]
+    assert f"({over['1']:.2f}x with 1 worker, {over['2']:.2f}x with 2" in doc

@@ -256,8 +256,8 @@ def _report(reader: Reader, labels: dict[str, list], skipped: list[str]) -> None
             bad = f" ({len(skipped)} could not be decoded)" if skipped else ""
             raise DataError(
                 f"{reader.location} has no {split} images{bad}. Expected the image-folder layout "
-                f"{split}/<class>/<image> (e.g. {split}/cat/0001.jpg), a CIFAR python-version archive, "
-                f"or a Hub data set with train and test splits."
+                f"{split}/<class>/<image> (e.g. {split}/cat/0001.jpg), {split}-*.tar webdataset shards of "
+                f"<key>.jpg with <key>.cls, a CIFAR python-version archive, or a Hub data set with train and test splits."
             )
 
 
