@@ -77,3 +77,23 @@ def test_bench_at_448_times_the_tiled_architecture_against_a_timm_mixer_of_the_s
     rec = {"device": "CPU (x)", "model": "S/32", "batch": 4, "precision": "fp32"}
     assert save(rec | {"img_size": 224}, tmp_path).name == "cpu_S32_b4_fp32.json"
     assert save(rec | {"img_size": 448}, tmp_path).name == "cpu_S32_448px_b4_fp32.json"
+
+
+def test_the_data_scale_benchmark_measures_the_four_ways_on_a_small_set(tmp_path):
+    """benchmarks/data_scale.py as docs/speed.md runs it, on 60 images: every way delivers, and the compact store
+    takes less disk than the decoded store (the record's own comparison)."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "data_scale.py"), "--images", "60", "--batches", "1",
+                          "--batch", "8", "--workers", "1", "--out", str(tmp_path)], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=600)
+    assert out.returncode == 0, out.stderr[-3000:]
+    record = json.loads((tmp_path / "data_scale_cpu_60.json").read_text())
+    ways = record["results"]
+    assert set(ways) == {"decoded", "encoded", "shards", "timm"}
+    assert all(ways[w]["images_per_s"]["1"] > 0 and ways[w]["first_batch_s"] > 0 for w in ways)
+    assert 0 < ways["encoded"]["cache_bytes"] < ways["decoded"]["cache_bytes"] and ways["timm"]["cache_bytes"] == 0
+    assert record["encoded_cache_share"] == round(ways["encoded"]["cache_bytes"] / ways["decoded"]["cache_bytes"], 4)
