@@ -116,3 +116,20 @@ def test_translate_zero_draws_exactly_the_upstream_augmentation():
     b = Preprocess(32, translate=0).sample(16, 32, 32, torch.Generator().manual_seed(3))
     g = torch.Generator().manual_seed(3)
     assert torch.equal(a[0], b[0]) and torch.equal(a[0], inception_boxes(16, 32, 32, g))
+
+
+def test_a_cpu_batch_cropped_in_chunks_equals_each_image_cropped_alone():
+    """On a CPU crop_resize takes a large batch CPU_CHUNK images at a time; every image comes out exactly as it
+    does alone, padded photos of several sizes and flips included."""
+    from mixer_ft.data.preprocess import CPU_CHUNK
+
+    n = 3 * CPU_CHUNK + 5
+    g = torch.Generator().manual_seed(7)
+    x = torch.randint(0, 256, (n, 40, 52, 3), generator=g, dtype=torch.uint8)
+    extents = torch.stack([torch.randint(20, 41, (n,), generator=g), torch.randint(20, 53, (n,), generator=g)], 1)
+    boxes = inception_boxes(n, extents[:, 0], extents[:, 1], g)
+    flip = torch.rand(n, generator=g) < 0.5
+    batch = crop_resize(x, boxes, 24, flip, extents=extents)
+    for i in range(n):
+        alone = crop_resize(x[i:i + 1], boxes[i:i + 1], 24, flip[i:i + 1], extents=extents[i:i + 1])
+        assert torch.equal(batch[i:i + 1], alone), i
