@@ -112,11 +112,10 @@ def measure(way: str, folder: Path, workers: list[int], batches: int, batch: int
             rates[str(w)] = round(batches * batch / (time.perf_counter() - t), 1)
     else:
         from mixer_ft.data import cache as cache_mod
-        from mixer_ft.data.folder import FolderReader
         from mixer_ft.data.preprocess import Preprocess, batch_seed
 
         if way == "decoded":
-            FolderReader.encoded_files = False  # today's store: every image decoded into the cache
+            os.environ["MIXER_FT_STORE"] = "decoded"  # 0.1.0's store: every image decoded into the cache
         data = cache_mod.load_data(str(folder / ("shards" if way == "shards" else "photos")))
         pre = Preprocess(224, mean=(0.5,) * 3, std=(0.5,) * 3)
         images, n = data.images["train"], len(data.labels["train"])

@@ -13,7 +13,7 @@ from test_invariants import TINY
 from conftest import REPO, run_cli
 from mixer_ft.data.cache import load_data
 from mixer_ft.data.encoded import EncodedImages
-from mixer_ft.data.folder import FolderReader
+from mixer_ft.errors import ConfigError
 
 
 def camera_like(rng, h=480, w=640):
@@ -37,11 +37,19 @@ def photos_640(tmp_path_factory):
 
 
 def decoded_store(source, tmp_path, monkeypatch):
-    """The same set through the decoded store, in a cache of its own."""
+    """The same set through the decoded store (MIXER_FT_STORE=decoded), in a cache of its own."""
     with monkeypatch.context() as m:
-        m.setattr(FolderReader, "encoded_files", False)
-        m.setenv("MIXER_FT_CACHE", str(tmp_path / "decoded-cache"))
+        m.setenv("MIXER_FT_STORE", "decoded")
         return load_data(str(source))
+
+
+def test_the_store_is_the_datas_choice_unless_mixer_ft_store_says_decoded(photos_640, monkeypatch):
+    assert isinstance(load_data(str(photos_640)).images["train"], EncodedImages)
+    monkeypatch.setenv("MIXER_FT_STORE", "decoded")  # a cache entry of its own: the compact one is not reused
+    assert not isinstance(load_data(str(photos_640)).images["train"], EncodedImages)
+    monkeypatch.setenv("MIXER_FT_STORE", "compact")
+    with pytest.raises(ConfigError, match="MIXER_FT_STORE must be auto or decoded"):
+        load_data(str(photos_640))
 
 
 @pytest.mark.parametrize("which", ["photos_640", "phone_photos"])

@@ -160,14 +160,26 @@ def load_data(
             as the test split.
     """
     reader = open_reader(source, image_column, label_column, test_fraction)
-    key = hashlib.sha1(json_text([_CACHE_FORMAT, reader.fingerprint(), store_size, max_side]).encode()).hexdigest()[:16]
+    decoded = wants_decoded_store()
+    key = hashlib.sha1(json_text([_CACHE_FORMAT, reader.fingerprint(), store_size, max_side] + (["decoded"] if decoded else []))
+                       .encode()).hexdigest()[:16]
     folder = cache_dir() / "data" / key
     if not (folder / "meta.json").is_file():
-        _build_cache(reader, folder, store_size, max_side)
+        _build_cache(reader, folder, store_size, max_side, decoded)
     return _open_cache(folder, source)
 
 
 # --------------------------------------------------------------------------- the cache
+
+
+def wants_decoded_store() -> bool:
+    """``MIXER_FT_STORE=decoded``: every image decoded into the cache, whatever the data (the store that feeds a
+    CPU fastest, at about ten times the disk of the compact store and a decode of every image before the first
+    step); unset or ``auto``: the store the data calls for."""
+    value = os.environ.get("MIXER_FT_STORE", "auto").strip().lower() or "auto"
+    if value not in ("auto", "decoded"):
+        raise ConfigError(f"MIXER_FT_STORE must be auto or decoded, got {os.environ['MIXER_FT_STORE']!r}.")
+    return value == "decoded"
 
 
 def _read(item: Any) -> Any:
@@ -343,7 +355,7 @@ def _label_ids(reader: Reader, labels: dict[str, list]) -> tuple[list[str], dict
     return classes, ids
 
 
-def _build_cache(reader: Reader, folder: Path, store_size: int | None, max_side: int) -> None:
+def _build_cache(reader: Reader, folder: Path, store_size: int | None, max_side: int, decoded: bool = False) -> None:
     """Decode every image once into raw uint8 files, written beside and renamed into place."""
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
@@ -353,17 +365,17 @@ def _build_cache(reader: Reader, folder: Path, store_size: int | None, max_side:
             for stale in folder.parent.glob(f".{folder.name}.*"):
                 if stale.is_dir():
                     shutil.rmtree(stale, ignore_errors=True)
-            _build(reader, folder, store_size, max_side)
+            _build(reader, folder, store_size, max_side, decoded)
     except OSError as e:
         raise StorageError(f"Could not write the data cache {folder} ({e.strerror or e}); free space there or set "
                            "MIXER_FT_CACHE to a folder with room, then run the same command again.") from None
 
 
-def _build(reader: Reader, folder: Path, store_size: int | None, max_side: int) -> None:
+def _build(reader: Reader, folder: Path, store_size: int | None, max_side: int, decoded: bool = False) -> None:
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
     try:
         store = "raw"
-        if reader.encoded_files and not store_size:  # files: kept encoded, unless one small size (CIFAR)
+        if reader.encoded_files and not store_size and not decoded:  # files: kept encoded, unless one small size
             labels, shapes, skipped, manifest = _index_all(reader, tmp, max_side)
             every = np.concatenate(list(shapes.values()))
             if (every == every[0]).all() and every[0].max() <= SMALL_SIDE:
