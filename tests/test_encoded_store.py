@@ -118,3 +118,37 @@ def test_an_index_image_of_a_png_within_its_size_keeps_its_bytes():
     assert (h, w) == (60, 80) and kept is None  # None: the file's own bytes, which the caller keeps
     kept = buf.getvalue()
     assert np.array_equal(to_rgb_array(("", lambda: kept), None, 512), arr)
+
+
+@pytest.mark.slow
+def test_a_run_killed_and_resumed_on_the_compact_store_ends_with_the_uninterrupted_weights(photos_640, tmp_path):
+    """Each batch is decoded when it is read: the same (seed, step) gives the same images after a SIGKILL and a
+    resume, so the weights equal the uninterrupted run's bit for bit (on a CPU)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import torch
+    from safetensors.torch import load_file
+
+    def args(name):
+        return ["finetune", "--dataset", photos_640, "--steps", 12, "--batch", 8, "--lr", 0.05, "--warmup", 2,
+                "--eval-every", 0, "--set", "checkpoint_every=4", "--output-dir", tmp_path / name,
+                "--set", f'results_dir="{tmp_path / "results"}"', "--set", f'name="{name}"', *TINY]
+
+    assert run_cli(*args("whole"), cwd=REPO).returncode == 0
+    proc = subprocess.Popen([sys.executable, "-m", "mixer_ft", *map(str, args("killed"))], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=os.environ.copy(), cwd=REPO)
+    ckpt = tmp_path / "killed" / "checkpoints" / "step_00000004.pt"
+    deadline = time.time() + 300
+    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert ckpt.exists() and not (tmp_path / "killed" / "model").exists(), "killed before the end"
+    out = run_cli(*args("killed"), cwd=REPO)
+    assert out.returncode == 0 and "resuming" in out.stdout + out.stderr, out.stderr[-2000:]
+    a, b = (load_file(tmp_path / n / "model" / "model.safetensors") for n in ("whole", "killed"))
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
