@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from mixer_ft.data.images import MAX_PIXELS, _bounded, decode_workers, to_rgb_array
+from mixer_ft.data.images import MAX_PIXELS, bounded, decode_workers, to_rgb_array
 from mixer_ft.errors import DataError
 
 REENCODE_QUALITY = 95
@@ -60,11 +60,11 @@ def index_image(payload: tuple[Any, int]) -> tuple[int, int, bytes | None] | str
         if not _complete(data, fmt):
             return "cut short"
         if max_side and fmt == "JPEG":
-            img.draft(img.mode, _bounded(img.size, max_side))  # as to_rgb_array does: only the header changes
+            img.draft(img.mode, bounded(img.size, max_side))  # as to_rgb_array does: only the header changes
         w, h = img.size
         if img.getexif().get(0x0112, 1) in _TRANSPOSED:
             w, h = h, w
-        w, h = _bounded((w, h), max_side)
+        w, h = bounded((w, h), max_side)
         if fmt in KEPT_FORMATS and len(data) <= h * w * 3:
             return h, w, None
         arr = to_rgb_array(("", lambda: data), None, max_side)  # decoded once, kept small

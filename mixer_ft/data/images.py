@@ -55,7 +55,7 @@ def to_rgb(img: Any) -> Any:
     return img if img.mode == "RGB" else img.convert("RGB")
 
 
-def _bounded(size: tuple[int, int], max_side: int | None) -> tuple[int, int]:
+def bounded(size: tuple[int, int], max_side: int | None) -> tuple[int, int]:
     """(w, h) scaled down, aspect kept, so the longer side is at most ``max_side``."""
     w, h = size
     if not max_side or max(w, h) <= max_side:
@@ -90,12 +90,12 @@ def to_rgb_array(item: ImageItem, size: tuple[int, int] | None = None, max_side:
         raise Image.DecompressionBombError(f"{img.size[0]}x{img.size[1]} pixels, more than the {MAX_PIXELS:,} "
                                            "an image may have")
     if max_side and not size and img.format == "JPEG":
-        img.draft(img.mode, _bounded(img.size, max_side))  # the decoder's own 1/2, 1/4, 1/8 scaling
+        img.draft(img.mode, bounded(img.size, max_side))  # the decoder's own 1/2, 1/4, 1/8 scaling
     img = to_rgb(img)
-    target = size[::-1] if size else _bounded(img.size, max_side)
+    target = size[::-1] if size else bounded(img.size, max_side)
     if img.size != target:
         img = img.resize(target, Image.BILINEAR)
     return np.asarray(img, dtype=np.uint8)
 
 
-__all__ = ["MAX_FILE_BYTES", "decode_workers", "MAX_PIXELS", "ImageItem", "printable", "to_rgb", "to_rgb_array"]
+__all__ = ["MAX_FILE_BYTES", "bounded", "decode_workers", "MAX_PIXELS", "ImageItem", "printable", "to_rgb", "to_rgb_array"]

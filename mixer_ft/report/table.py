@@ -39,7 +39,6 @@ class Published:
     recipe: str
     wall_clock_h: float | None = None  # where the source gives it
     hardware: str = "-"
-    source: str = ""  # where the figure is published, where the file's header does not say
 
     def matches(self, run: dict[str, Any], protocol: Any) -> bool:
         """Whether ``run`` was made with this row's protocol (its recipe ``protocol``), on its data set."""
