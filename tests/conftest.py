@@ -9,8 +9,10 @@ import io
 import logging
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -63,6 +65,19 @@ def _reset_accelerate() -> None:
         AcceleratorState._reset_state(reset_partial_state=True)
         PartialState._reset_state()
         GradientState._reset_state()
+
+
+def signal_once_written(cmd, path: Path, sig: int, stderr=None) -> subprocess.Popen:
+    """Start ``cmd`` in the repository; once ``path`` exists (a checkpoint, say), or the process has ended, or
+    300 s have passed, send it ``sig`` and wait for it. ``stderr``: an open file for its stderr (default: none)."""
+    proc = subprocess.Popen(list(map(str, cmd)), stdout=subprocess.DEVNULL, stderr=stderr or subprocess.DEVNULL,
+                            env=os.environ.copy(), cwd=REPO)
+    deadline = time.time() + 300
+    while not path.exists() and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.005)
+    proc.send_signal(sig)
+    proc.wait(timeout=300)
+    return proc
 
 
 def run_cli(*args, cwd: Path | None = None, env: dict | None = None) -> Result:

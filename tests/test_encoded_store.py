@@ -10,7 +10,7 @@ from PIL import Image
 from test_data import phone_photos  # noqa: F401 - the fixture: 12-MP photos, EXIF rotations
 from test_invariants import TINY
 
-from conftest import REPO, run_cli
+from conftest import REPO, run_cli, signal_once_written
 from mixer_ft.data.cache import load_data
 from mixer_ft.data.encoded import EncodedImages
 from mixer_ft.errors import ConfigError
@@ -36,7 +36,7 @@ def photos_640(tmp_path_factory):
     return root
 
 
-def decoded_store(source, tmp_path, monkeypatch):
+def decoded_store(source, monkeypatch):
     """The same set through the decoded store (MIXER_FT_STORE=decoded), in a cache of its own."""
     with monkeypatch.context() as m:
         m.setenv("MIXER_FT_STORE", "decoded")
@@ -55,7 +55,7 @@ def test_the_store_is_the_datas_choice_unless_mixer_ft_store_says_decoded(photos
 @pytest.mark.parametrize("which", ["photos_640", "phone_photos"])
 def test_the_encoded_store_gives_the_decoded_stores_pixels_and_sizes(which, request, tmp_path, monkeypatch):
     source = request.getfixturevalue(which)
-    enc, dec = load_data(str(source)), decoded_store(source, tmp_path, monkeypatch)
+    enc, dec = load_data(str(source)), decoded_store(source, monkeypatch)
     assert isinstance(enc.images["train"], EncodedImages) and not isinstance(dec.images["train"], EncodedImages)
     assert enc.manifest == dec.manifest and enc.classes == dec.classes
     for split in ("train", "test"):
@@ -72,7 +72,7 @@ def test_the_encoded_store_gives_the_decoded_stores_pixels_and_sizes(which, requ
 
 
 def test_photo_size_sets_take_at_most_a_fifth_of_the_decoded_stores_disk(photos_640, tmp_path, monkeypatch):
-    enc, dec = load_data(str(photos_640)), decoded_store(photos_640, tmp_path, monkeypatch)
+    enc, dec = load_data(str(photos_640)), decoded_store(photos_640, monkeypatch)
     for split in ("train", "test"):
         encoded = enc.images[split].nbytes
         decoded = int((dec.extents[split][:, 0] * dec.extents[split][:, 1] * 3).sum()) if dec.extents[split] is not None \
@@ -124,11 +124,8 @@ def test_an_index_image_of_a_png_within_its_size_keeps_its_bytes():
 def test_a_run_killed_and_resumed_on_the_compact_store_ends_with_the_uninterrupted_weights(photos_640, tmp_path):
     """Each batch is decoded when it is read: the same (seed, step) gives the same images after a SIGKILL and a
     resume, so the weights equal the uninterrupted run's bit for bit (on a CPU)."""
-    import os
     import signal
-    import subprocess
     import sys
-    import time
 
     import torch
     from safetensors.torch import load_file
@@ -139,14 +136,8 @@ def test_a_run_killed_and_resumed_on_the_compact_store_ends_with_the_uninterrupt
                 "--set", f'results_dir="{tmp_path / "results"}"', "--set", f'name="{name}"', *TINY]
 
     assert run_cli(*args("whole"), cwd=REPO).returncode == 0
-    proc = subprocess.Popen([sys.executable, "-m", "mixer_ft", *map(str, args("killed"))], stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=os.environ.copy(), cwd=REPO)
     ckpt = tmp_path / "killed" / "checkpoints" / "step_00000004.pt"
-    deadline = time.time() + 300
-    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    signal_once_written([sys.executable, "-m", "mixer_ft", *args("killed")], ckpt, signal.SIGKILL)
     assert ckpt.exists() and not (tmp_path / "killed" / "model").exists(), "killed before the end"
     out = run_cli(*args("killed"), cwd=REPO)
     assert out.returncode == 0 and "resuming" in out.stdout + out.stderr, out.stderr[-2000:]

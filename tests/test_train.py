@@ -14,7 +14,7 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from conftest import REPO, randomize_, run_cli
+from conftest import REPO, randomize_, run_cli, signal_once_written
 from mixer_ft import create_model
 from mixer_ft.data.preprocess import Preprocess
 from mixer_ft.model.mixer import MixerConfig, MlpMixer
@@ -100,14 +100,9 @@ def test_sigkill_then_resume_ends_with_the_uninterrupted_weights(tmp_path, cut, 
               "--set", "checkpoint_every=10", "--set", "log_every=5", "--set", f'optimizer="{optimizer}"', *TINY]
     finetune(*common, *run_args(tmp_path, cut, "whole"))
 
-    cmd = [sys.executable, "-m", "mixer_ft", "finetune", *map(str, common), *map(str, run_args(tmp_path, cut, "killed"))]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=os.environ.copy(), cwd=REPO)
+    cmd = [sys.executable, "-m", "mixer_ft", "finetune", *common, *run_args(tmp_path, cut, "killed")]
     ckpt = tmp_path / "killed" / "checkpoints" / "step_00000020.pt"
-    deadline = time.time() + 300
-    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.02)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
+    signal_once_written(cmd, ckpt, signal.SIGKILL)
     assert ckpt.exists() and not (tmp_path / "killed" / "model").exists(), "killed before the end"
 
     out = finetune(*common, *run_args(tmp_path, cut, "killed"))
@@ -253,14 +248,7 @@ STEPS = 100
 def stop_after_first_checkpoint(cmd, folder, sig, log):
     """Start ``cmd``; once its first checkpoint interval is done, send ``sig``; returns (exit status, stderr)."""
     with open(log, "w") as err:
-        proc = subprocess.Popen(list(map(str, cmd)), stdout=subprocess.DEVNULL, stderr=err, env=os.environ.copy(),
-                                cwd=REPO)
-        first = folder / "checkpoints" / "step_00000010.pt"
-        deadline = time.time() + 300
-        while not first.exists() and proc.poll() is None and time.time() < deadline:
-            time.sleep(0.005)
-        proc.send_signal(sig)
-        proc.wait(timeout=300)
+        proc = signal_once_written(cmd, folder / "checkpoints" / "step_00000010.pt", sig, stderr=err)
     return proc.returncode, log.read_text()
 
 
