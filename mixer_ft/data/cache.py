@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from mixer_ft.atomic import json_text, locked
-from mixer_ft.data.images import decode_workers, to_rgb_array
+from mixer_ft.data.images import decode_workers, or_why, to_rgb_array
 from mixer_ft.data.sources import CIFAR10_CLASSES, HUB_DATASETS, Reader, open_reader
 from mixer_ft.errors import ConfigError, DataError, StorageError
 from mixer_ft.model.config import MAX_SIDE, TEST_FRACTION
@@ -209,19 +209,9 @@ def _window(items: Iterator[tuple[str, str | int, Any]], most: int) -> list[tupl
 
 def _decode(payload: tuple[Any, tuple[int, int] | None, int]) -> np.ndarray | str:
     """One image (bytes, a PIL image or an array) decoded, or why it could not be (a worker process runs this)."""
-    from PIL import Image, UnidentifiedImageError
-
     data, size, max_side = payload
-    if isinstance(data, OSError):
-        return f"unreadable: {data}"
-    try:
-        return to_rgb_array(data if isinstance(data, np.ndarray) else ("", lambda: data), size, max_side=max_side)
-    except UnidentifiedImageError:
-        return "not an image"
-    except Image.DecompressionBombError as e:
-        return f"too large: {e}"
-    except (OSError, ValueError, SyntaxError) as e:
-        return type(e).__name__
+    return or_why(data, lambda d: to_rgb_array(d if isinstance(d, np.ndarray) else ("", lambda: d), size,
+                                               max_side=max_side))
 
 
 def _decoded(reader: Reader, size: tuple[int, int] | None, max_side: int,

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from mixer_ft.data.images import MAX_PIXELS, bounded, decode_workers, to_rgb_array
+from mixer_ft.data.images import MAX_PIXELS, bounded, decode_workers, or_why, to_rgb_array
 from mixer_ft.errors import DataError
 
 REENCODE_QUALITY = 95
@@ -47,36 +47,31 @@ def index_image(payload: tuple[Any, int]) -> tuple[int, int, bytes | None] | str
     are None for the file's own (the caller has them: a worker process need not send them back), or,
     when those are larger than the decoded image, a re-encode at the size kept.
     """
-    from PIL import Image, UnidentifiedImageError
-
     data, max_side = payload
-    if isinstance(data, OSError):
-        return f"unreadable: {data}"
-    try:
-        img = Image.open(io.BytesIO(data))
-        if img.size[0] * img.size[1] > MAX_PIXELS:
-            return f"too large: {img.size[0]}x{img.size[1]} pixels"
-        fmt = img.format or ""
-        if not _complete(data, fmt):
-            return "cut short"
-        if max_side and fmt == "JPEG":
-            img.draft(img.mode, bounded(img.size, max_side))  # as to_rgb_array does: only the header changes
-        w, h = img.size
-        if img.getexif().get(0x0112, 1) in _TRANSPOSED:
-            w, h = h, w
-        w, h = bounded((w, h), max_side)
-        if fmt in KEPT_FORMATS and len(data) <= h * w * 3:
-            return h, w, None
-        arr = to_rgb_array(("", lambda: data), None, max_side)  # decoded once, kept small
-        out = io.BytesIO()
-        Image.fromarray(arr).save(out, "JPEG", quality=REENCODE_QUALITY)
-        return arr.shape[0], arr.shape[1], out.getvalue()
-    except UnidentifiedImageError:
-        return "not an image"
-    except Image.DecompressionBombError as e:
-        return f"too large: {e}"
-    except (OSError, ValueError, SyntaxError) as e:
-        return type(e).__name__
+    return or_why(data, lambda d: _index(d, max_side))
+
+
+def _index(data: bytes, max_side: int) -> tuple[int, int, bytes | None] | str:
+    from PIL import Image
+
+    img = Image.open(io.BytesIO(data))
+    if img.size[0] * img.size[1] > MAX_PIXELS:
+        return f"too large: {img.size[0]}x{img.size[1]} pixels"
+    fmt = img.format or ""
+    if not _complete(data, fmt):
+        return "cut short"
+    if max_side and fmt == "JPEG":
+        img.draft(img.mode, bounded(img.size, max_side))  # as to_rgb_array does: only the header changes
+    w, h = img.size
+    if img.getexif().get(0x0112, 1) in _TRANSPOSED:
+        w, h = h, w
+    w, h = bounded((w, h), max_side)
+    if fmt in KEPT_FORMATS and len(data) <= h * w * 3:
+        return h, w, None
+    arr = to_rgb_array(("", lambda: data), None, max_side)  # decoded once, kept small
+    out = io.BytesIO()
+    Image.fromarray(arr).save(out, "JPEG", quality=REENCODE_QUALITY)
+    return arr.shape[0], arr.shape[1], out.getvalue()
 
 
 class EncodedImages:

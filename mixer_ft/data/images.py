@@ -10,7 +10,7 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -24,6 +24,7 @@ ImageItem = tuple[str, Callable[[], Any]] | np.ndarray
 MAX_PIXELS = 89_478_485
 # The most bytes one image file may have (an archive member or a file): larger ones are skipped unread.
 MAX_FILE_BYTES = 64 << 20
+T = TypeVar("T")
 _WIDE_MODES = {"I;16": 1 / 257, "I;16L": 1 / 257, "I;16B": 1 / 257, "I;16N": 1 / 257, "I": 1 / 257, "F": 255.0}  # to 0..255
 
 
@@ -64,6 +65,24 @@ def bounded(size: tuple[int, int], max_side: int | None) -> tuple[int, int]:
     return max(1, round(w * scale)), max(1, round(h * scale))
 
 
+def or_why(data: Any, work: Callable[[Any], T]) -> T | str:
+    """``work(data)``, or why the image cannot be used, in a few words: the file could not be read (``data`` is
+    the OSError), is not an image, is too large, or PIL failed on it. Worker processes run this, so every
+    failure comes back as text, to be skipped, counted and named by the caller."""
+    from PIL import Image, UnidentifiedImageError
+
+    if isinstance(data, OSError):
+        return f"unreadable: {data}"
+    try:
+        return work(data)
+    except UnidentifiedImageError:
+        return "not an image"
+    except Image.DecompressionBombError as e:
+        return f"too large: {e}"
+    except (OSError, ValueError, SyntaxError) as e:
+        return type(e).__name__
+
+
 def to_rgb_array(item: ImageItem, size: tuple[int, int] | None = None, max_side: int | None = None) -> np.ndarray:
     """Decode ``item`` to an upright RGB uint8 array (H, W, 3).
 
@@ -98,4 +117,4 @@ def to_rgb_array(item: ImageItem, size: tuple[int, int] | None = None, max_side:
     return np.asarray(img, dtype=np.uint8)
 
 
-__all__ = ["MAX_FILE_BYTES", "bounded", "decode_workers", "MAX_PIXELS", "ImageItem", "printable", "to_rgb", "to_rgb_array"]
+__all__ = ["MAX_FILE_BYTES", "bounded", "decode_workers", "or_why", "MAX_PIXELS", "ImageItem", "printable", "to_rgb", "to_rgb_array"]

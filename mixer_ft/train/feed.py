@@ -48,7 +48,7 @@ class StepData:
 def fits_on_device(images: np.ndarray, device: torch.device) -> bool:
     """Whether the train images are worth keeping on ``device``: one array of one size (images of several
     sizes, or kept encoded, are gathered and decoded on the host), and a GPU with room for them."""
-    if device.type != "cuda" or type(images) is not np.ndarray and not isinstance(images, np.memmap):
+    if device.type != "cuda" or not isinstance(images, np.ndarray):  # RaggedImages, EncodedImages are not arrays
         return False
     free, _ = torch.cuda.mem_get_info(device)
     return images.nbytes <= DEVICE_DATA_SHARE * free
@@ -98,8 +98,8 @@ class TrainFeed:
         cuda = device.type == "cuda"
         # Ahead on a GPU; on any device when each batch is decoded from the encoded store (its threads
         # decode while the step runs)
-        encoded = not isinstance(data.images["train"], np.ndarray)
-        self.prefetch = (cuda or encoded) if prefetch is None else prefetch
+        gathered = not isinstance(data.images["train"], np.ndarray)  # a batch is assembled (and decoded) per read
+        self.prefetch = (cuda or gathered) if prefetch is None else prefetch
         # What a step reads: the images on the device (see device_images), or the memory map, per batch.
         self.on_device = on_device is not None
         self.images, self.labels = on_device if on_device is not None else (data.images["train"], data.labels["train"])
