@@ -124,6 +124,8 @@ def finetune(
     model: Annotated[Optional[str], typer.Option(help="Variant, e.g. B/16 or L/16" + _default("model"))] = None,
     dataset: Annotated[Optional[str], typer.Option(help="cifar10, cifar100, hf:owner/name, a folder or archive"
                                                         + _default("dataset"))] = None,
+    streaming: Annotated[Optional[bool], typer.Option("--streaming", help="Read shards or hf:owner/name shard by shard "
+                                                      "as the run trains, with no cache (a shard URL always is).")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Optimizer steps" + _default("steps"))] = None,
     batch: Annotated[Optional[int], typer.Option(help="Global batch, whatever the process count"
                                                       + _default("global_batch"))] = None,
@@ -151,7 +153,8 @@ def finetune(
     from mixer_ft.train import recipe as recipes
     from mixer_ft.train.loop import finetune as run
 
-    flags = {"upstream": upstream, "model": model, "dataset": dataset, "steps": steps, "global_batch": batch,
+    flags = {"upstream": upstream, "model": model, "dataset": dataset, "streaming": streaming, "steps": steps,
+             "global_batch": batch,
              "lr": lr, "warmup_steps": warmup, "eval_every": eval_every, "seed": seed, "output_dir": output_dir,
              "mixed_precision": mixed_precision}
     if micro_batch is not None:

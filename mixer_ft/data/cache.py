@@ -18,7 +18,6 @@ import hashlib
 import json
 import logging
 import os
-import re
 import shutil
 import tempfile
 from collections.abc import Iterator
@@ -30,7 +29,8 @@ import numpy as np
 
 from mixer_ft.atomic import json_text, locked
 from mixer_ft.data.images import decode_workers, or_why, to_rgb_array
-from mixer_ft.data.sources import CIFAR10_CLASSES, HUB_DATASETS, Reader, open_reader
+from mixer_ft.data.names import canonical_dataset
+from mixer_ft.data.sources import Reader, open_reader
 from mixer_ft.errors import ConfigError, DataError, StorageError
 from mixer_ft.model.config import MAX_SIDE, TEST_FRACTION
 from mixer_ft.text import one_line
@@ -38,22 +38,8 @@ from mixer_ft.weights.downloads import cache_dir
 
 log = logging.getLogger(__name__)
 
-_CACHE_FORMAT = 6  # bump when the cache layout, labels or decoding change (6: the encoded store)
+_CACHE_FORMAT = 7  # bump when the cache layout, labels or decoding change (6: the encoded store; 7: torch's resize)
 SMALL_SIDE = 64  # a set whose images all have one size, at most this on a side (CIFAR), is stored decoded
-
-
-def canonical_dataset(source: str, classes: list[str], n_test: int) -> str:
-    """"cifar10"/"cifar100" for any copy of CIFAR (Hub, JPEG folder, python archive), "imagenet" for any copy of
-    ImageNet-1k (1,000 classes, the 50,000 validation images as test), else ``source``."""
-    if source in HUB_DATASETS:
-        return source
-    if classes == CIFAR10_CLASSES and n_test == 10_000:
-        return "cifar10"
-    if len(classes) == 100 and n_test == 10_000 and re.search(r"cifar.?100", source, re.IGNORECASE):
-        return "cifar100"
-    if len(classes) == 1000 and n_test == 50_000:  # ILSVRC-2012: its labelled validation split as test
-        return "imagenet"
-    return source
 
 
 @dataclass

@@ -74,6 +74,39 @@ def _index(data: bytes, max_side: int) -> tuple[int, int, bytes | None] | str:
     return arr.shape[0], arr.shape[1], out.getvalue()
 
 
+def decode_padded(images: list[Any], decode: Any, pool: ThreadPoolExecutor | None,
+                  shapes: np.ndarray | None = None) -> np.ndarray:
+    """``decode(x)`` (an (h, w, 3) uint8 array) of each of ``images``, padded with zeros (bottom and right)
+    into one (n, H, W, 3) array, in ``pool``'s threads where there are several.
+
+    ``shapes``: each image's (h, w), where known before decoding: then each thread writes its image into
+    the batch itself (a batch of photos is 150 MB: one thread copying it all would be a fifth of the time)."""
+    if shapes is None:
+        decoded = list(pool.map(decode, images)) if pool is not None and len(images) > 1 else [decode(x) for x in images]
+        return decode_padded(list(range(len(decoded))), decoded.__getitem__, None,
+                             np.array([a.shape[:2] for a in decoded], dtype=np.int64).reshape(-1, 2))
+    h, w = shapes.max(0) if len(shapes) else (0, 0)
+    out = np.empty((len(images), h, w, 3), dtype=np.uint8)
+
+    def put(k: int) -> None:
+        a = decode(images[k])
+        out[k, :a.shape[0], :a.shape[1]] = a
+        out[k, a.shape[0]:] = 0  # the padding
+        out[k, :a.shape[0], a.shape[1]:] = 0
+
+    if pool is not None and len(images) > 1:
+        list(pool.map(put, range(len(images))))
+    else:
+        for k in range(len(images)):
+            put(k)
+    return out
+
+
+def decoding_pool() -> ThreadPoolExecutor:
+    """Threads that decode a batch's images (PIL releases the GIL while it decodes and resizes)."""
+    return ThreadPoolExecutor(max(1, min(decode_workers(), os.cpu_count() or 1)), thread_name_prefix="mixer-ft-decode")
+
+
 class EncodedImages:
     """Encoded images stored one after another in a flat byte file, decoded on access.
 
@@ -112,20 +145,9 @@ class EncodedImages:
         if np.ndim(index) == 0:
             return self.image(int(index))
         index = np.arange(len(self))[index] if isinstance(index, slice) else np.asarray(index)
-        h, w = self.shapes[index].max(0) if len(index) else (0, 0)
-        out = np.zeros((len(index), h, w, 3), dtype=np.uint8)
-
-        def put(k: int) -> None:
-            img = self.image(int(index[k]))
-            out[k, :img.shape[0], :img.shape[1]] = img
-
-        if len(index) > 1:
-            if self._pool is None:
-                self._pool = ThreadPoolExecutor(max(1, min(decode_workers(), os.cpu_count() or 1)))
-            list(self._pool.map(put, range(len(index))))
-        elif len(index):
-            put(0)
-        return out
+        if len(index) > 1 and self._pool is None:
+            self._pool = decoding_pool()
+        return decode_padded([int(i) for i in index], self.image, self._pool, self.shapes[index])
 
 
-__all__ = ["KEPT_FORMATS", "REENCODE_QUALITY", "EncodedImages", "index_image"]
+__all__ = ["KEPT_FORMATS", "REENCODE_QUALITY", "EncodedImages", "decode_padded", "decoding_pool", "index_image"]

@@ -7,7 +7,29 @@ from collections.abc import Iterator
 from typing import Any
 
 from mixer_ft.data.reader import Reader
+from mixer_ft.data.shards import Shard
 from mixer_ft.errors import DataError
+
+
+def columns(repo: str, features: Any, image_column: str | None, label_column: str | None) -> tuple[str, str]:
+    """The (image, label) columns of a set with ``features``: named, else found by type."""
+    from datasets import ClassLabel, Image, Value
+
+    image = image_column or next((k for k, f in features.items() if isinstance(f, Image)), None)
+    label = label_column or next((k for k, f in features.items() if isinstance(f, ClassLabel)), None)
+    label = label or next((k for k in ("label", "labels", "fine_label") if k in features), None)
+    cols = ", ".join(f"{k} ({type(f).__name__})" for k, f in features.items())
+    if image not in features or not isinstance(features[image], Image):
+        raise DataError(f"{repo}: no image column found (columns: {cols}); pass --image-column.")
+    if label not in features:
+        raise DataError(f"{repo}: no label column found (columns: {cols}); pass --label-column.")
+    f = features[label]
+    if not (isinstance(f, ClassLabel) or (isinstance(f, Value) and f.dtype.startswith(("int", "uint")))):
+        raise DataError(
+            f"{repo}: label column {label!r} is {f}, not an integer or class label. Pass "
+            f"--label-column naming an integer or ClassLabel column (columns: {cols})."
+        )
+    return image, label
 
 
 class HubReader(Reader):
@@ -50,25 +72,6 @@ class HubReader(Reader):
         return ["hf", self.repo, self.image_column, self.label_column,
                 {k: v._fingerprint for k, v in sorted(ds.items())}]
 
-    def _columns(self, features: Any) -> tuple[str, str]:
-        from datasets import ClassLabel, Image, Value
-
-        image = self.image_column or next((k for k, f in features.items() if isinstance(f, Image)), None)
-        label = self.label_column or next((k for k, f in features.items() if isinstance(f, ClassLabel)), None)
-        label = label or next((k for k in ("label", "labels", "fine_label") if k in features), None)
-        cols = ", ".join(f"{k} ({type(f).__name__})" for k, f in features.items())
-        if image not in features or not isinstance(features[image], Image):
-            raise DataError(f"{self.repo}: no image column found (columns: {cols}); pass --image-column.")
-        if label not in features:
-            raise DataError(f"{self.repo}: no label column found (columns: {cols}); pass --label-column.")
-        f = features[label]
-        if not (isinstance(f, ClassLabel) or (isinstance(f, Value) and f.dtype.startswith(("int", "uint")))):
-            raise DataError(
-                f"{self.repo}: label column {label!r} is {f}, not an integer or class label. Pass "
-                f"--label-column naming an integer or ClassLabel column (columns: {cols})."
-            )
-        return image, label
-
     def items(self) -> Iterator[tuple[str, str | int, Any]]:
         ds = self._dataset()
         test = "test" if "test" in ds else "validation" if "validation" in ds else None
@@ -76,7 +79,7 @@ class HubReader(Reader):
         if "train" not in ds or test is None:
             raise DataError(f"{self.repo} needs a train split and a test (or validation) split; it has "
                             f"{', '.join(ds)}.")
-        image, label = self._columns(ds["train"].features)
+        image, label = columns(self.repo, ds["train"].features, self.image_column, self.label_column)
         self.total = len(ds["train"]) + len(ds[test])
         f = ds["train"].features[label]
         if hasattr(f, "names"):
@@ -89,4 +92,58 @@ class HubReader(Reader):
                 yield split, int(row[label]), (f"{name}[{i}]", lambda im=row[image]: im)
 
 
-__all__ = ["HubReader"]
+def hub_stream(repo: str, image_column: str | None, label_column: str | None, source: str) -> Any:
+    """A Hub set (or a local folder ``datasets`` reads) in streaming mode as a
+    :class:`~mixer_ft.data.stream.StreamedSet`: its data files are its shards (``IterableDataset.shard``), its
+    ClassLabel names its classes, and each image's encoded bytes are decoded per batch like a shard's.
+
+    Raises:
+        DataError: not loadable, no train or test/validation split, or a label column without class names.
+    """
+    from mixer_ft.data.stream import StreamedSet
+    from mixer_ft.weights.downloads import hub_offline
+
+    hub_offline()
+    import datasets
+
+    try:
+        ds = datasets.load_dataset(repo, streaming=True)
+    except Exception as e:  # noqa: BLE001 - offline, not found, bad format: all say the same
+        raise HubReader(repo, image_column, label_column)._unavailable(e) from None
+    test = "test" if "test" in ds else "validation" if "validation" in ds else None
+    if "train" not in ds or test is None:
+        raise DataError(f"{repo} needs a train split and a test (or validation) split; it has {', '.join(ds)}.")
+    features = ds["train"].features
+    if features is None:
+        raise DataError(f"{repo}: datasets does not know its columns' types in streaming mode; pass --image-column and "
+                        "--label-column, or read it without --streaming.")
+    image, label = columns(repo, features, image_column, label_column)
+    names = getattr(features[label], "names", None)
+    if not names:
+        raise DataError(f"{repo}: its label column {label!r} has no class names (not a ClassLabel), which a stream needs "
+                        "before it reads a sample; read it without --streaming.")
+    splits = {split: ds[name].select_columns([image, label]).cast_column(image, datasets.Image(decode=False))
+              for split, name in (("train", "train"), ("test", test))}
+
+    def shards(split: str) -> list[Shard]:
+        n = splits[split].num_shards
+        return [Shard(f"{split}[shard {i} of {n}]", lambda i=i, n=n: splits[split].shard(n, i)) for i in range(n)]
+
+    def reading(shard: Shard, classes: list[str], skipped: Any) -> Iterator[tuple[str, int, bytes]]:
+        for j, row in enumerate(shard.open()):
+            cell, y = row[image], row[label]
+            data = cell.get("bytes") if isinstance(cell, dict) else None
+            if data is None and isinstance(cell, dict) and cell.get("path"):
+                with open(cell["path"], "rb") as f:
+                    data = f.read()
+            if data is None or not isinstance(y, int) or not 0 <= y < len(classes):
+                skipped["row(s) without image bytes or with a label outside the classes"] += 1
+                continue
+            yield f"{shard.name}[{j}]", y, data
+
+    return StreamedSet(source, f"hf:{repo} (streamed)", list(names), shards("train"), shards("test"),
+                       f"its {test} split", ["hf-stream", repo, image, label, ds["train"].info.dataset_name],
+                       reading=reading)
+
+
+__all__ = ["HubReader", "columns", "hub_stream"]

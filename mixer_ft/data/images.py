@@ -100,8 +100,7 @@ def to_rgb_array(item: ImageItem, size: tuple[int, int] | None = None, max_side:
     from PIL import Image
 
     if isinstance(item, np.ndarray):
-        img = Image.fromarray(item) if size and item.shape[:2] != size else None
-        return item if img is None else np.asarray(img.resize(size[::-1], Image.BILINEAR))
+        return resize(item, size) if size and item.shape[:2] != size else item
     _, get = item
     obj = get()
     img = obj if isinstance(obj, Image.Image) else Image.open(io.BytesIO(obj))
@@ -112,9 +111,23 @@ def to_rgb_array(item: ImageItem, size: tuple[int, int] | None = None, max_side:
         img.draft(img.mode, bounded(img.size, max_side))  # the decoder's own 1/2, 1/4, 1/8 scaling
     img = to_rgb(img)
     target = size[::-1] if size else bounded(img.size, max_side)
-    if img.size != target:
-        img = img.resize(target, Image.BILINEAR)
-    return np.asarray(img, dtype=np.uint8)
+    arr = np.asarray(img, dtype=np.uint8)
+    return resize(arr, target[::-1]) if img.size != target else arr
 
 
-__all__ = ["MAX_FILE_BYTES", "bounded", "decode_workers", "or_why", "MAX_PIXELS", "ImageItem", "printable", "to_rgb", "to_rgb_array"]
+def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """An (H, W, 3) uint8 image resized to ``size`` (h, w): bilinear, antialiased when it shrinks (PIL's triangle
+    filter, as torch's uint8 kernel computes it: within 2 levels of PIL's own, and 3.5x faster, which is most of
+    the time a batch of photos takes to decode)."""
+    import torch
+    import torch.nn.functional as F
+
+    if not image.flags.writeable:  # PIL's arrays are read-only, which torch will not wrap
+        image = image.copy()
+    x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]  # channels-last in memory
+    out = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+    return np.ascontiguousarray(out[0].permute(1, 2, 0).numpy())
+
+
+__all__ = ["MAX_FILE_BYTES", "bounded", "resize", "decode_workers", "or_why", "MAX_PIXELS", "ImageItem", "printable",
+           "to_rgb", "to_rgb_array"]

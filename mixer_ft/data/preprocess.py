@@ -6,9 +6,9 @@ horizontal flip. Optionally (not upstream, for short runs from scratch) the box 
 few pixels, the image's border repeated past its edge. Eval: resize the whole image. Then pixels are normalised with the model's
 ``mean``/``std`` (0.5/0.5 for Google's weights: [-1, 1]).
 
-Crop, resize and flip are two batched matrix products per batch: each image gets a row and a
-column interpolation matrix mapping output pixel centres into its crop box (half-pixel
-centres, as TF's bilinear resize); a flipped image's column matrix is reversed. The random boxes come from a CPU generator seeded per batch,
+Crop, resize and flip take two source pixels per output pixel along each axis (half-pixel centres, as TF's
+bilinear resize), batched on a GPU; on a CPU each box is sliced out and resized by ``F.interpolate``, the same
+sampling. A flipped image's columns are reversed. The random boxes come from a CPU generator seeded per batch,
 so a batch's augmentation depends only on (seed, epoch, batch index), whatever the device.
 """
 
@@ -119,6 +119,8 @@ def crop_resize(images: torch.Tensor, boxes: torch.Tensor, size: int, flip: torc
     """
     n, height, width, c = images.shape
     dev = images.device
+    if dev.type == "cpu" and _inside(boxes, height, width, extents):
+        return _crop_resize_each(images, boxes, size, flip, dtype)
     if dev.type == "cpu" and n > CPU_CHUNK:  # each image alone: the same numbers, in the CPU's caches
         return torch.cat([crop_resize(images[i:i + CPU_CHUNK], boxes[i:i + CPU_CHUNK], size,
                                       None if flip is None else flip[i:i + CPU_CHUNK], dtype,
@@ -136,6 +138,30 @@ def crop_resize(images: torch.Tensor, boxes: torch.Tensor, size: int, flip: torc
     at = [(idx[:, :, None] * c + channel).reshape(n, 1, size * c).expand(n, size, size * c) for idx in (lo_c, hi_c)]
     out = torch.lerp(y.gather(2, at[0]), y.gather(2, at[1]), fr_c.repeat_interleave(c, 1)[:, None, :])
     return out.view(n, size, size, c).permute(0, 3, 1, 2).to(dtype)
+
+
+def _inside(boxes: torch.Tensor, height: int, width: int, extents: torch.Tensor | None) -> bool:
+    """Whether every box lies inside its image (not moved past an edge by ``translate``)."""
+    b = boxes.long().cpu()
+    h, w = (extents[:, 0].cpu(), extents[:, 1].cpu()) if extents is not None else (height, width)
+    return bool(((b[:, 0] >= 0) & (b[:, 1] >= 0) & (b[:, 0] + b[:, 2] <= w) & (b[:, 1] + b[:, 3] <= h)
+                 & (b[:, 2] > 0) & (b[:, 3] > 0)).all())
+
+
+def _crop_resize_each(images: torch.Tensor, boxes: torch.Tensor, size: int, flip: torch.Tensor | None,
+                      dtype: torch.dtype) -> torch.Tensor:
+    """:func:`crop_resize` on a CPU, for boxes inside their images: each box sliced out (as ``tf.slice``) and
+    resized by ``F.interpolate`` (bilinear, half-pixel centres, no antialiasing: TF's ``tf.image.resize``).
+    The same sampling as the batched taps, counted from the box's corner rather than the image's (so a little
+    closer to TF's, which sees only the slice); 4x faster on a CPU, whose gathers are slow."""
+    import torch.nn.functional as F
+
+    out = torch.empty(len(images), images.shape[3], size, size, dtype=dtype)
+    for i, (x0, y0, w, h) in enumerate(boxes.long().tolist()):
+        crop = images[i, y0:y0 + h, x0:x0 + w].permute(2, 0, 1)[None].float()
+        resized = F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False)[0]
+        out[i] = resized.flip(2) if flip is not None and bool(flip[i]) else resized
+    return out
 
 
 @dataclass(frozen=True)

@@ -20,9 +20,10 @@ import re
 import tarfile
 import zlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from mixer_ft.data.folder import class_name
 from mixer_ft.data.images import MAX_FILE_BYTES, printable
@@ -45,6 +46,11 @@ def shards_of(folder: Path) -> dict[str, list[Path]]:
         if match:
             found[SPLIT_OF[match.group(1).lower()]].append(check_path(path, "shard"))
     return found
+
+
+def local_shard(path: Path) -> Shard:
+    """A shard file on this machine."""
+    return Shard(str(path), lambda: open(path, "rb"))  # noqa: SIM115 - closed by tar_samples
 
 
 def is_shard_folder(path: Path) -> bool:
@@ -79,81 +85,121 @@ class ShardReader(Reader):
             log.warning("%s: the test-* shards are the test split; its %d validation-* shard(s) are not used",
                         printable(str(folder)), len(shards["validation"]))
         self.test_from = "its test-* shards" if shards["test"] else "its validation-* shards"
-        self.shards = [("train", p) for p in shards["train"]] + [("test", p) for p in test]
+        self.shards = [(split, local_shard(p)) for split, paths in (("train", shards["train"]), ("test", test))
+                       for p in paths]
         self.named = self._class_names()
         self.classes = self.named
 
     def _class_names(self) -> list[str] | None:
         path = self.folder / CLASSES_FILE
-        if not path.exists():
-            return None
-        names = [class_name(line.strip()) for line in read_text(path, "class list").splitlines() if line.strip()]
-        twice = sorted({n for n in names if names.count(n) > 1})
-        if not names or twice:
-            raise DataError(f"{path} must name each class once, one per line in index order"
-                            + (f"; named twice: {', '.join(twice[:5])}" if twice else "; it is empty") + ".")
-        return names
+        return read_class_names(read_text(path, "class list"), str(path)) if path.exists() else None
 
     def fingerprint(self) -> list[Any]:
         extra = [file_fingerprint(self.folder / CLASSES_FILE)] if self.named is not None else []
-        return ["wds-shards", *[file_fingerprint(p) for _, p in self.shards], *extra]
+        return ["wds-shards", *[file_fingerprint(Path(s.name)) for _, s in self.shards], *extra]
 
     def items(self) -> Iterator[tuple[str, str | int, Any]]:
         skipped: Counter[str] = Counter()
         top = -1
         for split, shard in self.shards:
-            for key, sample in self._samples(shard, skipped):
-                label, why = self._label(sample.get("cls"))
-                image = next((e for e in IMAGE_EXTENSIONS if e in sample), None)
-                if why or image is None:
-                    skipped[why or "sample(s) without an image"] += 1
-                    continue
+            for name, label, data in labelled_samples(shard.open, shard.name, self.named, skipped):
                 top = max(top, label)
-                data = sample[image]
-                yield split, label, (printable(f"{shard.name}:{key}.{image}"), lambda data=data: data)
+                yield split, label, (name, lambda data=data: data)
         if skipped:
             log.warning("%s: skipped %s", printable(self.location),
                         "; ".join(f"{n} {why}" for why, n in sorted(skipped.items())))
         if self.named is None:
             self.classes = [str(i) for i in range(top + 1)]
 
-    def _label(self, raw: bytes | None) -> tuple[int, str | None]:
-        if raw is None:
-            return -1, "sample(s) without a .cls"
-        try:
-            label = int(raw.decode("ascii").strip())
-        except (UnicodeDecodeError, ValueError):
-            return -1, "sample(s) whose .cls is not an integer"
-        if label < 0 or (self.named is not None and label >= len(self.named)):
-            bound = f"0..{len(self.named) - 1}, the classes of {CLASSES_FILE}" if self.named else "0 or more"
-            return -1, f"sample(s) with a class outside {bound}"
-        return label, None
 
-    def _samples(self, shard: Path, skipped: Counter[str]) -> Iterator[tuple[str, dict[str, bytes]]]:
-        """(key, {extension: bytes}) for each sample of ``shard``, in order; damage ends the shard, named."""
-        key, sample = None, {}
-        try:
-            with tarfile.open(shard, mode="r|*") as tar:  # a stream: one pass, never a seek
-                for member in tar:
-                    if not member.isfile():
-                        if not member.isdir():
-                            skipped["link or special member(s)"] += 1
-                        continue
-                    name_key, extension = _key_and_extension(member.name)
-                    if name_key != key:
-                        if sample:
-                            yield key, sample
-                        key, sample = name_key, {}
-                    if member.size > MAX_FILE_BYTES:
-                        skipped[f"member(s) over {MAX_FILE_BYTES >> 20} MiB"] += 1
-                        continue
-                    sample[extension] = tar.extractfile(member).read()  # type: ignore[union-attr]
-        except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
-            log.warning("%s is truncated or damaged (%s): the rest of it is skipped, the other shards are read",
-                        printable(str(shard)), type(e).__name__)
-            return  # the sample being read when the damage came is incomplete: dropped
-        if sample:
-            yield key, sample
+def read_class_names(text: str, where: str) -> list[str]:
+    """The class names of a ``classes.txt`` (one per line, index order), each named once."""
+    names = [class_name(line.strip()) for line in text.splitlines() if line.strip()]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if not names or twice:
+        raise DataError(f"{where} must name each class once, one per line in index order"
+                        + (f"; named twice: {', '.join(twice[:5])}" if twice else "; it is empty") + ".")
+    return names
 
 
-__all__ = ["ShardReader", "is_shard_folder", "shards_of"]
+def sample_label(raw: bytes | None, named: list[str] | None) -> tuple[int, str | None]:
+    """The class of a sample's ``.cls`` bytes, or why it is not one (``named``: the classes, if known)."""
+    if raw is None:
+        return -1, "sample(s) without a .cls"
+    try:
+        label = int(raw.decode("ascii").strip())
+    except (UnicodeDecodeError, ValueError):
+        return -1, "sample(s) whose .cls is not an integer"
+    if label < 0 or (named is not None and label >= len(named)):
+        bound = f"0..{len(named) - 1}, the classes of {CLASSES_FILE}" if named else "0 or more"
+        return -1, f"sample(s) with a class outside {bound}"
+    return label, None
+
+
+def why_unread(e: BaseException) -> str:
+    """A shard's read failure in a few words: a stalled or refused stream, an HTTP status, or damage."""
+    import urllib.error
+
+    if isinstance(e, TimeoutError) or isinstance(getattr(e, "reason", None), TimeoutError):
+        return "stalled: no data within the stream timeout (MIXER_FT_STREAM_TIMEOUT)"
+    if isinstance(e, urllib.error.HTTPError):
+        return f"HTTP {e.code} {e.reason}"
+    if isinstance(e, urllib.error.URLError):
+        return f"unreachable: {e.reason}"
+    if isinstance(e, ConnectionError):
+        return f"connection lost: {type(e).__name__}"
+    return f"truncated or damaged: {type(e).__name__}"
+
+
+def labelled_samples(open_shard: Callable[[], IO[bytes]], name: str, named: list[str] | None,
+                     skipped: Counter[str]) -> Iterator[tuple[str, int, bytes]]:
+    """(printable name, class, image bytes) of each usable sample of one shard, in order; the rest counted in
+    ``skipped`` by kind. A shard that cannot be read to its end is named in a warning: its samples before the
+    failure are given, the one being read is dropped."""
+    for key, sample in tar_samples(open_shard, name, skipped):
+        label, why = sample_label(sample.get("cls"), named)
+        image = next((e for e in IMAGE_EXTENSIONS if e in sample), None)
+        if why or image is None:
+            skipped[why or "sample(s) without an image"] += 1
+            continue
+        yield printable(f"{name.rpartition('/')[2]}:{key}.{image}"), label, sample[image]
+
+
+def tar_samples(open_shard: Callable[[], IO[bytes]], name: str,
+                skipped: Counter[str]) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {extension: bytes}) for each sample of one shard, in order; damage ends the shard, named."""
+    key, sample = None, {}
+    try:
+        with open_shard() as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:  # one pass, never a seek
+            for member in tar:
+                if not member.isfile():
+                    if not member.isdir():
+                        skipped["link or special member(s)"] += 1
+                    continue
+                name_key, extension = _key_and_extension(member.name)
+                if name_key != key:
+                    if sample:
+                        yield key, sample
+                    key, sample = name_key, {}
+                if member.size > MAX_FILE_BYTES:
+                    skipped[f"member(s) over {MAX_FILE_BYTES >> 20} MiB"] += 1
+                    continue
+                sample[extension] = tar.extractfile(member).read()  # type: ignore[union-attr]
+    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
+        log.warning("%s could not be read to its end (%s): the rest of it is skipped, the other shards are read",
+                    printable(name), why_unread(e))
+        return  # the sample being read when the failure came is incomplete: dropped
+    if sample:
+        yield key, sample
+
+
+@dataclass(frozen=True)
+class Shard:
+    """One shard: its name (a path or URL) and how to open it as a byte stream."""
+
+    name: str
+    open: Callable[[], IO[bytes]]
+
+
+__all__ = ["SHARD", "SPLIT_OF", "Shard", "ShardReader", "is_shard_folder", "labelled_samples", "local_shard",
+           "read_class_names", "sample_label", "shards_of", "tar_samples"]

@@ -19,20 +19,19 @@ import logging
 import tarfile
 import zipfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from mixer_ft.data.folder import IMAGE_SUFFIXES, FolderReader
+from mixer_ft.data.names import CIFAR10_CLASSES, HUB_DATASETS, is_url
 from mixer_ft.data.reader import Reader
 from mixer_ft.errors import ConfigError, DataError
 from mixer_ft.gate import check_path, looks_local, no_such
 from mixer_ft.model.config import TEST_FRACTION
 
+if TYPE_CHECKING:
+    from mixer_ft.data.stream import StreamedSet
+
 log = logging.getLogger(__name__)
-HUB_DATASETS = {  # --dataset name -> (Hub id, label column)
-    "cifar10": ("uoft-cs/cifar10", "label"),
-    "cifar100": ("uoft-cs/cifar100", "fine_label"),
-}
-CIFAR10_CLASSES = ["airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck"]
 
 # --------------------------------------------------------------------------- the registry
 
@@ -63,6 +62,11 @@ class DataSource:
         """Why the data cannot be had on this machine, with where to put it; None when it can."""
         return None
 
+    def stream(self, source: str, image_column: str | None, label_column: str | None) -> StreamedSet:
+        """The source as a stream, read as a run trains (:mod:`mixer_ft.data.stream`), where it can be one."""
+        raise ConfigError(f"--streaming reads webdataset shards (a folder or URL pattern) or hf:owner/name; {source} is "
+                          "neither. An image folder or archive is read into the data cache: leave --streaming out.")
+
     def hub_id(self, source: str) -> str | None:
         """The Hugging Face Hub data set this source is, if it is one."""
         return None
@@ -90,6 +94,12 @@ class HubDataSet(DataSource):
         return (f"the data set {source} ({repo}): not in the datasets cache; run `python -c \"import datasets; "
                 f"datasets.load_dataset('{repo}')\"` on a machine with internet and copy its cache here"
                 + self._alternative(source))
+
+    def stream(self, source: str, image_column: str | None, label_column: str | None) -> StreamedSet:
+        from mixer_ft.data.hub import hub_stream
+
+        repo, label = HUB_DATASETS.get(source, (self.hub_id(source), None))
+        return hub_stream(repo, image_column, label_column or label, source)
 
     def _alternative(self, source: str) -> str:
         return ""
@@ -147,6 +157,28 @@ class WebDatasetShards(DataSource):
 
         return ShardReader(Path(source).expanduser())
 
+    def stream(self, source: str, image_column: str | None, label_column: str | None) -> StreamedSet:
+        from mixer_ft.data.stream import shard_stream
+
+        return shard_stream(source)
+
+
+class ShardURLs(DataSource):
+    """Webdataset shards on a server: a URL pattern (``https://host/{train-{0000..0099},test-0000}.tar``), streamed."""
+
+    def matches(self, source: str) -> bool:
+        return is_url(source)
+
+    def reader(self, source: str, image_column: str | None, label_column: str | None,
+               test_fraction: float) -> Reader:
+        raise ConfigError(f"{source} is read as a stream while a run trains (mixer-ft finetune --dataset '{source}'), "
+                          "never into the data cache; to cache the shards, download them into a folder and give that.")
+
+    def stream(self, source: str, image_column: str | None, label_column: str | None) -> StreamedSet:
+        from mixer_ft.data.stream import shard_stream
+
+        return shard_stream(source)
+
 
 class ImageFolder(DataSource):
     """An image folder, or that folder as a .tar, .tar.gz or .zip archive."""
@@ -163,7 +195,8 @@ class ImageFolder(DataSource):
 
 
 # Asked in order; the first that matches answers. A new kind of source is one class and one entry.
-DATA_SOURCES: list[DataSource] = [NamedHubDataSet(), HubDataSet(), CifarPython(), WebDatasetShards(), ImageFolder()]
+DATA_SOURCES: list[DataSource] = [NamedHubDataSet(), HubDataSet(), ShardURLs(), CifarPython(), WebDatasetShards(),
+                                  ImageFolder()]
 
 
 def data_source_of(source: str) -> DataSource | None:
@@ -172,7 +205,7 @@ def data_source_of(source: str) -> DataSource | None:
     Raises:
         ConfigError: a local path that is a FIFO, device or socket, or has an over-long name (the gate).
     """
-    if not source.startswith("hf:") and source not in HUB_DATASETS:
+    if not source.startswith(("hf:", "http://", "https://", "file://")) and source not in HUB_DATASETS:
         path = check_path(Path(source).expanduser(), "data set")
         if looks_local(source) and not path.exists():  # a mistyped path is not an offline problem
             raise ConfigError(no_such(source, "data set"))
@@ -194,6 +227,19 @@ def open_reader(source: str, image_column: str | None = None, label_column: str 
             "CIFAR python-version archive (cifar-10-python.tar.gz)."
         )
     return kind.reader(source, image_column, label_column, test_fraction)
+
+
+def open_stream(source: str, image_column: str | None = None, label_column: str | None = None) -> StreamedSet:
+    """``source`` as a :class:`~mixer_ft.data.stream.StreamedSet`: ``hf:owner/name`` (and cifar10/cifar100) through
+    ``datasets`` in streaming mode, webdataset shards (a folder or a URL pattern) shard by shard.
+
+    Raises:
+        ConfigError, DataError: the source cannot be streamed (an image folder or archive: it is cached instead).
+    """
+    kind = data_source_of(source)
+    if kind is None:
+        raise DataError(f"No data set {source!r}: not a file or folder, a shard URL, or 'hf:owner/name'.")
+    return kind.stream(source, image_column, label_column)
 
 
 def listed_train_images(source: str, test_fraction: float = TEST_FRACTION) -> int | None:
@@ -228,7 +274,7 @@ def check_outside_data(source: str, path: str | Path, what: str) -> None:
         ConfigError: naming both.
     """
     data = Path(source).expanduser()
-    if source.startswith("hf:") or source in HUB_DATASETS or not data.is_dir():
+    if source.startswith(("hf:", "http://", "https://", "file://")) or source in HUB_DATASETS or not data.is_dir():
         return
     if Path(path).expanduser().resolve().is_relative_to(data.resolve()):
         raise ConfigError(f"The {what} {path} is inside the data folder {source}: what is written there would be read "
@@ -242,4 +288,4 @@ def hub_dataset_id(source: Any) -> str | None:
 
 
 __all__ = ["CIFAR10_CLASSES", "DATA_SOURCES", "check_outside_data", "DataSource", "HUB_DATASETS", "IMAGE_SUFFIXES", "Reader",
-           "data_source_of", "hub_dataset_id", "missing_data", "open_reader"]
+           "data_source_of", "hub_dataset_id", "missing_data", "open_reader", "open_stream"]

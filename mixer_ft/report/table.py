@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from mixer_ft.atomic import json_text
-from mixer_ft.data.cache import canonical_dataset
+from mixer_ft.data.names import canonical_dataset
 from mixer_ft.errors import ConfigError, MixerFtError
 from mixer_ft.gate import read_text
 from mixer_ft.text import md_cell, one_line

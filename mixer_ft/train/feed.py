@@ -76,7 +76,59 @@ def copy_rows(array: np.ndarray, device: torch.device, chunk_bytes: int = 1 << 2
     return out
 
 
-class TrainFeed:
+class Feed:
+    """Steps' data prepared one step ahead in a background thread: subclasses say how one step's is made
+    (:meth:`_prepare`), this class runs them ahead and hands them over on the device's stream."""
+
+    on_device = False  # the train images already on the device (TrainFeed, where they fit)
+
+    def __init__(self, device: torch.device, total: int, prefetch: bool) -> None:
+        self.device, self.total, self.prefetch = device, total, prefetch
+        self.side = torch.cuda.Stream(device) if device.type == "cuda" else None
+        self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mixer-ft-feed") if prefetch else None
+        self.pending: tuple[int, concurrent.futures.Future[StepData]] | None = None
+
+    def _prepare(self, step: int) -> StepData:
+        raise NotImplementedError
+
+    def _send(self, tensors: list[torch.Tensor]) -> tuple[list[torch.Tensor], torch.cuda.Event]:
+        """Host tensors copied to the GPU from pinned memory on the side stream, so no copy waits for the step
+        that is computing now; the event the step's stream waits on."""
+        assert self.side is not None, "only on a GPU"
+        with torch.cuda.stream(self.side):
+            moved = [t.pin_memory().to(self.device, non_blocking=True) for t in tensors]
+            ready = torch.cuda.Event()
+            ready.record(self.side)
+        return moved, ready
+
+    def take(self, step: int) -> StepData:
+        """Step ``step``'s data, on the device and safe to use on the current stream; the next
+        step's preparation starts in the background."""
+        if self.pending is not None and self.pending[0] == step:
+            data = self.pending[1].result()
+        else:
+            data = self._prepare(step)
+        if self.pool is not None and step + 1 < self.total:
+            self.pending = (step + 1, self.pool.submit(self._prepare, step + 1))
+        else:
+            self.pending = None
+        if data.ready is not None:
+            stream = torch.cuda.current_stream(self.device)
+            stream.wait_event(data.ready)
+            for t in (data.images, data.labels, data.boxes, data.flips, data.extents):
+                if t is not None:  # made on the side stream, used on this one: keep its memory until then
+                    t.record_stream(stream)
+        return data
+
+    def close(self) -> None:
+        """Stop the background thread (a prepared step that is not taken is dropped)."""
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+            self.pool = None
+        self.pending = None
+
+
+class TrainFeed(Feed):
     """Each step's data for :func:`mixer_ft.train.loop.micro_batches`, prepared one step ahead on a GPU.
 
     Args:
@@ -93,21 +145,17 @@ class TrainFeed:
                  steps_per_epoch: int, total: int, device: torch.device, process: tuple[int, int] = (0, 1),
                  on_device: tuple[torch.Tensor, torch.Tensor] | None = None, prefetch: bool | None = None) -> None:
         self.data, self.indices, self.pre = data, indices, pre
-        self.seed, self.global_batch, self.steps_per_epoch, self.total = seed, global_batch, steps_per_epoch, total
-        self.device, self.process = device, process
-        cuda = device.type == "cuda"
+        self.seed, self.global_batch, self.steps_per_epoch = seed, global_batch, steps_per_epoch
+        self.process = process
         # Ahead on a GPU; on any device when each batch is decoded from the encoded store (its threads
         # decode while the step runs)
         gathered = not isinstance(data.images["train"], np.ndarray)  # a batch is assembled (and decoded) per read
-        self.prefetch = (cuda or gathered) if prefetch is None else prefetch
+        super().__init__(device, total, (device.type == "cuda" or gathered) if prefetch is None else prefetch)
         # What a step reads: the images on the device (see device_images), or the memory map, per batch.
         self.on_device = on_device is not None
         self.images, self.labels = on_device if on_device is not None else (data.images["train"], data.labels["train"])
         self.extents = data.extents.get("train")
         self.order: tuple[int, np.ndarray | None] = (-1, None)  # (epoch, its shuffled train indices)
-        self.side = torch.cuda.Stream(device) if cuda else None
-        self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mixer-ft-feed") if self.prefetch else None
-        self.pending: tuple[int, concurrent.futures.Future[StepData]] | None = None
 
     def batch_share(self, step: int) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
         """This process's share of step ``step``'s global batch: train image indices, crop boxes, flips.
@@ -138,45 +186,20 @@ class TrainFeed:
                 torch.from_numpy(np.ascontiguousarray(self.images[batch]))
             labels = self.labels[torch.from_numpy(batch)] if self.on_device else torch.from_numpy(self.labels[batch])
             return StepData(images, labels, boxes, flips, own)
-        # A GPU: everything the step needs goes over from pinned memory on the side stream, so no copy
-        # waits for the step that is computing now.
+        # A GPU: everything the step needs goes over on the side stream (see Feed._send).
         small = [torch.from_numpy(np.ascontiguousarray(batch)), boxes, flips] + ([] if own is None else [own])
         if not self.on_device:
             small += [torch.from_numpy(np.ascontiguousarray(self.images[batch])), torch.from_numpy(self.labels[batch])]
-        with torch.cuda.stream(self.side):
-            moved = [t.pin_memory().to(self.device, non_blocking=True) for t in small]
-            index, boxes, flips = moved[:3]
-            own = None if own is None else moved[3]
-            images, labels = (self.images[index], self.labels[index]) if self.on_device else moved[-2:]
-            ready = torch.cuda.Event()
-            ready.record(self.side)
+        moved, ready = self._send(small)
+        index, boxes, flips = moved[:3]
+        own = None if own is None else moved[3]
+        if self.on_device:
+            with torch.cuda.stream(self.side):  # the gather too: on the side stream, before the event
+                images, labels = self.images[index], self.labels[index]
+                ready.record(self.side)
+        else:
+            images, labels = moved[-2:]
         return StepData(images, labels, boxes, flips, own, ready)
 
-    def take(self, step: int) -> StepData:
-        """Step ``step``'s data, on the device and safe to use on the current stream; the next
-        step's preparation starts in the background."""
-        if self.pending is not None and self.pending[0] == step:
-            data = self.pending[1].result()
-        else:
-            data = self._prepare(step)
-        if self.pool is not None and step + 1 < self.total:
-            self.pending = (step + 1, self.pool.submit(self._prepare, step + 1))
-        else:
-            self.pending = None
-        if data.ready is not None:
-            stream = torch.cuda.current_stream(self.device)
-            stream.wait_event(data.ready)
-            for t in (data.images, data.labels, data.boxes, data.flips, data.extents):
-                if t is not None:  # made on the side stream, used on this one: keep its memory until then
-                    t.record_stream(stream)
-        return data
 
-    def close(self) -> None:
-        """Stop the background thread (a prepared step that is not taken is dropped)."""
-        if self.pool is not None:
-            self.pool.shutdown(wait=True, cancel_futures=True)
-            self.pool = None
-        self.pending = None
-
-
-__all__ = ["DEVICE_DATA_SHARE", "StepData", "TrainFeed", "device_images", "fits_on_device"]
+__all__ = ["DEVICE_DATA_SHARE", "Feed", "StepData", "TrainFeed", "device_images", "fits_on_device"]

@@ -24,13 +24,15 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
 from mixer_ft.atomic import atomic_write_text, json_text, locked, sweep_partial_writes
 from mixer_ft.data.cache import load_data
 from mixer_ft.data.preprocess import Preprocess
-from mixer_ft.data.sources import check_outside_data
+from mixer_ft.data.sources import check_outside_data, open_stream
+from mixer_ft.data.stream import StreamedSet, is_streamed
 from mixer_ft.errors import ConfigError, RunStopped, TrainingError
 from mixer_ft.gate import check_path
 from mixer_ft.model.mixer import MlpMixer
@@ -46,6 +48,7 @@ from mixer_ft.train.recipe import Recipe, resume_conflicts
 from mixer_ft.train.records import check_record_is_ours, record_path, run_record, write_record
 from mixer_ft.train.run import NonFinite, Run
 from mixer_ft.train.signals import StopSignals
+from mixer_ft.train.stream_feed import StreamFeed, stream_chunks
 
 log = logging.getLogger(__name__)
 
@@ -108,20 +111,30 @@ def setup(recipe: Recipe, *, fresh: bool = False) -> Run:
         for inside in ("checkpoints", "model"):  # found now, not when the finished model is saved
             if (out / inside).exists() and not (out / inside).is_dir():
                 raise ConfigError(f"{out / inside} is a file where the run keeps its {inside} folder; move it away.")
-    with state.main_process_first():  # one process decodes into the cache, the others read it
-        data = load_data(recipe.dataset, image_column=recipe.image_column, label_column=recipe.label_column,
-                         test_fraction=recipe.test_fraction)
-    splits = data.splits(recipe.val_fraction, recipe.seed)
-    if state.is_main_process:
-        for warning in data.small_splits(splits):
-            log.warning(warning)
-    steps_per_epoch, total = _schedule_length(recipe, len(splits["train"][1]))
+    if is_streamed(recipe.dataset, recipe.streaming):  # read shard by shard as it trains (data/stream.py)
+        data = open_stream(recipe.dataset, recipe.image_column, recipe.label_column)
+        if recipe.epochs:
+            raise ConfigError(f"{recipe.dataset} is streamed: its size is not known before it is read, so a run is measured "
+                              "in steps. Give --steps instead of epochs.")
+        train_shards, minival_shards = data.cut(recipe.val_fraction)
+        splits: dict[str, Any] = {"train": train_shards, "minival": minival_shards, "test": data.test}
+        steps_per_epoch, total = recipe.steps, recipe.steps  # no epochs: one nominal "epoch" of the run's steps
+    else:
+        with state.main_process_first():  # one process decodes into the cache, the others read it
+            data = load_data(recipe.dataset, image_column=recipe.image_column, label_column=recipe.label_column,
+                             test_fraction=recipe.test_fraction)
+        splits = data.splits(recipe.val_fraction, recipe.seed)
+        if state.is_main_process:
+            for warning in data.small_splits(splits):
+                log.warning(warning)
+        steps_per_epoch, total = _schedule_length(recipe, len(splits["train"][1]))
 
     torch.manual_seed(recipe.seed)  # the same initial weights on every process
     model, head = build_model(recipe, data.classes)
     check_shift(recipe.eval_translate, model.config.img_size)
     model.set_fast_path(recipe.fast_path)
-    on_device = device_images(data, state.device)  # before the micro-batch probe, so that it counts them
+    streamed = isinstance(data, StreamedSet)
+    on_device = None if streamed else device_images(data, state.device)  # before the micro-batch probe: it counts them
     precision = devices.precision(recipe, state.device)
     micro = devices.micro_batch(recipe, per_process, model, state.device, precision)
     fast_device = state.device.type in ("cpu", "cuda")
@@ -146,9 +159,14 @@ def setup(recipe: Recipe, *, fresh: bool = False) -> Run:
     run = Run(recipe, accelerator, out, data, splits, model, net, optimizers, schedules,
               Preprocess.for_model(net.config, recipe.crop_area_min, recipe.translate), checkpoints, total,
               steps_per_epoch, micro, per_process // micro, precision, head)
-    run.feed = TrainFeed(data, splits["train"][1], run.pre, seed=recipe.seed, global_batch=recipe.global_batch,
-                         steps_per_epoch=steps_per_epoch, total=total, device=accelerator.device,
-                         process=(accelerator.process_index, accelerator.num_processes), on_device=on_device)
+    process = (accelerator.process_index, accelerator.num_processes)
+    if streamed:
+        run.feed = StreamFeed(data, splits["train"], run.pre, seed=recipe.seed, local_batch=per_process, total=total,
+                              device=accelerator.device, process=process)
+    else:
+        run.feed = TrainFeed(data, splits["train"][1], run.pre, seed=recipe.seed, global_batch=recipe.global_batch,
+                             steps_per_epoch=steps_per_epoch, total=total, device=accelerator.device, process=process,
+                             on_device=on_device)
     run.loss_check, run.fresh = NonFinite(run.device), fresh
     return run
 
@@ -176,6 +194,13 @@ def restore(run: Run) -> None:
         optimizer.load_state_dict(o_state)
         schedule.load_state_dict(s_state)
     torch.set_rng_state(saved["torch_rng"])
+    if isinstance(run.feed, StreamFeed):
+        cursors = saved.get("stream") or []
+        if len(cursors) != run.accelerator.num_processes:
+            raise TrainingError(f"{run.out} holds a checkpoint of a streamed run in {len(cursors)} process(es): each "
+                                f"process's place in its shards is kept, so resume it with {len(cursors)}, not "
+                                f"{run.accelerator.num_processes}. {fresh}")
+        run.feed.load(cursors[run.accelerator.process_index])
     run.step, run.history, run.elapsed = saved["step"], json.loads(saved["history"]), saved["elapsed_s"]
     run.run_id = saved.get("run_id") or run.run_id
     run.warmup_s, run.warmup_steps = saved.get("warmup_s", 0.0), saved.get("warmup_steps", 0)
@@ -234,15 +259,23 @@ def evaluate(run: Run, split: str, views: bool = True) -> tuple[float, int]:
 
     Each process scores its own disjoint share: the summed counts count every image exactly once.
     """
-    array, idx = run.splits[split]
     accel = run.accelerator
+    process = (accel.process_index, accel.num_processes)
+    batch = devices.eval_batch(run.net.config, run.device)
+    scored = dict(mirror=views and run.recipe.eval_flip, shift=run.recipe.eval_translate * views)
     run.net.eval()
     with torch.no_grad(), accel.autocast():
-        correct, seen = count_correct(run.net, run.pre, run.data.images[array], run.data.labels[array],
-                                      idx[accel.process_index::accel.num_processes], run.device,
-                                      batch=devices.eval_batch(run.net.config, run.device),
-                                      mirror=views and run.recipe.eval_flip, shift=run.recipe.eval_translate * views,
-                                      extents=run.data.extents.get(array))
+        if isinstance(run.data, StreamedSet):  # this process's share of the split's shards, decoded in chunks
+            correct = seen = 0
+            for images, labels, extents in stream_chunks(run.data, run.splits[split], process, 4 * batch):
+                c, n = count_correct(run.net, run.pre, images, labels, np.arange(len(labels)), run.device,
+                                     batch=batch, extents=extents, **scored)
+                correct, seen = correct + c, seen + n
+        else:
+            array, idx = run.splits[split]
+            correct, seen = count_correct(run.net, run.pre, run.data.images[array], run.data.labels[array],
+                                          idx[process[0]::process[1]], run.device, batch=batch,
+                                          extents=run.data.extents.get(array), **scored)
     run.net.train()
     counts = accel.reduce(torch.tensor([correct, seen], device=run.device), "sum")
     return float(counts[0] / max(int(counts[1]), 1)), int(counts[1])
@@ -259,6 +292,10 @@ def save_checkpoint(run: Run) -> None:
     if run.loss_check is not None:
         run.loss_check.check(run.checkpoints, run.recipe.lr)
     accel.wait_for_everyone()
+    # A streamed run: each process's place in its shards (gathered onto the main process, which writes)
+    from accelerate.utils import gather_object
+
+    cursors = gather_object([run.feed.state(run.step)]) if isinstance(run.feed, StreamFeed) else None
     if accel.is_main_process:
         run.checkpoints.save({
             "step": run.step, "model": run.net.state_dict(), "optimizers": [o.state_dict() for o in run.optimizers],
@@ -268,7 +305,7 @@ def save_checkpoint(run: Run) -> None:
             "eval_s": run.eval_s, "checkpoint_s": run.checkpoint_s,
             # So that the checkpoint alone is a usable model (`mixer-ft predict runs/<name>`):
             "model_config": run.net.config.to_dict(), "classes": run.data.classes, "evaluation": evaluation_views(run),
-            "manifest": run.data.manifest,
+            "manifest": run.data.manifest, "stream": cursors,
         })
     accel.wait_for_everyone()
 
@@ -294,6 +331,8 @@ def finish(run: Run) -> dict[str, Any]:
     # What timm, transformers and `predict` compute from the saved model: the image alone. The recipe's
     # test-time views (eval_flip, eval_translate), where it has any, are scored too and recorded beside.
     minival, test = evaluate(run, "minival", views=False), evaluate(run, "test", views=False)
+    if isinstance(run.data, StreamedSet):
+        run.data.test_images = test[1]  # counted as it was read: what tells the data set it is (dataset_id)
     has_views = run.recipe.eval_flip or bool(run.recipe.eval_translate)
     with_views = (evaluate(run, "minival"), evaluate(run, "test")) if has_views else None
     run.history["minival"].append({"step": run.total, "accuracy": round((with_views or (minival,))[0][0], 5)})
@@ -308,7 +347,7 @@ def finish(run: Run) -> dict[str, Any]:
                                              "git_commit", "finished", "test_accuracy_views") if k in record}
         provenance |= {"hub_dataset": hub_dataset_id(run.recipe.dataset), "val_fraction": run.recipe.val_fraction,
                        "seed": run.recipe.seed,
-                       "test_fraction": run.recipe.test_fraction, "train_images": len(run.splits["train"][1]),
+                       "test_fraction": run.recipe.test_fraction, "train_images": run.train_images,
                        "license": run.recipe.license}
         save_pretrained(run.net, run.out / "model", classes=run.data.classes, evaluation=evaluation_views(run),
                         provenance=provenance)

@@ -47,6 +47,7 @@ class Recipe:
     upstream: str = "in21k"  # in1k | in21k | none | any weight source (file, URL, hf-hub:, timm:)
     model: str | None = None  # a variant; "custom" with the sizes in `architecture`; None: see `variant`
     dataset: str = "cifar10"
+    streaming: bool = False  # read the set shard by shard as it trains, no cache (shards, hf:); a shard URL always is
     architecture: dict[str, Any] = field(default_factory=dict)  # MixerConfig fields to set
     resize: str | None = None  # how pretrained weights reach another architecture.img_size: tile | resample
     new_head: bool | None = None  # a new zero head (True) or the checkpoint's (False); None: see train.build.head_choice
@@ -194,7 +195,11 @@ def apply_hyper_rule(r: Recipe, origin: dict[str, str], count_only: bool) -> tup
     """The recipe with the BiT-HyperRule's steps (and warm-up, unless given) for its data set's size;
     the origins updated; what was chosen and why. ``count_only``: never load the data to count it."""
     from mixer_ft.data.sources import listed_train_images
+    from mixer_ft.data.stream import is_streamed
 
+    if is_streamed(r.dataset, r.streaming):
+        origin["steps"] = f"{origin['steps']} (a streamed set is not counted before it is read: no BiT-HyperRule)"
+        return r, origin, None
     n = listed_train_images(r.dataset, r.test_fraction)
     if n is None and not count_only:  # a Hub data set: loading it (cached for the run) counts it
         from mixer_ft.data.cache import load_data

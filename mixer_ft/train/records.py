@@ -146,7 +146,7 @@ def steady_rate(run: Run) -> float:
 
 def run_record(run: Run, test: tuple[float, int], minival: tuple[float, int]) -> dict[str, Any]:
     """Everything needed to repeat the run and compare it, as results/<name>.json holds it."""
-    r, n_train = run.recipe, len(run.splits["train"][1])
+    r, n_train = run.recipe, run.train_images
     trained, compiled = run.total * r.global_batch, _compiled(run.model)
     return {
         "name": r.run_name, "run_id": run.run_id, "upstream": r.upstream, "model": run.net.config.variant or "custom",
@@ -154,7 +154,8 @@ def run_record(run: Run, test: tuple[float, int], minival: tuple[float, int]) ->
         "classes": run.data.classes, "data_manifest": run.data.manifest,
         "test_accuracy": round(test[0], 5), "test_images": test[1],
         "minival_accuracy": round(minival[0], 5), "minival_images": minival[1],
-        "steps": run.total, "global_batch": r.global_batch, "epochs": round(trained / n_train, 3),
+        "steps": run.total, "global_batch": r.global_batch, "epochs": round(trained / n_train, 3) if n_train else None,
+        "streamed": n_train is None,
         "micro_batch": run.micro, "accumulation": run.accum, "mixed_precision": run.precision,
         "compiled": compiled, "graph_breaks": _graph_breaks() if compiled else None, "head": run.head,
         "compile_mode": compile_mode(r, run.device) if compiled else None,

@@ -8,15 +8,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from mixer_ft.data.cache import ImageData
 from mixer_ft.data.preprocess import Preprocess
+from mixer_ft.data.stream import StreamedSet
 from mixer_ft.errors import TrainingError
 from mixer_ft.model.mixer import MlpMixer
 from mixer_ft.train.checkpoints import Checkpoints
-from mixer_ft.train.feed import TrainFeed
+from mixer_ft.train.feed import Feed
 from mixer_ft.train.recipe import Recipe
 
 
@@ -63,8 +63,8 @@ class Run:
     recipe: Recipe
     accelerator: Any  # accelerate.Accelerator
     out: Path
-    data: ImageData
-    splits: dict[str, tuple[str, np.ndarray]]
+    data: ImageData | StreamedSet
+    splits: dict[str, Any]  # split -> (array, indices) of the cache; of a streamed set, its shards
     model: torch.nn.Module  # as prepared by Accelerate (wrapped under DDP): train through it
     net: MlpMixer  # the bare model: state dicts and evaluation
     optimizers: list[torch.optim.Optimizer]
@@ -88,13 +88,19 @@ class Run:
     eval_s: float = 0.0  # seconds in minival evaluations during training, and in checkpoint writes
     checkpoint_s: float = 0.0
     history: dict[str, list] = field(default_factory=lambda: {"loss": [], "minival": []})
-    feed: TrainFeed | None = None  # each step's data, prepared ahead (see mixer_ft.train.feed)
+    feed: Feed | None = None  # each step's data, prepared ahead (see mixer_ft.train.feed)
     fresh: bool = False  # started with --fresh (a stop says how to resume without starting over again)
     loss_check: NonFinite | None = None
 
     @property
     def device(self) -> torch.device:
         return self.accelerator.device
+
+    @property
+    def train_images(self) -> int | None:
+        """Images in the train split; None for a streamed set (not counted before it is read)."""
+        train = self.splits["train"]
+        return len(train[1]) if isinstance(train, tuple) else None
 
 
 __all__ = ["NonFinite", "Run"]

@@ -1,0 +1,299 @@
+"""Streamed data: a set read shard by shard while it trains, never copied whole onto the disk.
+
+For sets larger than the disk, or ones not worth a local copy: webdataset shards on a server (a URL
+pattern such as ``https://host/imagenet/{train-{0000..1023},validation-{00..63}}.tar``), a local shard
+folder or Hub set with ``--streaming`` (``hf:owner/name`` read through ``datasets`` in streaming mode).
+Nothing goes into the data cache; the images are decoded when a batch needs them.
+
+The rules, which follow webdataset and ``datasets`` where they have one:
+
+- **Shuffling.** Each epoch the train shards are shuffled by (seed, epoch), and each shard's samples by
+  (seed, epoch, shard): the buffer is one shard, as webdataset's ``shuffle`` with a buffer of its size. A
+  shard's samples are held in memory (its size: keep shards to a few hundred MB, as webdataset advises).
+- **Processes.** Of each epoch's shard order, process ``r`` of ``W`` reads shards ``r, r + W, ...``: every
+  process reads distinct shards, and each goes on into the next epoch's shards when its own run out, so
+  none waits for another. When the shards do not divide among the processes, a process reads one shard
+  more than another in an epoch (an epoch is a nominal pass; a streamed run is measured in steps). Fewer
+  train shards than processes is an error: a process would have nothing to read.
+- **Minival.** The last ``ceil(val_fraction x train shards)`` train shards (in name order) are held out as
+  minival, as upstream holds out the end of train; the test split is every test (or validation) shard.
+- **Resume.** Each process keeps where it stands (epoch, shard, sample) with every checkpoint; a resumed
+  run re-reads that shard and goes on at the exact sample, with the same number of processes.
+- **Failures.** A shard that cannot be read to its end (cut short, a stalled or dropped connection, an
+  HTTP error) is named; its samples before the failure are used and the next shard is read.
+  :data:`FAILED_IN_A_ROW` shards in a row that give nothing end the run with one message. A stream with
+  no byte for ``MIXER_FT_STREAM_TIMEOUT`` seconds (default 60) counts as failed.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import math
+import os
+import re
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+
+from mixer_ft.atomic import json_text
+from mixer_ft.data.names import canonical_dataset, is_url
+from mixer_ft.data.shards import CLASSES_FILE, SHARD, SPLIT_OF, Shard, labelled_samples, local_shard, read_class_names, shards_of
+from mixer_ft.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
+FAILED_IN_A_ROW = 3  # train shards in a row that give no sample: the stream is down, not one shard damaged
+Sample = tuple[str, int, bytes]  # (printable name, class, the image file's bytes)
+
+
+def stream_timeout() -> float:
+    """Seconds a stream may go without a byte before it counts as stalled (``MIXER_FT_STREAM_TIMEOUT``)."""
+    raw = os.environ.get("MIXER_FT_STREAM_TIMEOUT") or "60"
+    try:
+        value = float(raw)
+    except ValueError:
+        value = -1.0
+    if not 0 < value < math.inf:
+        raise ConfigError(f"MIXER_FT_STREAM_TIMEOUT must be a positive number of seconds, got {raw!r}.")
+    return value
+
+
+def expand_braces(pattern: str) -> list[str]:
+    """webdataset's (and bash's) brace expansion, in bash's order: ``a-{000..002}.tar`` -> a-000.tar, a-001.tar,
+    a-002.tar; ``{train-{0..1},test-0}.tar`` -> train-0.tar, train-1.tar, test-0.tar. Ranges keep the first
+    bound's zero padding; braces nest."""
+    start = pattern.find("{")
+    if start < 0:
+        return [pattern]
+    depth, cuts = 0, []
+    for i in range(start, len(pattern)):
+        depth += {"{": 1, "}": -1}.get(pattern[i], 0)
+        if depth == 1 and pattern[i] == ",":
+            cuts.append(i)
+        if depth == 0:
+            break
+    else:
+        raise ConfigError(f"The shard pattern {pattern} has a '{{' that is never closed.")
+    head, body, tail = pattern[:start], pattern[start + 1:i], pattern[i + 1:]
+    bounds = re.fullmatch(r"(\d+)\.\.(\d+)", body)
+    if bounds:
+        lo, hi = int(bounds.group(1)), int(bounds.group(2))
+        if hi < lo or hi - lo >= 1_000_000:
+            raise ConfigError(f"The shard range {{{body}}} in {pattern} must count up, over at most a million shards.")
+        options = [str(k).zfill(len(bounds.group(1))) for k in range(lo, hi + 1)]
+    else:
+        edges = [start, *cuts, i]
+        options = [pattern[edges[k] + 1:edges[k + 1]] for k in range(len(edges) - 1)]
+    return [name for option in options for rest in expand_braces(tail)
+            for name in (head + x + rest for x in expand_braces(option))]
+
+
+def url_shard(url: str) -> Shard:
+    """A shard on a server, opened as a stream that may stall for :func:`stream_timeout` seconds at most."""
+    timeout = stream_timeout()
+
+    def open_url() -> IO[bytes]:
+        return urllib.request.urlopen(url, timeout=timeout)  # noqa: S310 - the user's own shard URLs
+
+    return Shard(url, open_url)
+
+
+@dataclass
+class StreamedSet:
+    """A set read as a stream: its classes and its shards by split (see the module's description).
+
+    ``reading`` turns a shard into its samples; the webdataset tar reader by default.
+    """
+
+    source: str
+    location: str
+    classes: list[str]
+    train: list[Shard]
+    test: list[Shard]
+    test_from: str
+    fingerprint: list[Any]
+    reading: Callable[[Shard, list[str], Counter[str]], Iterator[Sample]] | None = None
+    test_images: int = 0  # counted when the test split is scored
+    extents: dict = field(default_factory=dict)  # none: images are decoded per batch
+
+    def samples(self, shard: Shard, skipped: Counter[str]) -> Iterator[Sample]:
+        """The usable samples of ``shard`` in order; what cannot be used counted in ``skipped``."""
+        if self.reading is not None:
+            return self.reading(shard, self.classes, skipped)
+        return labelled_samples(shard.open, shard.name, self.classes, skipped)
+
+    @property
+    def manifest(self) -> str:
+        """A digest of the shards and classes: the same stream, or not."""
+        return hashlib.sha256(json_text([self.fingerprint, self.classes]).encode()).hexdigest()[:16]
+
+    @property
+    def dataset_id(self) -> str:
+        return canonical_dataset(self.source, self.classes, self.test_images)
+
+    def cut(self, val_fraction: float) -> tuple[list[Shard], list[Shard]]:
+        """(train shards, minival shards): the last ceil(val_fraction x train shards) held out."""
+        held = math.ceil(val_fraction * len(self.train)) if val_fraction > 0 else 0
+        if held and held >= len(self.train):
+            raise ConfigError(f"{self.location} has {len(self.train)} train shard(s): a streamed set takes its minival "
+                              f"from whole train shards (val_fraction {val_fraction}: {held}), which would leave none to "
+                              "train on. Use --set val_fraction=0 (no minival), or more, smaller shards.")
+        return self.train[:len(self.train) - held], self.train[len(self.train) - held:]
+
+
+def shard_stream(source: str) -> StreamedSet:
+    """A webdataset shard folder or URL pattern as a :class:`StreamedSet`; its ``classes.txt`` is needed.
+
+    Raises:
+        DataError: no train or test shards, or no ``classes.txt`` (a stream cannot count its classes first).
+    """
+    if is_url(source):
+        urls = expand_braces(source)
+        found: dict[str, list[Shard]] = {"train": [], "test": [], "validation": []}
+        for url in urls:
+            match = SHARD.fullmatch(url.rpartition("/")[2])
+            if match is None:
+                raise ConfigError(f"{url} is not a shard name: a shard URL ends in train-*.tar, test-*.tar or "
+                                  "validation-*.tar (.tar.gz, .tgz), which say its split.")
+            found[SPLIT_OF[match.group(1).lower()]].append(url_shard(url))
+        classes_at = urls[0].rpartition("/")[0] + "/" + CLASSES_FILE
+        classes = read_class_names(_fetch_text(classes_at), classes_at)
+        fingerprint: list[Any] = ["wds-urls", urls]
+    else:
+        folder = Path(source).expanduser()
+        found = {split: [local_shard(p) for p in paths] for split, paths in shards_of(folder).items()}
+        classes_at = str(folder / CLASSES_FILE)
+        if not (folder / CLASSES_FILE).is_file():
+            raise DataError(f"{folder} has no {CLASSES_FILE}: a streamed set needs its class names before it reads a "
+                            "sample. Put one name per line, in class-index order, beside the shards.")
+        from mixer_ft.gate import read_text
+
+        classes = read_class_names(read_text(folder / CLASSES_FILE, "class list"), classes_at)
+        fingerprint = ["wds-stream", [[s.name, os.stat(s.name).st_size] for ss in found.values() for s in ss]]
+    test = found["test"] or found["validation"]
+    if not found["train"] or not test:
+        lacking = "train-*" if not found["train"] else "test-* or validation-*"
+        raise DataError(f"{source} has no {lacking} shards: a streamed set needs train and test (or validation) shards.")
+    test_from = "its test-* shards" if found["test"] else "its validation-* shards"
+    return StreamedSet(source, source, classes, found["train"], test, test_from, fingerprint)
+
+
+def _fetch_text(url: str) -> str:
+    """A small text file beside the shards (their ``classes.txt``), fetched once."""
+    try:
+        with urllib.request.urlopen(url, timeout=stream_timeout()) as response:  # noqa: S310 - the user's URL
+            return response.read(1 << 24).decode("utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        from mixer_ft.data.shards import why_unread
+
+        why = why_unread(e) if isinstance(e, OSError) else "not UTF-8 text"
+        raise DataError(f"Could not read {url} ({why}): a streamed set needs its class names, one per line in "
+                        "class-index order, in classes.txt beside its shards.") from None
+
+
+class ShardCursor:
+    """One process's place in the endless train stream: (epoch, shard of its list, sample of that shard).
+
+    Args:
+        data: the set; ``shards``: its train shards (minival taken out); ``seed``: the run's.
+        process: (this process's index, the number of processes).
+    """
+
+    def __init__(self, data: StreamedSet, shards: list[Shard], seed: int, process: tuple[int, int] = (0, 1)) -> None:
+        rank, world = process
+        if len(shards) < world:
+            raise ConfigError(f"{data.location} has {len(shards)} train shard(s) for {world} processes: each process "
+                              "reads its own shards, so it needs at least one per process. Use fewer processes, or "
+                              "more, smaller shards.")
+        self.data, self.shards, self.seed, self.rank, self.world = data, shards, seed, rank, world
+        self.epoch, self.k, self.j = 0, 0, 0
+        self._held: tuple[tuple[int, int], list[Sample]] | None = None  # (epoch, k) -> its shuffled samples
+        self._ahead: tuple[tuple[int, int], Future[list[Sample]]] | None = None
+        self._pool = ThreadPoolExecutor(1, thread_name_prefix="mixer-ft-shards")  # reads the next shard meanwhile
+        self.skipped: Counter[str] = Counter()
+        self._empty_in_a_row = 0
+
+    def state(self) -> list[int]:
+        """Where the cursor stands: [epoch, shard of this process's list, sample]."""
+        return [self.epoch, self.k, self.j]
+
+    def load(self, state: list[int]) -> None:
+        """Stand where :meth:`state` said."""
+        self.epoch, self.k, self.j = (int(v) for v in state)
+        self._held = None
+
+    def mine(self, epoch: int) -> np.ndarray:
+        """This process's shards (indices into ``shards``) of ``epoch``, in reading order."""
+        return np.random.default_rng((self.seed, epoch)).permutation(len(self.shards))[self.rank::self.world]
+
+    def _read(self, epoch: int, k: int) -> list[Sample]:
+        index = int(self.mine(epoch)[k])
+        samples = list(self.data.samples(self.shards[index], self.skipped))
+        order = np.random.default_rng((self.seed, epoch, index)).permutation(len(samples))
+        return [samples[i] for i in order]
+
+    def _next(self, epoch: int, k: int) -> tuple[int, int]:
+        return (epoch + 1, 0) if k + 1 >= len(self.mine(epoch)) else (epoch, k + 1)
+
+    def _shard(self) -> list[Sample]:
+        """The samples of the shard the cursor is in; the next shard's read started in the background."""
+        key = (self.epoch, self.k)
+        if self._held is None or self._held[0] != key:
+            ahead = self._ahead
+            samples = ahead[1].result() if ahead is not None and ahead[0] == key else self._read(*key)
+            self._held = (key, samples)
+            following = self._next(*key)
+            self._ahead = (following, self._pool.submit(self._read, *following))
+        return self._held[1]
+
+    def take(self, n: int) -> list[Sample]:
+        """The next ``n`` samples of this process's stream.
+
+        Raises:
+            DataError: :data:`FAILED_IN_A_ROW` shards in a row gave no sample.
+        """
+        out: list[Sample] = []
+        while len(out) < n:
+            samples = self._shard()
+            if not samples:
+                self._empty_in_a_row += 1
+                if self._empty_in_a_row >= FAILED_IN_A_ROW:
+                    raise DataError(f"{FAILED_IN_A_ROW} shards in a row of {self.data.location} gave no sample (see the "
+                                    "warnings above): the stream is down or the shards are not webdataset image shards. "
+                                    "Running the same command again resumes from the last checkpoint.")
+            else:
+                self._empty_in_a_row = 0
+            part = samples[self.j:self.j + n - len(out)]
+            out += part
+            self.j += len(part)
+            if self.j >= len(samples):
+                (self.epoch, self.k), self.j = self._next(self.epoch, self.k), 0
+        return out
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+def split_samples(data: StreamedSet, shards: list[Shard], process: tuple[int, int]) -> Iterator[Sample]:
+    """Every sample of ``shards`` this process scores: its share of the shards (``r, r + W, ...``), in order."""
+    skipped: Counter[str] = Counter()
+    for shard in shards[process[0]::process[1]]:
+        yield from data.samples(shard, skipped)
+    if skipped:
+        log.warning("%s: skipped %s", data.location, "; ".join(f"{n} {why}" for why, n in sorted(skipped.items())))
+
+
+def is_streamed(source: str, streaming: bool) -> bool:
+    """Whether a run reads ``source`` as a stream: asked to (``--streaming``), or a URL pattern of shards."""
+    return streaming or is_url(source)
+
+
+__all__ = ["FAILED_IN_A_ROW", "Sample", "ShardCursor", "StreamedSet", "expand_braces", "is_streamed",
+           "shard_stream", "split_samples", "stream_timeout", "url_shard"]

@@ -1,0 +1,133 @@
+"""Each step's data from a streamed set (:mod:`mixer_ft.data.stream`): this process's next samples, decoded.
+
+A stream has no index to shuffle: each process takes the next ``batch / processes`` samples of its own
+shards (:class:`~mixer_ft.data.stream.ShardCursor`), decodes them in threads with the function every store
+uses, and draws their crop boxes and flips from a generator seeded by (seed, process, step), so a resumed
+run crops as the uninterrupted one. An image that does not decode is named and replaced by the stream's next
+sample. The cursor before each step is kept, so a checkpoint after step ``s`` records where step ``s + 1``
+starts, whatever the feed has read ahead.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+
+from mixer_ft.data.encoded import decode_padded, decoding_pool
+from mixer_ft.data.images import or_why, printable, to_rgb_array
+from mixer_ft.data.preprocess import batch_seed
+from mixer_ft.data.stream import Sample, ShardCursor, StreamedSet, split_samples
+from mixer_ft.model.config import MAX_SIDE
+from mixer_ft.train.feed import Feed, StepData
+
+if TYPE_CHECKING:
+    from mixer_ft.data.preprocess import Preprocess
+    from mixer_ft.data.shards import Shard
+
+log = logging.getLogger(__name__)
+NAMED = 5  # images that do not decode named one by one; the rest counted
+STREAM_EPOCH = 1 << 20  # batch_seed's epoch slot for a stream: (this, process) keeps clear of a cache run's epochs
+
+
+def decode(sample: Sample) -> np.ndarray | str:
+    """A sample's image as the stores decode it (upright, RGB, longer side at most MAX_SIDE), or why not."""
+    data = sample[2]
+    return or_why(data, lambda d: to_rgb_array(("", lambda: d), None, MAX_SIDE))
+
+
+class StreamFeed(Feed):
+    """Each step's share of this process from a stream; prepared ahead in a background thread.
+
+    Args:
+        data, shards: the streamed set and its train shards (minival taken out).
+        pre: the model's preprocessing, which draws the crop boxes and flips.
+        seed, local_batch, total: the run's seed, this process's images a step, the steps.
+        device: where the step runs; ``process``: (this process's index, the number of processes).
+    """
+
+    def __init__(self, data: StreamedSet, shards: list[Shard], pre: Preprocess, *, seed: int, local_batch: int,
+                 total: int, device: torch.device, process: tuple[int, int] = (0, 1)) -> None:
+        super().__init__(device, total, prefetch=True)  # the decode threads work while the step runs
+        self.data, self.pre, self.seed, self.local_batch, self.rank = data, pre, seed, local_batch, process[0]
+        self.cursor = ShardCursor(data, shards, seed, process)
+        self.cursors: dict[int, list[int]] = {}  # step -> where the stream stood before it
+        self.decoder = decoding_pool()
+        self.failed: Counter[str] = Counter()
+
+    def state(self, step: int) -> list[int]:
+        """Where this process's stream stands before step ``step`` (which must have been prepared or be next)."""
+        return list(self.cursors.get(step) or self.cursor.state())
+
+    def load(self, state: list[int]) -> None:
+        """Go on from a checkpoint's :meth:`state`."""
+        self.cursor.load(state)
+
+    def _prepare(self, step: int) -> StepData:
+        self.cursors[step] = self.cursor.state()
+        images: list[np.ndarray] = []
+        labels: list[int] = []
+        while len(images) < self.local_batch:
+            samples = self.cursor.take(self.local_batch - len(images))
+            for sample, image in zip(samples, self.decoder.map(decode, samples), strict=True):
+                if isinstance(image, str):
+                    self._not_decoded(sample[0], image)
+                    continue
+                images.append(image)
+                labels.append(sample[1])
+        self.cursors[step + 1] = self.cursor.state()
+        for old in [s for s in self.cursors if s < step - 2]:
+            del self.cursors[old]
+        batch = decode_padded(images, lambda a: a, None)
+        own = torch.tensor([a.shape[:2] for a in images], dtype=torch.long)
+        gen = torch.Generator().manual_seed(batch_seed(self.seed, STREAM_EPOCH + self.rank, step))
+        boxes, flips = self.pre.sample(len(images), own[:, 0], own[:, 1], gen)
+        tensors = [torch.from_numpy(batch), torch.tensor(labels, dtype=torch.long), boxes, flips, own]
+        if self.side is None:
+            return StepData(*tensors)
+        moved, ready = self._send(tensors)
+        return StepData(*moved, ready=ready)
+
+    def _not_decoded(self, name: str, why: str) -> None:
+        self.failed[why] += 1
+        if sum(self.failed.values()) <= NAMED:
+            log.warning("%s does not decode (%s): the stream's next image takes its place", printable(name), why)
+
+    def close(self) -> None:
+        super().close()
+        self.cursor.close()
+        self.decoder.shutdown(wait=False, cancel_futures=True)
+        skipped = self.cursor.skipped + Counter({f"image(s) that do not decode ({w})": n for w, n in self.failed.items()})
+        if skipped:
+            log.warning("%s: skipped %s", self.data.location, "; ".join(f"{n} {w}" for w, n in sorted(skipped.items())))
+
+
+def stream_chunks(data: StreamedSet, shards: list[Shard], process: tuple[int, int],
+                  size: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """This process's share of ``shards`` (see :func:`~mixer_ft.data.stream.split_samples`) in chunks of ``size``:
+    (images decoded and padded, labels, each image's (h, w)). An image that does not decode is named and left out."""
+    pool, chunk, failed = decoding_pool(), [], 0
+    try:
+        for sample in [*split_samples(data, shards, process), None]:
+            if sample is not None:
+                chunk.append(sample)
+            if chunk and (len(chunk) == size or sample is None):
+                decoded = list(pool.map(decode, chunk))
+                kept = [(s, a) for s, a in zip(chunk, decoded, strict=True) if not isinstance(a, str)]
+                for s, a in zip(chunk, decoded, strict=True):
+                    if isinstance(a, str) and (failed := failed + 1) <= NAMED:
+                        log.warning("%s does not decode (%s): not scored", printable(s[0]), a)
+                chunk = []
+                if kept:
+                    arrays = [a for _, a in kept]
+                    yield (decode_padded(arrays, lambda a: a, None), np.array([s[1] for s, _ in kept], dtype=np.int64),
+                           np.array([a.shape[:2] for a in arrays], dtype=np.int64))
+    finally:
+        pool.shutdown(wait=False, cancel_futures=True)
+
+
+__all__ = ["STREAM_EPOCH", "StreamFeed", "decode", "stream_chunks"]
