@@ -1,11 +1,12 @@
-"""Data at scale: the decoded store, the compact (encoded) store, webdataset shards and timm's loader, in one run.
+"""Data at scale: the decoded store, the compact (encoded) store, webdataset shards (cached, and streamed with no
+cache) and timm's loader, in one run.
 
 Run:  python benchmarks/data_scale.py [--images 20000] [--workers 1,2] [--out results/bench]
 
 It makes a set of JPEGs (640x480, quality 90, smooth content with noise, 10 classes, a tenth of them as
 test/) and the same images as webdataset shards, then measures each way of reading them, each in a fresh
 process (so its peak RSS is its own) with a cache of its own:
-- cache bytes on disk (timm's loader has none: it reads the files each epoch);
+- cache bytes on disk (timm's loader and the stream have none: they read the files each epoch);
 - seconds from the process start to the first training batch delivered (the cache built, or the loader's
   workers started), 224 px with the upstream crop (Inception crop, 5-100% of the area, and a flip);
 - images/s delivered after that, at each number of workers (our decode threads, MIXER_FT_WORKERS, with the
@@ -37,7 +38,7 @@ sys.path.insert(0, str(ROOT))
 from mixer_ft.atomic import atomic_write_text, json_text  # noqa: E402
 from mixer_ft.train.hardware import cpu_isa, cpu_name  # noqa: E402
 
-WAYS = ("decoded", "encoded", "shards", "timm")
+WAYS = ("decoded", "encoded", "shards", "stream", "timm")
 
 
 def _jpeg(args: tuple[int, int, Path]) -> tuple[str, int, bytes]:
@@ -114,20 +115,37 @@ def measure(way: str, folder: Path, workers: list[int], batches: int, batch: int
         from mixer_ft.data import cache as cache_mod
         from mixer_ft.data.preprocess import Preprocess, batch_seed
 
-        if way == "decoded":
-            os.environ["MIXER_FT_STORE"] = "decoded"  # 0.1.0's store: every image decoded into the cache
-        data = cache_mod.load_data(str(folder / ("shards" if way == "shards" else "photos")))
         pre = Preprocess(224, mean=(0.5,) * 3, std=(0.5,) * 3)
-        images, n = data.images["train"], len(data.labels["train"])
-        extents = data.extents["train"]
         gen = torch.Generator()
+        pool: list = []  # the decode threads (recreated for each number of workers)
 
         from concurrent.futures import ThreadPoolExecutor
 
-        def gather(step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-            idx = np.sort(np.random.default_rng(step).choice(n, batch, replace=False))
-            return (torch.from_numpy(np.ascontiguousarray(images[idx])),
-                    None if extents is None else torch.from_numpy(extents[idx]))
+        if way == "stream":  # the shards read as a run reads them with --streaming: no cache, no index
+            from mixer_ft.data.encoded import decode_padded, decoding_pool
+            from mixer_ft.data.stream import ShardCursor, shard_stream
+            from mixer_ft.train.stream_feed import decode
+
+            stream = shard_stream(str(folder / "shards"))
+            cursor = ShardCursor(stream, stream.train, seed=0)
+
+            def gather(step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+                if not pool:
+                    pool.append(decoding_pool())
+                arrays = list(pool[0].map(decode, cursor.take(batch)))
+                own = np.array([a.shape[:2] for a in arrays], dtype=np.int64)
+                return torch.from_numpy(decode_padded(arrays, lambda a: a, pool[0], own)), torch.from_numpy(own)
+        else:
+            if way == "decoded":
+                os.environ["MIXER_FT_STORE"] = "decoded"  # every image decoded into the cache (0.1.0's store)
+            data = cache_mod.load_data(str(folder / ("shards" if way == "shards" else "photos")))
+            images, n = data.images["train"], len(data.labels["train"])
+            extents = data.extents["train"]
+
+            def gather(step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+                idx = np.sort(np.random.default_rng(step).choice(n, batch, replace=False))
+                return (torch.from_numpy(np.ascontiguousarray(images[idx])),
+                        None if extents is None else torch.from_numpy(extents[idx]))
 
         def crop(step: int, x: torch.Tensor, own: torch.Tensor | None) -> torch.Tensor:
             g = gen.manual_seed(batch_seed(0, step, 1))
@@ -141,8 +159,9 @@ def measure(way: str, folder: Path, workers: list[int], batches: int, batch: int
         for w in workers:
             os.environ["MIXER_FT_WORKERS"] = str(w)
             torch.set_num_threads(w)
-            if hasattr(images, "_pool"):
+            if way != "stream" and hasattr(images, "_pool"):
                 images._pool = None  # the decode threads: w of them
+            pool.clear()
             with ThreadPoolExecutor(1) as ahead:  # as the training feed does: the next batch read meanwhile
                 nxt = ahead.submit(gather, 1)
                 t = time.perf_counter()
@@ -195,6 +214,8 @@ def main() -> None:
         "first_batch_speedup": round(dec["first_batch_s"] / enc["first_batch_s"], 2),
         "encoded_over_timm": {w: round(enc["images_per_s"][w] / results["timm"]["images_per_s"][w], 3)
                               for w in enc["images_per_s"]},
+        "stream_over_timm": {w: round(results["stream"]["images_per_s"][w] / results["timm"]["images_per_s"][w], 3)
+                             for w in enc["images_per_s"]},
     }
     args.out.mkdir(parents=True, exist_ok=True)
     slug = "cpu" if args.images == 20_000 else f"cpu_{args.images}"

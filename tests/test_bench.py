@@ -79,7 +79,7 @@ def test_bench_at_448_times_the_tiled_architecture_against_a_timm_mixer_of_the_s
     assert save(rec | {"img_size": 448}, tmp_path).name == "cpu_S32_448px_b4_fp32.json"
 
 
-def test_the_data_scale_benchmark_measures_the_four_ways_on_a_small_set(tmp_path):
+def test_the_data_scale_benchmark_measures_the_five_ways_on_a_small_set(tmp_path):
     """benchmarks/data_scale.py as docs/speed.md runs it, on 60 images: every way delivers, and the compact store
     takes less disk than the decoded store (the record's own comparison)."""
     import subprocess
@@ -93,7 +93,8 @@ def test_the_data_scale_benchmark_measures_the_four_ways_on_a_small_set(tmp_path
     assert out.returncode == 0, out.stderr[-3000:]
     record = json.loads((tmp_path / "data_scale_cpu_60.json").read_text())
     ways = record["results"]
-    assert set(ways) == {"decoded", "encoded", "shards", "timm"}
+    assert set(ways) == {"decoded", "encoded", "shards", "stream", "timm"}
     assert all(ways[w]["images_per_s"]["1"] > 0 and ways[w]["first_batch_s"] > 0 for w in ways)
     assert 0 < ways["encoded"]["cache_bytes"] < ways["decoded"]["cache_bytes"] and ways["timm"]["cache_bytes"] == 0
+    assert ways["stream"]["cache_bytes"] == 0  # nothing cached
     assert record["encoded_cache_share"] == round(ways["encoded"]["cache_bytes"] / ways["decoded"]["cache_bytes"], 4)

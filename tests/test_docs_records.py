@@ -123,18 +123,24 @@ def test_the_2026_12_04_gpu_figures_of_the_speed_doc_are_computed_from_their_rec
 def test_the_data_scale_table_is_its_record():
     r = json.loads(text("results/bench/data_scale_cpu.json"))
     doc = " ".join(text("docs/speed.md").split())
-    names = {"decoded": "decoded store (0.1.0's)", "encoded": "compact store (image folder)",
-             "shards": "compact store (webdataset shards)", "timm": "timm's loader (`create_dataset` + `create_loader`)"}
+    names = {"decoded": "decoded store (`MIXER_FT_STORE=decoded`; 0.1.0's)", "encoded": "compact store (image folder)",
+             "shards": "compact store (webdataset shards)", "stream": "streamed shards (`--streaming`, no cache)",
+             "timm": "timm's loader (`create_dataset` + `create_loader`)"}
     for way, label in names.items():
         m = r["results"][way]
         disk = "none" if not m["cache_bytes"] else f"{m['cache_bytes'] / 1e9:.2f} GB"
         rates = " | ".join(f"{m['images_per_s'][w]:,.0f}" for w in ("1", "2"))
         row = f"| {label} | {disk} | {m['first_batch_s']:.1f} s | {rates} | {m['peak_rss_bytes'] / 1e9:.2f} GB |"
         assert row in doc, row
-    dec, enc, sh = (r["results"][k] for k in ("decoded", "encoded", "shards"))
+    dec, enc, sh, st, timm = (r["results"][k] for k in ("decoded", "encoded", "shards", "stream", "timm"))
     assert f"takes {100 * r['encoded_cache_share']:.1f}% of the decoded store's" in doc
     assert f"take {100 * r['encoded_cache_share']:.1f}% of the decoded store" in " ".join(text("docs/data.md").split())
     assert f"{dec['first_batch_s'] / enc['first_batch_s']:.1f}x sooner from a folder, " \
-           f"{dec['first_batch_s'] / sh['first_batch_s']:.1f}x from shards" in doc
+           f"{dec['first_batch_s'] / sh['first_batch_s']:.1f}x from cached shards" in doc
+    assert f"{dec['first_batch_s'] / st['first_batch_s']:.1f}x from streamed shards" in doc
     over = r["encoded_over_timm"]
-    assert f"({over['1']:.2f}x with 1 worker, {over['2']:.2f}x with 2" in doc
+    assert f"({over['1']:.2f}x; {sh['images_per_s']['1'] / timm['images_per_s']['1']:.2f}x from shards" in doc
+    assert f"the decoded store is {dec['images_per_s']['1'] / timm['images_per_s']['1']:.2f}x" in doc
+    assert f"below** ({over['2']:.2f}x)" in doc
+    passive = json.loads(text("results/bench/data_scale_cpu_4000_omp_passive.json"))["encoded_over_timm"]
+    assert f"ran {passive['1']:.2f}x timm's loader with 1 worker and {passive['2']:.2f}x with 2" in doc

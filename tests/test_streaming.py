@@ -119,7 +119,8 @@ def test_a_cursor_put_back_where_it_stood_gives_the_same_samples(shards):
 def test_a_streamed_run_over_http_trains_without_a_cache_and_scores_every_test_image(shards, server, tmp_path):
     base, _, _ = server
     env = {"MIXER_FT_CACHE": str(tmp_path / "cache")}
-    out = finetune(tmp_path, base + "/{train-{00000..00005},test-{00000..00002}}.tar", "http", "--set",
+    # With a query, as a signed URL has: the split comes from the path; classes.txt is beside it
+    out = finetune(tmp_path, base + "/{train-{00000..00005},test-{00000..00002}}.tar?token=abc", "http", "--set",
                    "val_fraction=0.2", env=env)
     assert out.returncode == 0, out.stderr[-2000:]
     record = json.loads((tmp_path / "results" / "http.json").read_text())
@@ -176,6 +177,20 @@ def test_what_cannot_be_streamed_is_one_line(shards, cifar_subset, tmp_path):
     assert "would leave none to train on" in one_error_line(
         finetune(tmp_path, shards, "d", "--streaming", "--set", "val_fraction=0.9"))
     assert "read as a stream" in one_error_line(run_cli("data", "http://127.0.0.1:9/{train-0,test-0}.tar"))
+    assert "is not a shard name" in one_error_line(finetune(tmp_path, "http://127.0.0.1:9/{a,b}.tar", "e"))
+
+
+def test_a_shard_too_large_to_hold_is_cut_with_a_warning_and_memory_stays_bounded(shards, monkeypatch, caplog):
+    from mixer_ft.data import stream
+
+    monkeypatch.setattr(stream, "MAX_SHARD_BYTES", 5 * 1024)  # about 5 CIFAR JPEGs
+    data = shard_stream(str(shards))
+    cursor = ShardCursor(data, data.train, seed=0)
+    taken = cursor.take(30)
+    cursor.close()
+    per_shard = Counter(s[0].split(":")[0] for s in taken)
+    assert all(n < 20 for n in per_shard.values()) and len(per_shard) > 1
+    assert "GiB of images: the rest of it is skipped" in caplog.text
 
 
 @pytest.fixture(scope="module")

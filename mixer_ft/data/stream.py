@@ -9,7 +9,8 @@ The rules, which follow webdataset and ``datasets`` where they have one:
 
 - **Shuffling.** Each epoch the train shards are shuffled by (seed, epoch), and each shard's samples by
   (seed, epoch, shard): the buffer is one shard, as webdataset's ``shuffle`` with a buffer of its size. A
-  shard's samples are held in memory (its size: keep shards to a few hundred MB, as webdataset advises).
+  shard's samples are held in memory (its size: keep shards to a few hundred MB, as webdataset advises; past
+  :data:`MAX_SHARD_BYTES` the rest of a shard is skipped, named in a warning).
 - **Processes.** Of each epoch's shard order, process ``r`` of ``W`` reads shards ``r, r + W, ...``: every
   process reads distinct shards, and each goes on into the next epoch's shards when its own run out, so
   none waits for another. When the shards do not divide among the processes, a process reads one shard
@@ -33,6 +34,7 @@ import math
 import os
 import re
 import urllib.error
+import urllib.parse
 import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -49,6 +51,7 @@ from mixer_ft.data.shards import CLASSES_FILE, SHARD, SPLIT_OF, Shard, labelled_
 from mixer_ft.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
+MAX_SHARD_BYTES = 2 << 30  # of images held from one shard (it and the next are held while they are read)
 FAILED_IN_A_ROW = 3  # train shards in a row that give no sample: the stream is down, not one shard damaged
 Sample = tuple[str, int, bytes]  # (printable name, class, the image file's bytes)
 
@@ -157,13 +160,15 @@ def shard_stream(source: str) -> StreamedSet:
     if is_url(source):
         urls = expand_braces(source)
         found: dict[str, list[Shard]] = {"train": [], "test": [], "validation": []}
-        for url in urls:
-            match = SHARD.fullmatch(url.rpartition("/")[2])
+        for url in urls:  # the name says the split; a query (a signed URL's) is not part of it
+            match = SHARD.fullmatch(urllib.parse.urlsplit(url).path.rpartition("/")[2])
             if match is None:
                 raise ConfigError(f"{url} is not a shard name: a shard URL ends in train-*.tar, test-*.tar or "
                                   "validation-*.tar (.tar.gz, .tgz), which say its split.")
             found[SPLIT_OF[match.group(1).lower()]].append(url_shard(url))
-        classes_at = urls[0].rpartition("/")[0] + "/" + CLASSES_FILE
+        first = urllib.parse.urlsplit(urls[0])
+        classes_at = urllib.parse.urlunsplit((first.scheme, first.netloc, first.path.rpartition("/")[0] + "/" + CLASSES_FILE,
+                                              first.query, ""))  # with the shards' query: a token for the folder
         classes = read_class_names(_fetch_text(classes_at), classes_at)
         fingerprint: list[Any] = ["wds-urls", urls]
     else:
@@ -235,7 +240,15 @@ class ShardCursor:
 
     def _read(self, epoch: int, k: int) -> list[Sample]:
         index = int(self.mine(epoch)[k])
-        samples = list(self.data.samples(self.shards[index], self.skipped))
+        samples, held = [], 0
+        for sample in self.data.samples(self.shards[index], self.skipped):
+            samples.append(sample)
+            held += len(sample[2])
+            if held > MAX_SHARD_BYTES:  # a shard is held whole to be shuffled: memory stays bounded
+                log.warning("%s holds more than %.3g GiB of images: the rest of it is skipped (a shard is held in "
+                            "memory to be shuffled; cut the set into shards of a few hundred MB)", self.shards[index].name,
+                            MAX_SHARD_BYTES / 2**30)
+                break
         order = np.random.default_rng((self.seed, epoch, index)).permutation(len(samples))
         return [samples[i] for i in order]
 
@@ -295,5 +308,5 @@ def is_streamed(source: str, streaming: bool) -> bool:
     return streaming or is_url(source)
 
 
-__all__ = ["FAILED_IN_A_ROW", "Sample", "ShardCursor", "StreamedSet", "expand_braces", "is_streamed",
+__all__ = ["FAILED_IN_A_ROW", "MAX_SHARD_BYTES", "Sample", "ShardCursor", "StreamedSet", "expand_braces", "is_streamed",
            "shard_stream", "split_samples", "stream_timeout", "url_shard"]

@@ -82,8 +82,9 @@ class StreamFeed(Feed):
         self.cursors[step + 1] = self.cursor.state()
         for old in [s for s in self.cursors if s < step - 2]:
             del self.cursors[old]
-        batch = decode_padded(images, lambda a: a, None)
-        own = torch.tensor([a.shape[:2] for a in images], dtype=torch.long)
+        shapes = np.array([a.shape[:2] for a in images], dtype=np.int64)
+        batch = decode_padded(images, lambda a: a, self.decoder, shapes)  # copied into the batch in the threads too
+        own = torch.from_numpy(shapes)
         gen = torch.Generator().manual_seed(batch_seed(self.seed, STREAM_EPOCH + self.rank, step))
         boxes, flips = self.pre.sample(len(images), own[:, 0], own[:, 1], gen)
         tensors = [torch.from_numpy(batch), torch.tensor(labels, dtype=torch.long), boxes, flips, own]
