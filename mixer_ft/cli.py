@@ -94,13 +94,31 @@ def data(
     test_fraction: Annotated[float, typer.Option(help="Of a folder without split folders (<class>/*), the share "
                                                       "of each class held out as the test split.")] = default("test_fraction"),
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
+    streaming: Annotated[bool, typer.Option("--streaming", help="Show shards or hf:owner/name as a run with "
+                                                                "--streaming reads them: shards and classes, nothing "
+                                                                "read or cached (a shard URL always is).")] = False,
 ) -> None:
     """Show a data set's splits, classes and image size (decoding it into the cache on first use)."""
     import logging
 
     from mixer_ft.data.cache import load_data
+    from mixer_ft.data.stream import is_streamed
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
+    if is_streamed(source, streaming):  # shown from its names alone: a stream is not read to be counted
+        from mixer_ft.data.sources import open_stream
+        from mixer_ft.text import one_line
+
+        shown = open_stream(source, image_column, label_column).summary(val_fraction)
+        if as_json:
+            typer.echo(json_text(shown))
+            return
+        typer.echo(f"{'source':<11} {one_line(source)} (streamed: read as a run trains, nothing cached)")
+        for split in ("train", "minival", "test"):
+            typer.echo(f"{split:<11} {shown[f'{split}_shards']:,} shard(s)")
+        typer.echo(f"{'test split':<11} {shown['test_from']}")
+        typer.echo(f"{'classes':<11} {len(shown['classes'])}: {' '.join(one_line(c) for c in shown['classes'])}")
+        return
     info = load_data(source, image_column=image_column, label_column=label_column,
                      test_fraction=test_fraction).summary(val_fraction, seed)
     if as_json:

@@ -127,6 +127,10 @@ def test_a_streamed_run_over_http_trains_without_a_cache_and_scores_every_test_i
     assert record["streamed"] and record["classes"] == CLASSES
     assert record["test_images"] == 30 and record["minival_images"] == 40  # ceil(0.2 x 6) = 2 shards held out
     assert not (tmp_path / "cache" / "data").exists() or not any((tmp_path / "cache" / "data").iterdir())
+    shown = run_cli("data", base + "/{train-{00000..00005},test-{00000..00002}}.tar", "--val-fraction", "0.2", "--json")
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert {k: v for k, v in json.loads(shown.stdout).items() if k.endswith("_shards")} == \
+        {"train_shards": 4, "minival_shards": 2, "test_shards": 3}
 
 
 def test_a_stalled_shard_is_named_and_skipped_and_a_dead_stream_is_one_line(shards, server, tmp_path):
@@ -176,7 +180,10 @@ def test_what_cannot_be_streamed_is_one_line(shards, cifar_subset, tmp_path):
     assert "measured in steps" in one_error_line(finetune(tmp_path, shards, "c", "--streaming", "--set", "epochs=1"))
     assert "would leave none to train on" in one_error_line(
         finetune(tmp_path, shards, "d", "--streaming", "--set", "val_fraction=0.9"))
-    assert "read as a stream" in one_error_line(run_cli("data", "http://127.0.0.1:9/{train-0,test-0}.tar"))
+    from mixer_ft.data.cache import load_data
+
+    with pytest.raises(ConfigError, match="read as a stream"):  # evaluate, few-shot: what reads into the cache
+        load_data("http://127.0.0.1:9/{train-0,test-0}.tar")
     assert "is not a shard name" in one_error_line(finetune(tmp_path, "http://127.0.0.1:9/{a,b}.tar", "e"))
 
 

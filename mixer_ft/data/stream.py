@@ -141,6 +141,12 @@ class StreamedSet:
     def dataset_id(self) -> str:
         return canonical_dataset(self.source, self.classes, self.test_images)
 
+    def summary(self, val_fraction: float) -> dict[str, Any]:
+        """What ``mixer-ft data`` shows of a stream, read from its names alone: shards by split, and classes."""
+        train, minival = self.cut(val_fraction)
+        return {"source": self.source, "streamed": True, "train_shards": len(train), "minival_shards": len(minival),
+                "test_shards": len(self.test), "test_from": self.test_from, "classes": self.classes}
+
     def cut(self, val_fraction: float) -> tuple[list[Shard], list[Shard]]:
         """(train shards, minival shards): the last ceil(val_fraction x train shards) held out."""
         held = math.ceil(val_fraction * len(self.train)) if val_fraction > 0 else 0
