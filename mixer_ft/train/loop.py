@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from mixer_ft.atomic import atomic_write_text, json_text, locked, sweep_partial_writes
-from mixer_ft.data.cache import load_data
+from mixer_ft.data.cache import ImageData, load_data
 from mixer_ft.data.preprocess import Preprocess
 from mixer_ft.data.sources import check_outside_data, open_stream
 from mixer_ft.data.stream import StreamedSet, is_streamed
@@ -97,6 +97,26 @@ def _schedule_length(recipe: Recipe, n_train: int) -> tuple[int, int]:
     return steps_per_epoch, math.ceil(recipe.epochs * steps_per_epoch) if recipe.epochs else recipe.steps
 
 
+def _data(recipe: Recipe, state: Any) -> tuple[ImageData | StreamedSet, dict[str, Any], int, int]:
+    """The run's data, its splits and its length (steps per epoch, total steps): from the cache, or a stream."""
+    if is_streamed(recipe.dataset, recipe.streaming):  # read shard by shard as it trains (data/stream.py)
+        data = open_stream(recipe.dataset, recipe.image_column, recipe.label_column)
+        if recipe.epochs:
+            raise ConfigError(f"{recipe.dataset} is streamed: its size is not known before it is read, so a run is measured "
+                              "in steps. Give --steps instead of epochs.")
+        train_shards, minival_shards = data.cut(recipe.val_fraction)
+        # No epochs: one nominal "epoch" of the run's steps
+        return data, {"train": train_shards, "minival": minival_shards, "test": data.test}, recipe.steps, recipe.steps
+    with state.main_process_first():  # one process decodes into the cache, the others read it
+        cached = load_data(recipe.dataset, image_column=recipe.image_column, label_column=recipe.label_column,
+                           test_fraction=recipe.test_fraction)
+    splits = cached.splits(recipe.val_fraction, recipe.seed)
+    if state.is_main_process:
+        for warning in cached.small_splits(splits):
+            log.warning(warning)
+    return cached, splits, *_schedule_length(recipe, len(splits["train"][1]))
+
+
 def setup(recipe: Recipe, *, fresh: bool = False) -> Run:
     """Data, model, optimizers and schedules, prepared by Accelerate; ``fresh`` drops old checkpoints."""
     from accelerate import Accelerator, PartialState
@@ -111,23 +131,7 @@ def setup(recipe: Recipe, *, fresh: bool = False) -> Run:
         for inside in ("checkpoints", "model"):  # found now, not when the finished model is saved
             if (out / inside).exists() and not (out / inside).is_dir():
                 raise ConfigError(f"{out / inside} is a file where the run keeps its {inside} folder; move it away.")
-    if is_streamed(recipe.dataset, recipe.streaming):  # read shard by shard as it trains (data/stream.py)
-        data = open_stream(recipe.dataset, recipe.image_column, recipe.label_column)
-        if recipe.epochs:
-            raise ConfigError(f"{recipe.dataset} is streamed: its size is not known before it is read, so a run is measured "
-                              "in steps. Give --steps instead of epochs.")
-        train_shards, minival_shards = data.cut(recipe.val_fraction)
-        splits: dict[str, Any] = {"train": train_shards, "minival": minival_shards, "test": data.test}
-        steps_per_epoch, total = recipe.steps, recipe.steps  # no epochs: one nominal "epoch" of the run's steps
-    else:
-        with state.main_process_first():  # one process decodes into the cache, the others read it
-            data = load_data(recipe.dataset, image_column=recipe.image_column, label_column=recipe.label_column,
-                             test_fraction=recipe.test_fraction)
-        splits = data.splits(recipe.val_fraction, recipe.seed)
-        if state.is_main_process:
-            for warning in data.small_splits(splits):
-                log.warning(warning)
-        steps_per_epoch, total = _schedule_length(recipe, len(splits["train"][1]))
+    data, splits, steps_per_epoch, total = _data(recipe, state)
 
     torch.manual_seed(recipe.seed)  # the same initial weights on every process
     model, head = build_model(recipe, data.classes)
