@@ -127,6 +127,8 @@ def test_a_streamed_run_over_http_trains_without_a_cache_and_scores_every_test_i
     assert record["streamed"] and record["classes"] == CLASSES
     assert record["test_images"] == 30 and record["minival_images"] == 40  # ceil(0.2 x 6) = 2 shards held out
     assert not (tmp_path / "cache" / "data").exists() or not any((tmp_path / "cache" / "data").iterdir())
+    dry = run_cli("finetune", "--dataset", base + "/{train-0,test-0}.tar", "--dry-run", cwd=REPO)
+    assert 'streaming = true  # rule (a shard URL is always streamed)' in dry.stdout, dry.stdout[-2000:]
     shown = run_cli("data", base + "/{train-{00000..00005},test-{00000..00002}}.tar", "--val-fraction", "0.2", "--json")
     assert shown.returncode == 0, shown.stderr[-2000:]
     assert {k: v for k, v in json.loads(shown.stdout).items() if k.endswith("_shards")} == \

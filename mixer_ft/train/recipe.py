@@ -381,6 +381,10 @@ def resolve(path: str | None, flags: dict[str, Any], set_items: list[str],
     what the rule chose and why (None when it did not apply)."""
     r, overrides = from_command_line(path, flags, set_items)
     origin = origins(path, overrides)
+    from mixer_ft.data.names import is_url
+
+    if is_url(r.dataset) and not r.streaming:  # said as it is: a shard URL is never cached
+        r, origin = r.replace(streaming=True), origin | {"streaming": "rule (a shard URL is always streamed)"}
     if {"steps", "epochs"} & {k for k, v in origin.items() if v != "default"}:
         said = None
     else:
