@@ -121,7 +121,7 @@ def to_rgb_array(item: ImageItem, size: tuple[int, int] | None = None, max_side:
 def by_libjpeg(data: bytes, img: Any) -> np.ndarray | None:
     """An RGB or grayscale JPEG decoded by torchvision's libjpeg-turbo, turned upright by its EXIF orientation:
     the same pixels as PIL's decode (the same library; tests/test_encoded_store.py checks every orientation),
-    a quarter faster, and with the GIL released, so decode threads run side by side. None where PIL decodes: not
+    faster (benchmarks/data_scale.py), and with the GIL released, so decode threads run side by side. None where PIL decodes: not
     a JPEG of those modes, no end marker (PIL refuses a file cut short, libjpeg would pad it), draft scaling,
     or torchvision missing or failing."""
     if img.format != "JPEG" or img.mode not in ("RGB", "L") or not data.rstrip(b"\0").endswith(b"\xff\xd9"):
@@ -141,8 +141,8 @@ def by_libjpeg(data: bytes, img: Any) -> np.ndarray | None:
 
 def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """An (H, W, 3) uint8 image resized to ``size`` (h, w): bilinear, antialiased when it shrinks (PIL's triangle
-    filter, as torch's uint8 kernel computes it: within 2 levels of PIL's own, and 3.5x faster, which is most of
-    the time a batch of photos takes to decode)."""
+    filter, as torch's uint8 kernel computes it: within 2 levels of PIL's own, and several times faster; PIL's
+    was most of the time a batch of photos took to decode)."""
     import torch
     import torch.nn.functional as F
 

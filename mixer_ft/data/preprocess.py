@@ -153,7 +153,7 @@ def _crop_resize_each(images: torch.Tensor, boxes: torch.Tensor, size: int, flip
     """:func:`crop_resize` on a CPU, for boxes inside their images: each box sliced out (as ``tf.slice``) and
     resized by ``F.interpolate`` (bilinear, half-pixel centres, no antialiasing: TF's ``tf.image.resize``).
     The same sampling as the batched taps, counted from the box's corner rather than the image's (so a little
-    closer to TF's, which sees only the slice); 4x faster on a CPU, whose gathers are slow."""
+    closer to TF's, which sees only the slice); several times faster on a CPU, whose gathers are slow."""
     import torch.nn.functional as F
 
     out = torch.empty(len(images), images.shape[3], size, size, dtype=dtype)
