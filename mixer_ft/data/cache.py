@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -200,6 +201,15 @@ def _decode(payload: tuple[Any, tuple[int, int] | None, int]) -> np.ndarray | st
                                                max_side=max_side))
 
 
+def _one_thread() -> None:
+    """A forked decode worker's torch on one thread, as DataLoader's workers: one worker a core needs no more, and
+    a forked child lacks the parent's OpenMP threads. (No import here: a fork inherits any import lock a thread of
+    the parent held.)"""
+    torch = sys.modules.get("torch")
+    if torch is not None:
+        torch.set_num_threads(1)
+
+
 def _decoded(reader: Reader, size: tuple[int, int] | None, max_side: int,
              index_only: bool = False) -> Iterator[tuple[str, str | int, str, Any]]:
     """(split, label, name, image or why not) for each image of ``reader``, in order.
@@ -215,7 +225,7 @@ def _decoded(reader: Reader, size: tuple[int, int] | None, max_side: int,
 
     workers = decode_workers() if "fork" in multiprocessing.get_all_start_methods() else 1
     items = reader.items()
-    pool = multiprocessing.get_context("fork").Pool(workers) if workers > 1 else None
+    pool = multiprocessing.get_context("fork").Pool(workers, initializer=_one_thread) if workers > 1 else None
     try:
         with Ticker(f"{'indexing' if index_only else 'decoding'} {Path(reader.location).name}") as bar:
             while window := _window(items, 64 * workers):

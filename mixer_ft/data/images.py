@@ -107,36 +107,12 @@ def to_rgb_array(item: ImageItem, size: tuple[int, int] | None = None, max_side:
     if img.size[0] * img.size[1] > MAX_PIXELS:  # checked on the header, before any pixel is decoded
         raise Image.DecompressionBombError(f"{img.size[0]}x{img.size[1]} pixels, more than the {MAX_PIXELS:,} "
                                            "an image may have")
-    full = img.size
     if max_side and not size and img.format == "JPEG":
         img.draft(img.mode, bounded(img.size, max_side))  # the decoder's own 1/2, 1/4, 1/8 scaling
-    arr = None if isinstance(obj, Image.Image) or img.size != full else by_libjpeg(obj, img)
-    if arr is None:
-        arr = np.asarray(to_rgb(img), dtype=np.uint8)
-    h, w = arr.shape[:2]
-    target = size if size else bounded((w, h), max_side)[::-1]
-    return resize(arr, target) if (h, w) != tuple(target) else arr
-
-
-def by_libjpeg(data: bytes, img: Any) -> np.ndarray | None:
-    """An RGB or grayscale JPEG decoded by torchvision's libjpeg-turbo, turned upright by its EXIF orientation:
-    the same pixels as PIL's decode (the same library; tests/test_encoded_store.py checks every orientation),
-    faster (benchmarks/data_scale.py), and with the GIL released, so decode threads run side by side. None where PIL decodes: not
-    a JPEG of those modes, no end marker (PIL refuses a file cut short, libjpeg would pad it), draft scaling,
-    or torchvision missing or failing."""
-    if img.format != "JPEG" or img.mode not in ("RGB", "L") or not data.rstrip(b"\0").endswith(b"\xff\xd9"):
-        return None
-    try:
-        import torch
-        from torchvision.io import ImageReadMode, decode_jpeg
-    except ImportError:
-        return None
-    try:
-        chw = decode_jpeg(torch.frombuffer(bytearray(data), dtype=torch.uint8), mode=ImageReadMode.RGB,
-                          apply_exif_orientation=True)
-    except RuntimeError:  # what libjpeg refuses, PIL is asked to decode (and to say why not)
-        return None
-    return np.ascontiguousarray(chw.permute(1, 2, 0).numpy())
+    img = to_rgb(img)
+    target = size[::-1] if size else bounded(img.size, max_side)
+    arr = np.asarray(img, dtype=np.uint8)
+    return resize(arr, target[::-1]) if img.size != target else arr
 
 
 def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -153,5 +129,5 @@ def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.ascontiguousarray(out[0].permute(1, 2, 0).numpy())
 
 
-__all__ = ["MAX_FILE_BYTES", "bounded", "by_libjpeg", "resize", "decode_workers", "or_why", "MAX_PIXELS", "ImageItem", "printable",
+__all__ = ["MAX_FILE_BYTES", "bounded", "resize", "decode_workers", "or_why", "MAX_PIXELS", "ImageItem", "printable",
            "to_rgb", "to_rgb_array"]
