@@ -157,3 +157,42 @@ def test_images_are_scaled_down_as_pils_bilinear_filter_scales_them_to_within_tw
     pil = np.asarray(Image.fromarray(picture).resize(dst[::-1], Image.BILINEAR)).astype(int)
     assert ours.shape == pil.shape == (*dst, 3)
     assert np.abs(ours - pil).max() <= 2 and np.abs(ours - pil).mean() < 0.1
+
+
+FORK_WHILE_DECODING = """
+import os, shutil, sys, threading
+from mixer_ft.data.cache import load_data
+from mixer_ft.data.images import to_rgb_array
+
+data = open(sys.argv[2], "rb").read()
+stop = False
+def busy():  # other threads decoding (and, on their first image, importing torch) while a cache is built
+    while not stop:
+        to_rgb_array(("x", lambda: data), None, 512)
+threads = [threading.Thread(target=busy) for _ in range(2)]
+for t in threads:
+    t.start()
+try:
+    for _ in range(3):
+        load_data(sys.argv[1])  # MIXER_FT_STORE=decoded, a fresh cache each time: forked decode workers
+        shutil.rmtree(os.path.join(os.environ["MIXER_FT_CACHE"], "data"))
+finally:
+    stop = True
+    for t in threads:
+        t.join()
+print("built")
+"""
+
+
+def test_the_cache_builds_while_other_threads_decode_and_import(photos_640, tmp_path):
+    """A fork taken while another thread was importing torch left the decode workers waiting on its import lock
+    for good; what the workers use is imported whole before the fork."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MIXER_FT_CACHE": str(tmp_path / "cache"), "MIXER_FT_STORE": "decoded", "MIXER_FT_WORKERS": "2"}
+    photo = next(photos_640.rglob("*.jpg"))
+    out = subprocess.run([sys.executable, "-c", FORK_WHILE_DECODING, str(photos_640), str(photo)], capture_output=True,
+                         text=True, env=env, cwd=REPO, timeout=300)
+    assert out.returncode == 0 and "built" in out.stdout, out.stderr[-2000:]

@@ -19,7 +19,6 @@ import json
 import logging
 import os
 import shutil
-import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -203,11 +202,20 @@ def _decode(payload: tuple[Any, tuple[int, int] | None, int]) -> np.ndarray | st
 
 def _one_thread() -> None:
     """A forked decode worker's torch on one thread, as DataLoader's workers: one worker a core needs no more, and
-    a forked child lacks the parent's OpenMP threads. (No import here: a fork inherits any import lock a thread of
-    the parent held.)"""
-    torch = sys.modules.get("torch")
-    if torch is not None:
-        torch.set_num_threads(1)
+    a forked child lacks the parent's OpenMP threads."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def _whole_before_fork() -> None:
+    """Import, in this thread, what the decode workers use. A fork taken while another thread is importing a
+    module leaves it half-imported in the child, its lock held by a thread the child does not have: the child's
+    first use of it hangs for good. Importing it here waits for any such import to finish first."""
+    import torch.nn.functional  # noqa: F401 - the resize
+    from PIL import Image
+
+    Image.init()  # PIL's format plugins, imported on first open otherwise
 
 
 def _decoded(reader: Reader, size: tuple[int, int] | None, max_side: int,
@@ -225,6 +233,8 @@ def _decoded(reader: Reader, size: tuple[int, int] | None, max_side: int,
 
     workers = decode_workers() if "fork" in multiprocessing.get_all_start_methods() else 1
     items = reader.items()
+    if workers > 1:
+        _whole_before_fork()
     pool = multiprocessing.get_context("fork").Pool(workers, initializer=_one_thread) if workers > 1 else None
     try:
         with Ticker(f"{'indexing' if index_only else 'decoding'} {Path(reader.location).name}") as bar:
