@@ -122,9 +122,11 @@ def measure(way: str, folder: Path, workers: list[int], batches: int, batch: int
         from concurrent.futures import ThreadPoolExecutor
 
         if way == "stream":  # the shards read as a run reads them with --streaming: no cache, no index
-            from mixer_ft.data.encoded import decode_padded, decoding_pool
+            from collections import Counter
+
+            from mixer_ft.data.encoded import decoding_pool
             from mixer_ft.data.stream import ShardCursor, shard_stream
-            from mixer_ft.train.stream_feed import decode
+            from mixer_ft.train.stream_feed import decoded, padded
 
             stream = shard_stream(str(folder / "shards"))
             cursor = ShardCursor(stream, stream.train, seed=0)
@@ -132,9 +134,9 @@ def measure(way: str, folder: Path, workers: list[int], batches: int, batch: int
             def gather(step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
                 if not pool:
                     pool.append(decoding_pool())
-                arrays = list(pool[0].map(decode, cursor.take(batch)))
-                own = np.array([a.shape[:2] for a in arrays], dtype=np.int64)
-                return torch.from_numpy(decode_padded(arrays, lambda a: a, pool[0], own)), torch.from_numpy(own)
+                kept = decoded(pool[0], cursor.take(batch), Counter(), "left out")  # as the training feed decodes
+                images, own = padded([image for _, image in kept], pool[0])
+                return torch.from_numpy(images), torch.from_numpy(own)
         else:
             if way == "decoded":
                 os.environ["MIXER_FT_STORE"] = "decoded"  # every image decoded into the cache (0.1.0's store)

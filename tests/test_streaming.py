@@ -251,3 +251,23 @@ def test_two_processes_stream_distinct_shards_count_each_test_image_once_and_res
     saved = torch.load(tmp_path / "two" / "checkpoints" / "step_00000006.pt", weights_only=False)
     assert len(saved["stream"]) == 2 and all(c[:2] == [0, 1] and c[2] == 4 for c in saved["stream"])  # 6 x 4 = 20 + 4
     assert "resume it with 2, not 1" in one_error_line(run_cli(*args, cwd=REPO))
+
+
+def test_a_split_is_scored_as_it_is_read_not_read_whole_first(shards):
+    """Scoring a streamed split holds one chunk of it: the first chunk comes after the first shard is opened,
+    not after every shard has been read (ImageNet's validation shards are 6 GB)."""
+    import dataclasses
+
+    from mixer_ft.data.shards import Shard
+    from mixer_ft.train.stream_feed import stream_chunks
+
+    data, opened = shard_stream(str(shards)), []
+
+    def counted(shard):
+        return Shard(shard.name, lambda: (opened.append(shard.name), shard.open())[1])
+
+    data = dataclasses.replace(data, train=[counted(s) for s in data.train])
+    chunks = stream_chunks(data, data.train, (0, 1), 8)
+    images, labels, extents = next(chunks)
+    assert len(opened) == 1 and images.shape[0] == len(labels) == len(extents) == 8
+    assert sum(len(c[1]) for c in chunks) == 120 - 8 and len(opened) == 6

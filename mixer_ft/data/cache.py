@@ -233,9 +233,10 @@ def _decoded(reader: Reader, size: tuple[int, int] | None, max_side: int,
 
     workers = decode_workers() if "fork" in multiprocessing.get_all_start_methods() else 1
     items = reader.items()
+    pool = None
     if workers > 1:
         _whole_before_fork()
-    pool = multiprocessing.get_context("fork").Pool(workers, initializer=_one_thread) if workers > 1 else None
+        pool = multiprocessing.get_context("fork").Pool(workers, initializer=_one_thread)
     try:
         with Ticker(f"{'indexing' if index_only else 'decoding'} {Path(reader.location).name}") as bar:
             while window := _window(items, 64 * workers):

@@ -74,17 +74,11 @@ def _index(data: bytes, max_side: int) -> tuple[int, int, bytes | None] | str:
     return arr.shape[0], arr.shape[1], out.getvalue()
 
 
-def decode_padded(images: list[Any], decode: Any, pool: ThreadPoolExecutor | None,
-                  shapes: np.ndarray | None = None) -> np.ndarray:
-    """``decode(x)`` (an (h, w, 3) uint8 array) of each of ``images``, padded with zeros (bottom and right)
-    into one (n, H, W, 3) array, in ``pool``'s threads where there are several.
-
-    ``shapes``: each image's (h, w), where known before decoding: then each thread writes its image into
-    the batch itself (a batch of photos is 150 MB: one thread copying it all would be a fifth of the time)."""
-    if shapes is None:
-        decoded = list(pool.map(decode, images)) if pool is not None and len(images) > 1 else [decode(x) for x in images]
-        return decode_padded(list(range(len(decoded))), decoded.__getitem__, None,
-                             np.array([a.shape[:2] for a in decoded], dtype=np.int64).reshape(-1, 2))
+def decode_padded(images: list[Any], decode: Any, pool: ThreadPoolExecutor | None, shapes: np.ndarray) -> np.ndarray:
+    """``decode(x)`` (an (h, w, 3) uint8 array, ``shapes[k]`` for the k-th) of each of ``images``, padded with
+    zeros (bottom and right) into one (n, H, W, 3) array. In ``pool``'s threads where there are several, each
+    thread writing its image into the batch itself (a batch of photos is 150 MB: one thread copying it all
+    would be a fifth of the time)."""
     h, w = shapes.max(0) if len(shapes) else (0, 0)
     out = np.empty((len(images), h, w, 3), dtype=np.uint8)
 

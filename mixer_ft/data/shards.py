@@ -105,11 +105,15 @@ class ShardReader(Reader):
             for name, label, data in labelled_samples(shard.open, shard.name, self.named, skipped):
                 top = max(top, label)
                 yield split, label, (name, lambda data=data: data)
-        if skipped:
-            log.warning("%s: skipped %s", printable(self.location),
-                        "; ".join(f"{n} {why}" for why, n in sorted(skipped.items())))
+        report_skipped(self.location, skipped)
         if self.named is None:
             self.classes = [str(i) for i in range(top + 1)]
+
+
+def report_skipped(location: str, skipped: Counter[str]) -> None:
+    """One warning: what of ``location`` was skipped, counted by kind."""
+    if skipped:
+        log.warning("%s: skipped %s", printable(location), "; ".join(f"{n} {why}" for why, n in sorted(skipped.items())))
 
 
 def read_class_names(text: str, where: str) -> list[str]:
@@ -202,4 +206,4 @@ class Shard:
 
 
 __all__ = ["SHARD", "SPLIT_OF", "Shard", "ShardReader", "is_shard_folder", "labelled_samples", "local_shard",
-           "read_class_names", "sample_label", "shards_of", "tar_samples"]
+           "read_class_names", "report_skipped", "sample_label", "shards_of", "tar_samples"]

@@ -163,8 +163,9 @@ class WebDatasetShards(DataSource):
         return shard_stream(source)
 
 
-class ShardURLs(DataSource):
-    """Webdataset shards on a server: a URL pattern (``https://host/{train-{0000..0099},test-0000}.tar``), streamed."""
+class ShardURLs(WebDatasetShards):
+    """Webdataset shards on a server: a URL pattern (``https://host/{train-{0000..0099},test-0000}.tar``), streamed
+    (as a shard folder with ``--streaming``), never cached."""
 
     def matches(self, source: str) -> bool:
         return is_url(source)
@@ -173,11 +174,6 @@ class ShardURLs(DataSource):
                test_fraction: float) -> Reader:
         raise ConfigError(f"{source} is read as a stream while a run trains (mixer-ft finetune --dataset '{source}'), "
                           "never into the data cache; to cache the shards, download them into a folder and give that.")
-
-    def stream(self, source: str, image_column: str | None, label_column: str | None) -> StreamedSet:
-        from mixer_ft.data.stream import shard_stream
-
-        return shard_stream(source)
 
 
 class ImageFolder(DataSource):
@@ -205,7 +201,7 @@ def data_source_of(source: str) -> DataSource | None:
     Raises:
         ConfigError: a local path that is a FIFO, device or socket, or has an over-long name (the gate).
     """
-    if not source.startswith(("hf:", "http://", "https://", "file://")) and source not in HUB_DATASETS:
+    if not (source.startswith("hf:") or is_url(source)) and source not in HUB_DATASETS:
         path = check_path(Path(source).expanduser(), "data set")
         if looks_local(source) and not path.exists():  # a mistyped path is not an offline problem
             raise ConfigError(no_such(source, "data set"))
@@ -274,7 +270,7 @@ def check_outside_data(source: str, path: str | Path, what: str) -> None:
         ConfigError: naming both.
     """
     data = Path(source).expanduser()
-    if source.startswith(("hf:", "http://", "https://", "file://")) or source in HUB_DATASETS or not data.is_dir():
+    if source.startswith("hf:") or is_url(source) or source in HUB_DATASETS or not data.is_dir():
         return
     if Path(path).expanduser().resolve().is_relative_to(data.resolve()):
         raise ConfigError(f"The {what} {path} is inside the data folder {source}: what is written there would be read "

@@ -39,7 +39,7 @@ import urllib.request
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -47,7 +47,7 @@ import numpy as np
 
 from mixer_ft.atomic import json_text
 from mixer_ft.data.names import canonical_dataset, is_url
-from mixer_ft.data.shards import CLASSES_FILE, SHARD, SPLIT_OF, Shard, labelled_samples, local_shard, read_class_names, shards_of
+from mixer_ft.data.shards import CLASSES_FILE, SHARD, SPLIT_OF, Shard, ShardReader, labelled_samples, read_class_names, report_skipped
 from mixer_ft.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
@@ -94,8 +94,8 @@ def expand_braces(pattern: str) -> list[str]:
     else:
         edges = [start, *cuts, i]
         options = [pattern[edges[k] + 1:edges[k + 1]] for k in range(len(edges) - 1)]
-    return [name for option in options for rest in expand_braces(tail)
-            for name in (head + x + rest for x in expand_braces(option))]
+    tails = expand_braces(tail)
+    return [head + x + rest for option in options for x in expand_braces(option) for rest in tails]
 
 
 def url_shard(url: str) -> Shard:
@@ -124,7 +124,6 @@ class StreamedSet:
     fingerprint: list[Any]
     reading: Callable[[Shard, list[str], Counter[str]], Iterator[Sample]] | None = None
     test_images: int = 0  # counted when the test split is scored
-    extents: dict = field(default_factory=dict)  # none: images are decoded per batch
 
     def samples(self, shard: Shard, skipped: Counter[str]) -> Iterator[Sample]:
         """The usable samples of ``shard`` in order; what cannot be used counted in ``skipped``."""
@@ -176,24 +175,19 @@ def shard_stream(source: str) -> StreamedSet:
         classes_at = urllib.parse.urlunsplit((first.scheme, first.netloc, first.path.rpartition("/")[0] + "/" + CLASSES_FILE,
                                               first.query, ""))  # with the shards' query: a token for the folder
         classes = read_class_names(_fetch_text(classes_at), classes_at)
-        fingerprint: list[Any] = ["wds-urls", urls]
-    else:
-        folder = Path(source).expanduser()
-        found = {split: [local_shard(p) for p in paths] for split, paths in shards_of(folder).items()}
-        classes_at = str(folder / CLASSES_FILE)
-        if not (folder / CLASSES_FILE).is_file():
-            raise DataError(f"{folder} has no {CLASSES_FILE}: a streamed set needs its class names before it reads a "
-                            "sample. Put one name per line, in class-index order, beside the shards.")
-        from mixer_ft.gate import read_text
-
-        classes = read_class_names(read_text(folder / CLASSES_FILE, "class list"), classes_at)
-        fingerprint = ["wds-stream", [[s.name, os.stat(s.name).st_size] for ss in found.values() for s in ss]]
-    test = found["test"] or found["validation"]
-    if not found["train"] or not test:
-        lacking = "train-*" if not found["train"] else "test-* or validation-*"
-        raise DataError(f"{source} has no {lacking} shards: a streamed set needs train and test (or validation) shards.")
-    test_from = "its test-* shards" if found["test"] else "its validation-* shards"
-    return StreamedSet(source, source, classes, found["train"], test, test_from, fingerprint)
+        test = found["test"] or found["validation"]
+        if not found["train"] or not test:
+            lacking = "train-*" if not found["train"] else "test-* or validation-*"
+            raise DataError(f"{source} has no {lacking} shards: a streamed set needs train and test (or validation) "
+                            "shards.")
+        test_from = "its test-* shards" if found["test"] else "its validation-* shards"
+        return StreamedSet(source, source, classes, found["train"], test, test_from, ["wds-urls", urls])
+    reader = ShardReader(Path(source).expanduser())  # a folder: its shards by split and classes.txt, as cached
+    if reader.named is None:
+        raise DataError(f"{source} has no {CLASSES_FILE}: a streamed set needs its class names before it reads a "
+                        "sample. Put one name per line, in class-index order, beside the shards.")
+    train, test = ([shard for split, shard in reader.shards if split == want] for want in ("train", "test"))
+    return StreamedSet(source, source, reader.named, train, test, reader.test_from, reader.fingerprint())
 
 
 def _fetch_text(url: str) -> str:
@@ -305,8 +299,7 @@ def split_samples(data: StreamedSet, shards: list[Shard], process: tuple[int, in
     skipped: Counter[str] = Counter()
     for shard in shards[process[0]::process[1]]:
         yield from data.samples(shard, skipped)
-    if skipped:
-        log.warning("%s: skipped %s", data.location, "; ".join(f"{n} {why}" for why, n in sorted(skipped.items())))
+    report_skipped(data.location, skipped)
 
 
 def is_streamed(source: str, streaming: bool) -> bool:

@@ -10,9 +10,11 @@ starts, whatever the feed has read ahead.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections import Counter
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -21,6 +23,7 @@ import torch
 from mixer_ft.data.encoded import decode_padded, decoding_pool
 from mixer_ft.data.images import or_why, printable, to_rgb_array
 from mixer_ft.data.preprocess import batch_seed
+from mixer_ft.data.shards import report_skipped
 from mixer_ft.data.stream import Sample, ShardCursor, StreamedSet, split_samples
 from mixer_ft.model.config import MAX_SIDE
 from mixer_ft.train.feed import Feed, StepData
@@ -38,6 +41,27 @@ def decode(sample: Sample) -> np.ndarray | str:
     """A sample's image as the stores decode it (upright, RGB, longer side at most MAX_SIDE), or why not."""
     data = sample[2]
     return or_why(data, lambda d: to_rgb_array(("", lambda: d), None, MAX_SIDE))
+
+
+def decoded(pool: ThreadPoolExecutor, samples: list[Sample], failed: Counter[str],
+            instead: str) -> list[tuple[Sample, np.ndarray]]:
+    """Each sample with its image, decoded in ``pool``'s threads. One that does not decode is left out, counted in
+    ``failed`` by why, and the first :data:`NAMED` are named in a warning that says what happens ``instead``."""
+    kept = []
+    for sample, image in zip(samples, pool.map(decode, samples), strict=True):
+        if isinstance(image, str):
+            failed[image] += 1
+            if sum(failed.values()) <= NAMED:
+                log.warning("%s does not decode (%s): %s", printable(sample[0]), image, instead)
+            continue
+        kept.append((sample, image))
+    return kept
+
+
+def padded(images: list[np.ndarray], pool: ThreadPoolExecutor) -> tuple[np.ndarray, np.ndarray]:
+    """Decoded images of several sizes as one zero-padded (n, H, W, 3) batch, and each one's (h, w)."""
+    shapes = np.array([a.shape[:2] for a in images], dtype=np.int64).reshape(-1, 2)
+    return decode_padded(images, lambda a: a, pool, shapes), shapes
 
 
 class StreamFeed(Feed):
@@ -69,66 +93,47 @@ class StreamFeed(Feed):
 
     def _prepare(self, step: int) -> StepData:
         self.cursors[step] = self.cursor.state()
-        images: list[np.ndarray] = []
-        labels: list[int] = []
-        while len(images) < self.local_batch:
-            samples = self.cursor.take(self.local_batch - len(images))
-            for sample, image in zip(samples, self.decoder.map(decode, samples), strict=True):
-                if isinstance(image, str):
-                    self._not_decoded(sample[0], image)
-                    continue
-                images.append(image)
-                labels.append(sample[1])
+        kept: list[tuple[Sample, np.ndarray]] = []
+        while len(kept) < self.local_batch:
+            kept += decoded(self.decoder, self.cursor.take(self.local_batch - len(kept)), self.failed,
+                            "the stream's next image takes its place")
         self.cursors[step + 1] = self.cursor.state()
         for old in [s for s in self.cursors if s < step - 2]:
             del self.cursors[old]
-        shapes = np.array([a.shape[:2] for a in images], dtype=np.int64)
-        batch = decode_padded(images, lambda a: a, self.decoder, shapes)  # copied into the batch in the threads too
+        batch, shapes = padded([image for _, image in kept], self.decoder)  # copied into the batch in the threads
         own = torch.from_numpy(shapes)
+        labels = [sample[1] for sample, _ in kept]
         gen = torch.Generator().manual_seed(batch_seed(self.seed, STREAM_EPOCH + self.rank, step))
-        boxes, flips = self.pre.sample(len(images), own[:, 0], own[:, 1], gen)
+        boxes, flips = self.pre.sample(len(kept), own[:, 0], own[:, 1], gen)
         tensors = [torch.from_numpy(batch), torch.tensor(labels, dtype=torch.long), boxes, flips, own]
         if self.side is None:
             return StepData(*tensors)
         moved, ready = self._send(tensors)
         return StepData(*moved, ready=ready)
 
-    def _not_decoded(self, name: str, why: str) -> None:
-        self.failed[why] += 1
-        if sum(self.failed.values()) <= NAMED:
-            log.warning("%s does not decode (%s): the stream's next image takes its place", printable(name), why)
-
     def close(self) -> None:
         super().close()
         self.cursor.close()
         self.decoder.shutdown(wait=False, cancel_futures=True)
-        skipped = self.cursor.skipped + Counter({f"image(s) that do not decode ({w})": n for w, n in self.failed.items()})
-        if skipped:
-            log.warning("%s: skipped %s", self.data.location, "; ".join(f"{n} {w}" for w, n in sorted(skipped.items())))
+        report_skipped(self.data.location, self.cursor.skipped +
+                       Counter({f"image(s) that do not decode ({w})": n for w, n in self.failed.items()}))
 
 
 def stream_chunks(data: StreamedSet, shards: list[Shard], process: tuple[int, int],
                   size: int) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
-    """This process's share of ``shards`` (see :func:`~mixer_ft.data.stream.split_samples`) in chunks of ``size``:
-    (images decoded and padded, labels, each image's (h, w)). An image that does not decode is named and left out."""
-    pool, chunk, failed = decoding_pool(), [], 0
+    """This process's share of ``shards`` (see :func:`~mixer_ft.data.stream.split_samples`) in chunks of ``size``,
+    read as they are scored: (images decoded and padded, labels, each image's (h, w)). An image that does not
+    decode is named and left out."""
+    pool, failed = decoding_pool(), Counter()
+    samples = split_samples(data, shards, process)
     try:
-        for sample in [*split_samples(data, shards, process), None]:
-            if sample is not None:
-                chunk.append(sample)
-            if chunk and (len(chunk) == size or sample is None):
-                decoded = list(pool.map(decode, chunk))
-                kept = [(s, a) for s, a in zip(chunk, decoded, strict=True) if not isinstance(a, str)]
-                for s, a in zip(chunk, decoded, strict=True):
-                    if isinstance(a, str) and (failed := failed + 1) <= NAMED:
-                        log.warning("%s does not decode (%s): not scored", printable(s[0]), a)
-                chunk = []
-                if kept:
-                    arrays = [a for _, a in kept]
-                    yield (decode_padded(arrays, lambda a: a, None), np.array([s[1] for s, _ in kept], dtype=np.int64),
-                           np.array([a.shape[:2] for a in arrays], dtype=np.int64))
+        while chunk := list(itertools.islice(samples, size)):
+            kept = decoded(pool, chunk, failed, "not scored")
+            if kept:
+                images, shapes = padded([image for _, image in kept], pool)
+                yield images, np.array([sample[1] for sample, _ in kept], dtype=np.int64), shapes
     finally:
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-__all__ = ["STREAM_EPOCH", "StreamFeed", "decode", "stream_chunks"]
+__all__ = ["STREAM_EPOCH", "StreamFeed", "decode", "decoded", "padded", "stream_chunks"]
