@@ -9,9 +9,9 @@ process (so its peak RSS is its own) with a cache of its own:
 - cache bytes on disk (timm's loader and the stream have none: they read the files each epoch);
 - seconds from the process start to the first training batch delivered (the cache built, or the loader's
   workers started), 224 px with the upstream crop (Inception crop, 5-100% of the area, and a flip);
-- images/s delivered after that, at each number of workers (our decode threads, MIXER_FT_WORKERS, with the
-  next batch read while this one is cropped, as the training feed does; the DataLoader's worker processes
-  for timm), over --batches batches of --batch;
+- images/s delivered after that, at each number of workers (our decode threads, MIXER_FT_WORKERS, read
+  through the training feed as a run reads them; the DataLoader's worker processes for timm), over --batches
+  batches of --batch;
 - peak RSS (the process's, the loader's workers not counted).
 The record goes to --out as data_scale_<cpu>.json.
 """
@@ -95,9 +95,10 @@ def measure(way: str, folder: Path, workers: list[int], batches: int, batch: int
 
         def loader(w: int):
             ds = create_dataset("", root=str(folder / "photos"), split="train", is_training=True)
+            # The upstream augmentation only (Inception crop and flip): timm's default colour jitter is not upstream's
             return create_loader(ds, input_size=(3, 224, 224), batch_size=batch, is_training=True, num_workers=w,
-                                 scale=(0.05, 1.0), hflip=0.5, mean=(0.5,) * 3, std=(0.5,) * 3, use_prefetcher=False,
-                                 persistent_workers=False)
+                                 scale=(0.05, 1.0), hflip=0.5, color_jitter=0.0, interpolation="bilinear",
+                                 mean=(0.5,) * 3, std=(0.5,) * 3, use_prefetcher=False, persistent_workers=False)
 
         it = iter(loader(workers[0]))
         next(it)
@@ -113,66 +114,51 @@ def measure(way: str, folder: Path, workers: list[int], batches: int, batch: int
             rates[str(w)] = round(batches * batch / (time.perf_counter() - t), 1)
     else:
         from mixer_ft.data import cache as cache_mod
-        from mixer_ft.data.preprocess import Preprocess, batch_seed
+        from mixer_ft.data.preprocess import Preprocess
+        from mixer_ft.train.feed import TrainFeed
+        from mixer_ft.train.stream_feed import StreamFeed
 
         pre = Preprocess(224, mean=(0.5,) * 3, std=(0.5,) * 3)
-        gen = torch.Generator()
-        pool: list = []  # the decode threads (recreated for each number of workers)
-
-        from concurrent.futures import ThreadPoolExecutor
-
+        cpu, total = torch.device("cpu"), batches + 2
         if way == "stream":  # the shards read as a run reads them with --streaming: no cache, no index
-            from collections import Counter
-
-            from mixer_ft.data.encoded import decoding_pool
-            from mixer_ft.data.stream import ShardCursor, shard_stream
-            from mixer_ft.train.stream_feed import decoded, padded
+            from mixer_ft.data.stream import shard_stream
 
             stream = shard_stream(str(folder / "shards"))
-            cursor = ShardCursor(stream, stream.train, seed=0)
 
-            def gather(step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-                if not pool:
-                    pool.append(decoding_pool())
-                kept = decoded(pool[0], cursor.take(batch), Counter(), "left out")  # as the training feed decodes
-                images, own = padded([image for _, image in kept], pool[0])
-                return torch.from_numpy(images), torch.from_numpy(own)
+            def feed():
+                return StreamFeed(stream, stream.train, pre, seed=0, local_batch=batch, total=total, device=cpu)
         else:
             if way == "decoded":
                 os.environ["MIXER_FT_STORE"] = "decoded"  # every image decoded into the cache (0.1.0's store)
             data = cache_mod.load_data(str(folder / ("shards" if way == "shards" else "photos")))
-            images, n = data.images["train"], len(data.labels["train"])
-            extents = data.extents["train"]
+            n = len(data.labels["train"])
 
-            def gather(step: int) -> tuple[torch.Tensor, torch.Tensor | None]:
-                idx = np.sort(np.random.default_rng(step).choice(n, batch, replace=False))
-                return (torch.from_numpy(np.ascontiguousarray(images[idx])),
-                        None if extents is None else torch.from_numpy(extents[idx]))
+            def feed():
+                images = data.images["train"]
+                if hasattr(images, "_pool"):
+                    images._pool = None  # its decode threads made again, MIXER_FT_WORKERS of them
+                return TrainFeed(data, np.arange(n), pre, seed=0, global_batch=batch, steps_per_epoch=n // batch,
+                                 total=total, device=cpu)
 
-        def crop(step: int, x: torch.Tensor, own: torch.Tensor | None) -> torch.Tensor:
-            g = gen.manual_seed(batch_seed(0, step, 1))
-            boxes, flips = pre.sample(batch, *x.shape[1:3], g) if own is None else pre.sample(batch, own[:, 0], own[:, 1], g)
-            return pre.train(x, boxes, flips, extents=own)
-
-        crop(0, *gather(0))
+        # As a training run reads its data: the feed (which reads the next step ahead where the store decodes
+        # per batch), then the step's inputs made from what it took.
+        os.environ["MIXER_FT_WORKERS"] = str(workers[0])
+        first = feed()
+        first.take(0).inputs(pre, slice(None))
         out["first_batch_s"] = round(time.perf_counter() - t0, 2)
         out["cache_bytes"] = du(cache)
+        first.close()
         rates = {}
         for w in workers:
             os.environ["MIXER_FT_WORKERS"] = str(w)
             torch.set_num_threads(w)
-            if way != "stream" and hasattr(images, "_pool"):
-                images._pool = None  # the decode threads: w of them
-            pool.clear()
-            with ThreadPoolExecutor(1) as ahead:  # as the training feed does: the next batch read meanwhile
-                nxt = ahead.submit(gather, 1)
-                t = time.perf_counter()
-                for step in range(1, 1 + batches):
-                    x, own = nxt.result()
-                    nxt = ahead.submit(gather, step + 1)
-                    crop(step, x, own)
-                rates[str(w)] = round(batches * batch / (time.perf_counter() - t), 1)
-                nxt.result()
+            running = feed()
+            running.take(0).inputs(pre, slice(None))  # the feed's threads started, as timm's workers are
+            t = time.perf_counter()
+            for step in range(1, 1 + batches):
+                running.take(step).inputs(pre, slice(None))
+            rates[str(w)] = round(batches * batch / (time.perf_counter() - t), 1)
+            running.close()
     out["images_per_s"] = rates
     out["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return out

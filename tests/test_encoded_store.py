@@ -120,6 +120,67 @@ def test_an_index_image_of_a_png_within_its_size_keeps_its_bytes():
     assert np.array_equal(to_rgb_array(("", lambda: kept), None, 512), arr)
 
 
+def training_crops(data, seed):
+    """The compact store's training inputs for every train image (cropped where decoded), and the same boxes and
+    flips through the batch path: the images decoded at their kept size, padded, then cropped."""
+    import torch
+
+    from mixer_ft.data.preprocess import Preprocess
+
+    images, pre = data.images["train"], Preprocess(224)
+    every = np.arange(len(images))
+    own = torch.from_numpy(images.shapes[every])
+    boxes, flips = pre.sample(len(every), own[:, 0], own[:, 1], torch.Generator().manual_seed(seed))
+    ours, threads = images.crops(every, boxes, flips, pre), torch.get_num_threads()
+    torch.set_num_threads(1)  # as the decode threads resize: torch's vector loops split rows by thread
+    try:
+        return ours, pre.train(torch.from_numpy(images[every]), boxes, flips, own)
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_training_crops_made_where_images_decode_equal_the_batch_path_for_images_within_their_kept_size(tmp_path):
+    """Images no larger than the size kept: the crop made in the decode thread is the batch path's, bit for bit."""
+    import torch
+
+    rng = np.random.default_rng(3)
+    for i in range(8):
+        (tmp_path / "p" / ("train" if i < 6 else "test") / "ab"[i % 2]).mkdir(parents=True, exist_ok=True)
+        picture = camera_like(rng, 150, 200) if i % 2 else camera_like(rng, 200, 150)
+        Image.fromarray(picture).save(tmp_path / "p" / ("train" if i < 6 else "test") / "ab"[i % 2] / f"{i}.jpg")
+    data = load_data(str(tmp_path / "p"))
+    assert isinstance(data.images["train"], EncodedImages)
+    for seed in range(3):
+        ours, batch_path = training_crops(data, seed)
+        assert ours.shape == (6, 3, 224, 224) and torch.equal(ours, batch_path)
+
+
+def test_training_crops_of_larger_images_are_cut_from_the_image_as_decoded_within_two_levels_on_average(photos_640):
+    """640x480 photos, kept at 512x384: each box, drawn on the kept size, is scaled to the image as decoded and cut
+    from it, as vit_jax cuts its crops (one bilinear resize, not two). docs/data.md gives the bound: within 2 levels
+    of 255 on average of the batch path's crop of the image first scaled down, on these noisy photos."""
+    import torch
+
+    from mixer_ft.data.images import to_rgb_array
+    from mixer_ft.data.preprocess import Preprocess
+
+    data = load_data(str(photos_640))
+    for seed in range(2):
+        ours, batch_path = training_crops(data, seed)
+        levels = (ours - batch_path).abs() * 127.5  # Google's normalisation: 255 levels span 2
+        assert 0.2 < levels.mean() < 2.0, levels.mean()
+    # A box over the whole kept image is the whole image as decoded, resized once.
+    photo = next((photos_640 / "train").rglob("*.jpg")).read_bytes()
+    full = to_rgb_array(("", lambda: photo), None, 512, resized=False)
+    assert full.shape in ((480, 640, 3), (640, 480, 3))  # not scaled down to the 512 px kept
+    pre = Preprocess(224)
+    kept = (384, 512) if full.shape[0] == 480 else (512, 384)
+    whole = pre.crop_one(full, kept, [0, 0, kept[1], kept[0]], False)
+    once = torch.nn.functional.interpolate(torch.from_numpy(full.copy()).permute(2, 0, 1)[None].float(), size=(224, 224),
+                                           mode="bilinear", align_corners=False)[0]
+    assert torch.equal(whole, (once - 127.5) / 127.5)  # Google's mean and std of 0.5, in levels
+
+
 @pytest.mark.slow
 def test_a_run_killed_and_resumed_on_the_compact_store_ends_with_the_uninterrupted_weights(photos_640, tmp_path):
     """Each batch is decoded when it is read: the same (seed, step) gives the same images after a SIGKILL and a
@@ -196,3 +257,50 @@ def test_the_cache_builds_while_other_threads_decode_and_import(photos_640, tmp_
     out = subprocess.run([sys.executable, "-c", FORK_WHILE_DECODING, str(photos_640), str(photo)], capture_output=True,
                          text=True, env=env, cwd=REPO, timeout=300)
     assert out.returncode == 0 and "built" in out.stdout, out.stderr[-2000:]
+
+
+def test_decode_threads_resize_on_one_torch_thread_and_leave_the_processs_count_as_it_was():
+    """Two decode threads each with torch's own threads ran no faster than one on two cores."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    import torch
+
+    from mixer_ft.data.encoded import decoding_pool
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        pool = decoding_pool()
+        assert set(pool.map(lambda _: torch.get_num_threads(), range(8))) == {1}
+        assert torch.get_num_threads() == 2  # this thread's
+        with ThreadPoolExecutor(1) as later:  # a thread started afterwards (the feed's) starts with the process's
+            assert later.submit(torch.get_num_threads).result() == 2
+        pool.shutdown()
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_a_steps_inputs_cropped_ahead_stay_as_they_were_while_the_next_two_steps_are_prepared(photos_640):
+    """The feed writes batches into buffers used in turn: the step being trained on and the one prepared ahead
+    never share one, and each step gets the inputs a feed without read-ahead gives it."""
+    import torch
+
+    from mixer_ft.data.preprocess import Preprocess
+    from mixer_ft.train.feed import TrainFeed
+
+    data, pre = load_data(str(photos_640)), Preprocess(224)
+
+    def feed(prefetch):
+        return TrainFeed(data, np.arange(24), pre, seed=1, global_batch=6, steps_per_epoch=4, total=8,
+                         device=torch.device("cpu"), prefetch=prefetch)
+
+    ahead, plain = feed(True), feed(False)
+    taken = [ahead.take(0)]
+    kept = taken[0].images.clone()
+    for step in range(1, 6):
+        taken.append(ahead.take(step))
+        ahead.pending[1].result()  # step + 1 prepared meanwhile, as while step trains
+        assert taken[step].cropped and torch.equal(taken[step - 1].images, kept), f"step {step - 1} overwritten"
+        kept = taken[step].images.clone()
+        assert torch.equal(kept, plain.take(step).images)
+    ahead.close()

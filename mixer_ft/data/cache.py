@@ -20,7 +20,6 @@ import logging
 import os
 import shutil
 import tempfile
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from mixer_ft.atomic import json_text, locked
-from mixer_ft.data.images import decode_workers, or_why, to_rgb_array
+from mixer_ft.data.decoding import decode_each
 from mixer_ft.data.names import canonical_dataset
 from mixer_ft.data.sources import Reader, open_reader
 from mixer_ft.errors import ConfigError, DataError, StorageError
@@ -168,93 +167,6 @@ def wants_decoded_store() -> bool:
     return value == "decoded"
 
 
-def _read(item: Any) -> Any:
-    """An item's bytes (or PIL image, or array), read here; a file that cannot be read becomes an error."""
-    if isinstance(item, np.ndarray):
-        return item
-    try:
-        return item[1]()
-    except OSError as e:
-        return OSError(e.strerror or str(e))
-
-
-WINDOW_BYTES = 256 << 20  # encoded bytes held at once while decoding, whatever the images' sizes
-
-
-def _window(items: Iterator[tuple[str, str | int, Any]], most: int) -> list[tuple[tuple[str, str | int, Any], Any]]:
-    """The next images and their bytes: at most ``most`` of them, and no more once WINDOW_BYTES are held."""
-    window, held = [], 0
-    for item in items:
-        data = _read(item[2])
-        window.append((item, data))
-        held += len(data) if isinstance(data, (bytes, bytearray)) else 0
-        if len(window) >= most or held >= WINDOW_BYTES:
-            break
-    return window
-
-
-def _decode(payload: tuple[Any, tuple[int, int] | None, int]) -> np.ndarray | str:
-    """One image (bytes, a PIL image or an array) decoded, or why it could not be (a worker process runs this)."""
-    data, size, max_side = payload
-    return or_why(data, lambda d: to_rgb_array(d if isinstance(d, np.ndarray) else ("", lambda: d), size,
-                                               max_side=max_side))
-
-
-def _one_thread() -> None:
-    """A forked decode worker's torch on one thread, as DataLoader's workers: one worker a core needs no more, and
-    a forked child lacks the parent's OpenMP threads."""
-    import torch
-
-    torch.set_num_threads(1)
-
-
-def _whole_before_fork() -> None:
-    """Import, in this thread, what the decode workers use. A fork taken while another thread is importing a
-    module leaves it half-imported in the child, its lock held by a thread the child does not have: the child's
-    first use of it hangs for good. Importing it here waits for any such import to finish first."""
-    import torch.nn.functional  # noqa: F401 - the resize
-    from PIL import Image
-
-    Image.init()  # PIL's format plugins, imported on first open otherwise
-
-
-def _decoded(reader: Reader, size: tuple[int, int] | None, max_side: int,
-             index_only: bool = False) -> Iterator[tuple[str, str | int, str, Any]]:
-    """(split, label, name, image or why not) for each image of ``reader``, in order.
-
-    Encoded images are decoded in worker processes, a bounded window of them at a time, so host
-    memory stays bounded; a progress bar shows images done and images/s. ``index_only``: instead of
-    the image, (height, width, bytes to keep) from its header (:func:`mixer_ft.data.encoded.index_image`).
-    """
-    import multiprocessing
-
-    from mixer_ft.data.encoded import index_image
-    from mixer_ft.data.ticker import Ticker
-
-    workers = decode_workers() if "fork" in multiprocessing.get_all_start_methods() else 1
-    items = reader.items()
-    pool = None
-    if workers > 1:
-        _whole_before_fork()
-        pool = multiprocessing.get_context("fork").Pool(workers, initializer=_one_thread)
-    try:
-        with Ticker(f"{'indexing' if index_only else 'decoding'} {Path(reader.location).name}") as bar:
-            while window := _window(items, 64 * workers):
-                payloads: list[Any] = [(data, max_side) if index_only else (data, size, max_side) for _, data in window]
-                kept, window = window, [item for item, _ in window]
-                work: Any = index_image if index_only else _decode
-                results = pool.map(work, payloads, chunksize=4) if pool else map(work, payloads)
-                for (split, label, item), (_, data), arr in zip(window, kept, results):
-                    if index_only and not isinstance(arr, str) and arr[2] is None:
-                        arr = (arr[0], arr[1], data)  # the file's own bytes, which stayed here
-                    yield split, label, "array" if isinstance(item, np.ndarray) else item[0], arr
-                    bar.total = reader.total  # known once the reader has listed its images
-                    bar.update(1)
-    finally:
-        if pool:
-            pool.terminate()
-
-
 def _report(reader: Reader, labels: dict[str, list], skipped: list[str]) -> None:
     """Name the images skipped; refuse a split left without images."""
     if skipped:
@@ -282,7 +194,7 @@ def _decode_all(reader: Reader, tmp: Path, size: tuple[int, int] | None,
     skipped, manifest = [], hashlib.sha256()
     with open(tmp / "train.u8", "wb") as train, open(tmp / "test.u8", "wb") as test:
         outs = {"train": train, "test": test}
-        for split, label, name, arr in _decoded(reader, size, max_side):
+        for split, label, name, arr in decode_each(reader, size, max_side):
             if isinstance(arr, str):
                 skipped.append(f"{name} ({arr})")
                 continue
@@ -305,7 +217,7 @@ def _index_all(reader: Reader, tmp: Path, max_side: int) -> tuple[dict[str, list
     skipped, manifest = [], hashlib.sha256()
     with open(tmp / "train.enc", "wb") as train, open(tmp / "test.enc", "wb") as test:
         outs = {"train": train, "test": test}
-        for split, label, name, got in _decoded(reader, None, max_side, index_only=True):
+        for split, label, name, got in decode_each(reader, None, max_side, index_only=True):
             if isinstance(got, str):
                 skipped.append(f"{name} ({got})")
                 continue

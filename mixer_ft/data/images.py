@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import os
+import threading
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -25,6 +26,10 @@ MAX_PIXELS = 89_478_485
 # The most bytes one image file may have (an archive member or a file): larger ones are skipped unread.
 MAX_FILE_BYTES = 64 << 20
 T = TypeVar("T")
+# torch's import is not thread-safe: threads importing it at once may each see it half-built (a crash, in CI).
+# Only the first import takes this lock, so a later fork never copies it held.
+_TORCH_IMPORT = threading.Lock()
+_interpolate: Callable[..., Any] | None = None
 _WIDE_MODES = {"I;16": 1 / 257, "I;16L": 1 / 257, "I;16B": 1 / 257, "I;16N": 1 / 257, "I": 1 / 257, "F": 255.0}  # to 0..255
 
 
@@ -34,6 +39,15 @@ def decode_workers() -> int:
         return max(1, int(os.environ.get("MIXER_FT_WORKERS") or os.cpu_count() or 1))
     except ValueError:
         raise ConfigError(f"MIXER_FT_WORKERS must be a whole number, got {os.environ['MIXER_FT_WORKERS']!r}.") from None
+
+
+def keep_image_memory(blocks: int) -> None:
+    """Have PIL keep up to ``blocks`` freed image buffers for the next images (Pillow's ``PILLOW_BLOCKS_MAX``),
+    instead of handing each back to the system: a fresh buffer is zero pages, faulted in one at a time, and that
+    made decoding a 640x480 JPEG take 2.2 ms instead of 0.9. Each buffer is one image's size (16 MiB at most)."""
+    from PIL import Image
+
+    Image.core.set_blocks_max(max(blocks, Image.core.get_blocks_max()))
 
 
 def printable(name: str) -> str:
@@ -83,7 +97,8 @@ def or_why(data: Any, work: Callable[[Any], T]) -> T | str:
         return type(e).__name__
 
 
-def to_rgb_array(item: ImageItem, size: tuple[int, int] | None = None, max_side: int | None = None) -> np.ndarray:
+def to_rgb_array(item: ImageItem, size: tuple[int, int] | None = None, max_side: int | None = None,
+                 resized: bool = True) -> np.ndarray:
     """Decode ``item`` to an upright RGB uint8 array (H, W, 3).
 
     Args:
@@ -91,6 +106,8 @@ def to_rgb_array(item: ImageItem, size: tuple[int, int] | None = None, max_side:
         max_side: else, scale down (bilinear, aspect kept) so the longer side is at most this. A JPEG
             is decoded at a reduced scale when that is still at least the size kept (PIL's draft
             mode): a 12-MP photo bound for 512 pixels decodes at 1/4 of the work or less.
+        resized: False: the image as decoded (draft scaling included), not yet scaled to ``max_side``;
+            ``bounded`` of its size is the size the scaled one would have.
 
     Raises:
         PIL.UnidentifiedImageError, OSError, ValueError, SyntaxError: the bytes are not an image PIL
@@ -112,22 +129,34 @@ def to_rgb_array(item: ImageItem, size: tuple[int, int] | None = None, max_side:
     img = to_rgb(img)
     target = size[::-1] if size else bounded(img.size, max_side)
     arr = np.asarray(img, dtype=np.uint8)
-    return resize(arr, target[::-1]) if img.size != target else arr
+    return resize(arr, target[::-1]) if img.size != target and resized else arr
+
+
+def torch_interpolate() -> Callable[..., Any]:
+    """torch's ``F.interpolate``, imported once, by one thread at a time (see ``_TORCH_IMPORT``)."""
+    global _interpolate
+    if _interpolate is None:
+        with _TORCH_IMPORT:
+            if _interpolate is None:
+                import torch.nn.functional as F
+
+                _interpolate = F.interpolate
+    return _interpolate
 
 
 def resize(image: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """An (H, W, 3) uint8 image resized to ``size`` (h, w): bilinear, antialiased when it shrinks (PIL's triangle
     filter, as torch's uint8 kernel computes it: within 2 levels of PIL's own, and several times faster; PIL's
     was most of the time a batch of photos took to decode)."""
+    interpolate = torch_interpolate()
     import torch
-    import torch.nn.functional as F
 
     if not image.flags.writeable:  # PIL's arrays are read-only, which torch will not wrap
         image = image.copy()
     x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None]  # channels-last in memory
-    out = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
+    out = interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
     return np.ascontiguousarray(out[0].permute(1, 2, 0).numpy())
 
 
-__all__ = ["MAX_FILE_BYTES", "bounded", "resize", "decode_workers", "or_why", "MAX_PIXELS", "ImageItem", "printable",
-           "to_rgb", "to_rgb_array"]
+__all__ = ["MAX_FILE_BYTES", "MAX_PIXELS", "ImageItem", "bounded", "decode_workers", "keep_image_memory", "or_why",
+           "printable", "resize", "to_rgb", "to_rgb_array", "torch_interpolate"]

@@ -210,6 +210,29 @@ class Preprocess:
         """
         return self._normalise(crop_resize(images, boxes, self.size, flip, extents=extents))
 
+    def crop_one(self, image: np.ndarray, kept: tuple[int, int], box: list[int], flip: bool) -> torch.Tensor:
+        """One image's training input, made where it was decoded: (3, size, size) float, normalised.
+
+        ``box`` (x0, y0, w, h) was drawn on the image's kept size ``kept`` (h, w), as a batch's boxes are;
+        ``image`` is the image as decoded, at that size (then this equals :meth:`train` on it, bit for bit) or
+        larger, its decoded size before scaling down to the kept one. The box is then scaled to the larger
+        image, its corners rounded to whole pixels, and cropped from it, as vit_jax crops the image as
+        decoded: one bilinear resize instead of two, and the first, of the whole image, was most of the work.
+        """
+        import torch.nn.functional as F
+
+        x0, y0, w, h = box
+        height, width = image.shape[:2]
+        if (height, width) != tuple(kept):
+            sy, sx = height / kept[0], width / kept[1]
+            x1, y1 = round((x0 + w) * sx), round((y0 + h) * sy)
+            x0, y0 = min(round(x0 * sx), width - 1), min(round(y0 * sy), height - 1)
+            w, h = max(1, min(x1, width) - x0), max(1, min(y1, height) - y0)
+        region = image[y0:y0 + h, x0:x0 + w]
+        crop = torch.from_numpy(region if region.flags.writeable else region.copy()).permute(2, 0, 1)[None].float()
+        out = F.interpolate(crop, size=(self.size, self.size), mode="bilinear", align_corners=False)[0]
+        return self._normalise(out.flip(2) if flip else out)
+
     def eval(self, images: torch.Tensor, extents: torch.Tensor | None = None) -> torch.Tensor:
         """Resize each whole image (its own extent, where given), normalise."""
         n, h, w, _ = images.shape

@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from mixer_ft.data.encoded import EncodedImages
 from mixer_ft.data.preprocess import batch_seed, epoch_order
 
 if TYPE_CHECKING:
@@ -43,6 +44,14 @@ class StepData:
     flips: torch.Tensor
     extents: torch.Tensor | None
     ready: torch.cuda.Event | None = None  # the side stream's copy; the step's stream waits on it
+    cropped: bool = False  # images are already model inputs (cropped where decoded: EncodedImages.crops)
+
+    def inputs(self, pre: Preprocess, part: slice) -> torch.Tensor:
+        """Micro-batch ``part``'s model inputs: cropped, resized, flipped and normalised (here, or already)."""
+        if self.cropped:
+            return self.images[part]
+        own = None if self.extents is None else self.extents[part]
+        return pre.train(self.images[part], self.boxes[part], self.flips[part], own)
 
 
 def fits_on_device(images: np.ndarray, device: torch.device) -> bool:
@@ -107,6 +116,8 @@ class Feed:
         if self.pending is not None and self.pending[0] == step:
             data = self.pending[1].result()
         else:
+            if self.pending is not None:  # another step's, no longer wanted: ended first (it may share a buffer)
+                concurrent.futures.wait([self.pending[1]])
             data = self._prepare(step)
         if self.pool is not None and step + 1 < self.total:
             self.pending = (step + 1, self.pool.submit(self._prepare, step + 1))
@@ -116,7 +127,7 @@ class Feed:
             stream = torch.cuda.current_stream(self.device)
             stream.wait_event(data.ready)
             for t in (data.images, data.labels, data.boxes, data.flips, data.extents):
-                if t is not None:  # made on the side stream, used on this one: keep its memory until then
+                if t is not None and t.is_cuda:  # made on the side stream, used on this one: keep its memory until then
                     t.record_stream(stream)
         return data
 
@@ -156,6 +167,11 @@ class TrainFeed(Feed):
         self.images, self.labels = on_device if on_device is not None else (data.images["train"], data.labels["train"])
         self.extents = data.extents.get("train")
         self.order: tuple[int, np.ndarray | None] = (-1, None)  # (epoch, its shuffled train indices)
+        # Encoded images are cropped in the threads that decode them (boxes inside the images: no translate).
+        self.host_crops = isinstance(self.images, EncodedImages) and not pre.translate
+        # Their batches are written into buffers used in turn: step s's is written again for step s + 3, when
+        # s has ended (the feed prepares one step ahead) and its copy to a GPU was made long before.
+        self.buffers: list[torch.Tensor | None] = [None] * 3
 
     def batch_share(self, step: int) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
         """This process's share of step ``step``'s global batch: train image indices, crop boxes, flips.
@@ -181,6 +197,13 @@ class TrainFeed(Feed):
         """Step ``step``'s data, its copies issued (on the side stream where there is one)."""
         batch, boxes, flips = self.batch_share(step)
         own = None if self.extents is None else torch.from_numpy(self.extents[batch])
+        if self.host_crops:  # the model's inputs, made here: only they and the labels go to the device
+            images = self.images.crops(batch, boxes, flips, self.pre, self.buffers[step % 3])
+            self.buffers[step % 3], labels = images, torch.from_numpy(self.labels[batch])
+            if self.side is None:
+                return StepData(images, labels, boxes, flips, own, cropped=True)
+            (images, labels), ready = self._send([images, labels])
+            return StepData(images, labels, boxes, flips, own, ready, cropped=True)
         if self.side is None:  # the CPU: the step reads its data where it is
             images = self.images[torch.from_numpy(batch)] if self.on_device else \
                 torch.from_numpy(np.ascontiguousarray(self.images[batch]))

@@ -221,8 +221,7 @@ def micro_batches(run: Run, step: int) -> Iterator[tuple[torch.Tensor, torch.Ten
     data = run.feed.take(step)
     for a in range(run.accum):
         part = slice(a * run.micro, (a + 1) * run.micro)
-        own = None if data.extents is None else data.extents[part]
-        yield run.pre.train(data.images[part], data.boxes[part], data.flips[part], own), data.labels[part]
+        yield data.inputs(run.pre, part), data.labels[part]
 
 
 def optimizer_step(run: Run, batches: Iterable[tuple[torch.Tensor, torch.Tensor]]) -> tuple[torch.Tensor, torch.Tensor, int]:
