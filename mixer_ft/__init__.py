@@ -16,6 +16,7 @@ from mixer_ft.errors import (
     RunStopped,
     StorageError,
     TrainingError,
+    Undecodable,
     WeightsUnavailable,
 )
 from mixer_ft.model.config import VARIANTS, MixerConfig, canonical_variant
@@ -36,6 +37,6 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "VARIANTS", "CheckpointError", "Classifier", "ConfigError", "DataError", "MixerConfig", "MixerFtError", "MlpMixer",
-    "RunStopped", "StorageError", "TrainingError", "WeightsUnavailable", "__version__", "canonical_variant", "create_model",
+    "RunStopped", "StorageError", "TrainingError", "Undecodable", "WeightsUnavailable", "__version__", "canonical_variant", "create_model",
     "load_checkpoint", "num_params", "save_pretrained", "upstream_sources",
 ]

@@ -25,6 +25,15 @@ class DataError(MixerFtError):
     """A data source that cannot be read as an image classification set."""
 
 
+class Undecodable(DataError):
+    """An image of the compact store whose pixels do not decode (its header did, when it was indexed); ``why``
+    says how, in a few words."""
+
+    def __init__(self, message: str, why: str) -> None:
+        super().__init__(message)
+        self.why = why
+
+
 class TrainingError(MixerFtError):
     """A run that cannot go on (diverged, or a checkpoint that does not match the recipe)."""
 
@@ -47,4 +56,4 @@ class RunStopped(MixerFtError):
 
 
 __all__ = ["CheckpointError", "ConfigError", "DataError", "MixerFtError", "RunStopped", "StorageError", "TrainingError",
-           "WeightsUnavailable"]
+           "Undecodable", "WeightsUnavailable"]

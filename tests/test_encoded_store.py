@@ -131,7 +131,8 @@ def training_crops(data, seed):
     every = np.arange(len(images))
     own = torch.from_numpy(images.shapes[every])
     boxes, flips = pre.sample(len(every), own[:, 0], own[:, 1], torch.Generator().manual_seed(seed))
-    ours, threads = images.crops(every, boxes, flips, pre), torch.get_num_threads()
+    (ours, used), threads = images.crops(every, boxes, flips, pre), torch.get_num_threads()
+    assert np.array_equal(used, every)  # every image decoded: none stood in for
     torch.set_num_threads(1)  # as the decode threads resize: torch's vector loops split rows by thread
     try:
         return ours, pre.train(torch.from_numpy(images[every]), boxes, flips, own)
@@ -304,3 +305,61 @@ def test_a_steps_inputs_cropped_ahead_stay_as_they_were_while_the_next_two_steps
         kept = taken[step].images.clone()
         assert torch.equal(kept, plain.take(step).images)
     ahead.close()
+
+
+def damaged_pixels(picture) -> bytes:
+    """A JPEG whose header and end marker are whole (it indexes) but whose scan names a component it has not: its
+    pixels do not decode."""
+    buf = io.BytesIO()
+    Image.fromarray(picture).save(buf, "JPEG", quality=90)
+    data = bytearray(buf.getvalue())
+    data[data.index(b"\xff\xda") + 5] = 0x7F
+    return bytes(data)
+
+
+def test_a_photo_whose_pixels_do_not_decode_is_named_and_stood_in_for_by_its_batch_neighbour_with_its_label(
+        photos_640, tmp_path, caplog):
+    """Indexing reads headers only, so damaged pixels are found when a batch decodes the photo: it is named once, and
+    the batch's nearest photo that decodes takes its place with that photo's label; the run goes on."""
+    import shutil
+
+    import torch
+
+    from mixer_ft.data.preprocess import Preprocess
+
+    root = tmp_path / "photos"
+    shutil.copytree(photos_640, root)
+    (root / "train" / "a" / "004.jpg").write_bytes(damaged_pixels(camera_like(np.random.default_rng(9))))
+    data = load_data(str(root))
+    images, pre = data.images["train"], Preprocess(224)
+    assert len(images) == 24  # indexed: its header is whole
+    damaged = next(i for i in range(24) if images.name(i).endswith("004.jpg") and "/a/" in images.name(i))
+    index = np.array([damaged - 1, damaged, damaged + 1])
+    boxes, flips = pre.sample(3, torch.from_numpy(images.shapes[index, 0]), torch.from_numpy(images.shapes[index, 1]),
+                              torch.Generator().manual_seed(0))
+    with caplog.at_level(logging.WARNING):
+        out, used = images.crops(index, boxes, flips, pre)
+        images.crops(index, boxes, flips, pre)
+    assert used.tolist() == [damaged - 1, damaged - 1, damaged + 1] and torch.equal(out[1], out[0])
+    assert caplog.text.count("004.jpg does not decode") == 1, caplog.text  # named once
+    # A run over it trains to the end and names it.
+    got = run_cli("finetune", "--dataset", root, "--steps", 3, "--batch", 8, "--warmup", 0, "--eval-every", 0,
+                  "--output-dir", tmp_path / "run", "--set", f'results_dir="{tmp_path / "results"}"', "--set",
+                  'name="damaged"', *TINY, cwd=REPO)
+    assert got.returncode == 0 and "004.jpg does not decode" in got.stderr, got.stderr[-2000:]
+
+
+def test_small_images_whose_pixels_do_not_decode_are_skipped_and_named_while_the_cache_is_built(tmp_path, caplog):
+    """CIFAR-size files go to the decoded store: they are decoded while indexing, so a damaged one is skipped there,
+    as the decoded store skips it, never a failed build."""
+    rng = np.random.default_rng(4)
+    for split, n in (("train", 6), ("test", 2)):
+        for cls in "ab":
+            (tmp_path / "s" / split / cls).mkdir(parents=True)
+            for i in range(n):
+                Image.fromarray(camera_like(rng, 32, 32)).save(tmp_path / "s" / split / cls / f"{i}.jpg")
+    (tmp_path / "s" / "train" / "b" / "3.jpg").write_bytes(damaged_pixels(camera_like(rng, 32, 32)))
+    with caplog.at_level(logging.WARNING):
+        data = load_data(str(tmp_path / "s"))
+    assert type(data.images["train"]) is np.memmap and len(data.labels["train"]) == 11
+    assert "3.jpg" in caplog.text and data.skipped == 1

@@ -28,6 +28,8 @@ import numpy as np
 
 from mixer_ft.atomic import json_text, locked
 from mixer_ft.data.decoding import decode_each
+from mixer_ft.data.encoded import SMALL_SIDE, EncodedImages
+from mixer_ft.data.images import printable
 from mixer_ft.data.names import canonical_dataset
 from mixer_ft.data.sources import Reader, open_reader
 from mixer_ft.errors import ConfigError, DataError, StorageError
@@ -37,8 +39,8 @@ from mixer_ft.weights.downloads import cache_dir
 
 log = logging.getLogger(__name__)
 
-_CACHE_FORMAT = 7  # bump when the cache layout, labels or decoding change (6: the encoded store; 7: torch's resize)
-SMALL_SIDE = 64  # a set whose images all have one size, at most this on a side (CIFAR), is stored decoded
+_CACHE_FORMAT = 8  # bump when the cache layout, labels or decoding change (6: the encoded store; 7: torch's resize;
+# 8: the compact store's names, small images decoded while indexing)
 
 
 @dataclass
@@ -215,14 +217,18 @@ def _index_all(reader: Reader, tmp: Path, max_side: int) -> tuple[dict[str, list
     shapes: dict[str, list] = {"train": [], "test": []}
     offsets: dict[str, list] = {"train": [0], "test": [0]}
     skipped, manifest = [], hashlib.sha256()
-    with open(tmp / "train.enc", "wb") as train, open(tmp / "test.enc", "wb") as test:
+    with open(tmp / "train.enc", "wb") as train, open(tmp / "test.enc", "wb") as test, \
+            open(tmp / "train_names.txt", "w", encoding="utf-8") as train_names, \
+            open(tmp / "test_names.txt", "w", encoding="utf-8") as test_names:
         outs = {"train": train, "test": test}
+        names = {"train": train_names, "test": test_names}  # to name an image that fails to decode in training
         for split, label, name, got in decode_each(reader, None, max_side, index_only=True):
             if isinstance(got, str):
                 skipped.append(f"{name} ({got})")
                 continue
             h, w, data = got
             outs[split].write(data)
+            names[split].write(json_text(printable(name)) + "\n")
             offsets[split].append(offsets[split][-1] + len(data))
             labels[split].append(label)
             shapes[split].append((h, w))
@@ -236,17 +242,16 @@ def _index_all(reader: Reader, tmp: Path, max_side: int) -> tuple[dict[str, list
 
 def _to_raw(tmp: Path, shapes: dict[str, np.ndarray], max_side: int) -> None:
     """Decode the kept files of tmp/<split>.enc into tmp/<split>.u8 (the store of small one-size sets)."""
-    from mixer_ft.data.encoded import EncodedImages
-
     for split, split_shapes in shapes.items():
         flat = np.memmap(tmp / f"{split}.enc", dtype=np.uint8, mode="r")
-        images = EncodedImages(flat, np.load(tmp / f"{split}_offsets.npy"), split_shapes, max_side, split)
+        images = EncodedImages(flat, np.load(tmp / f"{split}_offsets.npy"), split_shapes, max_side, split,
+                               tmp / f"{split}_names.txt")
         with open(tmp / f"{split}.u8", "wb") as out:
             for start in range(0, len(images), 1024):
                 out.write(images[np.arange(start, min(start + 1024, len(images)))].tobytes())
         del flat, images
-        (tmp / f"{split}.enc").unlink()
-        (tmp / f"{split}_offsets.npy").unlink()
+        for kept in (f"{split}.enc", f"{split}_offsets.npy", f"{split}_names.txt"):
+            (tmp / kept).unlink()
 
 
 def _label_ids(reader: Reader, labels: dict[str, list]) -> tuple[list[str], dict[str, np.ndarray]]:
@@ -316,10 +321,9 @@ def _open_cache(folder: Path, source: str) -> ImageData:
     for split, n in meta["counts"].items():
         shapes = np.load(folder / f"{split}_shapes.npy")
         if meta["store"] == "encoded":
-            from mixer_ft.data.encoded import EncodedImages
-
             flat = np.memmap(folder / f"{split}.enc", dtype=np.uint8, mode="r")
-            images[split] = EncodedImages(flat, np.load(folder / f"{split}_offsets.npy"), shapes, meta["max_side"], split)
+            images[split] = EncodedImages(flat, np.load(folder / f"{split}_offsets.npy"), shapes, meta["max_side"], split,
+                                          folder / f"{split}_names.txt")
             extents[split] = None if (shapes == shapes[0]).all() else shapes
             continue
         flat = np.memmap(folder / f"{split}.u8", dtype=np.uint8, mode="r")

@@ -16,19 +16,25 @@ marker) is found while indexing and skipped, like any image that does not decode
 from __future__ import annotations
 
 import io
+import json
+import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from mixer_ft.data.images import MAX_PIXELS, bounded, decode_workers, keep_image_memory, or_why, to_rgb_array
-from mixer_ft.errors import DataError
+from mixer_ft.errors import DataError, Undecodable
 
 if TYPE_CHECKING:
     from mixer_ft.data.preprocess import Preprocess
 
+log = logging.getLogger(__name__)
+
 REENCODE_QUALITY = 95
+SMALL_SIDE = 64  # a set whose images all have one size, at most this on a side (CIFAR), is stored decoded
 KEPT_FORMATS = {"JPEG", "PNG", "WEBP"}
 _TRANSPOSED = {5, 6, 7, 8}  # EXIF orientations that swap width and height
 
@@ -69,6 +75,8 @@ def _index(data: bytes, max_side: int) -> tuple[int, int, bytes | None] | str:
     if img.getexif().get(0x0112, 1) in _TRANSPOSED:
         w, h = h, w
     w, h = bounded((w, h), max_side)
+    if max(h, w) <= SMALL_SIDE:  # may go to the decoded store: decoded now (cheap), so one that fails is skipped
+        to_rgb_array(("", lambda: data), None, max_side)
     if fmt in KEPT_FORMATS and len(data) <= h * w * 3:
         return h, w, None
     arr = to_rgb_array(("", lambda: data), None, max_side)  # decoded once, kept small
@@ -136,8 +144,11 @@ class EncodedImages:
 
     dtype = np.dtype(np.uint8)
 
-    def __init__(self, flat: np.ndarray, offsets: np.ndarray, shapes: np.ndarray, max_side: int, names: str) -> None:
+    def __init__(self, flat: np.ndarray, offsets: np.ndarray, shapes: np.ndarray, max_side: int, names: str,
+                 files: Path | None = None) -> None:
         self.flat, self.offsets, self.shapes, self.max_side, self.names = flat, offsets, shapes, max_side, names
+        self.files = files  # each image's name in the source, a JSON string a line (read only to name one)
+        self.unreadable: set[int] = set()  # images found not to decode while training, each named once
         self.shape = (len(shapes), int(shapes[:, 0].max()), int(shapes[:, 1].max()), 3) if len(shapes) else (0, 0, 0, 3)
         self.nbytes = int(offsets[-1])  # on disk; the decoded images are never all held
         self._pool: ThreadPoolExecutor | None = None
@@ -155,8 +166,10 @@ class EncodedImages:
         try:
             arr = to_rgb_array(("", lambda: data), None, self.max_side, resized=resized)
         except Exception as e:  # noqa: BLE001 - PIL raises many kinds; any of them is this image's damage
-            raise DataError(f"image {i} of the {self.names} split no longer decodes ({type(e).__name__}: {e}); the "
-                            "data cache is damaged: delete it (MIXER_FT_CACHE/data) and run the same command again.") from None
+            # Indexing read only its header: the file's pixels are damaged (or the cache is).
+            raise Undecodable(f"{self.name(i)} does not decode ({type(e).__name__}: {e}); remove or replace it in the "
+                              "source (or, if the source is whole, delete the data cache, MIXER_FT_CACHE/data) and run "
+                              "the same command again.", f"{type(e).__name__}: {e}") from None
         kept = bounded(arr.shape[1::-1], self.max_side)[::-1]
         if kept != tuple(self.shapes[i]):
             raise DataError(f"image {i} of the {self.names} split decodes at {kept[0]}x{kept[1]}, not the "
@@ -182,14 +195,44 @@ class EncodedImages:
         out = torch.empty(shape) if out is None or tuple(out.shape) != shape else out
         box_list, flip_list = boxes.long().tolist(), flips.tolist()
 
-        def put(k: int) -> None:
+        def put(k: int) -> str | None:
             i = int(index[k])
-            out[k] = pre.crop_one(self.image(i, resized=False), tuple(self.shapes[i]), box_list[k], flip_list[k])
+            try:
+                image = self.image(i, resized=False)
+            except Undecodable as e:
+                return e.why
+            out[k] = pre.crop_one(image, tuple(self.shapes[i]), box_list[k], flip_list[k])
+            return None
 
         if self._pool is None:
             self._pool = decoding_pool()
-        list(self._pool.map(put, range(len(index))))
-        return out
+        used = np.array(index, dtype=np.int64)
+        failed = {k: why for k, why in enumerate(self._pool.map(put, range(len(index)))) if why}
+        if failed:
+            good = [k for k in range(len(index)) if k not in failed]
+            if not good:
+                raise DataError(f"No image of a {self.names} batch decodes: {next(iter(failed.values()))}")
+            for k, why in failed.items():
+                stand_in = min(good, key=lambda g: (abs(g - k), g))  # the nearest that decoded: the same on a resume
+                out[k], used[k] = out[stand_in], index[stand_in]
+                self._name_unreadable(int(index[k]), why, int(index[stand_in]))
+        return out, used
+
+    def name(self, i: int) -> str:
+        """Image ``i``'s name in the source, where the cache keeps names; else its place in the split."""
+        if self.files is not None and self.files.is_file():
+            with open(self.files, encoding="utf-8") as f:
+                for k, line in enumerate(f):
+                    if k == i:
+                        return str(json.loads(line))
+        return f"image {i} of the {self.names} split"
+
+    def _name_unreadable(self, i: int, why: str, stand_in: int) -> None:
+        if i not in self.unreadable:
+            self.unreadable.add(i)
+            log.warning("%s does not decode (%s): each time a batch takes it, %s takes its place, with its label. "
+                        "Remove or replace the file in the source to train on it.", self.name(i), why, self.name(stand_in))
 
 
-__all__ = ["KEPT_FORMATS", "REENCODE_QUALITY", "EncodedImages", "decode_padded", "decoding_pool", "index_image"]
+__all__ = ["KEPT_FORMATS", "REENCODE_QUALITY", "SMALL_SIDE", "EncodedImages", "decode_padded",
+           "decoding_pool", "index_image"]

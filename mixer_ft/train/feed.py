@@ -198,8 +198,9 @@ class TrainFeed(Feed):
         batch, boxes, flips = self.batch_share(step)
         own = None if self.extents is None else torch.from_numpy(self.extents[batch])
         if self.host_crops:  # the model's inputs, made here: only they and the labels go to the device
-            images = self.images.crops(batch, boxes, flips, self.pre, self.buffers[step % 3])
-            self.buffers[step % 3], labels = images, torch.from_numpy(self.labels[batch])
+            # An image that does not decode stands in for by the batch's nearest that does, with its label
+            images, used = self.images.crops(batch, boxes, flips, self.pre, self.buffers[step % 3])
+            self.buffers[step % 3], labels = images, torch.from_numpy(self.labels[used])
             if self.side is None:
                 return StepData(images, labels, boxes, flips, own, cropped=True)
             (images, labels), ready = self._send([images, labels])
