@@ -10,8 +10,8 @@ process (so its peak RSS is its own) with a cache of its own:
 - seconds from the process start to the first training batch delivered (the cache built, or the loader's
   workers started), 224 px with the upstream crop (Inception crop, 5-100% of the area, and a flip);
 - images/s delivered after that, at each number of workers (our decode threads, MIXER_FT_WORKERS, read
-  through the training feed as a run reads them; the DataLoader's worker processes for timm), over --batches
-  batches of --batch;
+  through the training feed as a run reads them; the DataLoader's worker processes for timm): the median of
+  3 windows of --batches batches of --batch, one after another, with their range;
 - peak RSS (the process's, the loader's workers not counted).
 The record goes to --out as data_scale_<cpu>.json.
 """
@@ -83,6 +83,22 @@ def du(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
+REPEATS = 3  # timed windows of --batches batches each, one after another: the median is reported, with the range
+
+
+def windows(take, first: int, batches: int, batch: int) -> dict:
+    """Images/s over REPEATS windows of ``batches`` batches of ``batch``, ``take(step)`` taking each step's batch
+    from ``first`` on: the median window and the slowest and fastest."""
+    rates, step = [], first
+    for _ in range(REPEATS):
+        t = time.perf_counter()
+        for _ in range(batches):
+            take(step)
+            step += 1
+        rates.append(batches * batch / (time.perf_counter() - t))
+    return {"median": round(float(np.median(rates)), 1), "min": round(min(rates), 1), "max": round(max(rates), 1)}
+
+
 def measure(way: str, folder: Path, workers: list[int], batches: int, batch: int) -> dict:
     """In this (fresh) process: the numbers of one way of reading the set."""
     t0 = time.perf_counter()
@@ -108,10 +124,7 @@ def measure(way: str, folder: Path, workers: list[int], batches: int, batch: int
         for w in workers:
             it = iter(loader(w))
             next(it)  # the workers started
-            t = time.perf_counter()
-            for _ in range(batches):
-                x, _ = next(it)
-            rates[str(w)] = round(batches * batch / (time.perf_counter() - t), 1)
+            rates[str(w)] = windows(lambda _, it=it: next(it), 1, batches, batch)
     else:
         from mixer_ft.data import cache as cache_mod
         from mixer_ft.data.preprocess import Preprocess
@@ -119,7 +132,7 @@ def measure(way: str, folder: Path, workers: list[int], batches: int, batch: int
         from mixer_ft.train.stream_feed import StreamFeed
 
         pre = Preprocess(224, mean=(0.5,) * 3, std=(0.5,) * 3)
-        cpu, total = torch.device("cpu"), batches + 2
+        cpu, total = torch.device("cpu"), REPEATS * batches + 2
         if way == "stream":  # the shards read as a run reads them with --streaming: no cache, no index
             from mixer_ft.data.stream import shard_stream
 
@@ -154,12 +167,10 @@ def measure(way: str, folder: Path, workers: list[int], batches: int, batch: int
             torch.set_num_threads(w)
             running = feed()
             running.take(0).inputs(pre, slice(None))  # the feed's threads started, as timm's workers are
-            t = time.perf_counter()
-            for step in range(1, 1 + batches):
-                running.take(step).inputs(pre, slice(None))
-            rates[str(w)] = round(batches * batch / (time.perf_counter() - t), 1)
+            rates[str(w)] = windows(lambda step, f=running: f.take(step).inputs(pre, slice(None)), 1, batches, batch)
             running.close()
-    out["images_per_s"] = rates
+    out["images_per_s"] = {w: r["median"] for w, r in rates.items()}
+    out["images_per_s_spread"] = {w: [r["min"], r["max"]] for w, r in rates.items()}
     out["peak_rss_bytes"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return out
 

@@ -271,3 +271,32 @@ def test_a_split_is_scored_as_it_is_read_not_read_whole_first(shards):
     images, labels, extents = next(chunks)
     assert len(opened) == 1 and images.shape[0] == len(labels) == len(extents) == 8
     assert sum(len(c[1]) for c in chunks) == 120 - 8 and len(opened) == 6
+
+
+def test_a_streamed_image_whose_pixels_do_not_decode_is_named_and_its_batch_neighbour_stands_in_with_its_label(
+        cifar_subset, tmp_path, caplog):
+    """A stream sizes its samples from their headers and crops each where it is decoded, as the compact store does:
+    a sample whose header is whole but whose pixels are damaged takes the input and label of its batch's nearest."""
+    import logging
+
+    from test_encoded_store import damaged_pixels
+
+    from mixer_ft.data.preprocess import Preprocess
+    from mixer_ft.train.stream_feed import StreamFeed
+
+    samples = images_of(cifar_subset(train=12, test=3), "train")[:8]
+    picture = np.zeros((32, 32, 3), np.uint8)
+    samples[3] = (9, damaged_pixels(picture))  # a truck that does not decode, between two airplanes
+    write_shards(tmp_path / "s", "train", samples, per_shard=8)
+    write_shards(tmp_path / "s", "test", samples[:2], per_shard=8)
+    (tmp_path / "s" / "classes.txt").write_text("\n".join(CLASSES) + "\n")
+    stream, pre = shard_stream(str(tmp_path / "s")), Preprocess(32)
+    feed = StreamFeed(stream, stream.train, pre, seed=0, local_batch=8, total=1, device=torch.device("cpu"))
+    with caplog.at_level(logging.WARNING):
+        data = feed.take(0)
+    feed.close()
+    assert data.cropped and data.images.shape == (8, 3, 32, 32)
+    read = [s[1] for s in ShardCursor(stream, stream.train, seed=0).take(8)]  # the order the feed read them
+    at = read.index(9)
+    assert data.labels[at] != 9 and torch.equal(data.images[at], data.images[at - 1 if at else 1])
+    assert "does not decode" in caplog.text and "nearest image takes its place" in caplog.text

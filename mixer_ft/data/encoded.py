@@ -19,6 +19,7 @@ import io
 import json
 import logging
 import os
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -60,21 +61,42 @@ def index_image(payload: tuple[Any, int]) -> tuple[int, int, bytes | None] | str
     return or_why(data, lambda d: _index(d, max_side))
 
 
-def _index(data: bytes, max_side: int) -> tuple[int, int, bytes | None] | str:
+def header_size(data: bytes, max_side: int) -> tuple[int, int] | str:
+    """(height, width) an image will have once decoded by :func:`~mixer_ft.data.images.to_rgb_array` (upright,
+    the longer side at most ``max_side``), from its header alone; or why it cannot be used."""
+    def size(d: bytes) -> tuple[int, int] | str:
+        got = _header(d, max_side)
+        return got if isinstance(got, str) else got[:2]
+
+    return or_why(data, size)
+
+
+def _header(data: bytes, max_side: int) -> tuple[int, int, Any] | str:
+    """(height, width, the opened image) from the header: see :func:`header_size`."""
     from PIL import Image
 
     img = Image.open(io.BytesIO(data))
     if img.size[0] * img.size[1] > MAX_PIXELS:
         return f"too large: {img.size[0]}x{img.size[1]} pixels"
-    fmt = img.format or ""
-    if not _complete(data, fmt):
+    if not _complete(data, img.format or ""):
         return "cut short"
-    if max_side and fmt == "JPEG":
+    if max_side and img.format == "JPEG":
         img.draft(img.mode, bounded(img.size, max_side))  # as to_rgb_array does: only the header changes
     w, h = img.size
     if img.getexif().get(0x0112, 1) in _TRANSPOSED:
         w, h = h, w
     w, h = bounded((w, h), max_side)
+    return h, w, img
+
+
+def _index(data: bytes, max_side: int) -> tuple[int, int, bytes | None] | str:
+    from PIL import Image
+
+    got = _header(data, max_side)
+    if isinstance(got, str):
+        return got
+    h, w, img = got
+    fmt = img.format or ""
     if max(h, w) <= SMALL_SIDE:  # may go to the decoded store: decoded now (cheap), so one that fails is skipped
         to_rgb_array(("", lambda: data), None, max_side)
     if fmt in KEPT_FORMATS and len(data) <= h * w * 3:
@@ -134,6 +156,42 @@ def decoding_pool() -> ThreadPoolExecutor:
     return pool
 
 
+def crop_each(pool: ThreadPoolExecutor, decode: Callable[[int], np.ndarray], shapes: np.ndarray, boxes: Any,
+              flips: Any, pre: Preprocess, out: Any = None) -> tuple[Any, dict[int, tuple[int, str]]]:
+    """A batch's training inputs, (n, 3, size, size): image k decoded by ``decode(k)`` (as decoded, its kept
+    size ``shapes[k]``), cropped to its box (drawn on its kept size), resized, flipped where ``flips`` and
+    normalised by :meth:`Preprocess.crop_one` in the ``pool`` thread that decoded it, so no image is scaled down
+    whole first nor padded into a batch. Written into ``out`` where given (a batch's fresh 150 MB cost a tenth of
+    the time in page faults).
+
+    An image whose ``decode`` raises :class:`Undecodable` takes the input of the batch's nearest image that
+    decodes (the same on a resume); returned with it: {k: (the image standing in, why k does not decode)}.
+    """
+    import torch
+
+    shape = (len(shapes), 3, pre.size, pre.size)
+    out = torch.empty(shape) if out is None or tuple(out.shape) != shape else out
+    box_list, flip_list = boxes.long().tolist(), flips.tolist()
+
+    def put(k: int) -> str | None:
+        try:
+            image = decode(k)
+        except Undecodable as e:
+            return e.why
+        out[k] = pre.crop_one(image, tuple(shapes[k]), box_list[k], flip_list[k])
+        return None
+
+    failed = {k: why for k, why in enumerate(pool.map(put, range(len(shapes)))) if why}
+    good = [k for k in range(len(shapes)) if k not in failed]
+    if failed and not good:
+        raise DataError(f"No image of a batch decodes ({next(iter(failed.values()))}); is the data readable?")
+    stand_ins = {}
+    for k, why in failed.items():
+        stand_in = min(good, key=lambda g: (abs(g - k), g))
+        out[k], stand_ins[k] = out[stand_in], (stand_in, why)
+    return out, stand_ins
+
+
 class EncodedImages:
     """Encoded images stored one after another in a flat byte file, decoded on access.
 
@@ -184,38 +242,17 @@ class EncodedImages:
             self._pool = decoding_pool()
         return decode_padded([int(i) for i in index], self.image, self._pool, self.shapes[index])
 
-    def crops(self, index: np.ndarray, boxes: Any, flips: Any, pre: Preprocess, out: Any = None) -> Any:
-        """The training inputs of images ``index``: each decoded, cropped to its box (drawn on its kept size),
-        resized, flipped where ``flips`` and normalised by :meth:`Preprocess.crop_one` in the decode thread
-        that decoded it, so no image is scaled down whole first nor padded into a batch. (n, 3, size, size),
-        written into ``out`` where given (a batch's fresh 150 MB cost a tenth of the time in page faults)."""
-        import torch
-
-        shape = (len(index), 3, pre.size, pre.size)
-        out = torch.empty(shape) if out is None or tuple(out.shape) != shape else out
-        box_list, flip_list = boxes.long().tolist(), flips.tolist()
-
-        def put(k: int) -> str | None:
-            i = int(index[k])
-            try:
-                image = self.image(i, resized=False)
-            except Undecodable as e:
-                return e.why
-            out[k] = pre.crop_one(image, tuple(self.shapes[i]), box_list[k], flip_list[k])
-            return None
-
+    def crops(self, index: np.ndarray, boxes: Any, flips: Any, pre: Preprocess, out: Any = None) -> tuple[Any, np.ndarray]:
+        """The training inputs of images ``index`` (see :func:`crop_each`) and the images they are: ``index``, but
+        where one does not decode, the image that stands in for it (whose label it takes)."""
         if self._pool is None:
             self._pool = decoding_pool()
+        out, stand_ins = crop_each(self._pool, lambda k: self.image(int(index[k]), resized=False), self.shapes[index],
+                                   boxes, flips, pre, out)
         used = np.array(index, dtype=np.int64)
-        failed = {k: why for k, why in enumerate(self._pool.map(put, range(len(index)))) if why}
-        if failed:
-            good = [k for k in range(len(index)) if k not in failed]
-            if not good:
-                raise DataError(f"No image of a {self.names} batch decodes: {next(iter(failed.values()))}")
-            for k, why in failed.items():
-                stand_in = min(good, key=lambda g: (abs(g - k), g))  # the nearest that decoded: the same on a resume
-                out[k], used[k] = out[stand_in], index[stand_in]
-                self._name_unreadable(int(index[k]), why, int(index[stand_in]))
+        for k, (stand_in, why) in stand_ins.items():
+            used[k] = index[stand_in]
+            self._name_unreadable(int(index[k]), why, int(index[stand_in]))
         return out, used
 
     def name(self, i: int) -> str:
@@ -234,5 +271,5 @@ class EncodedImages:
                         "Remove or replace the file in the source to train on it.", self.name(i), why, self.name(stand_in))
 
 
-__all__ = ["KEPT_FORMATS", "REENCODE_QUALITY", "SMALL_SIDE", "EncodedImages", "decode_padded",
-           "decoding_pool", "index_image"]
+__all__ = ["KEPT_FORMATS", "REENCODE_QUALITY", "SMALL_SIDE", "EncodedImages", "crop_each", "decode_padded",
+           "decoding_pool", "header_size", "index_image"]

@@ -1,11 +1,13 @@
 """Each step's data from a streamed set (:mod:`mixer_ft.data.stream`): this process's next samples, decoded.
 
 A stream has no index to shuffle: each process takes the next ``batch / processes`` samples of its own
-shards (:class:`~mixer_ft.data.stream.ShardCursor`), decodes them in threads with the function every store
-uses, and draws their crop boxes and flips from a generator seeded by (seed, process, step), so a resumed
-run crops as the uninterrupted one. An image that does not decode is named and replaced by the stream's next
-sample. The cursor before each step is kept, so a checkpoint after step ``s`` records where step ``s + 1``
-starts, whatever the feed has read ahead.
+shards (:class:`~mixer_ft.data.stream.ShardCursor`), reads their sizes from their headers, draws their crop
+boxes and flips from a generator seeded by (seed, process, step), so a resumed run crops as the uninterrupted
+one, then decodes and crops each in a decode thread, as the compact store's batches are
+(:func:`~mixer_ft.data.encoded.crop_each`). An image whose header cannot be used is named and replaced by the
+stream's next sample; one whose pixels then do not decode, by the batch's nearest image. The cursor before
+each step is kept, so a checkpoint after step ``s`` records where step ``s + 1`` starts, whatever the feed has
+read ahead.
 """
 
 from __future__ import annotations
@@ -20,11 +22,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from mixer_ft.data.encoded import decode_padded, decoding_pool
+from mixer_ft.data.encoded import crop_each, decode_padded, decoding_pool, header_size
 from mixer_ft.data.images import or_why, printable, to_rgb_array
 from mixer_ft.data.preprocess import batch_seed
 from mixer_ft.data.shards import report_skipped
 from mixer_ft.data.stream import Sample, ShardCursor, StreamedSet, split_samples
+from mixer_ft.errors import Undecodable
 from mixer_ft.model.config import MAX_SIDE
 from mixer_ft.train.feed import Feed, StepData
 
@@ -58,6 +61,29 @@ def decoded(pool: ThreadPoolExecutor, samples: list[Sample], failed: Counter[str
     return kept
 
 
+def sized(pool: ThreadPoolExecutor, samples: list[Sample], failed: Counter[str],
+          instead: str) -> list[tuple[Sample, tuple[int, int]]]:
+    """Each sample with its kept size (h, w), from its header alone, in ``pool``'s threads; one that cannot be
+    used is left out and counted as :func:`decoded` does."""
+    kept = []
+    for sample, size in zip(samples, pool.map(lambda s: header_size(s[2], MAX_SIDE), samples), strict=True):
+        if isinstance(size, str):
+            failed[size] += 1
+            if sum(failed.values()) <= NAMED:
+                log.warning("%s does not decode (%s): %s", printable(sample[0]), size, instead)
+            continue
+        kept.append((sample, size))
+    return kept
+
+
+def as_decoded(sample: Sample) -> np.ndarray:
+    """A sample's image as decoded (not yet scaled to its kept size), for :func:`crop_each`."""
+    try:
+        return to_rgb_array(("", lambda: sample[2]), None, MAX_SIDE, resized=False)
+    except Exception as e:  # noqa: BLE001 - PIL raises many kinds; any of them is this image's damage
+        raise Undecodable(f"{printable(sample[0])} does not decode", f"{type(e).__name__}: {e}") from None
+
+
 def padded(images: list[np.ndarray], pool: ThreadPoolExecutor) -> tuple[np.ndarray, np.ndarray]:
     """Decoded images of several sizes as one zero-padded (n, H, W, 3) batch, and each one's (h, w)."""
     shapes = np.array([a.shape[:2] for a in images], dtype=np.int64).reshape(-1, 2)
@@ -82,6 +108,7 @@ class StreamFeed(Feed):
         self.cursors: dict[int, list[int]] = {}  # step -> where the stream stood before it
         self.decoder = decoding_pool()
         self.failed: Counter[str] = Counter()
+        self.buffers: list[torch.Tensor | None] = [None] * 3
 
     def state(self, step: int) -> list[int]:
         """Where this process's stream stands before step ``step`` (which must have been prepared or be next)."""
@@ -92,24 +119,33 @@ class StreamFeed(Feed):
         self.cursor.load(state)
 
     def _prepare(self, step: int) -> StepData:
+        """The next samples, sized from their headers; their boxes drawn; each decoded and cropped in a decode
+        thread (:func:`~mixer_ft.data.encoded.crop_each`), as the compact store's batches are."""
         self.cursors[step] = self.cursor.state()
-        kept: list[tuple[Sample, np.ndarray]] = []
+        kept: list[tuple[Sample, tuple[int, int]]] = []
         while len(kept) < self.local_batch:
-            kept += decoded(self.decoder, self.cursor.take(self.local_batch - len(kept)), self.failed,
-                            "the stream's next image takes its place")
+            kept += sized(self.decoder, self.cursor.take(self.local_batch - len(kept)), self.failed,
+                          "the stream's next image takes its place")
         self.cursors[step + 1] = self.cursor.state()
         for old in [s for s in self.cursors if s < step - 2]:
             del self.cursors[old]
-        batch, shapes = padded([image for _, image in kept], self.decoder)  # copied into the batch in the threads
-        own = torch.from_numpy(shapes)
-        labels = [sample[1] for sample, _ in kept]
+        own = torch.tensor([size for _, size in kept], dtype=torch.long)
         gen = torch.Generator().manual_seed(batch_seed(self.seed, STREAM_EPOCH + self.rank, step))
         boxes, flips = self.pre.sample(len(kept), own[:, 0], own[:, 1], gen)
-        tensors = [torch.from_numpy(batch), torch.tensor(labels, dtype=torch.long), boxes, flips, own]
+        images, stand_ins = crop_each(self.decoder, lambda k: as_decoded(kept[k][0]), own.numpy(), boxes, flips,
+                                      self.pre, self.buffers[step % 3])
+        self.buffers[step % 3] = images  # used in turn, as TrainFeed's
+        labels = [kept[stand_ins[k][0] if k in stand_ins else k][0][1] for k in range(len(kept))]
+        for k, (_, why) in stand_ins.items():
+            self.failed[why] += 1
+            if sum(self.failed.values()) <= NAMED:
+                log.warning("%s does not decode (%s): the batch's nearest image takes its place",
+                            printable(kept[k][0][0]), why)
+        labels_t = torch.tensor(labels, dtype=torch.long)
         if self.side is None:
-            return StepData(*tensors)
-        moved, ready = self._send(tensors)
-        return StepData(*moved, ready=ready)
+            return StepData(images, labels_t, boxes, flips, own, cropped=True)
+        (images, labels_t), ready = self._send([images, labels_t])
+        return StepData(images, labels_t, boxes, flips, own, ready, cropped=True)
 
     def close(self) -> None:
         super().close()
