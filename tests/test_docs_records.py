@@ -143,3 +143,7 @@ def test_the_data_scale_table_is_its_record():
     assert f"from cached shards {ratio(sh, '1'):.2f}x and {ratio(sh, '2'):.2f}x" in doc
     assert f"is {ratio(dec, '1'):.2f}x and {ratio(dec, '2'):.2f}x." in doc
     assert f"are {r['stream_over_timm']['1']:.2f}x and {r['stream_over_timm']['2']:.2f}x timm's loader" in doc
+    spread = [(m["images_per_s_spread"]["2"], m["images_per_s"]["2"]) for m in (enc, timm)]
+    assert all(low <= median <= high for (low, high), median in spread)
+    assert "windows with 2 workers ran {:,.0f}-{:,.0f} images/s, timm's {:,.0f}-{:,.0f}".format(
+        *spread[0][0], *spread[1][0]) in doc
