@@ -103,8 +103,12 @@ def command_line(args: list[str], commands: Collection[str]) -> list[str]:
     options, command = list(args[:at]), list(args[at:])
     if command[0] == "launch":
         raise ConfigError(f"mixer-ft launch cannot launch itself. Usage: {USAGE}")
-    if options[-2:] == ["-m", "mixer_ft"]:  # written as after `accelerate launch`: the same thing
+    # The program named before its command, as after `accelerate launch` (-m mixer_ft) or as a shell runs it
+    # (mixer-ft, mixer_ft): the same thing; left among the launcher's options it would be run as a script.
+    if options[-2:] == ["-m", "mixer_ft"]:
         options = options[:-2]
+    elif options[-1:] in (["mixer_ft"], ["mixer-ft"]):
+        options = options[:-1]
     return [sys.executable, "-m", "accelerate.commands.launch", *options, "-m", "mixer_ft", *command]
 
 

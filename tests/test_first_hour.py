@@ -198,6 +198,18 @@ def test_under_mixer_ft_launch_a_user_error_is_one_line_with_exit_2_and_no_launc
     assert not list(tmp_path.iterdir())  # nothing written where it ran
 
 
+@pytest.mark.parametrize("program", [["-m", "mixer_ft"], ["mixer_ft"], ["mixer-ft"]])
+def test_the_program_named_before_its_command_is_not_run_as_the_launchers_script(program):
+    """`mixer-ft launch --cpu mixer_ft finetune` (copied from `accelerate launch -m mixer_ft`) ran `python mixer_ft`,
+    a file that is not there, and showed accelerate's traceback: the program's name is the same as none."""
+    from mixer_ft.launch import command_line
+
+    commands = {"finetune", "launch"}
+    plain = command_line(["--num_processes", "2", "--cpu", "finetune", "--steps", "3"], commands)
+    assert command_line(["--num_processes", "2", "--cpu", *program, "finetune", "--steps", "3"], commands) == plain
+    assert plain[plain.index("-m", 2):] == ["-m", "mixer_ft", "finetune", "--steps", "3"]
+
+
 @pytest.mark.parametrize("args", [[], ["--num_processes", "2"], ["launch", "finetune"]])
 def test_mixer_ft_launch_without_a_command_of_its_own_is_one_line_with_the_usage(args):
     line = one_error_line(run_cli("launch", *args, "--steps", "3") if args else run_cli("launch", "--steps", "3"))
@@ -218,3 +230,13 @@ def test_the_launcher_output_is_shown_up_to_the_first_mark_however_the_pipe_cuts
     assert got == before
     plain = LauncherOutput()  # no process ended with a status: all of it, nothing held back at the end
     assert b"".join(plain.feed(before[a:b]) for a, b in zip(bounds, bounds[1:]) if a < len(before)) + plain.flush() == before
+
+
+def test_a_minival_of_no_images_shows_no_accuracy(cifar_subset, tmp_path):
+    """20 train images leave minival empty (the run warns at the start): 0 of 0 is not an accuracy of 0."""
+    out = run_cli("finetune", "--dataset", cifar_subset(train=2, test=1), "--steps", 2, "--batch", 4, "--warmup", 0,
+                  "--eval-every", 1, "--output-dir", tmp_path / "run", "--set", f'results_dir="{tmp_path / "results"}"',
+                  *TINY, cwd=tmp_path)
+    text = out.stdout + out.stderr
+    assert out.returncode == 0 and "the minival split has 0 images" in text, text[-2000:]
+    assert "no minival images" in text and "minival accuracy" not in text and "minival 0.0000" not in text

@@ -88,7 +88,7 @@ def build(root: Path, outside: Path, layout) -> tuple[Path, dict]:
             expect["named"] += [rel] if container != "zip" else []
         elif kind == "fifo":
             os.mkfifo(path)
-            expect["named"] += [rel] if container == "folder" else []
+            expect["named"] += [rel] if container in ("folder", "tar") else []  # tar stores it; zip leaves it out
     if container == "folder":
         return root / "data", expect
     archive = root / f"data.{container}"

@@ -357,7 +357,8 @@ def finish(run: Run) -> dict[str, Any]:
         path = write_record(record_path(run.recipe), record)
         atomic_write_text(run.out / "record.json", json_text(record, indent=2) + "\n")
         views = f" (with the recipe's test-time views: {with_views[1][0]:.4f})" if with_views else ""
-        accel.print(f"test accuracy {test[0]:.4f} ({test[1]} images){views}, minival {minival[0]:.4f}; "
+        scored = f"minival {minival[0]:.4f}" if minival[1] else "no minival images"  # 0 of 0 is not an accuracy
+        accel.print(f"test accuracy {test[0]:.4f} ({test[1]} images){views}, {scored}; "
                     f"record {path}, model {run.out / 'model'}")
     if run.recipe.tracker:
         accel.end_training()
@@ -454,7 +455,7 @@ def _train(run: Run, progress: Progress, signals: StopSignals) -> None:
         progress.step(run.step, run.lr, loss, correct, images, seconds, warmup)
         if evaluate_now:
             t0 = time.perf_counter()
-            progress.minival(run.step, evaluate(run, "minival")[0])
+            progress.minival(run.step, *evaluate(run, "minival"))
             run.eval_s += time.perf_counter() - t0
         if checkpoint_now:
             t0 = time.perf_counter()

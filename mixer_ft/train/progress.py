@@ -116,9 +116,12 @@ class Progress:
         self.steps = self.images = self.timed_images = 0
         self.window_s = 0.0
 
-    def minival(self, done: int, accuracy: float) -> None:
-        """A minival accuracy at step ``done``: in the history, on the terminal and in the tracker."""
+    def minival(self, done: int, accuracy: float, images: int = 1) -> None:
+        """A minival accuracy at step ``done`` over ``images``: in the history, on the terminal and in the tracker.
+        A minival of no images (a small set; the run warned of it at the start) has no accuracy to show."""
         self.history["minival"].append({"step": done, "accuracy": round(accuracy, 5)})
+        if not images:
+            return
         if self.accelerator.is_main_process:
             self.bar.write(f"step {done}: minival accuracy {accuracy:.4f}", file=sys.stderr if self.lines else None)
         if self.recipe.tracker:
