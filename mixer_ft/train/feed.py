@@ -96,9 +96,26 @@ class Feed:
         self.side = torch.cuda.Stream(device) if device.type == "cuda" else None
         self.pool = concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="mixer-ft-feed") if prefetch else None
         self.pending: tuple[int, concurrent.futures.Future[StepData]] | None = None
+        # Inputs cropped on the host are written into buffers used in turn: step s's is written again for step
+        # s + 3, when s has ended (the feed prepares one step ahead) and its copy to a GPU was made long before.
+        self.buffers: list[torch.Tensor | None] = [None] * 3
 
     def _prepare(self, step: int) -> StepData:
         raise NotImplementedError
+
+    def buffer(self, step: int) -> torch.Tensor | None:
+        """The buffer step ``step``'s cropped inputs may be written into (None until one was made)."""
+        return self.buffers[step % len(self.buffers)]
+
+    def _cropped(self, step: int, images: torch.Tensor, labels: torch.Tensor, boxes: torch.Tensor, flips: torch.Tensor,
+                 own: torch.Tensor | None) -> StepData:
+        """Step ``step``'s data whose images are model inputs already (cropped where decoded, into
+        :meth:`buffer`): only they and the labels go to the device."""
+        self.buffers[step % len(self.buffers)] = images
+        if self.side is None:
+            return StepData(images, labels, boxes, flips, own, cropped=True)
+        (images, labels), ready = self._send([images, labels])
+        return StepData(images, labels, boxes, flips, own, ready, cropped=True)
 
     def _send(self, tensors: list[torch.Tensor]) -> tuple[list[torch.Tensor], torch.cuda.Event]:
         """Host tensors copied to the GPU from pinned memory on the side stream, so no copy waits for the step
@@ -169,9 +186,6 @@ class TrainFeed(Feed):
         self.order: tuple[int, np.ndarray | None] = (-1, None)  # (epoch, its shuffled train indices)
         # Encoded images are cropped in the threads that decode them (boxes inside the images: no translate).
         self.host_crops = isinstance(self.images, EncodedImages) and not pre.translate
-        # Their batches are written into buffers used in turn: step s's is written again for step s + 3, when
-        # s has ended (the feed prepares one step ahead) and its copy to a GPU was made long before.
-        self.buffers: list[torch.Tensor | None] = [None] * 3
 
     def batch_share(self, step: int) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
         """This process's share of step ``step``'s global batch: train image indices, crop boxes, flips.
@@ -197,14 +211,10 @@ class TrainFeed(Feed):
         """Step ``step``'s data, its copies issued (on the side stream where there is one)."""
         batch, boxes, flips = self.batch_share(step)
         own = None if self.extents is None else torch.from_numpy(self.extents[batch])
-        if self.host_crops:  # the model's inputs, made here: only they and the labels go to the device
-            # An image that does not decode stands in for by the batch's nearest that does, with its label
-            images, used = self.images.crops(batch, boxes, flips, self.pre, self.buffers[step % 3])
-            self.buffers[step % 3], labels = images, torch.from_numpy(self.labels[used])
-            if self.side is None:
-                return StepData(images, labels, boxes, flips, own, cropped=True)
-            (images, labels), ready = self._send([images, labels])
-            return StepData(images, labels, boxes, flips, own, ready, cropped=True)
+        if self.host_crops:  # the model's inputs, made here
+            # An image that does not decode is stood in for by the batch's nearest that does, with its label
+            images, used = self.images.crops(batch, boxes, flips, self.pre, self.buffer(step))
+            return self._cropped(step, images, torch.from_numpy(self.labels[used]), boxes, flips, own)
         if self.side is None:  # the CPU: the step reads its data where it is
             images = self.images[torch.from_numpy(batch)] if self.on_device else \
                 torch.from_numpy(np.ascontiguousarray(self.images[batch]))

@@ -116,7 +116,7 @@ class Progress:
         self.steps = self.images = self.timed_images = 0
         self.window_s = 0.0
 
-    def minival(self, done: int, accuracy: float, images: int = 1) -> None:
+    def minival(self, done: int, accuracy: float, images: int) -> None:
         """A minival accuracy at step ``done`` over ``images``: in the history, on the terminal and in the tracker.
         A minival of no images (a small set; the run warned of it at the start) has no accuracy to show."""
         self.history["minival"].append({"step": done, "accuracy": round(accuracy, 5)})

@@ -15,9 +15,9 @@ from __future__ import annotations
 import itertools
 import logging
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -46,34 +46,38 @@ def decode(sample: Sample) -> np.ndarray | str:
     return or_why(data, lambda d: to_rgb_array(("", lambda: d), None, MAX_SIDE))
 
 
+def not_used(failed: Counter[str], name: str, why: str, instead: str) -> None:
+    """Count an image that cannot be used in ``failed`` by why; the first :data:`NAMED` are named in a warning that
+    says what happens ``instead``."""
+    failed[why] += 1
+    if sum(failed.values()) <= NAMED:
+        log.warning("%s does not decode (%s): %s", printable(name), why, instead)
+
+
+def usable(pool: ThreadPoolExecutor, samples: list[Sample], work: Callable[[Sample], Any], failed: Counter[str],
+           instead: str) -> list[tuple[Sample, Any]]:
+    """Each sample with ``work(sample)``, run in ``pool``'s threads; a sample whose work says why it cannot be used
+    (a string) is left out and counted (:func:`not_used`)."""
+    kept = []
+    for sample, got in zip(samples, pool.map(work, samples), strict=True):
+        if isinstance(got, str):
+            not_used(failed, sample[0], got, instead)
+            continue
+        kept.append((sample, got))
+    return kept
+
+
 def decoded(pool: ThreadPoolExecutor, samples: list[Sample], failed: Counter[str],
             instead: str) -> list[tuple[Sample, np.ndarray]]:
-    """Each sample with its image, decoded in ``pool``'s threads. One that does not decode is left out, counted in
-    ``failed`` by why, and the first :data:`NAMED` are named in a warning that says what happens ``instead``."""
-    kept = []
-    for sample, image in zip(samples, pool.map(decode, samples), strict=True):
-        if isinstance(image, str):
-            failed[image] += 1
-            if sum(failed.values()) <= NAMED:
-                log.warning("%s does not decode (%s): %s", printable(sample[0]), image, instead)
-            continue
-        kept.append((sample, image))
-    return kept
+    """Each sample with its image, decoded (:func:`decode`); one that does not decode is left out and counted."""
+    return usable(pool, samples, decode, failed, instead)
 
 
 def sized(pool: ThreadPoolExecutor, samples: list[Sample], failed: Counter[str],
           instead: str) -> list[tuple[Sample, tuple[int, int]]]:
-    """Each sample with its kept size (h, w), from its header alone, in ``pool``'s threads; one that cannot be
-    used is left out and counted as :func:`decoded` does."""
-    kept = []
-    for sample, size in zip(samples, pool.map(lambda s: header_size(s[2], MAX_SIDE), samples), strict=True):
-        if isinstance(size, str):
-            failed[size] += 1
-            if sum(failed.values()) <= NAMED:
-                log.warning("%s does not decode (%s): %s", printable(sample[0]), size, instead)
-            continue
-        kept.append((sample, size))
-    return kept
+    """Each sample with its kept size (h, w), from its header alone; one that cannot be used is left out and
+    counted."""
+    return usable(pool, samples, lambda sample: header_size(sample[2], MAX_SIDE), failed, instead)
 
 
 def as_decoded(sample: Sample) -> np.ndarray:
@@ -108,7 +112,6 @@ class StreamFeed(Feed):
         self.cursors: dict[int, list[int]] = {}  # step -> where the stream stood before it
         self.decoder = decoding_pool()
         self.failed: Counter[str] = Counter()
-        self.buffers: list[torch.Tensor | None] = [None] * 3
 
     def state(self, step: int) -> list[int]:
         """Where this process's stream stands before step ``step`` (which must have been prepared or be next)."""
@@ -133,19 +136,11 @@ class StreamFeed(Feed):
         gen = torch.Generator().manual_seed(batch_seed(self.seed, STREAM_EPOCH + self.rank, step))
         boxes, flips = self.pre.sample(len(kept), own[:, 0], own[:, 1], gen)
         images, stand_ins = crop_each(self.decoder, lambda k: as_decoded(kept[k][0]), own.numpy(), boxes, flips,
-                                      self.pre, self.buffers[step % 3])
-        self.buffers[step % 3] = images  # used in turn, as TrainFeed's
+                                      self.pre, self.buffer(step))
         labels = [kept[stand_ins[k][0] if k in stand_ins else k][0][1] for k in range(len(kept))]
         for k, (_, why) in stand_ins.items():
-            self.failed[why] += 1
-            if sum(self.failed.values()) <= NAMED:
-                log.warning("%s does not decode (%s): the batch's nearest image takes its place",
-                            printable(kept[k][0][0]), why)
-        labels_t = torch.tensor(labels, dtype=torch.long)
-        if self.side is None:
-            return StepData(images, labels_t, boxes, flips, own, cropped=True)
-        (images, labels_t), ready = self._send([images, labels_t])
-        return StepData(images, labels_t, boxes, flips, own, ready, cropped=True)
+            not_used(self.failed, kept[k][0][0], why, "the batch's nearest image takes its place")
+        return self._cropped(step, images, torch.tensor(labels, dtype=torch.long), boxes, flips, own)
 
     def close(self) -> None:
         super().close()
@@ -172,4 +167,4 @@ def stream_chunks(data: StreamedSet, shards: list[Shard], process: tuple[int, in
         pool.shutdown(wait=False, cancel_futures=True)
 
 
-__all__ = ["STREAM_EPOCH", "StreamFeed", "decode", "decoded", "padded", "stream_chunks"]
+__all__ = ["STREAM_EPOCH", "StreamFeed", "decode", "decoded", "not_used", "padded", "sized", "stream_chunks", "usable"]
