@@ -6,6 +6,8 @@ import logging
 
 import numpy as np
 import pytest
+from hypothesis import example, given, settings
+from hypothesis import strategies as st
 from PIL import Image
 from test_data import phone_photos  # noqa: F401 - the fixture: 12-MP photos, EXIF rotations
 from test_invariants import TINY
@@ -363,3 +365,36 @@ def test_small_images_whose_pixels_do_not_decode_are_skipped_and_named_while_the
         data = load_data(str(tmp_path / "s"))
     assert type(data.images["train"]) is np.memmap and len(data.labels["train"]) == 11
     assert "3.jpg" in caplog.text and data.skipped == 1
+
+
+@settings(max_examples=40, deadline=None)
+@example(fmt="JPEG", h=32, w=32, orientation=1, noise=6, cut=None, damaged=True, max_side=512)  # decoded to be checked
+@example(fmt="PNG", h=300, w=300, orientation=1, noise=80, cut=None, damaged=False, max_side=96)  # re-encoded
+@given(fmt=st.sampled_from(["JPEG", "PNG", "WEBP", "BMP", "GIF"]), h=st.one_of(st.integers(8, 64), st.integers(65, 700)),
+       w=st.one_of(st.integers(8, 64), st.integers(65, 700)),
+       orientation=st.sampled_from([1, 3, 6, 8]), noise=st.sampled_from([0, 6, 80]),
+       cut=st.sampled_from([None, 0.5, 0.99]), damaged=st.booleans(), max_side=st.sampled_from([0, 96, 512]))
+def test_an_image_indexed_from_its_header_alone_is_indexed_as_a_worker_indexes_it(fmt, h, w, orientation, noise, cut,
+                                                                                   damaged, max_side):
+    """Indexing reads most files' headers where their bytes are and sends only the rest to worker processes: for any
+    file, what the header gives (when it gives anything) is what the worker's full indexing gives."""
+    from mixer_ft.data.encoded import index_from_header, index_image
+
+    rng = np.random.default_rng(h * 1000 + w)
+    picture = np.clip(camera_like(rng, h, w).astype(int) + rng.integers(-noise, noise + 1, (h, w, 3)), 0, 255)
+    picture = picture.astype(np.uint8)
+    if damaged and fmt == "JPEG":
+        data = damaged_pixels(picture)
+    else:
+        buf, exif = io.BytesIO(), Image.Exif()
+        exif[0x0112] = orientation
+        Image.fromarray(picture).save(buf, fmt, **({"exif": exif} if fmt in ("JPEG", "PNG", "WEBP") else {}))
+        data = buf.getvalue()
+    if cut:
+        data = data[:int(len(data) * cut)]
+    quick = index_from_header(data, max_side)
+    full = index_image((data, max_side))
+    assert quick is None or quick == full, (quick, full)
+    if quick is None:  # what only a worker does: decode a small image, or re-encode a file larger than its pixels
+        assert isinstance(full, str) or max(full[:2]) <= 64 or full[2] is not None or len(data) > full[0] * full[1] * 3 \
+            or fmt not in ("JPEG", "PNG", "WEBP")

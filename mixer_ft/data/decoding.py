@@ -1,8 +1,10 @@
 """Decoding a source's images for the cache: in worker processes, one per core, a bounded window at a time.
 
 The cache is built by one pass over a source's images: each is read here (its bytes, at most
-:data:`WINDOW_BYTES` of them held at once, so memory stays bounded whatever the set's size), then decoded, or
-only indexed from its header (the compact store), in forked worker processes. A forked worker has only the
+:data:`WINDOW_BYTES` of them held at once, so memory stays bounded whatever the set's size), then decoded in forked
+worker processes. The compact store's index is read from each file's header here, where the bytes are (30 us a
+photo: sending 55 KB to a worker costs more); only the files it must decode (small ones, checked; those larger
+than their pixels, re-encoded) go to the workers, which start only if one does. A forked worker has only the
 thread that forked it, so what the workers use is imported whole first (a module half-imported by another
 thread at the fork would hang them), and each runs torch on one thread.
 """
@@ -87,22 +89,31 @@ def decode_each(reader: Reader, size: tuple[int, int] | None, max_side: int,
     """
     import multiprocessing
 
-    from mixer_ft.data.encoded import index_image
+    from mixer_ft.data.encoded import index_from_header, index_image
     from mixer_ft.data.ticker import Ticker
 
     workers = decode_workers() if "fork" in multiprocessing.get_all_start_methods() else 1
     items = reader.items()
     pool = None
-    if workers > 1:
-        _whole_before_fork()
-        pool = multiprocessing.get_context("fork").Pool(workers, initializer=_one_thread)
+
+    def each(work: Any, payloads: list[Any]) -> list[Any]:
+        nonlocal pool
+        if workers > 1 and pool is None and payloads:  # started when first needed: indexing may need none
+            _whole_before_fork()
+            pool = multiprocessing.get_context("fork").Pool(workers, initializer=_one_thread)
+        return pool.map(work, payloads, chunksize=4) if pool else list(map(work, payloads))
+
     try:
         with Ticker(f"{'indexing' if index_only else 'decoding'} {Path(reader.location).name}") as bar:
             while window := _window(items, 64 * workers):
-                payloads: list[Any] = [(data, max_side) if index_only else (data, size, max_side) for _, data in window]
+                if index_only:  # most files are indexed from their header, here; the others decoded by the workers
+                    results: list[Any] = [index_from_header(data, max_side) for _, data in window]
+                    todo = [k for k, got in enumerate(results) if got is None]
+                    for k, got in zip(todo, each(index_image, [(window[k][1], max_side) for k in todo])):
+                        results[k] = got
+                else:
+                    results = each(_decode, [(data, size, max_side) for _, data in window])
                 kept, window = window, [item for item, _ in window]
-                work: Any = index_image if index_only else _decode
-                results = pool.map(work, payloads, chunksize=4) if pool else map(work, payloads)
                 for (split, label, item), (_, data), arr in zip(window, kept, results):
                     if index_only and not isinstance(arr, str) and arr[2] is None:
                         arr = (arr[0], arr[1], data)  # the file's own bytes, which stayed here

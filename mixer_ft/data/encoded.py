@@ -89,6 +89,22 @@ def _header(data: bytes, max_side: int) -> tuple[int, int, Any] | str:
     return h, w, img
 
 
+def index_from_header(data: Any, max_side: int) -> tuple[int, int, None] | str | None:
+    """What :func:`index_image` gives for a file kept as it is, from its header alone (cheap enough to run where
+    the bytes are, sending none to a worker process); None for one that must be decoded: a small image (decoded to
+    be checked) or a file larger than its decoded image (re-encoded)."""
+    return or_why(data, lambda d: _kept_as_is(d, max_side))
+
+
+def _kept_as_is(data: bytes, max_side: int) -> tuple[int, int, None] | str | None:
+    got = _header(data, max_side)
+    if isinstance(got, str):
+        return got
+    h, w, img = got
+    return (h, w, None) if max(h, w) > SMALL_SIDE and (img.format or "") in KEPT_FORMATS and len(data) <= h * w * 3 \
+        else None
+
+
 def _index(data: bytes, max_side: int) -> tuple[int, int, bytes | None] | str:
     from PIL import Image
 
