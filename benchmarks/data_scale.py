@@ -5,7 +5,8 @@ Run:  python benchmarks/data_scale.py [--images 20000] [--workers 1,2] [--out re
 
 It makes a set of JPEGs (640x480, quality 90, smooth content with noise, 10 classes, a tenth of them as
 test/) and the same images as webdataset shards, then measures each way of reading them, each in a fresh
-process (so its peak RSS is its own) with a cache of its own:
+process (so its peak RSS is its own) with a cache of its own, removed (and the disk's write-back done) before
+the next way starts:
 - cache bytes on disk (timm's loader and the stream have none: they read the files each epoch);
 - seconds from the process start to the first training batch delivered (the cache built, or the loader's
   workers started), 224 px with the upstream crop (Inception crop, 5-100% of the area, and a flip);
@@ -23,6 +24,7 @@ import io
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import tarfile
@@ -204,6 +206,10 @@ def main() -> None:
                 sys.exit(f"error: {way} failed:\n{done.stderr[-3000:]}")
             results[way] = json.loads(done.stdout.strip().splitlines()[-1])
             print(way, results[way], file=sys.stderr)
+            # Its cache gone and the disk's write-back done before the next way starts: the decoded store's 12 GB
+            # were still being written out while the next way built its cache, and slowed it
+            shutil.rmtree(folder / f"cache-{way}", ignore_errors=True)
+            os.sync()
     dec, enc = results["decoded"], results["encoded"]
     record = {
         "kind": "data_scale", "images": args.images, "image_size": [480, 640], "batch": args.batch, "workers": workers,

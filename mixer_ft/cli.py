@@ -101,35 +101,20 @@ def data(
     """Show a data set's splits, classes and image size (decoding it into the cache on first use)."""
     import logging
 
-    from mixer_ft.data.cache import load_data
+    from mixer_ft.data.cache import load_data, summary_lines
     from mixer_ft.data.stream import is_streamed
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     if is_streamed(source, streaming):  # shown from its names alone: a stream is not read to be counted
         from mixer_ft.data.sources import open_stream
-        from mixer_ft.text import one_line
+        from mixer_ft.data.stream import stream_summary_lines
 
         shown = open_stream(source, image_column, label_column).summary(val_fraction)
-        if as_json:
-            typer.echo(json_text(shown))
-            return
-        typer.echo(f"{'source':<11} {one_line(source)} (streamed: read as a run trains, nothing cached)")
-        for split in ("train", "minival", "test"):
-            typer.echo(f"{split:<11} {shown[f'{split}_shards']:,} shard(s)")
-        typer.echo(f"{'test split':<11} {shown['test_from']}")
-        typer.echo(f"{'classes':<11} {len(shown['classes'])}: {' '.join(one_line(c) for c in shown['classes'])}")
+        typer.echo(json_text(shown) if as_json else "\n".join(stream_summary_lines(source, shown)))
         return
     info = load_data(source, image_column=image_column, label_column=label_column,
                      test_fraction=test_fraction).summary(val_fraction, seed)
-    if as_json:
-        typer.echo(json_text(info))
-        for warning in info["warnings"]:
-            typer.echo(f"warning: {warning}", err=True)
-        return
-    from mixer_ft.data.cache import summary_lines
-
-    for line in summary_lines(info):
-        typer.echo(line)
+    typer.echo(json_text(info) if as_json else "\n".join(summary_lines(info)))
     for warning in info["warnings"]:
         typer.echo(f"warning: {warning}", err=True)
 
@@ -231,11 +216,8 @@ def predict(
     resize: Resize = "tile",
 ) -> None:
     """Label images with a trained model: top-k classes and probabilities for each."""
-    from tqdm.auto import tqdm
-
-    from mixer_ft.data.images import printable
-    from mixer_ft.errors import ConfigError, DataError
-    from mixer_ft.use.infer import Classifier, collect_images, format_prediction, label_files
+    from mixer_ft.errors import ConfigError
+    from mixer_ft.use.infer import Classifier, collect_images, write_labels
 
     if top_k < 1 or batch < 1:
         raise ConfigError("--top-k and --batch must be positive.")
@@ -247,21 +229,7 @@ def predict(
     if note := clf.views_note():
         typer.echo(note, err=True)
     fmt = "json" if as_json else "csv" if as_csv else "table"
-    width = min(max((len(printable(str(f))) for f in files), default=0), 100)  # the table's path column
-    bad: list[str] = []
-    with tqdm(total=len(files), unit="img", disable=len(files) <= batch or None, file=sys.stderr) as bar:
-        for i, (path, result) in enumerate(label_files(clf, files, top_k=top_k, batch=batch)):
-            if isinstance(result, str):
-                bad.append(f"{printable(str(path))} ({result})")
-            else:  # JSON keeps a file name's undecodable bytes exactly (as \udcXX escapes); text and CSV print them
-                typer.echo(format_prediction(fmt, str(path) if as_json else printable(str(path)), result,
-                                             header=i == 0, width=width), nl=False)
-            bar.update(1)
-    if bad:
-        typer.echo(f"warning: skipped {len(bad)} of {len(files)} file(s) that are not readable images: "
-                   + "; ".join(bad[:5]) + ("; ..." if len(bad) > 5 else ""), err=True)
-    if len(bad) == len(files):
-        raise DataError("None of the inputs could be read as an image.")
+    write_labels(clf, files, fmt, top_k, batch, say=typer.echo)
 
 
 @app.command(short_help='Score a model on a labelled data set.')
@@ -395,37 +363,11 @@ def reproduce(
     """Run the table's rows one after another with their recipes, skipping rows already recorded
     and resuming one that was interrupted; then print the table."""
     import logging
-    import subprocess
 
-    from mixer_ft.errors import ConfigError
-    from mixer_ft.report import table as tables
-    from mixer_ft.train.recipe import find_recipe
+    from mixer_ft.report.reproduce import reproduce_rows
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
-    published = {p.id: p for p in tables.published_rows()}
-    wanted = [r.strip() for r in rows.split(",")] if rows else [p.id for p in tables.default_rows(list(published.values()))]
-    unknown = [r for r in wanted if r not in published]
-    if unknown:
-        raise ConfigError(f"Unknown row(s) {', '.join(unknown)}; the rows are: {', '.join(published)}.")
-    from mixer_ft.data.sources import HUB_DATASETS
-
-    elsewhere = [r for r in wanted if published[r].dataset not in HUB_DATASETS]
-    if elsewhere and not dataset:
-        raise ConfigError(f"Row(s) {', '.join(elsewhere)} train on {published[elsewhere[0]].dataset}, which mixer-ft "
-                          "cannot download: pass --dataset with your copy (an image folder or shards).")
-    done = {r["id"] for r in tables.build(results)[0] if r["accuracy"] is not None}
-    for row_id in wanted:
-        if row_id in done:
-            typer.echo(f"{row_id}: already in {results}, skipped")
-            continue
-        recipe = find_recipe(published[row_id].recipe)
-        cmd = [sys.executable, "-m", "mixer_ft", "finetune", "--recipe", str(recipe), "--set", f"results_dir={json_text(results)}"]
-        cmd += ["--dataset", dataset] if dataset else []
-        typer.echo(f"{row_id}: {' '.join(cmd[2:])}")
-        if subprocess.run(cmd).returncode:
-            raise ConfigError(f"Row {row_id} failed (its message is above); run `mixer-ft reproduce` again to resume it.")
-    rows_, other = tables.build(results)
-    typer.echo(tables.render(rows_, other), nl=False)
+    typer.echo(reproduce_rows(rows, results, dataset, say=typer.echo), nl=False)
 
 
 @app.command(short_help="Training-step speed of ours against timm's.")
@@ -444,7 +386,7 @@ def bench(
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Training-step images/s of our Mixer against timm's, in one run (and MFU on CUDA)."""
-    from mixer_ft.report.bench import run_bench, save
+    from mixer_ft.report.bench import run_bench, save, summary_text
 
     if batch < 1 or steps < 1:
         from mixer_ft.errors import ConfigError
@@ -458,12 +400,7 @@ def bench(
         typer.echo(json_text({k: rec[k] for k in ("model", "batch", "device", "ours_images_per_s",
                                                    "timm_images_per_s", "ratio", "peak_memory_bytes", "mfu")}))
     else:
-        typer.echo(f"{rec['model']} batch {rec['batch']} {rec['precision']} on {rec['device']}: ours "
-                   f"{rec['ours_images_per_s']:.1f} img/s, timm {rec['timm_images_per_s']:.1f} img/s, "
-                   f"ratio {rec['ratio']:.2f}x" + (f", MFU {rec['mfu']:.1%}" if rec["mfu"] is not None else ""))
-        if "finetune_images_per_s" in rec:
-            typer.echo(f"mixer-ft finetune: {rec['finetune_images_per_s']:.1f} img/s = "
-                       f"{rec['finetune_vs_step']:.2f}x the bare step")
+        typer.echo(summary_text(rec), nl=False)
     if where:
         typer.echo(f"record: {where}", err=True)
 

@@ -138,3 +138,8 @@ def test_the_readme_code_map_names_every_module_in_its_folder():
         present = {p.stem for p in where.glob("*.py") if p.stem not in ("__init__", "__main__")} | \
                   {p.name for p in where.iterdir() if (p / "__init__.py").is_file() and where != PACKAGE}
         assert names == present, (where.name, names ^ present)
+
+
+def test_no_module_is_longer_than_450_lines_so_each_stays_one_job_read_in_one_sitting():
+    long = {name: n for name, path in modules().items() if (n := len(path.read_text().splitlines())) > 450}
+    assert not long, f"split these by job (README, 'Code map'): {long}"

@@ -307,5 +307,15 @@ def is_streamed(source: str, streaming: bool) -> bool:
     return streaming or is_url(source)
 
 
+def stream_summary_lines(source: str, shown: dict[str, Any]) -> list[str]:
+    """``mixer-ft data --streaming``'s text: what :meth:`StreamedSet.summary` holds, a line each."""
+    from mixer_ft.text import one_line
+
+    return [f"{'source':<11} {one_line(source)} (streamed: read as a run trains, nothing cached)",
+            *(f"{split:<11} {shown[f'{split}_shards']:,} shard(s)" for split in ("train", "minival", "test")),
+            f"{'test split':<11} {shown['test_from']}",
+            f"{'classes':<11} {len(shown['classes'])}: {' '.join(one_line(c) for c in shown['classes'])}"]
+
+
 __all__ = ["FAILED_IN_A_ROW", "MAX_SHARD_BYTES", "Sample", "ShardCursor", "StreamedSet", "expand_braces", "is_streamed",
-           "shard_stream", "split_samples", "stream_timeout", "url_shard"]
+           "shard_stream", "split_samples", "stream_summary_lines", "stream_timeout", "url_shard"]

@@ -205,4 +205,15 @@ def save(record: dict[str, Any], folder: str | Path = "results/bench") -> Path:
     return path
 
 
-__all__ = ["TrainStep", "bench_config", "device_slug", "forward_flops", "measure_pair", "our_step", "run_bench", "save"]
+def summary_text(rec: dict[str, Any]) -> str:
+    """``mixer-ft bench``'s text: our images/s beside timm's (and MFU on CUDA; the fine-tune's, where timed)."""
+    text = (f"{rec['model']} batch {rec['batch']} {rec['precision']} on {rec['device']}: ours "
+            f"{rec['ours_images_per_s']:.1f} img/s, timm {rec['timm_images_per_s']:.1f} img/s, "
+            f"ratio {rec['ratio']:.2f}x" + (f", MFU {rec['mfu']:.1%}" if rec["mfu"] is not None else "") + "\n")
+    if "finetune_images_per_s" in rec:
+        text += f"mixer-ft finetune: {rec['finetune_images_per_s']:.1f} img/s = {rec['finetune_vs_step']:.2f}x the bare step\n"
+    return text
+
+
+__all__ = ["TrainStep", "bench_config", "device_slug", "forward_flops", "measure_pair", "our_step", "run_bench", "save",
+           "summary_text"]

@@ -15,7 +15,6 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import math
 import os
 import platform
 import shutil
@@ -24,31 +23,30 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from mixer_ft.atomic import atomic_write_text, json_text, locked, sweep_partial_writes
-from mixer_ft.data.cache import ImageData, load_data
 from mixer_ft.data.preprocess import Preprocess
-from mixer_ft.data.sources import check_outside_data, open_stream
-from mixer_ft.data.stream import StreamedSet, is_streamed
+from mixer_ft.data.sources import check_outside_data
+from mixer_ft.data.stream import StreamedSet
 from mixer_ft.errors import ConfigError, RunStopped, TrainingError
 from mixer_ft.gate import check_path
 from mixer_ft.model.mixer import MlpMixer
-from mixer_ft.train import devices
+from mixer_ft.train import devices, preflight
 from mixer_ft.train.build import build_model
 from mixer_ft.train.checkpoints import Checkpoints
-from mixer_ft.train.evaluation import check_shift, count_correct
-from mixer_ft.train.feed import TrainFeed, device_images
+from mixer_ft.train.evaluation import check_shift
+from mixer_ft.train.feed import device_images
 from mixer_ft.train.guards import check_fresh_removes_no_input, check_same_classes
 from mixer_ft.train.optim import make_optimizers, make_schedules
 from mixer_ft.train.progress import Progress
 from mixer_ft.train.recipe import Recipe, resume_conflicts
 from mixer_ft.train.records import check_record_is_ours, record_path, run_record, write_record
 from mixer_ft.train.run import NonFinite, Run
+from mixer_ft.train.run_data import count_share, make_feed, open_run_data
 from mixer_ft.train.signals import StopSignals
-from mixer_ft.train.stream_feed import StreamFeed, stream_chunks
+from mixer_ft.train.stream_feed import StreamFeed
 
 log = logging.getLogger(__name__)
 
@@ -60,78 +58,21 @@ def run_folder(recipe: Recipe) -> Path:
     return Path(recipe.output_dir or Path("runs") / recipe.run_name)
 
 
-def _writable(folder: Path, what: str) -> None:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        probe = folder / ".write_test"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as e:
-        raise ConfigError(f"Cannot write to the {what} {folder} ({e.strerror or e}). Choose another folder.") from None
-
-
-def _check_recipe_needs(recipe: Recipe, num_processes: int) -> int:
-    """What the recipe asks of this machine, checked before any work; returns the per-process batch."""
-    from accelerate.utils import LoggerType
-
-    trackers = sorted(t.value for t in LoggerType if t.value != "all")
-    if recipe.tracker is not None and recipe.tracker not in trackers:
-        raise ConfigError(f"Unknown tracker {recipe.tracker!r}; Accelerate knows {', '.join(trackers)}.")
-    if recipe.tracker == "tensorboard":
-        import importlib.util
-
-        if not (importlib.util.find_spec("tensorboard") or importlib.util.find_spec("tensorboardX")):
-            raise ConfigError("tracker = \"tensorboard\" needs TensorBoard: pip install 'mixer_ft[tensorboard]'.")
-    if recipe.global_batch % num_processes:
-        raise ConfigError(f"global batch {recipe.global_batch} cannot be split over {num_processes} processes; "
-                          f"use a multiple of {num_processes}.")
-    return recipe.global_batch // num_processes
-
-
-def _schedule_length(recipe: Recipe, n_train: int) -> tuple[int, int]:
-    """(steps per epoch, total steps): ``epochs`` passes over train, or ``steps``."""
-    steps_per_epoch = n_train // recipe.global_batch
-    if steps_per_epoch == 0:
-        raise ConfigError(f"global batch {recipe.global_batch} is larger than the {n_train} training "
-                          "images; lower it.")
-    return steps_per_epoch, math.ceil(recipe.epochs * steps_per_epoch) if recipe.epochs else recipe.steps
-
-
-def _data(recipe: Recipe, state: Any) -> tuple[ImageData | StreamedSet, dict[str, Any], int, int]:
-    """The run's data, its splits and its length (steps per epoch, total steps): from the cache, or a stream."""
-    if is_streamed(recipe.dataset, recipe.streaming):  # read shard by shard as it trains (data/stream.py)
-        data = open_stream(recipe.dataset, recipe.image_column, recipe.label_column)
-        if recipe.epochs:
-            raise ConfigError(f"{recipe.dataset} is streamed: its size is not known before it is read, so a run is measured "
-                              "in steps. Give --steps instead of epochs.")
-        train_shards, minival_shards = data.cut(recipe.val_fraction)
-        # No epochs: one nominal "epoch" of the run's steps
-        return data, {"train": train_shards, "minival": minival_shards, "test": data.test}, recipe.steps, recipe.steps
-    with state.main_process_first():  # one process decodes into the cache, the others read it
-        cached = load_data(recipe.dataset, image_column=recipe.image_column, label_column=recipe.label_column,
-                           test_fraction=recipe.test_fraction)
-    splits = cached.splits(recipe.val_fraction, recipe.seed)
-    if state.is_main_process:
-        for warning in cached.small_splits(splits):
-            log.warning(warning)
-    return cached, splits, *_schedule_length(recipe, len(splits["train"][1]))
-
-
 def setup(recipe: Recipe, *, fresh: bool = False) -> Run:
     """Data, model, optimizers and schedules, prepared by Accelerate; ``fresh`` drops old checkpoints."""
     from accelerate import Accelerator, PartialState
 
     use_cpu = devices.use_cpu()
     state = PartialState(cpu=use_cpu)
-    per_process = _check_recipe_needs(recipe, state.num_processes)
+    per_process = preflight.recipe_needs(recipe.tracker, recipe.global_batch, state.num_processes)
     out = run_folder(recipe)
     if state.is_main_process:
-        _writable(out, "output folder")
-        _writable(Path(recipe.results_dir), "results folder")
+        preflight.writable(out, "output folder")
+        preflight.writable(Path(recipe.results_dir), "results folder")
         for inside in ("checkpoints", "model"):  # found now, not when the finished model is saved
             if (out / inside).exists() and not (out / inside).is_dir():
                 raise ConfigError(f"{out / inside} is a file where the run keeps its {inside} folder; move it away.")
-    data, splits, steps_per_epoch, total = _data(recipe, state)
+    data, splits, steps_per_epoch, total = open_run_data(recipe, state)
 
     torch.manual_seed(recipe.seed)  # the same initial weights on every process
     model, head = build_model(recipe, data.classes)
@@ -163,14 +104,7 @@ def setup(recipe: Recipe, *, fresh: bool = False) -> Run:
     run = Run(recipe, accelerator, out, data, splits, model, net, optimizers, schedules,
               Preprocess.for_model(net.config, recipe.crop_area_min, recipe.translate), checkpoints, total,
               steps_per_epoch, micro, per_process // micro, precision, head)
-    process = (accelerator.process_index, accelerator.num_processes)
-    if streamed:
-        run.feed = StreamFeed(data, splits["train"], run.pre, seed=recipe.seed, local_batch=per_process, total=total,
-                              device=accelerator.device, process=process)
-    else:
-        run.feed = TrainFeed(data, splits["train"][1], run.pre, seed=recipe.seed, global_batch=recipe.global_batch,
-                             steps_per_epoch=steps_per_epoch, total=total, device=accelerator.device, process=process,
-                             on_device=on_device)
+    run.feed = make_feed(run, per_process, on_device)
     run.loss_check, run.fresh = NonFinite(run.device), fresh
     return run
 
@@ -268,17 +202,7 @@ def evaluate(run: Run, split: str, views: bool = True) -> tuple[float, int]:
     scored = dict(mirror=views and run.recipe.eval_flip, shift=run.recipe.eval_translate * views)
     run.net.eval()
     with torch.no_grad(), accel.autocast():
-        if isinstance(run.data, StreamedSet):  # this process's share of the split's shards, decoded in chunks
-            correct = seen = 0
-            for images, labels, extents in stream_chunks(run.data, run.splits[split], process, 4 * batch):
-                c, n = count_correct(run.net, run.pre, images, labels, np.arange(len(labels)), run.device,
-                                     batch=batch, extents=extents, **scored)
-                correct, seen = correct + c, seen + n
-        else:
-            array, idx = run.splits[split]
-            correct, seen = count_correct(run.net, run.pre, run.data.images[array], run.data.labels[array],
-                                          idx[process[0]::process[1]], run.device, batch=batch,
-                                          extents=run.data.extents.get(array), **scored)
+        correct, seen = count_share(run, split, process, batch, **scored)
     run.net.train()
     counts = accel.reduce(torch.tensor([correct, seen], device=run.device), "sum")
     return float(counts[0] / max(int(counts[1]), 1)), int(counts[1])
@@ -371,8 +295,6 @@ def finetune(recipe: Recipe, *, resume: bool = True) -> dict[str, Any]:
 
     With ``resume``, a run whose output folder holds checkpoints continues from the newest.
     """
-    from mixer_ft.train import preflight
-
     preflight.check(recipe.upstream, recipe.variant, recipe.dataset)
     out = run_folder(recipe)
     for folder, what in ((out, "output folder"), (Path(recipe.results_dir), "results folder")):
@@ -383,7 +305,7 @@ def finetune(recipe: Recipe, *, resume: bool = True) -> dict[str, Any]:
     try:
         with contextlib.ExitStack() as held:
             if main:  # one run at a time in a run folder; what a killed run half-wrote goes
-                _writable(out, "output folder")
+                preflight.writable(out, "output folder")
                 held.enter_context(locked(out / ".lock", wait=False, holder=f"pid {os.getpid()} on {platform.node()}"))
                 sweep_partial_writes(out, out / "checkpoints", out / "model")
             return _run(recipe, resume)

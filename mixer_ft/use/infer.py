@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import io
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,9 +17,9 @@ import numpy as np
 import torch
 
 from mixer_ft.atomic import json_text
-from mixer_ft.data.images import to_rgb_array
+from mixer_ft.data.images import printable, to_rgb_array
 from mixer_ft.data.preprocess import Preprocess
-from mixer_ft.errors import ConfigError
+from mixer_ft.errors import ConfigError, DataError
 from mixer_ft.model.config import MAX_SIDE
 from mixer_ft.model.mixer import MlpMixer
 from mixer_ft.text import one_line
@@ -229,4 +229,33 @@ def format_prediction(fmt: str, path: str, top: list[dict], header: bool, width:
     return f"{one_line(path):<{width}}  " + ", ".join(f"{one_line(t['label'])} {100 * t['score']:5.1f}%" for t in top) + "\n"
 
 
-__all__ = ["Classifier", "as_rgb_array", "collect_images", "format_prediction", "imagenet_names", "label_files"]
+def write_labels(clf: Classifier, files: list[Path], fmt: str, top_k: int, batch: int, say: Callable[..., Any]) -> None:
+    """``mixer-ft predict``'s output: each readable file's top-k labels said in ``fmt`` (table, json or csv) as it is
+    labelled (a progress bar on stderr for more than a batch), then one warning naming the files that are not images.
+
+    Raises:
+        DataError: none of the files is a readable image.
+    """
+    import sys
+
+    from tqdm.auto import tqdm
+
+    width = min(max((len(printable(str(f))) for f in files), default=0), 100)  # the table's path column
+    bad: list[str] = []
+    with tqdm(total=len(files), unit="img", disable=len(files) <= batch or None, file=sys.stderr) as bar:
+        for i, (path, result) in enumerate(label_files(clf, files, top_k=top_k, batch=batch)):
+            if isinstance(result, str):
+                bad.append(f"{printable(str(path))} ({result})")
+            else:  # JSON keeps a file name's undecodable bytes exactly (as \udcXX escapes); text and CSV print them
+                say(format_prediction(fmt, str(path) if fmt == "json" else printable(str(path)), result,
+                                      header=i == 0, width=width), nl=False)
+            bar.update(1)
+    if bad:
+        say(f"warning: skipped {len(bad)} of {len(files)} file(s) that are not readable images: "
+            + "; ".join(bad[:5]) + ("; ..." if len(bad) > 5 else ""), err=True)
+    if len(bad) == len(files):
+        raise DataError("None of the inputs could be read as an image.")
+
+
+__all__ = ["Classifier", "as_rgb_array", "collect_images", "format_prediction", "imagenet_names", "label_files",
+           "write_labels"]

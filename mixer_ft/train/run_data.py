@@ -1,0 +1,85 @@
+"""A run's data: its splits and length, the feed that serves its steps, and the counts it is scored by.
+
+A run reads either the cache (:mod:`mixer_ft.data.cache`: an image folder, archive, shards or Hub set indexed
+once) or a stream (:mod:`mixer_ft.data.stream`: shards read as the run trains, with no cache and no length known
+before). The loop sees neither: it asks this module for the data, the feed and a split's counts.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from mixer_ft.data.cache import ImageData, load_data
+from mixer_ft.data.sources import open_stream
+from mixer_ft.data.stream import StreamedSet, is_streamed
+from mixer_ft.errors import ConfigError
+from mixer_ft.train.evaluation import count_correct
+from mixer_ft.train.feed import Feed, TrainFeed
+from mixer_ft.train.recipe import Recipe
+from mixer_ft.train.run import Run
+from mixer_ft.train.stream_feed import StreamFeed, stream_chunks
+
+log = logging.getLogger(__name__)
+
+
+def schedule_length(recipe: Recipe, n_train: int) -> tuple[int, int]:
+    """(steps per epoch, total steps): ``epochs`` passes over train, or ``steps``."""
+    steps_per_epoch = n_train // recipe.global_batch
+    if steps_per_epoch == 0:
+        raise ConfigError(f"global batch {recipe.global_batch} is larger than the {n_train} training "
+                          "images; lower it.")
+    return steps_per_epoch, math.ceil(recipe.epochs * steps_per_epoch) if recipe.epochs else recipe.steps
+
+
+def open_run_data(recipe: Recipe, state: Any) -> tuple[ImageData | StreamedSet, dict[str, Any], int, int]:
+    """The run's data, its splits and its length (steps per epoch, total steps): from the cache, or a stream."""
+    if is_streamed(recipe.dataset, recipe.streaming):  # read shard by shard as it trains (data/stream.py)
+        data = open_stream(recipe.dataset, recipe.image_column, recipe.label_column)
+        if recipe.epochs:
+            raise ConfigError(f"{recipe.dataset} is streamed: its size is not known before it is read, so a run is measured "
+                              "in steps. Give --steps instead of epochs.")
+        train_shards, minival_shards = data.cut(recipe.val_fraction)
+        # No epochs: one nominal "epoch" of the run's steps
+        return data, {"train": train_shards, "minival": minival_shards, "test": data.test}, recipe.steps, recipe.steps
+    with state.main_process_first():  # one process decodes into the cache, the others read it
+        cached = load_data(recipe.dataset, image_column=recipe.image_column, label_column=recipe.label_column,
+                           test_fraction=recipe.test_fraction)
+    splits = cached.splits(recipe.val_fraction, recipe.seed)
+    if state.is_main_process:
+        for warning in cached.small_splits(splits):
+            log.warning(warning)
+    return cached, splits, *schedule_length(recipe, len(splits["train"][1]))
+
+
+def make_feed(run: Run, per_process: int, on_device: tuple[torch.Tensor, torch.Tensor] | None) -> Feed:
+    """The feed of this process's share of each step: from the stream, or from the cache (see :mod:`.feed`)."""
+    r, accel = run.recipe, run.accelerator
+    process = (accel.process_index, accel.num_processes)
+    if isinstance(run.data, StreamedSet):
+        return StreamFeed(run.data, run.splits["train"], run.pre, seed=r.seed, local_batch=per_process, total=run.total,
+                          device=accel.device, process=process)
+    return TrainFeed(run.data, run.splits["train"][1], run.pre, seed=r.seed, global_batch=r.global_batch,
+                     steps_per_epoch=run.steps_per_epoch, total=run.total, device=accel.device, process=process,
+                     on_device=on_device)
+
+
+def count_share(run: Run, split: str, process: tuple[int, int], batch: int, **scored: Any) -> tuple[int, int]:
+    """(correct, images) of this process's disjoint share of ``split`` (``scored``: the views, as count_correct)."""
+    if isinstance(run.data, StreamedSet):  # this process's share of the split's shards, decoded in chunks
+        correct = seen = 0
+        for images, labels, extents in stream_chunks(run.data, run.splits[split], process, 4 * batch):
+            c, n = count_correct(run.net, run.pre, images, labels, np.arange(len(labels)), run.device,
+                                 batch=batch, extents=extents, **scored)
+            correct, seen = correct + c, seen + n
+        return correct, seen
+    array, idx = run.splits[split]
+    return count_correct(run.net, run.pre, run.data.images[array], run.data.labels[array], idx[process[0]::process[1]],
+                         run.device, batch=batch, extents=run.data.extents.get(array), **scored)
+
+
+__all__ = ["count_share", "make_feed", "open_run_data", "schedule_length"]
