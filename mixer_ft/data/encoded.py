@@ -101,8 +101,12 @@ def _kept_as_is(data: bytes, max_side: int) -> tuple[int, int, None] | str | Non
     if isinstance(got, str):
         return got
     h, w, img = got
-    return (h, w, None) if max(h, w) > SMALL_SIDE and (img.format or "") in KEPT_FORMATS and len(data) <= h * w * 3 \
-        else None
+    return (h, w, None) if max(h, w) > SMALL_SIDE and _own_bytes_kept(img, data, h, w) else None
+
+
+def _own_bytes_kept(img: Any, data: bytes, h: int, w: int) -> bool:
+    """Whether the store keeps the file's own bytes: a format it decodes, no larger than its decoded image."""
+    return (img.format or "") in KEPT_FORMATS and len(data) <= h * w * 3
 
 
 def _index(data: bytes, max_side: int) -> tuple[int, int, bytes | None] | str:
@@ -112,10 +116,9 @@ def _index(data: bytes, max_side: int) -> tuple[int, int, bytes | None] | str:
     if isinstance(got, str):
         return got
     h, w, img = got
-    fmt = img.format or ""
     if max(h, w) <= SMALL_SIDE:  # may go to the decoded store: decoded now (cheap), so one that fails is skipped
         to_rgb_array(("", lambda: data), None, max_side)
-    if fmt in KEPT_FORMATS and len(data) <= h * w * 3:
+    if _own_bytes_kept(img, data, h, w):
         return h, w, None
     arr = to_rgb_array(("", lambda: data), None, max_side)  # decoded once, kept small
     out = io.BytesIO()
