@@ -3,7 +3,7 @@
 #
 # On a GPU machine, from the checkout, with the data copied into .gpu/ (a folder git ignores):
 #   mkdir -p .gpu && cp ../shared/data/cifar10-jpeg.tar.gz .gpu/
-#   bash benchmarks/gpu_check.sh                  # about 7 minutes; the device tool: carry [".gpu"]
+#   bash benchmarks/gpu_check.sh                  # about 8 minutes; the device tool: carry [".gpu"]
 # Here, on the CPU, tiny sizes, to check the commands (CI runs this):
 #   GPU_CHECK_DRY=1 GPU_CHECK_DATA=../shared/data/cifar10-jpeg.tar.gz bash benchmarks/gpu_check.sh
 #
@@ -14,6 +14,9 @@
 #    is that table row's wall-clock on this GPU.
 # 3. `mixer-ft fewshot` on that run's saved model (the model folder loads; features on the GPU).
 # 4. benchmarks/resolution_cost.py: B/16's training step at 224 against 448 (tiled weights).
+# 5. decode = "device": benchmarks/device_decode.py (4,000 generated 640x480 JPEGs: the train feed's images/s
+#    decoded by nvJPEG against the host's decode threads, and how far apart the inputs are), then
+#    tests/test_device_decode.py on the GPU (MIXER_FT_TEST_DEVICE=cuda) where pytest is installed.
 # Every step ends with a line `rc=N`; a non-zero one is a bug to fix. Commit the records under
 # results/bench/ and put the figures in the README's GPU row, with the GPU's name.
 source "$(dirname "$0")/gpu_common.sh" /tmp/gpu-check-out log.txt
@@ -25,10 +28,12 @@ if [ -n "${GPU_CHECK_DRY:-}" ]; then
   DEV=cpu; B16="--model S/32 --batch 4 --steps 2"; L16="--model S/32 --batch 4 --steps 2"; FT_STEPS=2; FT_BATCH=8
   FT_MODEL="--model S/32 --set architecture.img_size=64"   # a small final evaluation on the CPU
   RES="--model S/32 --batch 2 --steps 1 --device cpu"
+  DD="--images 120 --batch 16 --batches 1 --device cpu"
 else
   DEV=cuda; B16="--model B/16 --batch 256"; L16="--model L/16 --batch 128"; FT_STEPS=40; FT_BATCH=512
   FT_MODEL="--model L/16"
   RES="--model B/16 --batch 64 --steps 10"
+  DD="--images 4000 --batch 256 --batches 6 --device cuda"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv 2>&1 | tee -a "$LOG"
 fi
 run 60 "$PY" -c "import sys, torch, timm, accelerate, safetensors, typer; print(sys.version.split()[0], 'torch', torch.__version__, 'timm', timm.__version__, 'accelerate', accelerate.__version__, 'cuda', torch.cuda.is_available())"
@@ -45,5 +50,11 @@ run 130 "$PY" -m mixer_ft bench $L16 --device $DEV --out "$OUT" --json
 [ -f "$DATA" ] && run 120 "$PY" -m mixer_ft fewshot --upstream "$RUN_DIR/model" --dataset "$DATA" \
   --shots 1,10 --seeds 2 --results "$OUT" --json
 run 150 "$PY" benchmarks/resolution_cost.py $RES --out "$OUT"
+run 150 "$PY" benchmarks/device_decode.py $DD --out "$OUT"
+if "$PY" -c "import pytest, hypothesis" 2>/dev/null; then
+  run 150 env MIXER_FT_TEST_DEVICE=$DEV "$PY" -m pytest -q -p no:cacheprovider tests/test_device_decode.py
+else
+  echo "skipped: tests/test_device_decode.py needs pytest and hypothesis, not installed here" | tee -a "$LOG"
+fi
 ls -la "$OUT" | tee -a "$LOG"
 rm -rf "$RUN_DIR"

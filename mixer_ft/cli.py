@@ -153,8 +153,9 @@ def finetune(
     With no recipe and no --steps or --epochs, the schedule's length follows the BiT-HyperRule by the
     size of the training split (500 steps under 20,000 images), as the paper fine-tunes small sets.
     """
-    from mixer_ft.train import recipe as recipes
     from mixer_ft.train.loop import finetune as run
+    from mixer_ft.train.recipe import to_toml
+    from mixer_ft.train.resolve import resolve
 
     flags = {"upstream": upstream, "model": model, "dataset": dataset, "streaming": streaming, "steps": steps,
              "global_batch": batch,
@@ -162,11 +163,11 @@ def finetune(
              "mixed_precision": mixed_precision}
     if micro_batch is not None:
         flags["micro_batch"] = micro_batch if micro_batch == "auto" else _positive_int(micro_batch, "--micro-batch")
-    r, origin, said = recipes.resolve(recipe, flags, set_ or [], count_only=dry_run)
+    r, origin, said = resolve(recipe, flags, set_ or [], count_only=dry_run)
     if said and not dry_run:  # a dry run's TOML says it in its comments
         typer.echo(said)
     if dry_run:
-        typer.echo(recipes.to_toml(r, origin), nl=False)
+        typer.echo(to_toml(r, origin), nl=False)
         return
     run(r, resume=not fresh)
 
@@ -182,10 +183,10 @@ def sweep(
     """Run every point of a grid as an ordinary run (resumable, its own record), choose by minival
     accuracy only, and report the chosen point's test accuracy; the sweep record goes to results/."""
     from mixer_ft.report.sweep import parse_grid, run_sweep, summary
-    from mixer_ft.train import recipe as recipes
+    from mixer_ft.train.resolve import resolve
 
     grid_ = parse_grid(grid)
-    base, _, said = recipes.resolve(recipe, {"dataset": dataset}, set_ or [])
+    base, _, said = resolve(recipe, {"dataset": dataset}, set_ or [])
     if said and not {"steps", "epochs"} & set(grid_):  # the rule sets each point's schedule
         typer.echo(said)
     record = run_sweep(base, grid_)

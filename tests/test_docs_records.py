@@ -147,3 +147,12 @@ def test_the_data_scale_table_is_its_record():
     assert all(low <= median <= high for (low, high), median in spread)
     assert "windows with 2 workers ran {:,.0f}-{:,.0f} images/s, timm's {:,.0f}-{:,.0f}".format(
         *spread[0][0], *spread[1][0]) in doc
+
+
+def test_the_device_decode_figures_are_their_record():
+    r = json.loads(text("results/bench/device_decode_cpu.json"))
+    doc = " ".join(text("docs/data.md").split())
+    assert r["agreement"]["same_images"] and r["agreement"]["mean_levels"] == 0.0  # one decoder on a CPU: bit for bit
+    assert (f"decoded {r['device_images_per_s']['median']:,.0f} images/s this way against "
+            f"{r['host_images_per_s']['median']:,.0f} from the host's decode threads "
+            f"({r['device_images_per_s']['median'] / r['host_images_per_s']['median']:.2f}x;") in doc

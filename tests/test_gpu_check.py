@@ -30,7 +30,7 @@ def test_the_gpu_check_dry_run_ends_every_step_with_rc_0(tmp_path, readme_workdi
     tmp_path = tmp_path / "out"
     log = (tmp_path / "log.txt").read_text()
     codes = [line for line in log.splitlines() if line.startswith("rc=")]
-    assert len(codes) == 6 and set(codes) == {"rc=0"}, log[-4000:]
+    assert len(codes) == 8 and set(codes) == {"rc=0"}, log[-4000:]
     assert out.returncode == 0
     benches = [json.loads(p.read_text()) for p in tmp_path.glob("cpu_*.json")]
     assert benches and all(b["ours_images_per_s"] > 0 and b["timm_images_per_s"] > 0 for b in benches)
@@ -41,6 +41,11 @@ def test_the_gpu_check_dry_run_ends_every_step_with_rc_0(tmp_path, readme_workdi
     assert fewshot["kind"] == "fewshot" and set(fewshot["shots"]) == {"1", "10"} and fewshot["test_images"] == 200
     cost = json.loads(next(tmp_path.glob("resolution_cost_*.json")).read_text())
     assert cost["sizes"] == [224, 448] and cost["cost_per_image"] > 1
+    # decode = "device" measured beside the host's decode threads, its inputs the host's (one decoder on a CPU).
+    decode = json.loads((tmp_path / "device_decode_cpu.json").read_text())
+    assert decode["agreement"] == {"images": 16, "same_images": True, "mean_levels": 0.0, "worst_image_levels": 0.0}
+    assert decode["host_images_per_s"]["median"] > 0 and decode["device_images_per_s"]["median"] > 0
+    assert " passed in " in log  # the GPU-side tests, run here on the CPU
     assert not list(scratch.glob("gpu-check-run.*"))  # the run folder was temporary, and removed
 
 

@@ -131,7 +131,7 @@ def test_a_new_optimisation_key_added_to_the_recipe_alone_makes_a_resume_refuse(
 def test_only_the_listed_keys_may_change_on_resume():
     saved = Recipe().to_dict()
     free = {"output_dir": "elsewhere", "results_dir": "r", "name": "n", "tracker": "tensorboard", "log_every": 7,
-            "eval_every": 3, "checkpoint_every": 9, "micro_batch": "auto", "mixed_precision": "no",
+            "eval_every": 3, "checkpoint_every": 9, "micro_batch": "auto", "mixed_precision": "no", "decode": "device",
             "fast_path": False, "compile": True, "eval_flip": True, "eval_translate": 1, "license": "mit"}
     assert set(free) == RESUMABLE_KEYS
     assert resume_conflicts(saved, Recipe(**free)) == []
@@ -187,7 +187,7 @@ def test_dry_run_prints_the_resolved_recipe_with_each_keys_source_and_the_hyper_
 
 
 def test_a_sweep_gets_the_hyper_rule_as_finetune_does(cifar_subset, tmp_path):
-    from mixer_ft.train.recipe import resolve
+    from mixer_ft.train.resolve import resolve
 
     cut = cifar_subset(train=100, test=20)
     recipe = tmp_path / "r.toml"

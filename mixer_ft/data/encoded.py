@@ -201,14 +201,20 @@ def crop_each(pool: ThreadPoolExecutor, decode: Callable[[int], np.ndarray], sha
         return None
 
     failed = {k: why for k, why in enumerate(pool.map(put, range(len(shapes)))) if why}
-    good = [k for k in range(len(shapes)) if k not in failed]
+    return out, stand_in_for(out, failed)
+
+
+def stand_in_for(out: Any, failed: dict[int, str]) -> dict[int, tuple[int, str]]:
+    """Each failed image's input in ``out`` replaced by that of the batch's nearest image that decodes (the same on a
+    resume, wherever the batch was decoded); {k: (the image standing in, why k does not decode)}."""
+    good = [k for k in range(len(out)) if k not in failed]
     if failed and not good:
         raise DataError(f"No image of a batch decodes ({next(iter(failed.values()))}); is the data readable?")
     stand_ins = {}
     for k, why in failed.items():
         stand_in = min(good, key=lambda g: (abs(g - k), g))
         out[k], stand_ins[k] = out[stand_in], (stand_in, why)
-    return out, stand_ins
+    return stand_ins
 
 
 class EncodedImages:
@@ -268,11 +274,16 @@ class EncodedImages:
             self._pool = decoding_pool()
         out, stand_ins = crop_each(self._pool, lambda k: self.image(int(index[k]), resized=False), self.shapes[index],
                                    boxes, flips, pre, out)
+        return out, self.stood_in(index, stand_ins)
+
+    def stood_in(self, index: np.ndarray, stand_ins: dict[int, tuple[int, str]]) -> np.ndarray:
+        """The images a batch of ``index`` holds once ``stand_ins`` (see :func:`stand_in_for`) took their places; each
+        image that does not decode is named the first time."""
         used = np.array(index, dtype=np.int64)
         for k, (stand_in, why) in stand_ins.items():
             used[k] = index[stand_in]
             self._name_unreadable(int(index[k]), why, int(index[stand_in]))
-        return out, used
+        return used
 
     def name(self, i: int) -> str:
         """Image ``i``'s name in the source, where the cache keeps names; else its place in the split."""
@@ -291,4 +302,4 @@ class EncodedImages:
 
 
 __all__ = ["KEPT_FORMATS", "REENCODE_QUALITY", "SMALL_SIDE", "EncodedImages", "crop_each", "decode_padded",
-           "decoding_pool", "header_size", "index_image"]
+           "decoding_pool", "header_size", "index_image", "stand_in_for"]

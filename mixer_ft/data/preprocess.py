@@ -194,7 +194,7 @@ class Preprocess:
             boxes = torch.cat([boxes[:, :2] + shift, boxes[:, 2:]], 1)
         return boxes, flips
 
-    def _normalise(self, x: torch.Tensor) -> torch.Tensor:
+    def normalise(self, x: torch.Tensor) -> torch.Tensor:
         """Pixel values (0..255, NCHW) scaled with mean/std. Interpolation weights sum to one, so scaling
         the large output of a resize equals scaling the small source image before it (to rounding); the
         output is the smaller, so it is scaled."""
@@ -208,7 +208,7 @@ class Preprocess:
 
         ``extents``: each image's (h, w) where images of several sizes are padded into one array.
         """
-        return self._normalise(crop_resize(images, boxes, self.size, flip, extents=extents))
+        return self.normalise(crop_resize(images, boxes, self.size, flip, extents=extents))
 
     def crop_one(self, image: np.ndarray, kept: tuple[int, int], box: list[int], flip: bool) -> torch.Tensor:
         """One image's training input, made where it was decoded: (3, size, size) float, normalised.
@@ -221,27 +221,34 @@ class Preprocess:
         """
         import torch.nn.functional as F
 
-        x0, y0, w, h = box
-        height, width = image.shape[:2]
-        if (height, width) != tuple(kept):
-            sy, sx = height / kept[0], width / kept[1]
-            x1, y1 = round((x0 + w) * sx), round((y0 + h) * sy)
-            x0, y0 = min(round(x0 * sx), width - 1), min(round(y0 * sy), height - 1)
-            w, h = max(1, min(x1, width) - x0), max(1, min(y1, height) - y0)
+        x0, y0, w, h = box_as_decoded(box, kept, image.shape[:2])
         region = image[y0:y0 + h, x0:x0 + w]
         crop = torch.from_numpy(region if region.flags.writeable else region.copy()).permute(2, 0, 1)[None].float()
         out = F.interpolate(crop, size=(self.size, self.size), mode="bilinear", align_corners=False)[0]
-        return self._normalise(out.flip(2) if flip else out)
+        return self.normalise(out.flip(2) if flip else out)
 
     def eval(self, images: torch.Tensor, extents: torch.Tensor | None = None) -> torch.Tensor:
         """Resize each whole image (its own extent, where given), normalise."""
         n, h, w, _ = images.shape
         if extents is not None:
             boxes = torch.cat([torch.zeros(n, 2, dtype=torch.long), extents.flip(1).long().cpu()], 1)
-            return self._normalise(crop_resize(images, boxes, self.size, extents=extents))
+            return self.normalise(crop_resize(images, boxes, self.size, extents=extents))
         if (h, w) == (self.size, self.size):
-            return self._normalise(images.permute(0, 3, 1, 2))
-        return self._normalise(crop_resize(images, torch.tensor([[0, 0, w, h]]).expand(n, 4), self.size))
+            return self.normalise(images.permute(0, 3, 1, 2))
+        return self.normalise(crop_resize(images, torch.tensor([[0, 0, w, h]]).expand(n, 4), self.size))
+
+
+def box_as_decoded(box: list[int], kept: tuple[int, int], decoded: tuple[int, int]) -> tuple[int, int, int, int]:
+    """A crop box (x0, y0, w, h) drawn on an image's kept size ``kept`` (h, w), scaled to the image as decoded,
+    ``decoded`` (h, w), its corners rounded to whole pixels and kept inside it (the same box where the sizes agree)."""
+    x0, y0, w, h = box
+    height, width = decoded
+    if (height, width) != tuple(kept):
+        sy, sx = height / kept[0], width / kept[1]
+        x1, y1 = round((x0 + w) * sx), round((y0 + h) * sy)
+        x0, y0 = min(round(x0 * sx), width - 1), min(round(y0 * sy), height - 1)
+        w, h = max(1, min(x1, width) - x0), max(1, min(y1, height) - y0)
+    return x0, y0, w, h
 
 
 def batch_seed(seed: int, epoch: int, index: int) -> int:

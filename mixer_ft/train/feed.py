@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
+from mixer_ft.data.device_decode import JpegDecoder, device_crops
 from mixer_ft.data.encoded import EncodedImages
 from mixer_ft.data.preprocess import batch_seed, epoch_order
 
@@ -167,11 +168,14 @@ class TrainFeed(Feed):
         on_device: the train images and labels already on the device (:func:`device_images`, called
             before the micro-batch probe so that the probe counts them), else None.
         prefetch: prepare the next step in a background thread (default: on a GPU).
+        decoder: decode the compact store's JPEGs on ``device`` with it (the recipe's ``decode = "device"``), else
+            in host threads.
     """
 
     def __init__(self, data: ImageData, indices: np.ndarray, pre: Preprocess, *, seed: int, global_batch: int,
                  steps_per_epoch: int, total: int, device: torch.device, process: tuple[int, int] = (0, 1),
-                 on_device: tuple[torch.Tensor, torch.Tensor] | None = None, prefetch: bool | None = None) -> None:
+                 on_device: tuple[torch.Tensor, torch.Tensor] | None = None, prefetch: bool | None = None,
+                 decoder: JpegDecoder | None = None) -> None:
         self.data, self.indices, self.pre = data, indices, pre
         self.seed, self.global_batch, self.steps_per_epoch = seed, global_batch, steps_per_epoch
         self.process = process
@@ -186,6 +190,7 @@ class TrainFeed(Feed):
         self.order: tuple[int, np.ndarray | None] = (-1, None)  # (epoch, its shuffled train indices)
         # Encoded images are cropped in the threads that decode them (boxes inside the images: no translate).
         self.host_crops = isinstance(self.images, EncodedImages) and not pre.translate
+        self.decoder = decoder if self.host_crops else None  # the same crops, decoded on the device
 
     def batch_share(self, step: int) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
         """This process's share of step ``step``'s global batch: train image indices, crop boxes, flips.
@@ -211,6 +216,8 @@ class TrainFeed(Feed):
         """Step ``step``'s data, its copies issued (on the side stream where there is one)."""
         batch, boxes, flips = self.batch_share(step)
         own = None if self.extents is None else torch.from_numpy(self.extents[batch])
+        if self.decoder is not None:  # the model's inputs, made on the device from the files' bytes
+            return self._decoded_on_device(batch, boxes, flips, own)
         if self.host_crops:  # the model's inputs, made here
             # An image that does not decode is stood in for by the batch's nearest that does, with its label
             images, used = self.images.crops(batch, boxes, flips, self.pre, self.buffer(step))
@@ -234,6 +241,20 @@ class TrainFeed(Feed):
         else:
             images, labels = moved[-2:]
         return StepData(images, labels, boxes, flips, own, ready)
+
+    def _decoded_on_device(self, batch: np.ndarray, boxes: torch.Tensor, flips: torch.Tensor,
+                           own: torch.Tensor | None) -> StepData:
+        """The step's inputs decoded and cropped on the device (on the side stream, where there is one)."""
+        assert self.decoder is not None
+        if self.side is None:
+            images, used = device_crops(self.images, batch, boxes, flips, self.pre, self.device, self.decoder)
+            return StepData(images, torch.from_numpy(self.labels[used]), boxes, flips, own, cropped=True)
+        with torch.cuda.stream(self.side):
+            images, used = device_crops(self.images, batch, boxes, flips, self.pre, self.device, self.decoder)
+            labels = torch.from_numpy(self.labels[used]).pin_memory().to(self.device, non_blocking=True)
+            ready = torch.cuda.Event()
+            ready.record(self.side)
+        return StepData(images, labels, boxes, flips, own, ready, cropped=True)
 
 
 __all__ = ["DEVICE_DATA_SHARE", "Feed", "StepData", "TrainFeed", "device_images", "fits_on_device"]

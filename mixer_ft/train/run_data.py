@@ -15,6 +15,8 @@ import numpy as np
 import torch
 
 from mixer_ft.data.cache import ImageData, load_data
+from mixer_ft.data.device_decode import jpeg_decoder
+from mixer_ft.data.encoded import EncodedImages
 from mixer_ft.data.sources import open_stream
 from mixer_ft.data.stream import StreamedSet, is_streamed
 from mixer_ft.errors import ConfigError
@@ -61,11 +63,29 @@ def make_feed(run: Run, per_process: int, on_device: tuple[torch.Tensor, torch.T
     r, accel = run.recipe, run.accelerator
     process = (accel.process_index, accel.num_processes)
     if isinstance(run.data, StreamedSet):
+        _decoded_on_host(r, accel.is_main_process, "a streamed set is decoded in the stream's worker processes")
         return StreamFeed(run.data, run.splits["train"], run.pre, seed=r.seed, local_batch=per_process, total=run.total,
                           device=accel.device, process=process)
+    decoder = None
+    if r.decode == "device":
+        if not isinstance(run.data.images["train"], EncodedImages):
+            _decoded_on_host(r, accel.is_main_process,
+                             "this set's cache holds its images decoded already (one small size, or MIXER_FT_STORE)")
+        elif run.pre.translate:
+            _decoded_on_host(r, accel.is_main_process,
+                             "translate moves crop boxes past the images' edges, which only the host path repeats")
+        else:
+            decoder = jpeg_decoder()
+            accel.print(f"decode = \"device\": the train split's JPEGs are decoded on {accel.device} by {decoder.name}")
     return TrainFeed(run.data, run.splits["train"][1], run.pre, seed=r.seed, global_batch=r.global_batch,
                      steps_per_epoch=run.steps_per_epoch, total=run.total, device=accel.device, process=process,
-                     on_device=on_device)
+                     on_device=on_device, decoder=decoder)
+
+
+def _decoded_on_host(recipe: Recipe, main: bool, why: str) -> None:
+    """Say (once: on the main process) that ``decode = "device"`` does not apply to this run, and why."""
+    if recipe.decode == "device" and main:
+        log.warning("decode = \"device\" does not apply: %s. Its images are decoded on the host.", why)
 
 
 def count_share(run: Run, split: str, process: tuple[int, int], batch: int, **scored: Any) -> tuple[int, int]:
