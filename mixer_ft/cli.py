@@ -438,7 +438,29 @@ def main() -> None:
         if not write_status(2, str(e)) and os.environ.get("RANK", "0") == "0":
             typer.echo(f"error: {e}", err=True)
         sys.exit(2)
-    except KeyboardInterrupt:  # a second Ctrl-C, or one outside a run's steps
-        if not write_status(130, "interrupted"):
-            typer.echo("interrupted", err=True)
-        sys.exit(130)
+    except KeyboardInterrupt:  # a Ctrl-C before the command started
+        _interrupted()
+    except SystemExit as e:  # Typer turns a Ctrl-C (a second one, or one outside a run's steps) into exit 130, silently
+        if e.code == 130 and _from_ctrl_c(e):
+            _interrupted()
+        raise
+
+
+def _from_ctrl_c(error: BaseException | None) -> bool:
+    """Whether ``error`` was raised while handling a KeyboardInterrupt (its causes and contexts, followed back)."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        if isinstance(error, KeyboardInterrupt):
+            return True
+        seen.add(id(error))
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _interrupted() -> None:
+    """Say that the command was interrupted (the launcher says it for its processes) and exit 130."""
+    from mixer_ft.launch import write_status
+
+    if not write_status(130, "interrupted"):
+        typer.echo("interrupted", err=True)
+    sys.exit(130)

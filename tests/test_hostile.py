@@ -231,3 +231,37 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+@pytest.mark.slow
+def test_ctrl_c_while_a_stalled_server_holds_the_download_says_interrupted_and_leaves_no_partial_file(tmp_path):
+    """A weight URL whose server accepts and never answers, and the user presses Ctrl-C: one line, exit 130, no
+    traceback, and nothing half-downloaded in the cache. The Hub is unreachable meanwhile: the URL's host decides."""
+    import signal
+    import socket
+    import subprocess
+    import sys
+
+    server, hub = socket.socket(), socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()
+    server.settimeout(120)
+    hub.bind(("127.0.0.1", 0))  # bound, never listening: the Hub refuses at once
+    cache = tmp_path / "cache"
+    env = os.environ | {"HF_HUB_OFFLINE": "0", "HF_ENDPOINT": f"http://127.0.0.1:{hub.getsockname()[1]}",
+                        "MIXER_FT_CACHE": str(cache)}
+    url = f"http://127.0.0.1:{server.getsockname()[1]}/w.npz"
+    proc = subprocess.Popen([sys.executable, "-m", "mixer_ft", "finetune", "--upstream", url, "--model", "S/32",
+                             "--dataset", str(photos(tmp_path / "photos")), "--steps", "1", "--batch", "4",
+                             "--output-dir", str(tmp_path / "run")], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True, env=env, cwd=REPO, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        held = [server.accept()[0] for _ in range(2)]  # the reachability probe, then the download, which waits
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+        server.close()
+        hub.close()
+    assert proc.returncode == 130 and err.strip().splitlines()[-1] == "interrupted" and "Traceback" not in err, err
+    assert held and not [p for p in cache.rglob("*") if p.is_file() and "w.npz" in p.name]

@@ -11,6 +11,7 @@ import threading
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from safetensors.torch import save_file
 from test_weights_npz import flax_mixer_params
 
@@ -148,6 +149,32 @@ def test_upstream_falls_back_from_the_hub_to_google(gcs, monkeypatch):
     monkeypatch.setenv("MIXER_FT_GOOGLE_BASE_URL", gcs.url + "/mixer_models")
     ckpt = load_checkpoint("in21k", variant="B/16")  # the Hub copy is not cached: Google's file it is
     assert ckpt.source == gcs.url + "/mixer_models/imagenet21k/Mixer-B_16.npz" and ckpt.gelu == "tanh"
+
+
+def closed_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_a_url_or_googles_copy_needs_its_own_host_not_the_hub(gcs, monkeypatch, tmp_path):
+    """A machine that cannot reach the Hub may reach a mirror or Google's bucket: a run on a URL (or on in21k, whose
+    Google copy is the fallback) starts when that host answers, and names that host when it does not."""
+    from mixer_ft.train import preflight
+
+    monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{closed_port()}")  # the Hub: nobody there
+    monkeypatch.setenv("MIXER_FT_GOOGLE_BASE_URL", gcs.url + "/mixer_models")
+    data = tmp_path / "photos"
+    for split in ("train", "test"):
+        (data / split / "a").mkdir(parents=True)
+        Image.new("RGB", (40, 30)).save(data / split / "a" / "0.jpg")
+    preflight.check(gcs.url + "/mixer_models/imagenet21k/Mixer-B_16.npz", None, str(data))
+    preflight.check("in21k", "B/16", str(data))
+    gone = f"http://127.0.0.1:{closed_port()}/w.npz"
+    with pytest.raises(WeightsUnavailable, match=f"127.0.0.1:{gone.split(':')[2].split('/')[0]} cannot be reached now"):
+        preflight.check(gone, None, str(data))
 
 
 def test_offline_url_miss_says_where_to_put_the_file():

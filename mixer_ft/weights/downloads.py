@@ -87,6 +87,15 @@ def hub_offline() -> bool:
     return True
 
 
+def url_reachable(url: str) -> bool:
+    """Whether ``url`` can be downloaded now: downloads are not switched off, and its own host answers (probed once
+    a process). A URL does not depend on the Hub: a machine that cannot reach the Hub may reach a mirror."""
+    if offline():
+        return False
+    parts = urllib.parse.urlsplit(url)
+    return not _unreachable(parts.hostname or "", parts.port or (443 if parts.scheme == "https" else 80))
+
+
 def cache_dir() -> Path:
     """Where downloaded .npz files and decoded data live: ``$MIXER_FT_CACHE`` or ``~/.cache/mixer_ft``."""
     return Path(os.environ.get("MIXER_FT_CACHE", Path.home() / ".cache" / "mixer_ft")).expanduser()

@@ -26,13 +26,14 @@ from __future__ import annotations
 import json
 import os
 import re
+import urllib.parse
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mixer_ft.errors import CheckpointError, ConfigError, WeightsUnavailable
 from mixer_ft.gate import check_path, looks_local, no_such
 from mixer_ft.model.config import VARIANTS, canonical_variant, timm_name
-from mixer_ft.weights.downloads import cached_path, download, hub_download_advice, hub_offline, offline_reason
+from mixer_ft.weights.downloads import cached_path, download, hub_download_advice, hub_offline, offline_reason, url_reachable
 
 if TYPE_CHECKING:
     from mixer_ft.weights.weight_file import Checkpoint
@@ -98,7 +99,7 @@ class Upstream(WeightSource):
             return None  # the recipe check reports it
         hub, url = upstream_sources(source, variant)
         repo = hub.removeprefix("hf-hub:")
-        if online or _hub_cached(repo) or cached_path(url).is_file():
+        if online or _hub_cached(repo) or cached_path(url).is_file() or url_reachable(url):  # the Hub, else Google
             return None
         return (f"the {source} {variant} weights: {hub_download_advice(repo)}, or put Google's "
                 f"{url.rsplit('/', 1)[1]} at {cached_path(url)}")
@@ -198,9 +199,10 @@ class Url(WeightSource):
         return re.match(r"https?://", source) is not None
 
     def missing(self, source: str, variant: str | None, online: bool) -> str | None:
-        return None if online or cached_path(source).is_file() else (
-            f"the weights {source}: not cached; fetch it on a machine with internet and put it at "
-            f"{cached_path(source)}")
+        # Its own host decides, not the Hub's (``online``): a mirror may answer where the Hub does not
+        return None if cached_path(source).is_file() or url_reachable(source) else (
+            f"the weights {source}: not cached, and {_host(source)} cannot be reached now; fetch it on a machine with "
+            f"internet and put it at {cached_path(source)}")
 
     def load(self, source: str, variant: str | None) -> Checkpoint:
         from mixer_ft.weights.weight_file import load_file
@@ -260,6 +262,10 @@ def source_of(source: str) -> WeightSource:
         f"such file or folder, and it is not a URL, an 'hf-hub:'/'timm:' id or an upstream name "
         f"({', '.join(UPSTREAMS)})."
     )
+
+
+def _host(url: str) -> str:
+    return urllib.parse.urlsplit(url).netloc or url
 
 
 def missing_weights(source: str, variant: str | None, online: bool) -> str | None:
