@@ -172,6 +172,29 @@ def test_every_installed_decoder_gives_the_same_pixels():
     assert jpeg_decoder().name == next(d.name for d in installed)
 
 
+def test_the_decoder_chosen_is_the_first_that_decodes_on_the_device_and_none_is_one_line(monkeypatch):
+    """A decoder that is installed but cannot decode on the device (TorchCodec without CUDA, say) gives way to the
+    next; when none can, the run stops with one line naming each and why."""
+    from mixer_ft.data import device_decode
+
+    class NoDevice(device_decode.JpegDecoder):
+        name = "broken"
+
+        @staticmethod
+        def available():
+            return True
+
+        def decode(self, files, device):
+            raise RuntimeError("no decoder for this device\nmore lines")
+
+    monkeypatch.setattr(device_decode, "JPEG_DECODERS", {"broken": NoDevice, **JPEG_DECODERS})
+    assert jpeg_decoder(DEVICE).name == DECODERS[0].name
+    monkeypatch.setattr(device_decode, "JPEG_DECODERS", {"broken": NoDevice})
+    with pytest.raises(device_decode.ConfigError, match=f"works on {DEVICE} \\(broken: RuntimeError: no decoder for "
+                                                        "this device\\): pip install torchcodec"):
+        jpeg_decoder(DEVICE)
+
+
 def test_a_feed_that_decodes_on_the_device_serves_the_host_feeds_steps(photos_640):  # noqa: F811
     """The train feed with a decoder: each step's inputs and labels as the host feed's, on the device."""
     from mixer_ft.train.feed import TrainFeed

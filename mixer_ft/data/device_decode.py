@@ -116,13 +116,26 @@ class TorchVisionJpeg(JpegDecoder):
 JPEG_DECODERS: dict[str, type[JpegDecoder]] = {"torchcodec": TorchCodecJpeg, "torchvision": TorchVisionJpeg}
 
 
-def jpeg_decoder() -> JpegDecoder:
-    """The first available decoder of :data:`JPEG_DECODERS`."""
-    for decoder in JPEG_DECODERS.values():
-        if decoder.available():
-            return decoder()
-    raise ConfigError(f"decode = \"device\" needs a JPEG decoder ({' or '.join(JPEG_DECODERS)}) and none is installed: "
-                      "pip install torchcodec, or set decode = \"host\".")
+def jpeg_decoder(device: torch.device | None = None) -> JpegDecoder:
+    """The first decoder of :data:`JPEG_DECODERS` that is installed and, where ``device`` is given, decodes a JPEG
+    there (a TorchCodec built without CUDA, say, gives way to torchvision's nvJPEG)."""
+    failed = []
+    for name, kind in JPEG_DECODERS.items():
+        if not kind.available():
+            failed.append(f"{name}: not installed")
+            continue
+        decoder = kind()
+        if device is None:
+            return decoder
+        try:
+            decoder.turns_upright(device)  # decodes a small JPEG on the device
+        except Exception as e:  # noqa: BLE001 - whatever the library raises, it cannot decode there
+            failed.append(f"{name}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}")
+            continue
+        return decoder
+    where = f" on {device}" if device is not None else ""
+    raise ConfigError(f"decode = \"device\" needs a JPEG decoder that works{where} ({'; '.join(failed)}): pip install "
+                      "torchcodec, or set decode = \"host\".")
 
 
 @dataclass(frozen=True)

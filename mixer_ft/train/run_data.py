@@ -75,7 +75,7 @@ def make_feed(run: Run, per_process: int, on_device: tuple[torch.Tensor, torch.T
             _decoded_on_host(r, accel.is_main_process,
                              "translate moves crop boxes past the images' edges, which only the host path repeats")
         else:
-            decoder = jpeg_decoder()
+            decoder = jpeg_decoder(accel.device)
             accel.print(f"decode = \"device\": the train split's JPEGs are decoded on {accel.device} by {decoder.name}")
     return TrainFeed(run.data, run.splits["train"][1], run.pre, seed=r.seed, global_batch=r.global_batch,
                      steps_per_epoch=run.steps_per_epoch, total=run.total, device=accel.device, process=process,
