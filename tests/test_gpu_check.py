@@ -117,3 +117,20 @@ def test_the_gpu_speed_dry_run_compares_runs_with_the_bare_step_and_rehearses_cu
     host = json.loads(next((tmp_path / "out").glob("host_step_cpu_*.json")).read_text())
     assert {"boxes", "optimizer, per tensor (0.1.0)", "optimizer, multi-tensor"} <= set(host["pieces"])
     assert not list(scratch.glob("gpu-speed-runs.*")) and shutil.which("bash")
+
+
+@pytest.mark.slow
+def test_the_gpu_photos_dry_run_fine_tunes_on_photos_decoded_both_ways_beside_the_bare_step(tmp_path, readme_workdir):
+    out, scratch = dry_run("gpu_photos.sh", tmp_path, readme_workdir)
+    log = (tmp_path / "out" / "photos_log.txt").read_text()
+    codes = [line for line in log.splitlines() if line.startswith("rc=")]
+    assert len(codes) == 5 and set(codes) == {"rc=0"} and out.returncode == 0, log[-4000:]
+    report = json.loads((tmp_path / "out" / "photos_cpu.json").read_text())
+    runs = report["runs"]
+    assert {r["decode"] for r in runs.values()} == {"host", "device"} and report["bare_step_images_per_s"] > 0
+    assert all(r["images_per_s"] > 0 and r["over_bare_step"] > 0 and r["process_cores"] is not None for r in runs.values())
+    # The same photos, boxes and weights: on a CPU the two ways train alike (one decoder decodes both)
+    host, device = (json.loads((tmp_path / "out" / f"{n}.json").read_text()) for n in ("photos_host", "photos_device"))
+    pairs = zip(host["history"]["loss"], device["history"]["loss"], strict=True)
+    assert all(abs(a["loss"] - b["loss"]) < 1e-3 for a, b in pairs)
+    assert not list(scratch.glob("gpu-photos-runs.*"))  # its set, cache and runs were temporary, and removed
