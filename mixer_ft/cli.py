@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import sys
 from typing import Annotated, Optional
 
@@ -12,7 +11,6 @@ from mixer_ft.atomic import json_text
 from mixer_ft.cli_checks import check_folder as _check_folder
 from mixer_ft.cli_checks import check_plot as _check_plot
 from mixer_ft.cli_checks import positive_int as _positive_int
-from mixer_ft.errors import MixerFtError
 from mixer_ft.model.config import FEWSHOT_SHOTS
 from mixer_ft.train.recipe import default
 
@@ -423,44 +421,7 @@ def launch(ctx: typer.Context) -> None:
 
 
 def main() -> None:
-    """Entry point: run the app; a user error prints its message and exits 2, no traceback."""
-    from mixer_ft.errors import RunStopped
-    from mixer_ft.launch import write_status
+    """Entry point: run the app; each way it can end is one line and an exit code (:mod:`mixer_ft.exits`)."""
+    from mixer_ft.exits import run_to_exit
 
-    try:
-        app()
-    except RunStopped as e:
-        if not write_status(e.exit_code, str(e)) and e.announce:  # under `mixer-ft launch` it says it
-            typer.echo(str(e), err=True)
-        sys.exit(e.exit_code)
-    except MixerFtError as e:
-        # Under `accelerate launch`, every process meets it: one says it
-        if not write_status(2, str(e)) and os.environ.get("RANK", "0") == "0":
-            typer.echo(f"error: {e}", err=True)
-        sys.exit(2)
-    except KeyboardInterrupt:  # a Ctrl-C before the command started
-        _interrupted()
-    except SystemExit as e:  # Typer turns a Ctrl-C (a second one, or one outside a run's steps) into exit 130, silently
-        if e.code == 130 and _from_ctrl_c(e):
-            _interrupted()
-        raise
-
-
-def _from_ctrl_c(error: BaseException | None) -> bool:
-    """Whether ``error`` was raised while handling a KeyboardInterrupt (its causes and contexts, followed back)."""
-    seen = set()
-    while error is not None and id(error) not in seen:
-        if isinstance(error, KeyboardInterrupt):
-            return True
-        seen.add(id(error))
-        error = error.__cause__ or error.__context__
-    return False
-
-
-def _interrupted() -> None:
-    """Say that the command was interrupted (the launcher says it for its processes) and exit 130."""
-    from mixer_ft.launch import write_status
-
-    if not write_status(130, "interrupted"):
-        typer.echo("interrupted", err=True)
-    sys.exit(130)
+    run_to_exit(app)
