@@ -28,7 +28,7 @@ import torch.nn.functional as F
 from mixer_ft.data.encoded import EncodedImages, stand_in_for
 from mixer_ft.data.images import bounded
 from mixer_ft.data.preprocess import box_as_decoded
-from mixer_ft.errors import ConfigError, DataError, Undecodable
+from mixer_ft.errors import ConfigError, Undecodable
 
 if TYPE_CHECKING:
     from mixer_ft.data.preprocess import Preprocess
@@ -225,7 +225,7 @@ def device_crops(images: EncodedImages, index: np.ndarray, boxes: torch.Tensor, 
             image = host.to(device).float()
         else:
             image = _as_drafted(image if turned else upright(image, header.orientation), header.scale)
-        _check_size(images, int(index[k]), image.shape[-2:], kept)
+        images.check_size(int(index[k]), image.shape[-2:])
         x0, y0, w, h = box_as_decoded(box_list[k], kept, tuple(image.shape[-2:]))
         crop = F.interpolate(image[None, :, y0:y0 + h, x0:x0 + w], size=(pre.size, pre.size), mode="bilinear",
                              align_corners=False)[0]
@@ -255,14 +255,6 @@ def _decode_all(decoder: JpegDecoder, files: list[bytes], device: torch.device) 
                 log.warning("a JPEG did not decode on %s (%s: %s); each such file is decoded on the host instead",
                             device, type(e).__name__, str(e).splitlines()[0] if str(e) else "")
     return each
-
-
-def _check_size(images: EncodedImages, i: int, decoded: Any, kept: tuple[int, int]) -> None:
-    """The image's size as decoded, once bounded, is the one its index holds (else the cache is not this data's)."""
-    got = bounded((int(decoded[1]), int(decoded[0])), images.max_side)[::-1]
-    if got != kept:
-        raise DataError(f"image {i} of the {images.names} split decodes at {got[0]}x{got[1]}, not the {kept[0]}x{kept[1]} "
-                        "its index holds; delete the data cache and run again.")
 
 
 __all__ = ["JPEG_DECODERS", "JpegDecoder", "JpegHeader", "TorchCodecJpeg", "TorchVisionJpeg",

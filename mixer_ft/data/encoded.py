@@ -253,11 +253,16 @@ class EncodedImages:
             raise Undecodable(f"{self.name(i)} does not decode ({type(e).__name__}: {e}); remove or replace it in the "
                               "source (or, if the source is whole, delete the data cache, MIXER_FT_CACHE/data) and run "
                               "the same command again.", f"{type(e).__name__}: {e}") from None
-        kept = bounded(arr.shape[1::-1], self.max_side)[::-1]
+        self.check_size(i, arr.shape[:2])
+        return arr
+
+    def check_size(self, i: int, decoded: Any) -> None:
+        """Image ``i``'s size as decoded, (h, w), once bounded, is the one its index holds (else the cache is not this
+        data's)."""
+        kept = bounded((int(decoded[1]), int(decoded[0])), self.max_side)[::-1]
         if kept != tuple(self.shapes[i]):
             raise DataError(f"image {i} of the {self.names} split decodes at {kept[0]}x{kept[1]}, not the "
                             f"{self.shapes[i][0]}x{self.shapes[i][1]} its index holds; delete the data cache and run again.")
-        return arr
 
     def __getitem__(self, index: Any) -> np.ndarray:
         if np.ndim(index) == 0:
