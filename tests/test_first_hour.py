@@ -128,7 +128,9 @@ def test_predict_evaluate_and_the_card_score_the_image_alone_as_the_pipeline_doe
     cut = cifar_subset(train=100, test=20)
     out = run_cli("finetune", "--dataset", cut, "--steps", 30, "--batch", 32, "--lr", 0.01, "--eval-every", 0,
                   "--output-dir", tmp_path / "run", "--set", f'results_dir="{tmp_path / "results"}"', "--set",
-                  "eval_flip=true", "--set", 'optimizer="adamw"', *TINY, cwd=tmp_path)
+                  "eval_flip=true", "--set", 'optimizer="adamw"', "--mixed-precision", "no", *TINY, cwd=tmp_path)
+    # fp32, as transformers' pipeline computes: on a CPU with native bf16, "auto" would score in bf16, where two
+    # classes of this barely trained model can tie exactly and the pipeline's fp32 then picks the other
     assert out.returncode == 0, out.stderr[-2000:]
     record = json.loads((tmp_path / "results" / "run.json").read_text())
     assert "test_accuracy_views" in record
