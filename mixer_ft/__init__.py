@@ -14,6 +14,7 @@ from mixer_ft.errors import (
     DataError,
     MixerFtError,
     RunStopped,
+    SourceError,
     StorageError,
     TrainingError,
     Undecodable,
@@ -37,6 +38,7 @@ def __getattr__(name: str) -> Any:
 
 __all__ = [
     "VARIANTS", "CheckpointError", "Classifier", "ConfigError", "DataError", "MixerConfig", "MixerFtError", "MlpMixer",
-    "RunStopped", "StorageError", "TrainingError", "Undecodable", "WeightsUnavailable", "__version__", "canonical_variant", "create_model",
+    "RunStopped", "SourceError", "StorageError", "TrainingError", "Undecodable", "WeightsUnavailable", "__version__",
+    "canonical_variant", "create_model",
     "load_checkpoint", "num_params", "save_pretrained", "upstream_sources",
 ]

@@ -1,6 +1,6 @@
 """Files that are whole or absent: write beside the target, fsync, then rename over it. Plus the
-locks that keep two processes out of one run folder or one cache entry, and the sweep of what a
-killed writer left behind.
+locks that keep two processes out of one run folder or one cache entry, the sweep of what a
+killed writer left behind, and the manifest of what a run wrote: the only files ever deleted there.
 """
 
 from __future__ import annotations
@@ -131,6 +131,64 @@ def locked(path: Path, *, wait: bool, holder: str = "") -> Iterator[None]:
         finally:
             f.seek(0)
             f.truncate()
+
+
+MANIFEST = ".mixer-ft-files.json"
+
+
+class Manifest:
+    """The files this tool wrote in a folder (a run folder), by path relative to it, kept in the folder itself:
+    a folder that has one knows it is a run folder, and only the files it lists are ever deleted there
+    (``--fresh``, a checkpoint's rotation). A file the user put beside them, or replaced by a link, stays."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder, self.path = Path(folder), Path(folder) / MANIFEST
+
+    def exists(self) -> bool:
+        return self.path.is_file()
+
+    def listed(self) -> set[str]:
+        """The files it lists (nothing, where it is missing or unreadable: then nothing may be deleted)."""
+        try:
+            files = json.loads(self.path.read_text())["files"]
+        except (OSError, ValueError, KeyError, TypeError):
+            return set()
+        return {f for f in files if isinstance(f, str)}
+
+    def _relative(self, path: Path) -> str:
+        return Path(os.path.relpath(Path(path).absolute(), self.folder.absolute())).as_posix()
+
+    def _write(self, files: set[str]) -> None:
+        atomic_write_text(self.path, json_text({"made_by": "mixer_ft", "files": sorted(files)}, indent=1) + "\n")
+
+    def add(self, *paths: Path) -> None:
+        """Note that this tool wrote ``paths`` (inside the folder)."""
+        self._write(self.listed() | {self._relative(p) for p in paths})
+
+    def delete(self, *paths: Path) -> list[Path]:
+        """Delete those of ``paths`` that the manifest lists and that are still regular files (a link or a folder
+        put in a file's place stays); they are no longer listed. Returns what was deleted."""
+        listed, gone = self.listed(), []
+        for path in paths:
+            rel = self._relative(path)
+            if rel in listed:
+                target = self.folder / rel
+                if target.is_file() and not target.is_symlink():
+                    target.unlink()
+                    gone.append(target)
+                listed.discard(rel)
+        if gone or listed != self.listed():
+            self._write(listed)
+        return gone
+
+    def delete_all(self) -> list[Path]:
+        """Every file the manifest lists (see :meth:`delete`), then the folders they were in, where left empty."""
+        listed = sorted(self.listed())
+        gone = self.delete(*(self.folder / rel for rel in listed))
+        for rel in sorted({str(Path(r).parent) for r in listed if Path(r).parent != Path(".")}, key=len, reverse=True):
+            with contextlib.suppress(OSError):
+                (self.folder / rel).rmdir()  # only an empty one
+        return gone
 
 
 def sweep_partial_writes(*folders: Path) -> list[Path]:

@@ -404,6 +404,28 @@ def bench(
         typer.echo(f"record: {where}", err=True)
 
 
+cache_app = typer.Typer(help="The data cache: list its entries, or clean them.", no_args_is_help=False)
+app.add_typer(cache_app, name="cache", short_help="List or clean the data cache's entries.")
+
+
+@cache_app.callback(invoke_without_command=True)
+def cache(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False) -> None:
+    """List the data cache's entries (MIXER_FT_CACHE/data): source, size, images, last use; `clean` removes them."""
+    from mixer_ft.data.cache_entries import listing
+
+    if ctx.invoked_subcommand is None:
+        typer.echo(listing(as_json))
+
+
+@cache_app.command("clean", short_help="Remove entries: those named, or every one.")
+def cache_clean(keys: Annotated[Optional[list[str]], typer.Argument(help="Entries to remove (their keys, as "
+                                                                         "`mixer-ft cache` lists them); none: all.")] = None) -> None:
+    """Remove data cache entries: those named, or every one (only entries this tool made; one in use is left)."""
+    from mixer_ft.data.cache_entries import clean
+
+    typer.echo(clean(keys or []))
+
+
 @app.command(short_help="accelerate launch, with one message and mixer-ft's exit status.",
              context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
              options_metavar="[ACCELERATE LAUNCH OPTIONS] COMMAND [ARGS]")

@@ -34,6 +34,16 @@ class Undecodable(DataError):
         self.why = why
 
 
+class SourceError(DataError):
+    """A byte source (a file, a tar member, an HTTP body) that could not be read whole and as what it claims to be:
+    cut short, damaged, too large, too slow, or something else (an HTML page). ``source`` names it (as it may be
+    printed), ``why`` says what went wrong in a few words, ``read`` and ``size`` the bytes read and expected."""
+
+    def __init__(self, source: str, why: str, read: int = 0, size: int | None = None) -> None:
+        super().__init__(f"{source} could not be read whole: {why}.")
+        self.source, self.why, self.read, self.size = source, why, read, size
+
+
 class TrainingError(MixerFtError):
     """A run that cannot go on (diverged, or a checkpoint that does not match the recipe)."""
 
@@ -55,5 +65,5 @@ class RunStopped(MixerFtError):
         self.exit_code, self.announce = exit_code, announce
 
 
-__all__ = ["CheckpointError", "ConfigError", "DataError", "MixerFtError", "RunStopped", "StorageError", "TrainingError",
-           "Undecodable", "WeightsUnavailable"]
+__all__ = ["CheckpointError", "ConfigError", "DataError", "MixerFtError", "RunStopped", "SourceError", "StorageError",
+           "TrainingError", "Undecodable", "WeightsUnavailable"]

@@ -9,14 +9,15 @@ Under ``mixer-ft launch`` the message goes to the launcher, which says it once f
 
 from __future__ import annotations
 
-import os
 import sys
 from collections.abc import Callable
 
 import typer
 
-from mixer_ft.errors import MixerFtError, RunStopped
+from mixer_ft.errors import ConfigError, MixerFtError, RunStopped
 from mixer_ft.launch import write_status
+from mixer_ft.settings import setting
+from mixer_ft.text import one_line
 
 
 def run_to_exit(app: Callable[[], object]) -> None:
@@ -29,8 +30,8 @@ def run_to_exit(app: Callable[[], object]) -> None:
         sys.exit(e.exit_code)
     except MixerFtError as e:
         # Under `accelerate launch`, every process meets it: one says it
-        if not write_status(2, str(e)) and os.environ.get("RANK", "0") == "0":
-            typer.echo(f"error: {e}", err=True)
+        if not write_status(2, str(e)) and _main_process():
+            typer.echo(f"error: {one_line(e)}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:  # a Ctrl-C before the command started
         _interrupted()
@@ -38,6 +39,14 @@ def run_to_exit(app: Callable[[], object]) -> None:
         if e.code == 130 and from_ctrl_c(e):
             _interrupted()
         raise
+
+
+def _main_process() -> bool:
+    """Whether this is the process that speaks for a run (rank 0; a bad RANK counts as the main one)."""
+    try:
+        return setting("RANK") == 0
+    except ConfigError:
+        return True
 
 
 def from_ctrl_c(error: BaseException | None) -> bool:

@@ -19,7 +19,8 @@ PATH_MAX = 4096  # bytes in a whole path (Linux)
 TEXT_LIMIT = 16 << 20  # a recipe, a config.json or a record: text files this tool reads whole
 
 
-def _kind(mode: int) -> str:
+def kind_of(mode: int) -> str:
+    """What a file of ``st_mode`` ``mode`` is, in words, when it is not a regular file or folder."""
     for test, name in ((stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
                        (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket")):
         if test(mode):
@@ -51,7 +52,7 @@ def special(path: str | Path) -> str | None:
         mode = os.stat(path).st_mode
     except (OSError, ValueError):
         return None
-    return None if stat.S_ISREG(mode) or stat.S_ISDIR(mode) else _kind(mode)
+    return None if stat.S_ISREG(mode) or stat.S_ISDIR(mode) else kind_of(mode)
 
 
 def check_path(path: str | Path, what: str) -> Path:
@@ -99,32 +100,5 @@ def no_such(value: str, what: str) -> str:
     return f"No {what} {value}: no such file or folder" + (f"; did you mean {hint}?" if hint else ".")
 
 
-def read_bytes(path: str | Path, what: str, limit: int = TEXT_LIMIT) -> bytes:
-    """The whole of a small file, through the gate, never more than ``limit`` bytes read.
-
-    Raises:
-        ConfigError: what :func:`check_path` refuses, or a file larger than ``limit``.
-    """
-    path = check_path(path, what)
-    with open(path, "rb") as f:
-        data = f.read(limit + 1)
-    if len(data) > limit:
-        raise ConfigError(f"The {what} {path} is larger than the {limit >> 20} MiB such a file may have; "
-                          "is it the right file?")
-    return data
-
-
-def read_text(path: str | Path, what: str, limit: int = TEXT_LIMIT) -> str:
-    """:func:`read_bytes` decoded as UTF-8.
-
-    Raises:
-        ConfigError: as :func:`read_bytes`, or text that is not UTF-8.
-    """
-    try:
-        return read_bytes(path, what, limit).decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise ConfigError(f"The {what} {path} is not UTF-8 text ({e.reason} at byte {e.start}).") from None
-
-
-__all__ = ["NAME_MAX", "PATH_MAX", "TEXT_LIMIT", "check_name", "check_path", "looks_local", "nearest", "no_such",
-           "read_bytes", "read_text", "special"]
+__all__ = ["NAME_MAX", "PATH_MAX", "TEXT_LIMIT", "check_name", "check_path", "kind_of", "looks_local", "nearest",
+           "no_such", "special"]

@@ -26,6 +26,7 @@ from typing import Any
 
 from mixer_ft.atomic import atomic_write_text, json_text
 from mixer_ft.errors import ConfigError
+from mixer_ft.settings import setting
 
 STATUS_ENV = "MIXER_FT_LAUNCH_STATUS"
 MARK = b"\x1e[mixer-ft launch: a process ended with a status]\n"
@@ -38,11 +39,12 @@ def write_status(exit_code: int, message: str) -> bool:
     Returns:
         Whether a wrapper is listening (then the caller prints nothing); False outside `mixer-ft launch`.
     """
-    folder = os.environ.get(STATUS_ENV)
-    if not folder or not Path(folder).is_dir():
+    try:  # a process on its way out: a bad value here must not become a second error
+        folder, rank = setting(STATUS_ENV), setting("RANK")
+    except ConfigError:
         return False
-    rank = os.environ.get("RANK", "0")
-    rank = int(rank) if rank.isdigit() else 0
+    if folder is None or not folder.is_dir():
+        return False
     atomic_write_text(Path(folder) / f"rank_{rank:06d}.json", json_text({"rank": rank, "exit": exit_code, "message": message}))
     sys.stderr.flush()
     os.write(sys.stderr.fileno(), MARK)  # where this process's output ends, in the launcher's stderr

@@ -29,7 +29,11 @@ DEVICE = torch.device(os.environ.get("MIXER_FT_TEST_DEVICE", "cpu"))
 # size from 32 px, noise up to 6 levels, any quality and subsampling, a median of 0.31 and at most 1.34 in 516 cases.
 # Plus, on a GPU, for any image: nvJPEG's inverse DCT and colour conversion are not libjpeg-turbo's. docs/data.md.
 DRAFT_LEVELS = 0.5
-DRAFT_LEVELS_ANY = 1.5
+DRAFT_LEVELS_ANY = 2.0  # 1.50 the most seen in 1,000 more generated cases, on another CPU (2026-12-07)
+# Slivers, kept under SLIVER_SIDE px on their short side (a 807x188 grey JPEG kept at 96x22, a 938x362 one at 96x37):
+# the two ways to shrink differ most at the edges, which are much of a sliver: up to 2.6 levels in 1,000 generated
+# cases (2026-12-07); those kept at least SLIVER_SIDE px thick, under DRAFT_LEVELS_ANY.
+SLIVER_SIDE, SLIVER_LEVELS = 48, 6.0
 GPU_LEVELS = 1.5
 # Every installed decoder of the registry (CI installs TorchCodec beside torchvision's: both are tested)
 DECODERS = [d() for d in JPEG_DECODERS.values() if d.available()]
@@ -258,8 +262,8 @@ def test_any_jpeg_gives_the_host_paths_input_on_the_device(h, w, orientation, no
     """Generated JPEGs (any size from 32 to 1,300 px, each EXIF orientation, noise, quality, chroma subsampling,
     progressive or not, grey or colour; kept at 96 or 512 px), indexed as the store indexes them (re-encoded where
     the file is larger than its pixels): the device path's input is the host path's, bit for bit on a CPU where PIL
-    decodes at full scale, within DRAFT_LEVELS_ANY where it decodes at 1/2-1/8. (Heavier noise, 30 levels, reached
-    5.6 levels; slivers a few pixels thin, 4.5: docs/data.md says so.)"""
+    decodes at full scale, within DRAFT_LEVELS_ANY where it decodes at 1/2-1/8, SLIVER_LEVELS for slivers kept
+    under SLIVER_SIDE px thick. (Heavier noise, 30 levels, reached 5.6 levels: docs/data.md says so.)"""
     from mixer_ft.data.encoded import index_image
 
     rng = np.random.default_rng(seed)
@@ -279,7 +283,8 @@ def test_any_jpeg_gives_the_host_paths_input_on_the_device(h, w, orientation, no
     for decoder in DECODERS:
         (host, host_used), (dev, dev_used) = both_paths(images, np.array([0]), seed, decoder)
         assert host_used.tolist() == dev_used.tolist() == [0]
-        bound = DRAFT_LEVELS_ANY * (header.scale > 1) + GPU_LEVELS * (DEVICE.type != "cpu")
+        draft = SLIVER_LEVELS if min(kept_h, kept_w) < SLIVER_SIDE else DRAFT_LEVELS_ANY
+        bound = draft * (header.scale > 1) + GPU_LEVELS * (DEVICE.type != "cpu")
         if bound:
             assert levels(dev[0], host[0]) < bound, (decoder.name, header, levels(dev[0], host[0]))
         else:

@@ -50,7 +50,7 @@ def test_the_store_is_the_datas_choice_unless_mixer_ft_store_says_decoded(photos
     monkeypatch.setenv("MIXER_FT_STORE", "decoded")  # a cache entry of its own: the compact one is not reused
     assert not isinstance(load_data(str(photos_640)).images["train"], EncodedImages)
     monkeypatch.setenv("MIXER_FT_STORE", "compact")
-    with pytest.raises(ConfigError, match="MIXER_FT_STORE must be auto or decoded"):
+    with pytest.raises(ConfigError, match="MIXER_FT_STORE=.compact. is not auto or decoded"):
         load_data(str(photos_640))
 
 

@@ -132,7 +132,8 @@ def test_only_the_listed_keys_may_change_on_resume():
     saved = Recipe().to_dict()
     free = {"output_dir": "elsewhere", "results_dir": "r", "name": "n", "tracker": "tensorboard", "log_every": 7,
             "eval_every": 3, "checkpoint_every": 9, "micro_batch": "auto", "mixed_precision": "no", "decode": "device",
-            "fast_path": False, "compile": True, "eval_flip": True, "eval_translate": 1, "license": "mit"}
+            "fast_path": False, "compile": True, "eval_flip": True, "eval_translate": 1, "license": "mit",
+            "max_data_loss": 0.5}
     assert set(free) == RESUMABLE_KEYS
     assert resume_conflicts(saved, Recipe(**free)) == []
     changed = {"lr": 0.1, "label_smoothing": 0.1, "image_column": "img", "architecture": {"gelu": "exact"},

@@ -98,7 +98,10 @@ def test_damaged_shards_and_bad_samples_are_skipped_by_kind_and_named_and_the_re
         data = load_data(str(shards))
     assert len(data.labels["train"]) == 40 + 4 + 3 and len(data.labels["test"]) == 20
     text = caplog.text
-    assert "train-cut-00000.tar could not be read to its end (truncated or damaged" in text
+    assert "train-cut-00000.tar could not be read to its end (cut short" in text
+    cut_short = data.loss.to_dict()["sources"][0]  # its lost samples estimated from the shards read whole
+    assert cut_short["samples_read"] == 3 and cut_short["samples_lost"] >= 1 and data.loss.lost == 7 + cut_short["samples_lost"]
+    assert data.loss.to_dict()["skipped"]["image(s) that could not be decoded"] == 1
     for kind in ("1 sample(s) whose .cls is not an integer", "2 sample(s) with a class outside 0..9", "1 sample(s) without a .cls",
                  "1 sample(s) without an image", "1 link or special member(s)", "(not an image)"):
         assert kind in text, (kind, text)
@@ -106,7 +109,7 @@ def test_damaged_shards_and_bad_samples_are_skipped_by_kind_and_named_and_the_re
 
 @pytest.mark.parametrize("case,needle", [
     ("no-test", "no test-*.tar or validation-*.tar shards"),
-    ("classes-twice", "named twice: cat"),
+    ("classes-twice", "names a class twice ('cat')"),
 ])
 def test_a_shard_folder_that_cannot_be_a_data_set_is_one_line(cut, tmp_path, case, needle):
     shards = tmp_path / "shards"

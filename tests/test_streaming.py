@@ -199,7 +199,7 @@ def test_a_shard_too_large_to_hold_is_cut_with_a_warning_and_memory_stays_bounde
     cursor.close()
     per_shard = Counter(s[0].split(":")[0] for s in taken)
     assert all(n < 20 for n in per_shard.values()) and len(per_shard) > 1
-    assert "GiB of images: the rest of it is skipped" in caplog.text
+    assert "GiB of images, the rest of it is skipped" in caplog.text and data.loss.sources
 
 
 @pytest.fixture(scope="module")

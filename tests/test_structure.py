@@ -16,7 +16,8 @@ from mixer_ft.errors import MixerFtError
 PACKAGE = REPO / "mixer_ft"
 # The layers, lowest first: a module may import its own layer's modules and lower layers', never a higher
 # layer's, not even for type hints (README, "Code map"; each subpackage's __init__ says the same).
-LAYERS = {"errors": 0, "atomic": 0, "gate": 0, "text": 0, "model": 1, "weights": 2, "data": 3, "train": 4, "use": 5, "report": 6,
+LAYERS = {"errors": 0, "atomic": 0, "gate": 0, "text": 0, "settings": 0, "publish": 0, "bounded": 0,
+          "model": 1, "weights": 2, "data": 3, "train": 4, "use": 5, "report": 6,
           "cli": 7, "cli_checks": 7, "exits": 7, "launch": 7, "__init__": 7, "__main__": 8}
 
 

@@ -136,7 +136,7 @@ def test_url_download_is_checked_and_cached(gcs):
 def test_interrupted_or_corrupt_download_never_lands_in_the_cache(gcs, damage):
     url = gcs.url + "/mixer_models/imagenet21k/Mixer-B_16.npz"
     gcs.cut, gcs.md5_override = damage == "cut", (damage == "md5" and "AAAAAAAAAAAAAAAAAAAAAA==") or None
-    with pytest.raises((WeightsUnavailable, CheckpointError), match="try again|MD5"):
+    with pytest.raises((WeightsUnavailable, CheckpointError), match=r"cut short: [0-9,]+ of its [0-9,]+ bytes arrived|MD5"):
         load_checkpoint(url)
     dest = cached_path(url)
     assert not dest.exists() and list(dest.parent.iterdir()) == []  # no partial file left behind

@@ -14,9 +14,8 @@ source where nothing decodes is an error.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import json
-import logging
 import os
 import shutil
 import tempfile
@@ -27,20 +26,22 @@ from typing import Any
 import numpy as np
 
 from mixer_ft.atomic import json_text, locked
+from mixer_ft.data.cache_entries import Damaged, check_entry, data_root, evict, stale_builds, touch
 from mixer_ft.data.decoding import decode_each
 from mixer_ft.data.encoded import SMALL_SIDE, EncodedImages
 from mixer_ft.data.images import printable
+from mixer_ft.data.loss import DataLoss, estimate_note
 from mixer_ft.data.names import canonical_dataset
 from mixer_ft.data.sources import Reader, open_reader
 from mixer_ft.errors import ConfigError, DataError, StorageError
 from mixer_ft.model.config import MAX_SIDE, TEST_FRACTION
-from mixer_ft.text import one_line
-from mixer_ft.weights.downloads import cache_dir
+from mixer_ft.settings import setting
+from mixer_ft.text import get_logger, one_line
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
-_CACHE_FORMAT = 8  # bump when the cache layout, labels or decoding change (6: the encoded store; 7: torch's resize;
-# 8: the compact store's names, small images decoded while indexing)
+_CACHE_FORMAT = 9  # bump when the cache layout, labels or decoding change (6: the encoded store; 7: torch's resize;
+# 8: the compact store's names, small images decoded while indexing; 9: data loss, identity, shards read bounded)
 
 
 @dataclass
@@ -64,6 +65,7 @@ class ImageData:
     test_from: str = ""  # which split of the source is the reported test split, and why
     extents: dict[str, np.ndarray | None] = field(default_factory=dict)  # split -> (h, w) of each image; None: one size
     manifest: str = ""  # a digest of every image's split, class, name and size: the same data, or not
+    loss: DataLoss = field(default_factory=DataLoss)  # what reading the source lost (data/loss.py)
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -107,7 +109,7 @@ class ImageData:
                 "class_counts": counts,
                 "image_size": [h, w], "one_size": all(e is None for e in self.extents.values()),
                 "size_range": [low, [h, w]], "skipped": self.skipped, "test_from": self.test_from,
-                "warnings": self.small_splits(splits)}
+                "data_loss": self.loss.to_dict(), "warnings": self.small_splits(splits)}
 
     def small_splits(self, splits: dict[str, tuple[str, np.ndarray]], least: int = 10) -> list[str]:
         """Warnings for a minival or test split (of :meth:`splits`) too small to score on: under
@@ -148,11 +150,20 @@ def load_data(
     """
     reader = open_reader(source, image_column, label_column, test_fraction)
     decoded = wants_decoded_store()
-    key = hashlib.sha1(json_text([_CACHE_FORMAT, reader.fingerprint(), store_size, max_side] + (["decoded"] if decoded else []))
-                       .encode()).hexdigest()[:16]
-    folder = cache_dir() / "data" / key
-    if not (folder / "meta.json").is_file():
-        _build_cache(reader, folder, store_size, max_side, decoded)
+    options = [store_size, max_side] + (["decoded"] if decoded else [])
+    key = hashlib.sha1(json_text([_CACHE_FORMAT, reader.fingerprint(), *options]).encode()).hexdigest()[:16]
+    folder = data_root() / key
+    # The source whatever its version: a new version of it supersedes the entry of an older one
+    where = os.path.realpath(reader.location) if os.path.exists(reader.location) else reader.location
+    identity = hashlib.sha1(json_text([where, image_column, label_column, test_fraction, *options]).encode()).hexdigest()[:16]
+    if (folder / "meta.json").is_file():
+        try:
+            return _open_cache(folder, source)
+        except Damaged as e:
+            log.warning("the data cache entry %s of %s is damaged (%s): building it again", key, source, e)
+            _build_cache(reader, folder, store_size, max_side, decoded, identity, damaged=True)
+    else:
+        _build_cache(reader, folder, store_size, max_side, decoded, identity)
     return _open_cache(folder, source)
 
 
@@ -163,17 +174,15 @@ def wants_decoded_store() -> bool:
     """``MIXER_FT_STORE=decoded``: every image decoded into the cache, whatever the data (the store that feeds a
     CPU fastest, at about ten times the disk of the compact store and a decode of every image before the first
     step); unset or ``auto``: the store the data calls for."""
-    value = os.environ.get("MIXER_FT_STORE", "auto").strip().lower() or "auto"
-    if value not in ("auto", "decoded"):
-        raise ConfigError(f"MIXER_FT_STORE must be auto or decoded, got {os.environ['MIXER_FT_STORE']!r}.")
-    return value == "decoded"
+    return setting("MIXER_FT_STORE") == "decoded"
 
 
 def _report(reader: Reader, labels: dict[str, list], skipped: list[str]) -> None:
-    """Name the images skipped; refuse a split left without images."""
+    """Name the images skipped (and count them as lost); refuse a split left without images."""
     if skipped:
         log.warning("skipped %d image(s) that could not be decoded: %s%s", len(skipped),
                     ", ".join(skipped[:5]), ", ..." if len(skipped) > 5 else "")
+        reader.loss.skip("image(s) that could not be decoded", len(skipped))
     for split in ("train", "test"):
         if not labels[split]:
             bad = f" ({len(skipped)} could not be decoded)" if skipped else ""
@@ -269,23 +278,29 @@ def _label_ids(reader: Reader, labels: dict[str, list]) -> tuple[list[str], dict
     return classes, ids
 
 
-def _build_cache(reader: Reader, folder: Path, store_size: int | None, max_side: int, decoded: bool = False) -> None:
-    """Decode every image once into raw uint8 files, written beside and renamed into place."""
+def _build_cache(reader: Reader, folder: Path, store_size: int | None, max_side: int, decoded: bool, identity: str,
+                 damaged: bool = False) -> None:
+    """Decode every image once into raw uint8 files, written beside and renamed into place; then the entries it
+    supersedes, and those past the cache's bound, go (:func:`~mixer_ft.data.cache_entries.evict`). ``damaged``: the
+    entry there is damaged, and is replaced (unless another process replaced it while this one waited)."""
     try:
         folder.parent.mkdir(parents=True, exist_ok=True)
         with locked(folder.parent / f".{folder.name}.lock", wait=True):  # one builder; a killed one's files go
             if (folder / "meta.json").is_file():
-                return  # another process built it while this one waited
-            for stale in folder.parent.glob(f".{folder.name}.*"):
-                if stale.is_dir():
-                    shutil.rmtree(stale, ignore_errors=True)
-            _build(reader, folder, store_size, max_side, decoded)
+                if not damaged:
+                    return  # another process built it while this one waited
+                with contextlib.suppress(Damaged):
+                    check_entry(folder, _CACHE_FORMAT)
+                    return  # another process rebuilt it while this one waited
+            stale_builds(folder)
+            _build(reader, folder, store_size, max_side, decoded, identity)
     except OSError as e:
         raise StorageError(f"Could not write the data cache {folder} ({e.strerror or e}); free space there or set "
                            "MIXER_FT_CACHE to a folder with room, then run the same command again.") from None
+    evict(folder, identity)
 
 
-def _build(reader: Reader, folder: Path, store_size: int | None, max_side: int, decoded: bool = False) -> None:
+def _build(reader: Reader, folder: Path, store_size: int | None, max_side: int, decoded: bool, identity: str) -> None:
     tmp = Path(tempfile.mkdtemp(dir=folder.parent, prefix=f".{folder.name}."))
     try:
         store = "raw"
@@ -306,7 +321,8 @@ def _build(reader: Reader, folder: Path, store_size: int | None, max_side: int, 
         size = np.concatenate(list(shapes.values())).max(0).tolist()
         meta = {"format": _CACHE_FORMAT, "location": reader.location, "classes": classes, "size": size,
                 "counts": {s: len(v) for s, v in ids.items()}, "skipped": skipped, "test_from": reader.test_from,
-                "manifest": manifest, "store": store, "max_side": max_side}
+                "manifest": manifest, "store": store, "max_side": max_side, "identity": identity,
+                "data_loss": reader.loss.to_dict()}
         (tmp / "meta.json").write_text(json_text(meta))  # written last: its presence marks a whole cache
         if folder.exists():
             shutil.rmtree(folder)
@@ -316,7 +332,20 @@ def _build(reader: Reader, folder: Path, store_size: int | None, max_side: int, 
 
 
 def _open_cache(folder: Path, source: str) -> ImageData:
-    meta = json.loads((folder / "meta.json").read_text())
+    """The entry in ``folder``, once :func:`~mixer_ft.data.cache_entries.check_entry` finds it whole.
+
+    Raises:
+        Damaged: its files disagree with its index (it is then built again).
+    """
+    meta = check_entry(folder, _CACHE_FORMAT)
+    touch(folder)
+    try:
+        return _opened(folder, source, meta)
+    except (OSError, ValueError) as e:  # a file that cannot be mapped as its index says
+        raise Damaged(f"{type(e).__name__}: {e}") from None
+
+
+def _opened(folder: Path, source: str, meta: dict[str, Any]) -> ImageData:
     images, extents = {}, {}
     for split, n in meta["counts"].items():
         shapes = np.load(folder / f"{split}_shapes.npy")
@@ -333,7 +362,8 @@ def _open_cache(folder: Path, source: str) -> ImageData:
             images[split], extents[split] = RaggedImages(flat, shapes), shapes
     labels = {s: np.load(folder / f"{s}_labels.npy") for s in meta["counts"]}
     return ImageData(source, meta["location"], meta["classes"], images, labels,  # type: ignore[arg-type]
-                     meta["skipped"], meta.get("test_from", ""), extents, meta.get("manifest", ""))
+                     meta["skipped"], meta.get("test_from", ""), extents, meta.get("manifest", ""),
+                     DataLoss.from_dict(meta.get("data_loss")))
 
 
 class RaggedImages:
@@ -391,4 +421,6 @@ def summary_lines(info: dict[str, Any]) -> list[str]:
         out.append(f"  ... {len(info['classes']) - 20} more (--json lists every class)")
     if info["skipped"]:
         out.append(f"{'skipped':<11} {info['skipped']} image(s) that could not be decoded")
+    if note := estimate_note(DataLoss.from_dict(info["data_loss"])):
+        out.append(f"{'lost':<11} {note} (data_loss in --json names them)")
     return out

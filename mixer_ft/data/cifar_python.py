@@ -14,8 +14,11 @@ from typing import Any
 
 import numpy as np
 
+from mixer_ft.bounded import check_tar_end, open_tar, read_file
 from mixer_ft.data.reader import Reader, file_fingerprint
-from mixer_ft.errors import DataError
+from mixer_ft.errors import DataError, SourceError
+
+BATCH_BYTES = 256 << 20  # one pickled batch (CIFAR's are 31 MB)
 
 
 class _SafeUnpickler(pickle.Unpickler):
@@ -75,14 +78,18 @@ class CifarPythonReader(Reader):
 
     def _blobs(self) -> dict[str, bytes]:
         wanted = {*self.files["train"], *self.files["test"], self.files["meta"]}
-        if self.path.is_dir():
-            return {n: (self.path / n).read_bytes() for n in wanted if (self.path / n).is_file()}
         try:
-            with tarfile.open(self.path) as tar:
-                return {Path(m.name).name: tar.extractfile(m).read() for m in tar  # type: ignore[union-attr]
-                        if m.isfile() and Path(m.name).name in wanted}
-        except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
-            raise DataError(f"{self.path} is truncated or not a tar.gz archive ({type(e).__name__}: {e}).") from None
+            if self.path.is_dir():
+                return {n: read_file(self.path / n, str(self.path / n), BATCH_BYTES) for n in wanted
+                        if (self.path / n).is_file()}
+            with open_tar(path=self.path) as tar:
+                blobs = {Path(m.name).name: tar.extractfile(m).read()  # type: ignore[union-attr]
+                         for m in tar if m.isfile() and Path(m.name).name in wanted and m.size <= BATCH_BYTES}
+                check_tar_end(tar, str(self.path))
+                return blobs
+        except (SourceError, tarfile.TarError, EOFError, OSError, zlib.error) as e:
+            why = e.why if isinstance(e, SourceError) else f"{type(e).__name__}: {e}"
+            raise DataError(f"{self.path} is truncated or not a tar.gz archive ({why}).") from None
 
     def items(self) -> Iterator[tuple[str, str | int, Any]]:
         try:

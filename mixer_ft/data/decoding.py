@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from mixer_ft.data.images import decode_workers, or_why, to_rgb_array
+from mixer_ft.errors import SourceError
 
 if TYPE_CHECKING:
     from mixer_ft.data.sources import Reader
@@ -31,6 +32,8 @@ def _read(item: Any) -> Any:
         return item[1]()
     except OSError as e:
         return OSError(e.strerror or str(e))
+    except SourceError as e:  # a file not whole, or not a file (the bounded reader's verdict)
+        return OSError(e.why)
 
 
 WINDOW_BYTES = 256 << 20  # encoded bytes held at once while decoding, whatever the images' sizes

@@ -16,7 +16,6 @@ the host path. A new decoder is one class with ``available`` and ``decode`` and 
 from __future__ import annotations
 
 import io
-import logging
 import warnings
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -29,11 +28,12 @@ from mixer_ft.data.encoded import EncodedImages, stand_in_for
 from mixer_ft.data.images import bounded
 from mixer_ft.data.preprocess import box_as_decoded
 from mixer_ft.errors import ConfigError, Undecodable
+from mixer_ft.text import get_logger
 
 if TYPE_CHECKING:
     from mixer_ft.data.preprocess import Preprocess
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 _told_host = [False]  # whether a JPEG the device did not decode was named (once a process)
 _DEVICE_MODES = {"RGB", "L"}  # PIL's modes of the JPEGs a device decoder gives as PIL does (CMYK, YCCK: the host)
 

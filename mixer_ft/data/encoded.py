@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import io
 import json
-import logging
 import os
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -28,11 +27,12 @@ import numpy as np
 
 from mixer_ft.data.images import MAX_PIXELS, bounded, decode_workers, keep_image_memory, or_why, to_rgb_array
 from mixer_ft.errors import DataError, Undecodable
+from mixer_ft.text import get_logger
 
 if TYPE_CHECKING:
     from mixer_ft.data.preprocess import Preprocess
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 REENCODE_QUALITY = 95
 SMALL_SIDE = 64  # a set whose images all have one size, at most this on a side (CIFAR), is stored decoded

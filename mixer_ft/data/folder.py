@@ -16,10 +16,8 @@ folders and archives alike (docs/data.md, "What counts as an image"):
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 import tarfile
-import unicodedata
 import zipfile
 import zlib
 from collections.abc import Callable, Iterator
@@ -28,13 +26,16 @@ from typing import Any
 
 import numpy as np
 
+from mixer_ft.bounded import check_tar_end, open_tar, read_file
+from mixer_ft.data.class_names import check_folder_classes, class_name
 from mixer_ft.data.images import MAX_FILE_BYTES, printable
 from mixer_ft.data.reader import Reader, file_fingerprint
-from mixer_ft.errors import ConfigError, DataError
+from mixer_ft.errors import ConfigError, DataError, SourceError
 from mixer_ft.gate import special
 from mixer_ft.model.config import TEST_FRACTION
+from mixer_ft.text import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
 LITTER = {"__macosx", "thumbs.db", "desktop.ini", "$recycle.bin", "system volume information"}  # compared casefolded
 
@@ -43,11 +44,6 @@ def is_litter(name: str) -> bool:
     """Whether a file (by its path in the folder or archive) is OS litter or hidden: never data."""
     return any(part.startswith(".") or part.casefold() in LITTER for part in name.replace("\\", "/").split("/")
                if part not in ("", "."))
-
-
-def class_name(folder: str) -> str:
-    """A class folder's name as a class: printable, Unicode NFC."""
-    return unicodedata.normalize("NFC", printable(folder))
 
 
 def _named(what: str, names: list[str], where: str, fix: str) -> None:
@@ -104,18 +100,6 @@ def _split_at(parts: tuple[str, ...]) -> int | None:
     return next((i for i, p in enumerate(parts[:-2]) if p.lower() in _SPLITS), None)
 
 
-def _check_classes(folders: set[str], where: str) -> None:
-    """Class folders that differ only by case or by Unicode normalisation (``café`` written NFC and NFD) are
-    one class spelt twice: refuse, naming them."""
-    folded: dict[str, list[str]] = {}
-    for c in folders:
-        folded.setdefault(class_name(c).casefold(), []).append(c)
-    twins = [sorted(v) for v in folded.values() if len(v) > 1]
-    if twins:
-        raise DataError(f"{where} has class folders that differ only by case or Unicode normalisation: "
-                        f"{'; '.join(' and '.join(ascii(c) for c in t) for t in sorted(twins))}. Merge or rename them.")
-
-
 def _layout(names: list[str], test_fraction: float, where: str) -> tuple[dict[str, tuple[str, str]], str]:
     """{image name: (split, class)} for an image folder's file names, and which split is reported as test and why.
 
@@ -138,7 +122,7 @@ def _layout(names: list[str], test_fraction: float, where: str) -> tuple[dict[st
                             "add one, or put the class folders at the top to have a test split held out.")
         if outside := len(images) - len(split_of):
             log.warning("%s: %d image(s) outside the split folders are not used", where, outside)
-        _check_classes({c for _, c in split_of.values()}, where)
+        check_folder_classes({c for _, c in split_of.values()}, where)
         split_of = {n: (s, class_name(c)) for n, (s, c) in split_of.items()}
         why = "its test/ folder" if test == "test" else "its validation folder (there is no test/ folder)"
         if test == "test" and "validation" in present:
@@ -156,7 +140,7 @@ def _layout(names: list[str], test_fraction: float, where: str) -> tuple[dict[st
             by_folder.setdefault(d[common], []).append(n)
     if loose := sum(len(d) == common for d in dirs):
         log.warning("%s: %d image(s) outside the class folders are not used", where, loose)
-    _check_classes(set(by_folder), where)
+    check_folder_classes(set(by_folder), where)
     by_class = {class_name(folder): files for folder, files in by_folder.items()}
     rng, out = np.random.default_rng(0), {}
     for cls in sorted(by_class):
@@ -217,9 +201,11 @@ class FolderReader(Reader):
             if zipfile.is_zipfile(self.path):
                 with zipfile.ZipFile(self.path) as zf:
                     return zf.namelist()
-            with tarfile.open(self.path) as tar:
-                return [m.name for m in tar.getmembers() if m.isfile()]  # (items() names the others)
-        except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, zlib.error) as e:
+            with open_tar(path=self.path) as tar:
+                found = [m.name for m in tar.getmembers() if m.isfile()]  # (items() names the others)
+                check_tar_end(tar, printable(str(self.path)))
+                return found
+        except (SourceError, tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, zlib.error) as e:
             raise self._damaged(e) from None
 
     def count(self, split: str) -> int:
@@ -237,7 +223,8 @@ class FolderReader(Reader):
         return ["folder", str(self.path.resolve()), h.hexdigest(), self.test_fraction]
 
     def _damaged(self, e: BaseException) -> DataError:
-        return DataError(f"{self.path} is truncated or damaged ({type(e).__name__}: {e}); download or copy it again.")
+        why = e.why if isinstance(e, SourceError) else f"{type(e).__name__}: {e}"
+        return DataError(f"{self.path} is truncated or damaged ({why}); download or copy it again.")
 
     def items(self) -> Iterator[tuple[str, str | int, Any]]:
         try:
@@ -247,7 +234,9 @@ class FolderReader(Reader):
                 self.total = len(assign)
                 for name, path in files.items():
                     if name in assign:
-                        yield *assign[name], (printable(str(path)), _capped(path.stat().st_size, path.read_bytes))
+                        shown = printable(str(path))
+                        yield *assign[name], (shown, _capped(path.stat().st_size,
+                                                             lambda p=path, n=shown: read_file(p, n, MAX_FILE_BYTES)))
             elif zipfile.is_zipfile(self.path):
                 with zipfile.ZipFile(self.path) as zf:
                     assign, self.test_from = _layout(zf.namelist(), self.test_fraction, self.location)
@@ -257,16 +246,17 @@ class FolderReader(Reader):
                             get = _capped(info.file_size, lambda i=info: zf.read(i))
                             yield *assign[info.filename], (printable(info.filename), _taken(get))
             else:
-                with tarfile.open(self.path) as tar:  # names first, then the images in archive order
+                with open_tar(path=self.path) as tar:  # names first, then the images in archive order
                     members = _regular_members(tar.getmembers(), self.location)
+                    check_tar_end(tar, printable(str(self.path)))
                     assign, self.test_from = _layout([m.name for m in members], self.test_fraction, self.location)
                     self.total = len(assign)
                     for m in members:
                         if m.name in assign:
                             get = _capped(m.size, lambda m=m: tar.extractfile(m).read())  # type: ignore[union-attr]
                             yield *assign[m.name], (printable(m.name), _taken(get))
-        except (tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, zlib.error) as e:
+        except (SourceError, tarfile.TarError, zipfile.BadZipFile, EOFError, OSError, zlib.error) as e:
             raise self._damaged(e) from None
 
 
-__all__ = ["IMAGE_SUFFIXES", "LITTER", "FolderReader", "class_name", "is_litter", "walk"]
+__all__ = ["IMAGE_SUFFIXES", "LITTER", "FolderReader", "is_litter", "walk"]

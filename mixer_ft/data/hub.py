@@ -6,9 +6,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Any
 
+from mixer_ft.bounded import read_file
+from mixer_ft.data.class_names import check_class_names, numbered_classes
+from mixer_ft.data.images import MAX_FILE_BYTES
+from mixer_ft.data.loss import DataLoss
 from mixer_ft.data.reader import Reader
 from mixer_ft.data.shards import Shard
-from mixer_ft.errors import DataError
+from mixer_ft.errors import DataError, SourceError
 
 
 def columns(repo: str, features: Any, image_column: str | None, label_column: str | None) -> tuple[str, str]:
@@ -83,10 +87,10 @@ class HubReader(Reader):
         self.total = len(ds["train"]) + len(ds[test])
         f = ds["train"].features[label]
         if hasattr(f, "names"):
-            self.classes = list(f.names)
-        else:
-            n = max(int(max(ds[s][label])) for s in ("train", test)) + 1
-            self.classes = [str(i) for i in range(n)]
+            self.classes = check_class_names(list(f.names), f"{self.location}'s {label} column")
+        else:  # numbered: as many classes as the labels say, bounded by the rows
+            rows = len(ds["train"]) + len(ds[test])
+            self.classes = numbered_classes(max(int(max(ds[s][label])) for s in ("train", test)), rows, self.location)
         for split, name in (("train", "train"), ("test", test)):
             for i, row in enumerate(ds[name].select_columns([image, label])):
                 yield split, int(row[label]), (f"{name}[{i}]", lambda im=row[image]: im)
@@ -122,6 +126,7 @@ def hub_stream(repo: str, image_column: str | None, label_column: str | None, so
     if not names:
         raise DataError(f"{repo}: its label column {label!r} has no class names (not a ClassLabel), which a stream needs "
                         "before it reads a sample; read it without --streaming.")
+    names = check_class_names(list(names), f"hf:{repo}'s {label} column")
     splits = {split: ds[name].select_columns([image, label]).cast_column(image, datasets.Image(decode=False))
               for split, name in (("train", "train"), ("test", test))}
 
@@ -129,17 +134,23 @@ def hub_stream(repo: str, image_column: str | None, label_column: str | None, so
         n = splits[split].num_shards
         return [Shard(f"{split}[shard {i} of {n}]", lambda i=i, n=n: splits[split].shard(n, i)) for i in range(n)]
 
-    def reading(shard: Shard, classes: list[str], skipped: Any) -> Iterator[tuple[str, int, bytes]]:
-        for j, row in enumerate(shard.open()):
-            cell, y = row[image], row[label]
-            data = cell.get("bytes") if isinstance(cell, dict) else None
-            if data is None and isinstance(cell, dict) and cell.get("path"):
-                with open(cell["path"], "rb") as f:
-                    data = f.read()
-            if data is None or not isinstance(y, int) or not 0 <= y < len(classes):
-                skipped["row(s) without image bytes or with a label outside the classes"] += 1
-                continue
-            yield f"{shard.name}[{j}]", y, data
+    def reading(shard: Shard, classes: list[str], loss: DataLoss) -> Iterator[tuple[str, int, bytes]]:
+        rows = 0
+        try:
+            for j, row in enumerate(shard.open()):
+                rows += 1
+                cell, y = row[image], row[label]
+                data = cell.get("bytes") if isinstance(cell, dict) else None
+                if data is None and isinstance(cell, dict) and cell.get("path"):  # a local file the set points to
+                    data = read_file(cell["path"], f"{shard.name}[{j}]", MAX_FILE_BYTES)
+                if data is None or not isinstance(y, int) or not 0 <= y < len(classes):
+                    loss.skip("row(s) without image bytes or with a label outside the classes")
+                    continue
+                yield f"{shard.name}[{j}]", y, data
+        except (SourceError, OSError) as e:  # a data file cut short or unreadable under datasets
+            loss.source_failed(shard.name, e, rows)
+            return
+        loss.source_read(rows)
 
     return StreamedSet(source, f"hf:{repo} (streamed)", list(names), shards("train"), shards("test"),
                        f"its {test} split", ["hf-stream", repo, image, label, ds["train"].info.dataset_name],

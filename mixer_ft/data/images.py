@@ -15,7 +15,8 @@ from typing import Any, TypeVar
 
 import numpy as np
 
-from mixer_ft.errors import ConfigError
+from mixer_ft.data.class_names import printable
+from mixer_ft.settings import setting
 
 # What a source hands over for one image: its name and a getter for its bytes or PIL image
 # (called only when the image is decoded), or a ready uint8 array (CIFAR's pickles).
@@ -30,15 +31,13 @@ T = TypeVar("T")
 # Only the first import takes this lock, so a later fork never copies it held.
 _TORCH_IMPORT = threading.Lock()
 _interpolate: Callable[..., Any] | None = None
+_BLOCK_ROWS = 128  # rows of a wide-mode image scaled to 8 bits at a time
 _WIDE_MODES = {"I;16": 1 / 257, "I;16L": 1 / 257, "I;16B": 1 / 257, "I;16N": 1 / 257, "I": 1 / 257, "F": 255.0}  # to 0..255
 
 
 def decode_workers() -> int:
     """Processes that decode images into the cache: ``$MIXER_FT_WORKERS``, else one per core."""
-    try:
-        return max(1, int(os.environ.get("MIXER_FT_WORKERS") or os.cpu_count() or 1))
-    except ValueError:
-        raise ConfigError(f"MIXER_FT_WORKERS must be a whole number, got {os.environ['MIXER_FT_WORKERS']!r}.") from None
+    return setting("MIXER_FT_WORKERS") or os.cpu_count() or 1
 
 
 def keep_image_memory(blocks: int) -> None:
@@ -50,24 +49,46 @@ def keep_image_memory(blocks: int) -> None:
     Image.core.set_blocks_max(max(blocks, Image.core.get_blocks_max()))
 
 
-def printable(name: str) -> str:
-    """A file name as text that prints and writes anywhere: bytes that are not UTF-8 (which Python keeps
-    as surrogates) become their \\x escapes."""
-    return name.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
-
-
-def to_rgb(img: Any) -> Any:
-    """A PIL image as upright 8-bit RGB."""
-    from PIL import Image, ImageOps
+def to_rgb(img: Any, max_side: int | None = None) -> Any:
+    """A PIL image as upright 8-bit RGB. A 16-bit, 32-bit or float image is scaled to 8 bits a block of rows at a
+    time, then (``max_side``: where it is to be scaled down anyway) reduced by a whole factor that keeps its bounded
+    size: a 175 KB 16-bit PNG of 81 Mpx costs its decoded pixels and a byte a pixel, not 1.5 GB of float copies."""
+    from PIL import ImageOps
 
     img = ImageOps.exif_transpose(img)
-    if img.mode in _WIDE_MODES:  # 16-bit PNGs, 32-bit ints and floats: scale to 0..255
-        scale = _WIDE_MODES[img.mode]
-        if img.mode == "F" and float(np.asarray(img).max()) > 1.0:
-            scale = 1.0  # floats already in 0..255
-        gray = np.clip(np.asarray(img, dtype=np.float64) * scale, 0, 255).round().astype(np.uint8)
-        img = Image.fromarray(gray)
+    if img.mode in _WIDE_MODES:
+        img = _to_8bit(img)
+        if max_side:
+            img = _reduced(img, max_side)
     return img if img.mode == "RGB" else img.convert("RGB")
+
+
+def _to_8bit(img: Any) -> Any:
+    """A wide-mode image (16-bit, 32-bit int, float) as 8-bit grey, 0..255, computed :data:`_BLOCK_ROWS` rows at a
+    time (the same values as the whole image at once)."""
+    from PIL import Image
+
+    scale = _WIDE_MODES[img.mode]
+    if img.mode == "F" and float(img.getextrema()[1]) > 1.0:
+        scale = 1.0  # floats already in 0..255
+    w, h = img.size
+    out = np.empty((h, w), dtype=np.uint8)
+    for top in range(0, h, _BLOCK_ROWS):
+        block = np.asarray(img.crop((0, top, w, min(h, top + _BLOCK_ROWS))), dtype=np.float64)
+        np.multiply(block, scale, out=block)
+        np.clip(block, 0, 255, out=block)
+        out[top:top + len(block)] = np.round(block, out=block)
+    return Image.fromarray(out)
+
+
+def _reduced(img: Any, max_side: int) -> Any:
+    """``img`` reduced by the largest whole factor whose result, bounded by ``max_side``, is the size the image
+    itself bounds to (so the compact store's index, made from the header, still holds); as it is when none."""
+    target = bounded(img.size, max_side)
+    for k in range(min(img.size[0] // target[0], img.size[1] // target[1]), 1, -1):
+        if bounded((-(-img.size[0] // k), -(-img.size[1] // k)), max_side) == target:
+            return img.reduce(k)
+    return img
 
 
 def bounded(size: tuple[int, int], max_side: int | None) -> tuple[int, int]:
@@ -126,7 +147,7 @@ def to_rgb_array(item: ImageItem, size: tuple[int, int] | None = None, max_side:
                                            "an image may have")
     if max_side and not size and img.format == "JPEG":
         img.draft(img.mode, bounded(img.size, max_side))  # the decoder's own 1/2, 1/4, 1/8 scaling
-    img = to_rgb(img)
+    img = to_rgb(img, None if size else max_side)
     target = size[::-1] if size else bounded(img.size, max_side)
     arr = np.asarray(img, dtype=np.uint8)
     return resize(arr, target[::-1]) if img.size != target and resized else arr

@@ -6,6 +6,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from mixer_ft.data.loss import DataLoss
+
 
 class Reader:
     """Yields (split, class name or index, image) and knows the class names."""
@@ -15,6 +17,13 @@ class Reader:
     total: int | None = None  # images it will yield, once it knows
     test_from: str = "its test split"  # which split is reported as test, and why
     encoded_files: bool = False  # items are files' bytes: the cache may keep them encoded (data/encoded.py)
+
+    @property
+    def loss(self) -> DataLoss:
+        """What reading the source lost: samples skipped, sources cut short (:mod:`mixer_ft.data.loss`)."""
+        if "_loss" not in self.__dict__:
+            self._loss = DataLoss()
+        return self._loss
 
     def fingerprint(self) -> list[Any]:
         raise NotImplementedError

@@ -4,38 +4,48 @@ A folder of ``train-*.tar`` shards and ``test-*.tar`` (or ``validation-*.tar`` /
 labelled split serves as test) shards; ``.tar.gz`` and ``.tgz`` too. In each shard a sample is the run of
 consecutive members that share a key (the member's path up to the first dot of its file name):
 ``<key>.jpg`` (or ``.jpeg``, ``.png``, ``.webp``) and ``<key>.cls``, the class as an integer. ``classes.txt``
-beside the shards names the classes, one per line in index order; without it a class is named by its number.
+beside the shards names the classes, one per line in index order (:mod:`mixer_ft.data.class_names`); without it
+a class is named by its number.
 
-The shards are read in name order, each in one pass from start to end (a shard is never seeked, so a
-compressed one costs no more). What cannot be used is skipped and said once, by kind: a sample without an
-image or a ``.cls``, a ``.cls`` that is not an integer or not a class, an image over the size bound, a
-link or special member. A shard that ends mid-member is named: its samples before the damage are kept, the
-rest of it is skipped, and the other shards go on.
+Each shard is read through the one bounded reader (:mod:`mixer_ft.bounded`) in one pass from start to end (never
+seeked, so a compressed one costs no more): its size bounded, its gzip trailer and tar end-of-archive block
+verified. Of a sample only its image and ``.cls`` are held (each bounded); a member declaring more than
+:data:`MEMBER_BYTES` ends the shard before it is read (skipping it would mean decompressing it); a member written
+twice in one sample (webdataset refuses such a shard) drops the sample. What cannot be used is skipped and counted
+by kind: a sample
+without an image or a ``.cls``, a ``.cls`` that is not an integer or not a class, an image over the size bound,
+a link or special member. A shard that ends early or damaged is named and its lost samples counted
+(:class:`~mixer_ft.data.loss.DataLoss`): its samples before the damage are kept, the other shards go on.
 """
 
 from __future__ import annotations
 
-import logging
+import contextlib
 import re
 import tarfile
 import zlib
-from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
-from mixer_ft.data.folder import class_name
-from mixer_ft.data.images import MAX_FILE_BYTES, printable
+from mixer_ft.bounded import Limits, Source, check_tar_end, decompressed, members, open_file, open_tar, read_text
+from mixer_ft.data.class_names import numbered_classes, parse_class_list, printable
+from mixer_ft.data.images import MAX_FILE_BYTES
+from mixer_ft.data.loss import DataLoss
 from mixer_ft.data.reader import Reader, file_fingerprint
-from mixer_ft.errors import DataError
-from mixer_ft.gate import check_path, read_text
+from mixer_ft.errors import DataError, SourceError
+from mixer_ft.gate import check_path
+from mixer_ft.text import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 SHARD = re.compile(r"(train|test|validation|val)[-_.][^/]*\.(tar|tar\.gz|tgz)", re.IGNORECASE)
 SPLIT_OF = {"train": "train", "test": "test", "validation": "validation", "val": "validation"}
 IMAGE_EXTENSIONS = ("jpg", "jpeg", "png", "webp")
 CLASSES_FILE = "classes.txt"
+SHARD_BYTES = 8 << 30  # the most bytes one shard may hold, read or decompressed (webdataset advises a few hundred MB)
+CLS_BYTES = 1 << 10  # a .cls is a number: more than this is not one
+MEMBER_BYTES = 256 << 20  # a member past this ends its shard unread (an image over MAX_FILE_BYTES is only skipped)
 
 
 def shards_of(folder: Path) -> dict[str, list[Path]]:
@@ -49,8 +59,8 @@ def shards_of(folder: Path) -> dict[str, list[Path]]:
 
 
 def local_shard(path: Path) -> Shard:
-    """A shard file on this machine."""
-    return Shard(str(path), lambda: open(path, "rb"))  # noqa: SIM115 - closed by tar_samples
+    """A shard file on this machine, read through :func:`mixer_ft.bounded.open_file`."""
+    return Shard(printable(str(path)), lambda: open_file(path, printable(str(path)), Limits.of(SHARD_BYTES)))
 
 
 def is_shard_folder(path: Path) -> bool:
@@ -66,6 +76,22 @@ def _key_and_extension(name: str) -> tuple[str, str]:
     folder, _, base = name.rpartition("/")
     stem, dot, extension = base.partition(".")
     return (f"{folder}/{stem}" if folder else stem), extension.lower() if dot else ""
+
+
+def class_list_of(folder: Path) -> list[str] | None:
+    """The class names of ``folder``'s ``classes.txt``, None when it has none. The file must lie inside the folder
+    (a link may point within it): what a run publishes holds no file from elsewhere.
+
+    Raises:
+        DataError: a ``classes.txt`` that leads outside the folder, or breaks the class-name rules.
+    """
+    path = folder / CLASSES_FILE
+    if not path.exists() and not path.is_symlink():
+        return None
+    if not path.resolve().is_relative_to(folder.resolve()):
+        raise DataError(f"{printable(str(path))} is a link that leads outside {printable(str(folder))}: class names are "
+                        "read only from inside the data folder (they are published with the model). Copy the file in.")
+    return parse_class_list(read_text(path, "class list"), printable(str(path)))
 
 
 class ShardReader(Reader):
@@ -87,43 +113,22 @@ class ShardReader(Reader):
         self.test_from = "its test-* shards" if shards["test"] else "its validation-* shards"
         self.shards = [(split, local_shard(p)) for split, paths in (("train", shards["train"]), ("test", test))
                        for p in paths]
-        self.named = self._class_names()
+        self.named = class_list_of(folder)
         self.classes = self.named
-
-    def _class_names(self) -> list[str] | None:
-        path = self.folder / CLASSES_FILE
-        return read_class_names(read_text(path, "class list"), str(path)) if path.exists() else None
 
     def fingerprint(self) -> list[Any]:
         extra = [file_fingerprint(self.folder / CLASSES_FILE)] if self.named is not None else []
         return ["wds-shards", *[file_fingerprint(Path(s.name)) for _, s in self.shards], *extra]
 
     def items(self) -> Iterator[tuple[str, str | int, Any]]:
-        skipped: Counter[str] = Counter()
-        top = -1
+        top, count = -1, 0
         for split, shard in self.shards:
-            for name, label, data in labelled_samples(shard.open, shard.name, self.named, skipped):
-                top = max(top, label)
+            for name, label, data in labelled_samples(shard, self.named, self.loss):
+                top, count = max(top, label), count + 1
                 yield split, label, (name, lambda data=data: data)
-        report_skipped(self.location, skipped)
+        self.loss.report(self.location)
         if self.named is None:
-            self.classes = [str(i) for i in range(top + 1)]
-
-
-def report_skipped(location: str, skipped: Counter[str]) -> None:
-    """One warning: what of ``location`` was skipped, counted by kind."""
-    if skipped:
-        log.warning("%s: skipped %s", printable(location), "; ".join(f"{n} {why}" for why, n in sorted(skipped.items())))
-
-
-def read_class_names(text: str, where: str) -> list[str]:
-    """The class names of a ``classes.txt`` (one per line, index order), each named once."""
-    names = [class_name(line.strip()) for line in text.splitlines() if line.strip()]
-    twice = sorted({n for n in names if names.count(n) > 1})
-    if not names or twice:
-        raise DataError(f"{where} must name each class once, one per line in index order"
-                        + (f"; named twice: {', '.join(twice[:5])}" if twice else "; it is empty") + ".")
-    return names
+            self.classes = numbered_classes(top, count, printable(self.location))
 
 
 def sample_label(raw: bytes | None, named: list[str] | None) -> tuple[int, str | None]:
@@ -140,70 +145,85 @@ def sample_label(raw: bytes | None, named: list[str] | None) -> tuple[int, str |
     return label, None
 
 
-def why_unread(e: BaseException) -> str:
-    """A shard's read failure in a few words: a stalled or refused stream, an HTTP status, or damage."""
-    import urllib.error
-
-    if isinstance(e, TimeoutError) or isinstance(getattr(e, "reason", None), TimeoutError):
-        return "stalled: no data within the stream timeout (MIXER_FT_STREAM_TIMEOUT)"
-    if isinstance(e, urllib.error.HTTPError):
-        return f"HTTP {e.code} {e.reason}"
-    if isinstance(e, urllib.error.URLError):
-        return f"unreachable: {e.reason}"
-    if isinstance(e, ConnectionError):
-        return f"connection lost: {type(e).__name__}"
-    return f"truncated or damaged: {type(e).__name__}"
-
-
-def labelled_samples(open_shard: Callable[[], IO[bytes]], name: str, named: list[str] | None,
-                     skipped: Counter[str]) -> Iterator[tuple[str, int, bytes]]:
+def labelled_samples(shard: Shard, named: list[str] | None, loss: DataLoss) -> Iterator[tuple[str, int, bytes]]:
     """(printable name, class, image bytes) of each usable sample of one shard, in order; the rest counted in
-    ``skipped`` by kind. A shard that cannot be read to its end is named in a warning: its samples before the
-    failure are given, the one being read is dropped."""
-    for key, sample in tar_samples(open_shard, name, skipped):
+    ``loss`` by kind. A shard that cannot be read to its verified end is named and its loss counted: its samples
+    before the failure are given, the one being read is dropped."""
+    for key, sample in tar_samples(shard, loss):
         label, why = sample_label(sample.get("cls"), named)
         image = next((e for e in IMAGE_EXTENSIONS if e in sample), None)
         if why or image is None:
-            skipped[why or "sample(s) without an image"] += 1
+            loss.skip(why or "sample(s) without an image")
             continue
-        yield printable(f"{name.rpartition('/')[2]}:{key}.{image}"), label, sample[image]
+        yield printable(f"{shard.name.rpartition('/')[2]}:{key}.{image}"), label, sample[image]
 
 
-def tar_samples(open_shard: Callable[[], IO[bytes]], name: str,
-                skipped: Counter[str]) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(key, {extension: bytes}) for each sample of one shard, in order; damage ends the shard, named."""
-    key, sample = None, {}
+def _bound(extension: str) -> int | None:
+    """The most bytes a member of this extension may have, where the sample holds it; None: not held."""
+    return CLS_BYTES if extension == "cls" else MAX_FILE_BYTES if extension in IMAGE_EXTENSIONS else None
+
+
+def tar_samples(shard: Shard, loss: DataLoss) -> Iterator[tuple[str, dict[str, bytes]]]:
+    """(key, {extension: bytes}) for each whole sample of one shard, in order: only its .cls and first image held.
+    What is not usable is counted in ``loss``; a shard that ends early or damaged ends here, named and counted."""
+    key, sample, seen, flaw, given = None, {}, set(), None, 0
+    source: Source | None = None
     try:
-        with open_shard() as stream, tarfile.open(fileobj=stream, mode="r|*") as tar:  # one pass, never a seek
-            for member in tar:
+        with contextlib.ExitStack() as stack:
+            source = stack.enter_context(shard.open())
+            stream = stack.enter_context(decompressed(source, SHARD_BYTES))
+            tar = stack.enter_context(open_tar(stream))
+            for member in members(tar, shard.name, SHARD_BYTES, MEMBER_BYTES):
                 if not member.isfile():
                     if not member.isdir():
-                        skipped["link or special member(s)"] += 1
+                        loss.skip("link or special member(s)")
                     continue
                 name_key, extension = _key_and_extension(member.name)
                 if name_key != key:
-                    if sample:
-                        yield key, sample
-                    key, sample = name_key, {}
-                if member.size > MAX_FILE_BYTES:
-                    skipped[f"member(s) over {MAX_FILE_BYTES >> 20} MiB"] += 1
+                    if key is not None:
+                        given += 1  # a sample read, whether it is used or counted as skipped
+                        if done := _finished(sample, flaw, loss):
+                            yield key, done
+                    key, sample, seen, flaw = name_key, {}, set(), None
+                if extension in seen:
+                    flaw = "sample(s) with a member written twice (webdataset refuses such a shard)"
+                seen.add(extension)
+                bound = _bound(extension)
+                if bound is None or flaw or (extension in IMAGE_EXTENSIONS and any(e in sample for e in IMAGE_EXTENSIONS)):
+                    continue  # not held: read past, within the shard's bound
+                if member.size > bound or member.size > MEMBER_BYTES:
+                    flaw = f"sample(s) with a .{extension} over {bound:,} bytes"
                     continue
                 sample[extension] = tar.extractfile(member).read()  # type: ignore[union-attr]
-    except (tarfile.TarError, EOFError, OSError, zlib.error) as e:
-        log.warning("%s could not be read to its end (%s): the rest of it is skipped, the other shards are read",
-                    printable(name), why_unread(e))
-        return  # the sample being read when the failure came is incomplete: dropped
-    if sample:
-        yield key, sample
+            check_tar_end(tar, shard.name, stream)
+    except (SourceError, tarfile.TarError, EOFError, OSError, zlib.error) as e:
+        done = source.done if source is not None else 0
+        size = source.size if source is not None else None
+        loss.source_failed(shard.name, e, given, done, size)
+        return  # the sample being read when the failure came may be incomplete: dropped
+    if key is not None:
+        given += 1
+        if done := _finished(sample, flaw, loss):
+            yield key, done
+    loss.source_read(given)
+
+
+def _finished(sample: dict[str, bytes], flaw: str | None, loss: DataLoss) -> dict[str, bytes] | None:
+    """A sample once its last member is read: as it is, or None (counted in ``loss``) when it has a flaw."""
+    if flaw:
+        loss.skip(flaw)
+        return None
+    return sample
 
 
 @dataclass(frozen=True)
 class Shard:
-    """One shard: its name (a path or URL) and how to open it as a byte stream."""
+    """One shard: its name (a path, or a URL without its query: as it may be printed) and how to open it as a
+    :class:`~mixer_ft.bounded.Source` (a Hub set's shard: as its rows)."""
 
     name: str
-    open: Callable[[], IO[bytes]]
+    open: Callable[[], Any]
 
 
-__all__ = ["SHARD", "SPLIT_OF", "Shard", "ShardReader", "is_shard_folder", "labelled_samples", "local_shard",
-           "read_class_names", "report_skipped", "sample_label", "shards_of", "tar_samples"]
+__all__ = ["CLASSES_FILE", "SHARD", "SHARD_BYTES", "SPLIT_OF", "Shard", "ShardReader", "class_list_of", "is_shard_folder",
+           "labelled_samples", "local_shard", "sample_label", "shards_of", "tar_samples"]

@@ -15,7 +15,6 @@ one entry in :data:`DATA_SOURCES` here.
 
 from __future__ import annotations
 
-import logging
 import tarfile
 import zipfile
 from pathlib import Path
@@ -27,11 +26,12 @@ from mixer_ft.data.reader import Reader
 from mixer_ft.errors import ConfigError, DataError
 from mixer_ft.gate import check_path, looks_local, no_such
 from mixer_ft.model.config import TEST_FRACTION
+from mixer_ft.text import get_logger
 
 if TYPE_CHECKING:
     from mixer_ft.data.stream import StreamedSet
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 # --------------------------------------------------------------------------- the registry
 

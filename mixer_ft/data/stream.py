@@ -20,92 +20,132 @@ The rules, which follow webdataset and ``datasets`` where they have one:
   minival, as upstream holds out the end of train; the test split is every test (or validation) shard.
 - **Resume.** Each process keeps where it stands (epoch, shard, sample) with every checkpoint; a resumed
   run re-reads that shard and goes on at the exact sample, with the same number of processes.
-- **Failures.** A shard that cannot be read to its end (cut short, a stalled or dropped connection, an
-  HTTP error) is named; its samples before the failure are used and the next shard is read.
-  :data:`FAILED_IN_A_ROW` shards in a row that give nothing end the run with one message. A stream with
-  no byte for ``MIXER_FT_STREAM_TIMEOUT`` seconds (default 60) counts as failed.
+- **Failures.** Each shard is read through the one bounded reader (:mod:`mixer_ft.bounded`): a shard that
+  cannot be read to its verified end (cut short, damaged, a stalled, trickling, endless or dropped connection,
+  an HTTP error, an HTML page) is named and its lost samples counted (:class:`~mixer_ft.data.loss.DataLoss`);
+  its samples before the failure are used and the next shard is read. Past the recipe's ``max_data_loss`` (judged
+  once :data:`JUDGE_AFTER` samples are read), or after :data:`FAILED_IN_A_ROW` shards in a row that give
+  nothing, the run ends with one message.
+- **Names.** A shard URL is printed and recorded without its query or user info (a signed URL's token).
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
 import math
-import os
 import re
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
 from mixer_ft.atomic import json_text
+from mixer_ft.bounded import Limits, open_url
+from mixer_ft.data.class_names import parse_class_list
+from mixer_ft.data.loss import DataLoss
 from mixer_ft.data.names import canonical_dataset, is_url
-from mixer_ft.data.shards import CLASSES_FILE, SHARD, SPLIT_OF, Shard, ShardReader, labelled_samples, read_class_names, report_skipped
-from mixer_ft.errors import ConfigError, DataError
+from mixer_ft.data.shards import CLASSES_FILE, SHARD, SHARD_BYTES, SPLIT_OF, Shard, ShardReader, labelled_samples
+from mixer_ft.errors import ConfigError, DataError, SourceError
+from mixer_ft.gate import check_path
+from mixer_ft.publish import public_url
+from mixer_ft.settings import setting
+from mixer_ft.text import get_logger
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 MAX_SHARD_BYTES = 2 << 30  # of images held from one shard (it and the next are held while they are read)
 FAILED_IN_A_ROW = 3  # train shards in a row that give no sample: the stream is down, not one shard damaged
+CLASS_LIST_BYTES = 16 << 20  # a classes.txt of 100,000 names is about 2 MB
+MAX_PATTERN = 1_000_000  # shard names one URL pattern may expand to
+JUDGE_AFTER = 1_000  # samples a stream reads before its loss is judged against max_data_loss (one damaged shard early
+# is not yet a share of the set)
 Sample = tuple[str, int, bytes]  # (printable name, class, the image file's bytes)
 
 
 def stream_timeout() -> float:
     """Seconds a stream may go without a byte before it counts as stalled (``MIXER_FT_STREAM_TIMEOUT``)."""
-    raw = os.environ.get("MIXER_FT_STREAM_TIMEOUT") or "60"
-    try:
-        value = float(raw)
-    except ValueError:
-        value = -1.0
-    if not 0 < value < math.inf:
-        raise ConfigError(f"MIXER_FT_STREAM_TIMEOUT must be a positive number of seconds, got {raw!r}.")
-    return value
+    return setting("MIXER_FT_STREAM_TIMEOUT")
 
 
 def expand_braces(pattern: str) -> list[str]:
     """webdataset's (and bash's) brace expansion, in bash's order: ``a-{000..002}.tar`` -> a-000.tar, a-001.tar,
     a-002.tar; ``{train-{0..1},test-0}.tar`` -> train-0.tar, train-1.tar, test-0.tar. Ranges keep the first
-    bound's zero padding; braces nest."""
+    bound's zero padding; braces nest. At most :data:`MAX_PATTERN` names, counted before any is made.
+
+    Raises:
+        ConfigError: an unclosed brace, a range that counts down, or more names than :data:`MAX_PATTERN`.
+    """
+    if (n := _expansions(pattern)) > MAX_PATTERN:
+        raise ConfigError(f"The shard pattern {public_url(pattern)} names {n:,} shards, more than the {MAX_PATTERN:,} a "
+                          "pattern may; check its ranges.")
+    return _expand(pattern)
+
+
+def _braces(pattern: str) -> tuple[int, int, list[int]] | None:
+    """(where the first brace opens, where it closes, its top-level commas); None without braces."""
     start = pattern.find("{")
     if start < 0:
-        return [pattern]
+        return None
     depth, cuts = 0, []
     for i in range(start, len(pattern)):
         depth += {"{": 1, "}": -1}.get(pattern[i], 0)
         if depth == 1 and pattern[i] == ",":
             cuts.append(i)
         if depth == 0:
-            break
-    else:
-        raise ConfigError(f"The shard pattern {pattern} has a '{{' that is never closed.")
+            return start, i, cuts
+    raise ConfigError(f"The shard pattern {public_url(pattern)} has a '{{' that is never closed.")
+
+
+def _expansions(pattern: str) -> int:
+    """How many names ``pattern`` expands to, counted without making them."""
+    found = _braces(pattern)
+    if found is None:
+        return 1
+    start, end, cuts = found
+    body, tail = pattern[start + 1:end], _expansions(pattern[end + 1:])
+    bounds = re.fullmatch(r"(\d+)\.\.(\d+)", body)
+    if bounds:
+        lo, hi = int(bounds.group(1)), int(bounds.group(2))
+        if hi < lo:
+            raise ConfigError(f"The shard range {{{body}}} in {public_url(pattern)} must count up.")
+        return (hi - lo + 1) * tail
+    edges = [start, *cuts, end]
+    return sum(_expansions(pattern[edges[k] + 1:edges[k + 1]]) for k in range(len(edges) - 1)) * tail
+
+
+def _expand(pattern: str) -> list[str]:
+    found = _braces(pattern)
+    if found is None:
+        return [pattern]
+    start, i, cuts = found
     head, body, tail = pattern[:start], pattern[start + 1:i], pattern[i + 1:]
     bounds = re.fullmatch(r"(\d+)\.\.(\d+)", body)
     if bounds:
         lo, hi = int(bounds.group(1)), int(bounds.group(2))
-        if hi < lo or hi - lo >= 1_000_000:
-            raise ConfigError(f"The shard range {{{body}}} in {pattern} must count up, over at most a million shards.")
         options = [str(k).zfill(len(bounds.group(1))) for k in range(lo, hi + 1)]
     else:
         edges = [start, *cuts, i]
         options = [pattern[edges[k] + 1:edges[k + 1]] for k in range(len(edges) - 1)]
-    tails = expand_braces(tail)
-    return [head + x + rest for option in options for x in expand_braces(option) for rest in tails]
+    tails = _expand(tail)
+    return [head + x + rest for option in options for x in _expand(option) for rest in tails]
 
 
 def url_shard(url: str) -> Shard:
-    """A shard on a server, opened as a stream that may stall for :func:`stream_timeout` seconds at most."""
-    timeout = stream_timeout()
+    """A shard on a server (or a ``file://`` URL), read through the one bounded reader; named without its query.
 
-    def open_url() -> IO[bytes]:
-        return urllib.request.urlopen(url, timeout=timeout)  # noqa: S310 - the user's own shard URLs
-
-    return Shard(url, open_url)
+    Raises:
+        ConfigError: a ``file://`` URL of a FIFO, device or socket (the gate, as for a path).
+    """
+    limits = Limits.of(SHARD_BYTES)
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme == "file":
+        check_path(urllib.request.url2pathname(parts.path), "shard")
+    return Shard(public_url(url), lambda: open_url(url, limits))
 
 
 @dataclass
@@ -122,14 +162,15 @@ class StreamedSet:
     test: list[Shard]
     test_from: str
     fingerprint: list[Any]
-    reading: Callable[[Shard, list[str], Counter[str]], Iterator[Sample]] | None = None
+    reading: Callable[[Shard, list[str], DataLoss], Iterator[Sample]] | None = None
     test_images: int = 0  # counted when the test split is scored
+    loss: DataLoss = field(default_factory=DataLoss)  # what this process's reading lost, train and scored splits
 
-    def samples(self, shard: Shard, skipped: Counter[str]) -> Iterator[Sample]:
-        """The usable samples of ``shard`` in order; what cannot be used counted in ``skipped``."""
+    def samples(self, shard: Shard, loss: DataLoss) -> Iterator[Sample]:
+        """The usable samples of ``shard`` in order; what cannot be used counted in ``loss``."""
         if self.reading is not None:
-            return self.reading(shard, self.classes, skipped)
-        return labelled_samples(shard.open, shard.name, self.classes, skipped)
+            return self.reading(shard, self.classes, loss)
+        return labelled_samples(shard, self.classes, loss)
 
     @property
     def manifest(self) -> str:
@@ -143,7 +184,8 @@ class StreamedSet:
     def summary(self, val_fraction: float) -> dict[str, Any]:
         """What ``mixer-ft data`` shows of a stream, read from its names alone: shards by split, and classes."""
         train, minival = self.cut(val_fraction)
-        return {"source": self.source, "streamed": True, "train_shards": len(train), "minival_shards": len(minival),
+        return {"source": public_url(self.source) if is_url(self.source) else self.source, "streamed": True,
+                "train_shards": len(train), "minival_shards": len(minival),
                 "test_shards": len(self.test), "test_from": self.test_from, "classes": self.classes}
 
     def cut(self, val_fraction: float) -> tuple[list[Shard], list[Shard]]:
@@ -168,20 +210,20 @@ def shard_stream(source: str) -> StreamedSet:
         for url in urls:  # the name says the split; a query (a signed URL's) is not part of it
             match = SHARD.fullmatch(urllib.parse.urlsplit(url).path.rpartition("/")[2])
             if match is None:
-                raise ConfigError(f"{url} is not a shard name: a shard URL ends in train-*.tar, test-*.tar or "
+                raise ConfigError(f"{public_url(url)} is not a shard name: a shard URL ends in train-*.tar, test-*.tar or "
                                   "validation-*.tar (.tar.gz, .tgz), which say its split.")
             found[SPLIT_OF[match.group(1).lower()]].append(url_shard(url))
         first = urllib.parse.urlsplit(urls[0])
         classes_at = urllib.parse.urlunsplit((first.scheme, first.netloc, first.path.rpartition("/")[0] + "/" + CLASSES_FILE,
                                               first.query, ""))  # with the shards' query: a token for the folder
-        classes = read_class_names(_fetch_text(classes_at), classes_at)
+        classes = parse_class_list(_fetch_text(classes_at), public_url(classes_at))
         test = found["test"] or found["validation"]
         if not found["train"] or not test:
             lacking = "train-*" if not found["train"] else "test-* or validation-*"
-            raise DataError(f"{source} has no {lacking} shards: a streamed set needs train and test (or validation) "
-                            "shards.")
+            raise DataError(f"{public_url(source)} has no {lacking} shards: a streamed set needs train and test (or "
+                            "validation) shards.")
         test_from = "its test-* shards" if found["test"] else "its validation-* shards"
-        return StreamedSet(source, source, classes, found["train"], test, test_from, ["wds-urls", urls])
+        return StreamedSet(source, public_url(source), classes, found["train"], test, test_from, ["wds-urls", urls])
     reader = ShardReader(Path(source).expanduser())  # a folder: its shards by split and classes.txt, as cached
     if reader.named is None:
         raise DataError(f"{source} has no {CLASSES_FILE}: a streamed set needs its class names before it reads a "
@@ -191,16 +233,14 @@ def shard_stream(source: str) -> StreamedSet:
 
 
 def _fetch_text(url: str) -> str:
-    """A small text file beside the shards (their ``classes.txt``), fetched once."""
+    """A small text file beside the shards (their ``classes.txt``), fetched once through the bounded reader."""
     try:
-        with urllib.request.urlopen(url, timeout=stream_timeout()) as response:  # noqa: S310 - the user's URL
-            return response.read(1 << 24).decode("utf-8")
-    except (OSError, UnicodeDecodeError) as e:
-        from mixer_ft.data.shards import why_unread
-
-        why = why_unread(e) if isinstance(e, OSError) else "not UTF-8 text"
-        raise DataError(f"Could not read {url} ({why}): a streamed set needs its class names, one per line in "
-                        "class-index order, in classes.txt beside its shards.") from None
+        with open_url(url, Limits.of(CLASS_LIST_BYTES)) as source:
+            return source.read_all().decode("utf-8")
+    except (SourceError, OSError, UnicodeDecodeError) as e:
+        why = e.why if isinstance(e, SourceError) else "not UTF-8 text" if isinstance(e, UnicodeDecodeError) else str(e)
+        raise DataError(f"Could not read {public_url(url)} ({why}): a streamed set needs its class names, one per line "
+                        "in class-index order, in classes.txt beside its shards.") from None
 
 
 class ShardCursor:
@@ -211,7 +251,8 @@ class ShardCursor:
         process: (this process's index, the number of processes).
     """
 
-    def __init__(self, data: StreamedSet, shards: list[Shard], seed: int, process: tuple[int, int] = (0, 1)) -> None:
+    def __init__(self, data: StreamedSet, shards: list[Shard], seed: int, process: tuple[int, int] = (0, 1),
+                 max_loss: float = 1.0) -> None:
         rank, world = process
         if len(shards) < world:
             raise ConfigError(f"{data.location} has {len(shards)} train shard(s) for {world} processes: each process "
@@ -222,7 +263,7 @@ class ShardCursor:
         self._held: tuple[tuple[int, int], list[Sample]] | None = None  # (epoch, k) -> its shuffled samples
         self._ahead: tuple[tuple[int, int], Future[list[Sample]]] | None = None
         self._pool = ThreadPoolExecutor(1, thread_name_prefix="mixer-ft-shards")  # reads the next shard meanwhile
-        self.skipped: Counter[str] = Counter()
+        self.max_loss = max_loss  # the recipe's max_data_loss: past it (once JUDGE_AFTER samples are read), stop
         self._empty_in_a_row = 0
 
     def state(self) -> list[int]:
@@ -240,15 +281,17 @@ class ShardCursor:
 
     def _read(self, epoch: int, k: int) -> list[Sample]:
         index = int(self.mine(epoch)[k])
-        samples, held = [], 0
-        for sample in self.data.samples(self.shards[index], self.skipped):
+        samples, held, shard = [], 0, self.shards[index]
+        for sample in self.data.samples(shard, self.data.loss):
             samples.append(sample)
             held += len(sample[2])
             if held > MAX_SHARD_BYTES:  # a shard is held whole to be shuffled: memory stays bounded
-                log.warning("%s holds more than %.3g GiB of images: the rest of it is skipped (a shard is held in "
-                            "memory to be shuffled; cut the set into shards of a few hundred MB)", self.shards[index].name,
-                            MAX_SHARD_BYTES / 2**30)
+                self.data.loss.source_failed(shard.name, SourceError(shard.name, (
+                    f"too large to hold: more than {MAX_SHARD_BYTES / 2**30:.3g} GiB of images, the rest of it is skipped "
+                    "(a shard is held in memory to be shuffled; cut the set into shards of a few hundred MB)")), len(samples))
                 break
+        if self.data.loss.held >= JUDGE_AFTER:
+            self.data.loss.check(self.max_loss, self.data.location)
         order = np.random.default_rng((self.seed, epoch, index)).permutation(len(samples))
         return [samples[i] for i in order]
 
@@ -296,10 +339,8 @@ class ShardCursor:
 
 def split_samples(data: StreamedSet, shards: list[Shard], process: tuple[int, int]) -> Iterator[Sample]:
     """Every sample of ``shards`` this process scores: its share of the shards (``r, r + W, ...``), in order."""
-    skipped: Counter[str] = Counter()
     for shard in shards[process[0]::process[1]]:
-        yield from data.samples(shard, skipped)
-    report_skipped(data.location, skipped)
+        yield from data.samples(shard, data.loss)
 
 
 def is_streamed(source: str, streaming: bool) -> bool:
@@ -311,11 +352,12 @@ def stream_summary_lines(source: str, shown: dict[str, Any]) -> list[str]:
     """``mixer-ft data --streaming``'s text: what :meth:`StreamedSet.summary` holds, a line each."""
     from mixer_ft.text import one_line
 
-    return [f"{'source':<11} {one_line(source)} (streamed: read as a run trains, nothing cached)",
+    return [f"{'source':<11} {one_line(shown['source'])} (streamed: read as a run trains, nothing cached)",
             *(f"{split:<11} {shown[f'{split}_shards']:,} shard(s)" for split in ("train", "minival", "test")),
             f"{'test split':<11} {shown['test_from']}",
             f"{'classes':<11} {len(shown['classes'])}: {' '.join(one_line(c) for c in shown['classes'])}"]
 
 
-__all__ = ["FAILED_IN_A_ROW", "MAX_SHARD_BYTES", "Sample", "ShardCursor", "StreamedSet", "expand_braces", "is_streamed",
+__all__ = ["FAILED_IN_A_ROW", "JUDGE_AFTER", "MAX_PATTERN", "MAX_SHARD_BYTES", "Sample", "ShardCursor", "StreamedSet",
+           "expand_braces", "is_streamed",
            "shard_stream", "split_samples", "stream_summary_lines", "stream_timeout", "url_shard"]

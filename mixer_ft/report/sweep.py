@@ -9,16 +9,16 @@ record ``results/sweep_<name>.json`` (``kind = "sweep"``), which ``mixer-ft tabl
 from __future__ import annotations
 
 import itertools
-import logging
 import time
 from pathlib import Path
 from typing import Any
 
 from mixer_ft.atomic import json_text
 from mixer_ft.errors import ConfigError, MixerFtError, RunStopped
+from mixer_ft.text import get_logger
 from mixer_ft.train.recipe import Recipe, parse_override, safe_name
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 # Keys a sweep may not vary: they say what is measured and where it goes, not how it is trained.
 FIXED = ("dataset", "name", "output_dir", "results_dir", "image_column", "label_column", "val_fraction",
          "test_fraction")

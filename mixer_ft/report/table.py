@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import logging
 import math
 import tomllib
 from collections.abc import Callable
@@ -15,12 +14,12 @@ from pathlib import Path
 from typing import Any
 
 from mixer_ft.atomic import json_text
+from mixer_ft.bounded import read_text
 from mixer_ft.data.names import canonical_dataset
 from mixer_ft.errors import ConfigError, MixerFtError
-from mixer_ft.gate import read_text
-from mixer_ft.text import md_cell, one_line
+from mixer_ft.text import get_logger, md_cell, one_line
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 FORMATS = ("table", "markdown", "csv", "json")
 COLUMNS = ("upstream", "model", "dataset", "published_accuracy", "published_wall_clock_h", "published_hardware",
            "accuracy", "delta_points", "wall_clock_h", "hardware", "device_hours", "runs", "mean_accuracy",

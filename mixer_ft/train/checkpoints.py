@@ -4,22 +4,23 @@
 holds its digest, written after it. On resume the newest checkpoint whose digest matches (or, for
 one written before digests, that loads) is taken; a damaged one is named in a warning and skipped.
 Saving step N removes any checkpoint of a later step (what a damaged newer one or an abandoned
-future left) and keeps the two newest.
+future left) and keeps the two newest: of the files the run folder's manifest lists as written by a run
+(:class:`~mixer_ft.atomic.Manifest`), never others.
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from mixer_ft.atomic import atomic_write, atomic_write_text
+from mixer_ft.atomic import Manifest, atomic_write, atomic_write_text
+from mixer_ft.text import get_logger
 from mixer_ft.weights.model_folder import CHECKPOINT_NAME
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 def _digest(path: Path) -> str:
@@ -40,6 +41,7 @@ class Checkpoints:
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder / "checkpoints"
+        self.manifest = Manifest(folder)
         self._warned = False
 
     def all(self) -> list[Path]:
@@ -57,11 +59,11 @@ class Checkpoints:
     def save(self, state: dict[str, Any]) -> Path:
         """Write ``state`` as step_<step>.pt with its digest; drop later steps' and all but the newest two."""
         path = atomic_write(self.folder / f"step_{state['step']:08d}.pt", lambda tmp: torch.save(state, tmp))
-        atomic_write_text(path.with_name(path.name + ".sha256"), _digest(path) + "\n")
+        sidecar = atomic_write_text(path.with_name(path.name + ".sha256"), _digest(path) + "\n")
+        self.manifest.add(path, sidecar)
         later = [p for p in self.all() if _step(p) > state["step"]]
         for old in later + [p for p in self.all() if p not in later][: -self.keep]:
-            old.unlink(missing_ok=True)
-            old.with_name(old.name + ".sha256").unlink(missing_ok=True)
+            self.manifest.delete(old, old.with_name(old.name + ".sha256"))
         return path
 
     def intact(self, path: Path) -> bool:

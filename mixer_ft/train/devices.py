@@ -4,8 +4,6 @@ and the micro-batch that fits in memory. Each answer is decided once, before tra
 
 from __future__ import annotations
 
-import logging
-import os
 from typing import Any
 
 import torch
@@ -13,9 +11,11 @@ import torch
 from mixer_ft.errors import ConfigError
 from mixer_ft.model.config import MixerConfig
 from mixer_ft.model.mixer import MlpMixer
+from mixer_ft.settings import setting
+from mixer_ft.text import get_logger
 from mixer_ft.train.recipe import Recipe
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 def resolve_device(name: str | None) -> torch.device:
@@ -73,7 +73,7 @@ def host_micro_batch(cfg: MixerConfig, per_process: int, params: int) -> tuple[i
     from mixer_ft.train.hardware import memory_free
 
     free, bound = memory_free()
-    processes = max(int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1), 1)  # processes of this host share it
+    processes = setting("LOCAL_WORLD_SIZE")  # processes of this host share it
     room = free // processes - 3 * 4 * params  # gradients, momentum and a working copy: made at the first step
     each = int(activation_bytes(cfg) * ACTIVATION_SLACK)
     fit = room // each if room > 0 else 0

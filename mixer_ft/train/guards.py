@@ -1,10 +1,11 @@
 """What a run checks before it touches its folder or its weights: that ``--fresh`` deletes no input of its own
-command, and that a checkpoint it resumes was trained on the data set's classes."""
+command and nothing it did not write, and that a checkpoint it resumes was trained on the data set's classes."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
+from mixer_ft.atomic import MANIFEST, Manifest
 from mixer_ft.errors import ConfigError, TrainingError
 from mixer_ft.train.recipe import Recipe
 
@@ -27,6 +28,20 @@ def check_fresh_removes_no_input(recipe: Recipe, out: Path) -> None:
                               "its own --output-dir, or copy them out first.")
 
 
+def check_fresh_deletes_only_ours(out: Path) -> None:
+    """``--fresh`` deletes only the files a run wrote, as the run folder's manifest lists them; a folder that holds
+    a model/ or checkpoints/ and no manifest is not a run folder (or one of a mixer_ft before manifests).
+
+    Raises:
+        ConfigError: naming the folder, and what to do.
+    """
+    if Manifest(out).exists() or not any((out / name).exists() for name in ("model", "checkpoints", "record.json")):
+        return
+    raise ConfigError(f"--fresh deletes only what a run wrote, and {out} has no list of what runs wrote there "
+                      f"({MANIFEST}): it is not a run folder of this mixer_ft, so its model/ and checkpoints/ stay. Give "
+                      "the run another --output-dir, or remove them yourself if they are an old run's.")
+
+
 def check_same_classes(saved: list[str] | None, now: list[str], out: Path, fresh: str) -> None:
     """A checkpoint's head rows are its classes in order: resuming on other classes would train the wrong rows.
 
@@ -41,4 +56,4 @@ def check_same_classes(saved: list[str] | None, now: list[str], out: Path, fresh
     raise TrainingError(f"{out} holds a checkpoint trained on other classes than the data set's now: {change}. {fresh}")
 
 
-__all__ = ["check_fresh_removes_no_input", "check_same_classes"]
+__all__ = ["check_fresh_deletes_only_ours", "check_fresh_removes_no_input", "check_same_classes"]

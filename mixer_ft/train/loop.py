@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import logging
 import os
 import platform
 import shutil
@@ -33,22 +32,24 @@ from mixer_ft.data.stream import StreamedSet
 from mixer_ft.errors import ConfigError, RunStopped, TrainingError
 from mixer_ft.gate import check_path
 from mixer_ft.model.mixer import MlpMixer
+from mixer_ft.settings import setting
+from mixer_ft.text import get_logger
 from mixer_ft.train import devices, preflight
 from mixer_ft.train.build import build_model
 from mixer_ft.train.checkpoints import Checkpoints
 from mixer_ft.train.evaluation import check_shift
 from mixer_ft.train.feed import device_images
-from mixer_ft.train.guards import check_fresh_removes_no_input, check_same_classes
+from mixer_ft.train.guards import check_fresh_deletes_only_ours, check_fresh_removes_no_input, check_same_classes
 from mixer_ft.train.optim import make_optimizers, make_schedules
 from mixer_ft.train.progress import Progress
 from mixer_ft.train.recipe import Recipe, resume_conflicts
-from mixer_ft.train.records import check_record_is_ours, record_path, run_record, write_record
+from mixer_ft.train.records import check_record_is_ours, record_path, record_text, run_record, write_record
 from mixer_ft.train.run import NonFinite, Run
-from mixer_ft.train.run_data import count_share, make_feed, open_run_data
+from mixer_ft.train.run_data import count_share, data_loss, make_feed, open_run_data
 from mixer_ft.train.signals import StopSignals
 from mixer_ft.train.stream_feed import StreamFeed
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 # --------------------------------------------------------------------------- setup
@@ -96,9 +97,8 @@ def setup(recipe: Recipe, *, fresh: bool = False) -> Run:
     checkpoints = Checkpoints(out)
     if fresh and accelerator.is_main_process:  # starting over: nothing of an old run may be taken for this one's
         check_fresh_removes_no_input(recipe, out)
-        for old in (checkpoints.folder, out / "model"):
-            shutil.rmtree(old, ignore_errors=True)
-        (out / "record.json").unlink(missing_ok=True)
+        check_fresh_deletes_only_ours(out)
+        checkpoints.manifest.delete_all()
     accelerator.wait_for_everyone()
     accelerator.print(head)
     run = Run(recipe, accelerator, out, data, splits, model, net, optimizers, schedules,
@@ -253,7 +253,7 @@ def stop(run: Run, signum: int, checkpointed: bool) -> None:
 def finish(run: Run) -> dict[str, Any]:
     """Score minival and test, save the model and write the run record; returns the record."""
     from mixer_ft.data.sources import hub_dataset_id
-    from mixer_ft.weights.model_folder import save_pretrained
+    from mixer_ft.weights.model_folder import model_files, save_pretrained
 
     # What timm, transformers and `predict` compute from the saved model: the image alone. The recipe's
     # test-time views (eval_flip, eval_translate), where it has any, are scored too and recorded beside.
@@ -264,9 +264,10 @@ def finish(run: Run) -> dict[str, Any]:
     with_views = (evaluate(run, "minival"), evaluate(run, "test")) if has_views else None
     run.history["minival"].append({"step": run.total, "accuracy": round((with_views or (minival,))[0][0], 5)})
     accel, record = run.accelerator, {}
+    lost = data_loss(run)  # every process's part, gathered
     accel.wait_for_everyone()
     if accel.is_main_process:
-        record = run_record(run, test, minival)
+        record = run_record(run, test, minival) | {"data_loss": lost}
         if with_views:
             record |= {"minival_accuracy_views": round(with_views[0][0], 5), "test_accuracy_views": round(with_views[1][0], 5)}
         provenance = {k: record[k] for k in ("name", "upstream", "dataset", "data_source", "test_accuracy", "test_images",
@@ -276,10 +277,11 @@ def finish(run: Run) -> dict[str, Any]:
                        "seed": run.recipe.seed,
                        "test_fraction": run.recipe.test_fraction, "train_images": run.train_images,
                        "license": run.recipe.license}
-        save_pretrained(run.net, run.out / "model", classes=run.data.classes, evaluation=evaluation_views(run),
-                        provenance=provenance)
+        model = save_pretrained(run.net, run.out / "model", classes=run.data.classes, evaluation=evaluation_views(run),
+                                provenance=provenance)
         path = write_record(record_path(run.recipe), record)
-        atomic_write_text(run.out / "record.json", json_text(record, indent=2) + "\n")
+        kept = atomic_write_text(run.out / "record.json", record_text(record))
+        run.checkpoints.manifest.add(*model_files(model), kept)
         views = f" (with the recipe's test-time views: {with_views[1][0]:.4f})" if with_views else ""
         scored = f"minival {minival[0]:.4f}" if minival[1] else "no minival images"  # 0 of 0 is not an accuracy
         accel.print(f"test accuracy {test[0]:.4f} ({test[1]} images){views}, {scored}; "
@@ -301,7 +303,7 @@ def finetune(recipe: Recipe, *, resume: bool = True) -> dict[str, Any]:
         check_path(folder, what)
         check_outside_data(recipe.dataset, folder, what)
     made = [p for p in (out, Path(recipe.results_dir)) if not p.exists()]
-    main = int(os.environ.get("RANK", "0")) == 0  # under torchrun; Accelerate is not set up yet
+    main = setting("RANK") == 0  # under torchrun; Accelerate is not set up yet
     try:
         with contextlib.ExitStack() as held:
             if main:  # one run at a time in a run folder; what a killed run half-wrote goes

@@ -40,7 +40,10 @@ class Progress:
         self.recipe, self.accelerator, self.total, self.history = recipe, accelerator, total, history
         self.device = accelerator.device
         if recipe.tracker:
-            flat = {k: (v if isinstance(v, (int, float, str, bool)) else str(v)) for k, v in recipe.to_dict().items()}
+            from mixer_ft.publish import published  # a tracker publishes what it is given: URLs filtered
+
+            flat = {k: (v if isinstance(v, (int, float, str, bool)) else str(v))
+                    for k, v in published(recipe.to_dict()).items()}
             accelerator.init_trackers(recipe.run_name, config=flat)
         # A bar on a terminal; in a log or a pipe, where a bar is noise, the history's lines instead.
         self.lines = accelerator.is_local_main_process and not sys.stderr.isatty()

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
+import os
 import re
 import tomllib
 import types
@@ -20,9 +21,11 @@ from pathlib import Path
 from typing import Any
 
 from mixer_ft.atomic import json_text
+from mixer_ft.bounded import read_text
 from mixer_ft.errors import ConfigError
-from mixer_ft.gate import no_such, read_text
+from mixer_ft.gate import no_such
 from mixer_ft.model.config import AREA_RANGE, GELU_FLAVOURS, RESIZE_METHODS, TEST_FRACTION, WEIGHT_SUFFIXES, MixerConfig
+from mixer_ft.publish import public_text
 from mixer_ft.train.optim import OPTIMIZERS
 
 PRECISIONS = ("auto", "no", "bf16", "fp16")
@@ -38,7 +41,7 @@ _ARCH_TYPES = {k: t for k, t in typing.get_type_hints(MixerConfig).items() if k 
 # checked on resume unless it is named here.
 RESUMABLE_KEYS = frozenset({"output_dir", "results_dir", "name", "tracker", "log_every", "eval_every",
                             "checkpoint_every", "micro_batch", "mixed_precision", "decode", "fast_path", "compile",
-                            "eval_flip", "eval_translate", "license"})
+                            "eval_flip", "eval_translate", "license", "max_data_loss"})
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,8 @@ class Recipe:
     label_column: str | None = None
     val_fraction: float = 0.02
     test_fraction: float = TEST_FRACTION  # of a folder without split folders: each class's share held out as test
+    max_data_loss: float = 0.02  # the share of the data's samples that may be lost (cut-short shards, undecodable
+    # images, bad labels) before the run stops, naming them (data/loss.py)
     steps: int = 10_000
     epochs: float | None = None  # instead of steps: passes over train[:98%]
     global_batch: int = 512
@@ -92,6 +97,13 @@ class Recipe:
             if not ok:
                 raise ConfigError(f"Recipe: {msg}")
 
+        for key in ("output_dir", "results_dir"):  # "~/runs" is the home folder's, never a folder named "~"
+            value = getattr(self, key)
+            if isinstance(value, str) and value.startswith("~"):
+                home = os.path.expanduser(value)
+                check(not home.startswith("~"), f"{key} {value!r}: {value.split('/')[0]} names no home folder here.")
+                object.__setattr__(self, key, home)
+
         if "resize" in self.architecture:  # recipes before 0.2 kept resize inside architecture
             arch = dict(self.architecture)
             moved = arch.pop("resize")
@@ -124,11 +136,13 @@ class Recipe:
             check(pixels >= 0, f"{key} must be a non-negative whole number of pixels, got {pixels!r}.")
         check(0 <= self.val_fraction < 1, f"val_fraction must be in [0, 1), got {self.val_fraction}.")
         check(0 < self.test_fraction < 1, f"test_fraction must be in (0, 1), got {self.test_fraction}.")
+        check(0 <= self.max_data_loss <= 1, f"max_data_loss must be in [0, 1] (a share of the samples), got "
+              f"{self.max_data_loss}.")
         check(min(self.eval_every, self.checkpoint_every) >= 0 and self.log_every >= 1,
               "eval_every and checkpoint_every must be >= 0, log_every >= 1.")
         check(0 <= self.seed < 2**32, f"seed must be a whole number from 0 to 2**32 - 1, got {self.seed}.")
         for key in ("lr", "momentum", "weight_decay", "grad_clip", "label_smoothing", "epochs", "val_fraction",
-                    "test_fraction", "crop_area_min"):
+                    "test_fraction", "crop_area_min", "max_data_loss"):
             value = getattr(self, key)
             check(value is None or math.isfinite(value), f"{key} must be a finite number, got {value}.")
         check(0 <= self.momentum < 1, f"momentum must be in [0, 1), got {self.momentum}.")
@@ -166,7 +180,7 @@ class Recipe:
             return self.name
         if self.output_dir and Path(self.output_dir).name not in ("", ".", ".."):
             return safe_name(Path(self.output_dir).name)
-        data = Path(self.dataset.removeprefix("hf:")).name.split(".")[0]
+        data = Path(public_text(self.dataset).removeprefix("hf:")).name.split(".")[0]  # a URL: never its query
         if self.upstream in ("in1k", "in21k", "none"):
             return safe_name(f"{self.upstream}_{(self.variant or '').replace('/', '').lower()}_{data}")
         # Weights of one's own: named by their file or folder (a run's model/ by its run), e.g. smoke_cifar10_photos.

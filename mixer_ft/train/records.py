@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import logging
 import platform
 import subprocess
 import time
@@ -14,8 +13,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 
 from mixer_ft.atomic import atomic_write_text, json_text, locked
+from mixer_ft.bounded import read_text
 from mixer_ft.errors import ConfigError, MixerFtError
-from mixer_ft.gate import read_text
+from mixer_ft.publish import published
+from mixer_ft.text import get_logger
 from mixer_ft.train.devices import compile_mode
 from mixer_ft.train.hardware import hardware
 
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
     from mixer_ft.train.run import Run
 
 RECORD_VERSION = 1
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 def versions() -> dict[str, str]:
@@ -103,7 +104,6 @@ def write_record(path: str | Path, record: dict[str, Any]) -> Path:
     ``path`` (two runs of one name that overlapped) stays, and this one is written beside it as
     ``<name>.<run id>.json``, with a warning. ``mixer-ft table`` shows both.
     """
-    record = {"record_version": RECORD_VERSION, **record}
     path = Path(path)
     if path.suffix != ".json":
         path = path / f"{record['name']}.json"
@@ -112,8 +112,14 @@ def write_record(path: str | Path, record: dict[str, Any]) -> Path:
             beside = path.with_name(f"{path.stem}.{record['run_id']}.json")
             log.warning("%s holds another run's record, which stays; this run's record is %s", path, beside)
             path = beside
-        atomic_write_text(path, json_text(record, indent=2, sort_keys=False) + "\n")
+        atomic_write_text(path, record_text(record))
     return path
+
+
+def record_text(record: dict[str, Any]) -> str:
+    """A record as its file holds it: versioned, strict JSON, and published as every record is (no URL keeps its
+    token or password: :func:`mixer_ft.publish.published`)."""
+    return json_text(published({"record_version": RECORD_VERSION, **record}), indent=2, sort_keys=False) + "\n"
 
 
 def _compiled(model: torch.nn.Module) -> bool:

@@ -9,7 +9,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
-from mixer_ft.gate import read_text
+from mixer_ft.bounded import read_text
 from mixer_ft.train.recipe import Recipe, check_keys, from_dict, load_recipe, parse_override
 
 

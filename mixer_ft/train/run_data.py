@@ -7,7 +7,6 @@ before). The loop sees neither: it asks this module for the data, the feed and a
 
 from __future__ import annotations
 
-import logging
 import math
 from typing import Any
 
@@ -17,16 +16,18 @@ import torch
 from mixer_ft.data.cache import ImageData, load_data
 from mixer_ft.data.device_decode import jpeg_decoder
 from mixer_ft.data.encoded import EncodedImages
+from mixer_ft.data.loss import DataLoss
 from mixer_ft.data.sources import open_stream
 from mixer_ft.data.stream import StreamedSet, is_streamed
 from mixer_ft.errors import ConfigError
+from mixer_ft.text import get_logger
 from mixer_ft.train.evaluation import count_correct
 from mixer_ft.train.feed import Feed, TrainFeed
 from mixer_ft.train.recipe import Recipe
 from mixer_ft.train.run import Run
 from mixer_ft.train.stream_feed import StreamFeed, stream_chunks
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 
 
 def schedule_length(recipe: Recipe, n_train: int) -> tuple[int, int]:
@@ -51,6 +52,7 @@ def open_run_data(recipe: Recipe, state: Any) -> tuple[ImageData | StreamedSet, 
     with state.main_process_first():  # one process decodes into the cache, the others read it
         cached = load_data(recipe.dataset, image_column=recipe.image_column, label_column=recipe.label_column,
                            test_fraction=recipe.test_fraction)
+    cached.loss.check(recipe.max_data_loss, cached.location)  # every process stops alike: one line, exit 2
     splits = cached.splits(recipe.val_fraction, recipe.seed)
     if state.is_main_process:
         for warning in cached.small_splits(splits):
@@ -65,7 +67,7 @@ def make_feed(run: Run, per_process: int, on_device: tuple[torch.Tensor, torch.T
     if isinstance(run.data, StreamedSet):
         _decoded_on_host(r, accel.is_main_process, "a streamed set is decoded in the stream's worker processes")
         return StreamFeed(run.data, run.splits["train"], run.pre, seed=r.seed, local_batch=per_process, total=run.total,
-                          device=accel.device, process=process)
+                          device=accel.device, process=process, max_loss=r.max_data_loss)
     decoder = None
     if r.decode == "device":
         if not isinstance(run.data.images["train"], EncodedImages):
@@ -88,6 +90,20 @@ def _decoded_on_host(recipe: Recipe, main: bool, why: str) -> None:
         log.warning("decode = \"device\" does not apply: %s. Its images are decoded on the host.", why)
 
 
+def data_loss(run: Run) -> dict[str, Any]:
+    """What reading the run's data lost (``data_loss`` in its record): the cache's, or every process's reads of a
+    stream put together (call it on every process)."""
+    if not isinstance(run.data, StreamedSet):
+        return run.data.loss.to_dict()
+    from accelerate.utils import gather_object
+
+    parts = gather_object([run.data.loss.to_dict()]) if run.accelerator.num_processes > 1 else [run.data.loss.to_dict()]
+    merged = DataLoss()
+    for part in parts:
+        merged = merged.merge(DataLoss.from_dict(part))
+    return merged.to_dict()
+
+
 def count_share(run: Run, split: str, process: tuple[int, int], batch: int, **scored: Any) -> tuple[int, int]:
     """(correct, images) of this process's disjoint share of ``split`` (``scored``: the views, as count_correct)."""
     if isinstance(run.data, StreamedSet):  # this process's share of the split's shards, decoded in chunks
@@ -102,4 +118,4 @@ def count_share(run: Run, split: str, process: tuple[int, int], batch: int, **sc
                          run.device, batch=batch, extents=run.data.extents.get(array), **scored)
 
 
-__all__ = ["count_share", "make_feed", "open_run_data", "schedule_length"]
+__all__ = ["count_share", "data_loss", "make_feed", "open_run_data", "schedule_length"]

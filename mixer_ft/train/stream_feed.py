@@ -13,7 +13,6 @@ read ahead.
 from __future__ import annotations
 
 import itertools
-import logging
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -25,18 +24,19 @@ import torch
 from mixer_ft.data.encoded import crop_each, decode_padded, decoding_pool, header_size
 from mixer_ft.data.images import or_why, printable, to_rgb_array
 from mixer_ft.data.preprocess import batch_seed
-from mixer_ft.data.shards import report_skipped
 from mixer_ft.data.stream import Sample, ShardCursor, StreamedSet, split_samples
 from mixer_ft.errors import Undecodable
 from mixer_ft.model.config import MAX_SIDE
+from mixer_ft.text import get_logger
 from mixer_ft.train.feed import Feed, StepData
 
 if TYPE_CHECKING:
     from mixer_ft.data.preprocess import Preprocess
     from mixer_ft.data.shards import Shard
 
-log = logging.getLogger(__name__)
+log = get_logger(__name__)
 NAMED = 5  # images that do not decode named one by one; the rest counted
+UNDECODED = "image(s) that do not decode"
 STREAM_EPOCH = 1 << 20  # batch_seed's epoch slot for a stream: (this, process) keeps clear of a cache run's epochs
 
 
@@ -47,10 +47,10 @@ def decode(sample: Sample) -> np.ndarray | str:
 
 
 def not_used(failed: Counter[str], name: str, why: str, instead: str) -> None:
-    """Count an image that cannot be used in ``failed`` by why; the first :data:`NAMED` are named in a warning that
-    says what happens ``instead``."""
-    failed[why] += 1
-    if sum(failed.values()) <= NAMED:
+    """Count an image that cannot be used in ``failed`` (a :class:`~mixer_ft.data.loss.DataLoss`'s ``skipped``) by
+    why; the first :data:`NAMED` are named in a warning that says what happens ``instead``."""
+    failed[f"{UNDECODED} ({why})"] += 1
+    if sum(n for kind, n in failed.items() if kind.startswith(UNDECODED)) <= NAMED:
         log.warning("%s does not decode (%s): %s", printable(name), why, instead)
 
 
@@ -105,13 +105,13 @@ class StreamFeed(Feed):
     """
 
     def __init__(self, data: StreamedSet, shards: list[Shard], pre: Preprocess, *, seed: int, local_batch: int,
-                 total: int, device: torch.device, process: tuple[int, int] = (0, 1)) -> None:
+                 total: int, device: torch.device, process: tuple[int, int] = (0, 1), max_loss: float = 1.0) -> None:
         super().__init__(device, total, prefetch=True)  # the decode threads work while the step runs
         self.data, self.pre, self.seed, self.local_batch, self.rank = data, pre, seed, local_batch, process[0]
-        self.cursor = ShardCursor(data, shards, seed, process)
+        self.cursor = ShardCursor(data, shards, seed, process, max_loss)
         self.cursors: dict[int, list[int]] = {}  # step -> where the stream stood before it
         self.decoder = decoding_pool()
-        self.failed: Counter[str] = Counter()
+        self.failed = data.loss.skipped  # images that do not decode are lost samples
 
     def state(self, step: int) -> list[int]:
         """Where this process's stream stands before step ``step`` (which must have been prepared or be next)."""
@@ -146,8 +146,7 @@ class StreamFeed(Feed):
         super().close()
         self.cursor.close()
         self.decoder.shutdown(wait=False, cancel_futures=True)
-        report_skipped(self.data.location, self.cursor.skipped +
-                       Counter({f"image(s) that do not decode ({w})": n for w, n in self.failed.items()}))
+        self.data.loss.report(self.data.location)
 
 
 def stream_chunks(data: StreamedSet, shards: list[Shard], process: tuple[int, int],
@@ -155,7 +154,7 @@ def stream_chunks(data: StreamedSet, shards: list[Shard], process: tuple[int, in
     """This process's share of ``shards`` (see :func:`~mixer_ft.data.stream.split_samples`) in chunks of ``size``,
     read as they are scored: (images decoded and padded, labels, each image's (h, w)). An image that does not
     decode is named and left out."""
-    pool, failed = decoding_pool(), Counter()
+    pool, failed = decoding_pool(), data.loss.skipped
     samples = split_samples(data, shards, process)
     try:
         while chunk := list(itertools.islice(samples, size)):

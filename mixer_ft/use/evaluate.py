@@ -8,23 +8,41 @@ from typing import Any
 import numpy as np
 
 from mixer_ft.data.cache import ImageData
+from mixer_ft.data.class_names import is_numbered
 from mixer_ft.errors import ConfigError, DataError
+from mixer_ft.text import get_logger
 from mixer_ft.train.evaluation import EVAL_BATCH, split_predictions
 from mixer_ft.use.infer import Classifier
+
+log = get_logger(__name__)
 
 SPLITS = ("test", "minival", "train")
 
 
-def check_classes(model_classes: list[str], data: ImageData) -> None:
-    """The data set's classes must be the model's, in the same order."""
+def check_classes(model_classes: list[str], data: ImageData, named: bool = True) -> None:
+    """The data set's classes must be the model's, in the same order. A model trained on numbered classes (a set
+    that named none) is not scored on named ones, nor the other way round: the numbers are not known to be those
+    classes. ``named``: whether the model names its classes at all (bare weights do not: then the counts decide).
+
+    Raises:
+        DataError: one line naming what differs.
+    """
     if model_classes == data.classes:
         return
-    unnamed = model_classes == [str(i) for i in range(len(model_classes))]  # a bare state dict names none
-    if unnamed and len(model_classes) == len(data.classes):
+    if not named and len(model_classes) == len(data.classes):
+        log.warning("the model names no classes: its head's order is taken as %s's (%s, ...)", data.location,
+                    ", ".join(data.classes[:3]))
         return
     if len(model_classes) != len(data.classes):
         raise DataError(f"The model has {len(model_classes)} classes and {data.location} has {len(data.classes)}: "
                         "score a model on the classes it was trained for.")
+    if is_numbered(model_classes) != is_numbered(data.classes):
+        numbered, other = ("the model's", f"{data.location}'s") if is_numbered(model_classes) else \
+            (f"{data.location}'s", "the model's")
+        raise DataError(f"{numbered} classes are numbered 0..{len(model_classes) - 1} (named by no list) and {other} are "
+                        f"named ({', '.join((data.classes if is_numbered(model_classes) else model_classes)[:3])}, ...): "
+                        "nothing says number 0 is the first name. Score the model on data named as it was trained (a "
+                        "classes.txt beside shards names their numbers).")
     missing = [c for c in model_classes if c not in data.classes]
     extra = [c for c in data.classes if c not in model_classes]
     if missing or extra:
@@ -44,7 +62,7 @@ def evaluate_split(clf: Classifier, data: ImageData, split: str = "test", *, val
     """
     if split not in SPLITS:
         raise ConfigError(f"Unknown split {split!r}; choose one of {', '.join(SPLITS)}.")
-    check_classes(clf.classes, data)
+    check_classes(clf.classes, data, clf.named)
     array, idx = data.splits(val_fraction, seed)[split]
     if len(idx) == 0:
         raise DataError(f"The {split} split of {data.location} is empty (val_fraction {val_fraction}).")

@@ -17,9 +17,11 @@ import numpy as np
 import torch
 
 from mixer_ft.atomic import json_text
-from mixer_ft.data.images import printable, to_rgb_array
+from mixer_ft.bounded import read_file
+from mixer_ft.data.class_names import check_class_names
+from mixer_ft.data.images import MAX_FILE_BYTES, printable, to_rgb_array
 from mixer_ft.data.preprocess import Preprocess
-from mixer_ft.errors import ConfigError, DataError
+from mixer_ft.errors import ConfigError, DataError, SourceError
 from mixer_ft.model.config import MAX_SIDE
 from mixer_ft.model.mixer import MlpMixer
 from mixer_ft.text import one_line
@@ -63,6 +65,7 @@ class Classifier:
         self.classes, self.mirror, self.shift, self.precision = classes, mirror, shift, precision
         self.provenance: dict[str, Any] = {}  # how the model was made, where its folder says
         self.recorded_views: dict[str, Any] = {}  # the test-time views its training scored with
+        self.named = True  # whether the model names its classes (bare weights do not: they are numbered here)
 
     @classmethod
     def from_pretrained(cls, source: str | Path, *, variant: str | None = None, device: str | None = None,
@@ -82,6 +85,8 @@ class Classifier:
         ckpt = load_checkpoint(str(source), variant=variant)
         model = model_from_checkpoint(ckpt, variant, resize=resize, **({"img_size": img_size} if img_size else {}))
         n = model.config.num_classes
+        if ckpt.classes is not None:  # a model folder's own list: the rules of every class list
+            check_class_names(ckpt.classes, f"the class names of {source}")
         classes = ckpt.classes or imagenet_names(n) or [str(i) for i in range(n)]
         from mixer_ft.train.devices import resolve_device
 
@@ -90,6 +95,7 @@ class Classifier:
         clf = cls(model, classes, device=dev, mirror=bool(mirror), shift=shift or 0,
                   precision=precision or _default_precision(views.get("precision"), dev))
         clf.provenance, clf.recorded_views = ckpt.provenance, views
+        clf.named = ckpt.classes is not None or imagenet_names(n) is not None
         return clf
 
     def views_note(self) -> str | None:
@@ -138,7 +144,8 @@ def as_rgb_array(image: Any) -> np.ndarray:
     from PIL import Image
 
     if isinstance(image, (str, Path)):
-        return to_rgb_array((str(image), Path(image).read_bytes), max_side=MAX_SIDE)
+        return to_rgb_array((str(image), lambda: read_file(image, printable(str(image)), MAX_FILE_BYTES)),
+                            max_side=MAX_SIDE)
     if isinstance(image, Image.Image):
         return to_rgb_array(("image", lambda: image), max_side=MAX_SIDE)
     if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim in (2, 3):
@@ -188,21 +195,22 @@ def label_files(clf: Classifier, files: list[Path], *, top_k: int = 1,
     read gives (file, why) instead, and the others are still labelled."""
     from PIL import Image, UnidentifiedImageError
 
-    from mixer_ft.data.images import MAX_FILE_BYTES
-
     for start in range(0, len(files), batch):
         decoded: list[tuple[Path, np.ndarray | str]] = []
         for f in files[start:start + batch]:
             try:
                 if f.stat().st_size > MAX_FILE_BYTES:
                     raise OSError(f"{f.stat().st_size:,} bytes, more than an image file may have")
-                decoded.append((f, to_rgb_array((str(f), f.read_bytes), max_side=MAX_SIDE)))
+                decoded.append((f, to_rgb_array((str(f), lambda f=f: read_file(f, printable(str(f)), MAX_FILE_BYTES)),
+                                                max_side=MAX_SIDE)))
             except UnidentifiedImageError:
                 decoded.append((f, "empty file" if f.stat().st_size == 0 else "not an image PIL can read"))
             except Image.DecompressionBombError as e:
                 decoded.append((f, f"too large: {e}"))
             except (OSError, ValueError, SyntaxError) as e:  # truncated or damaged image data
                 decoded.append((f, f"{type(e).__name__}: {e}"))
+            except SourceError as e:  # not a regular file, or cut short as it was read
+                decoded.append((f, e.why))
         good = [(f, a) for f, a in decoded if isinstance(a, np.ndarray)]
         probs = iter(clf.probabilities([a for _, a in good])) if good else iter(())
         for f, a in decoded:

@@ -19,19 +19,22 @@ import urllib.request
 from pathlib import Path
 
 from mixer_ft.atomic import atomic_write
-from mixer_ft.errors import CheckpointError, WeightsUnavailable
+from mixer_ft.bounded import Limits, open_url
+from mixer_ft.errors import CheckpointError, SourceError, WeightsUnavailable
+from mixer_ft.publish import public_url
+from mixer_ft.settings import setting
 
-_TRUTHY = {"1", "true", "yes", "on"}
 # Set with HF_HUB_OFFLINE when this process found the Hub unreachable and put its clients offline:
 # then other hosts (a mirror of Google's files) may still be downloaded from.
 _PROBED = "MIXER_FT_HUB_UNREACHABLE"
+WEIGHT_BYTES = 16 << 30  # the largest of Google's Mixer files (L/16, ImageNet-21k) is 1.2 GB
 
 
 def offline() -> bool:
     """True when downloads are forbidden (``HF_HUB_OFFLINE`` or ``MIXER_FT_OFFLINE`` set by the user)."""
-    if os.environ.get("MIXER_FT_OFFLINE", "").lower() in _TRUTHY:
+    if setting("MIXER_FT_OFFLINE"):
         return True
-    return os.environ.get("HF_HUB_OFFLINE", "").lower() in _TRUTHY and _PROBED not in os.environ
+    return setting("HF_HUB_OFFLINE") and not setting(_PROBED)
 
 
 def network_reachable(host: str, port: int, timeout: float = 3.0) -> bool:
@@ -53,14 +56,14 @@ def network_reachable(host: str, port: int, timeout: float = 3.0) -> bool:
 
 def hub_endpoint() -> tuple[str, str, int]:
     """(address, host, port) of the Hugging Face Hub this process talks to (``HF_ENDPOINT``)."""
-    url = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    url = setting("HF_ENDPOINT")
     parts = urllib.parse.urlsplit(url)
     return url, parts.hostname or "huggingface.co", parts.port or (443 if parts.scheme == "https" else 80)
 
 
 def offline_reason() -> str:
     """Why nothing can be downloaded from the Hub, in words."""
-    if _PROBED in os.environ:
+    if setting(_PROBED):
         return f"the Hub ({hub_endpoint()[0]}) cannot be reached"
     return "HF_HUB_OFFLINE=1 forbids downloading" if offline() else "the Hub could not be reached"
 
@@ -74,7 +77,7 @@ def hub_offline() -> bool:
     """Offline by setting, or because the Hub does not answer a connection within 3 s (probed once a
     process). Then huggingface_hub and datasets are put offline too, so that they fail at once with
     what is missing instead of retrying for half a minute."""
-    if offline() or _PROBED in os.environ:
+    if offline() or setting(_PROBED):
         return True
     if not _unreachable(*hub_endpoint()[1:]):
         return False
@@ -98,13 +101,14 @@ def url_reachable(url: str) -> bool:
 
 def cache_dir() -> Path:
     """Where downloaded .npz files and decoded data live: ``$MIXER_FT_CACHE`` or ``~/.cache/mixer_ft``."""
-    return Path(os.environ.get("MIXER_FT_CACHE", Path.home() / ".cache" / "mixer_ft")).expanduser()
+    return setting("MIXER_FT_CACHE")
 
 
 def cached_path(url: str) -> Path:
     """The cache path of ``url``: host, then the URL's own path."""
-    parts = urllib.parse.urlsplit(url)
-    return cache_dir() / parts.netloc.replace(":", "_") / parts.path.lstrip("/")
+    parts = urllib.parse.urlsplit(url)  # the host and path: never its user info (a password) or query (a token)
+    host = (parts.hostname or "host") + (f"_{parts.port}" if parts.port else "")
+    return cache_dir() / host / parts.path.lstrip("/")
 
 
 def hub_cache() -> str:
@@ -120,13 +124,13 @@ def hub_download_advice(repo_id: str, files: str = "model.safetensors config.jso
             f"and copy its cache folder models--{repo_id.replace('/', '--')} into {hub_cache()}")
 
 
-def download(url: str, *, timeout: float = 60.0) -> Path:
+def download(url: str) -> Path:
     """Return the cached copy of ``url``, downloading it first if needed.
 
-    The body goes to a temporary file beside the target, is checked against the
-    Content-Length and, where the server publishes one (Google Cloud Storage's
-    ``x-goog-hash``), the MD5, and only then renamed into place: an interrupted or corrupt
-    download is never taken for a whole file.
+    The body is read through the one bounded reader (:mod:`mixer_ft.bounded`: its size bounded, a deadline and
+    a minimum rate, its Content-Length or chunked end verified, an HTML page refused) into a temporary file beside
+    the target, checked against the MD5 where the server publishes one (Google Cloud Storage's ``x-goog-hash``),
+    and only then renamed into place: an interrupted or corrupt download is never taken for a whole file.
 
     Raises:
         WeightsUnavailable: offline, or the download failed (with where to put the file by hand).
@@ -138,29 +142,28 @@ def download(url: str, *, timeout: float = 60.0) -> Path:
     if offline():
         raise WeightsUnavailable(
             f"not cached, and downloads are off (HF_HUB_OFFLINE / MIXER_FT_OFFLINE). "
-            f"Fetch {url} on a machine with internet and put it at {dest}."
+            f"Fetch {public_url(url)} on a machine with internet and put it at {dest}."
         )
 
     def fetch(tmp: Path) -> None:  # raising here leaves nothing behind: atomic_write renames only on success
-        with urllib.request.urlopen(url, timeout=timeout) as resp, open(tmp, "wb") as out:
-            expected_size = resp.headers.get("Content-Length")
-            goog_hash = dict(p.strip().split("=", 1) for p in resp.headers.get_all("x-goog-hash") or []
+        with open_url(url, Limits.of(WEIGHT_BYTES)) as body, open(tmp, "wb") as out:  # bounded, its length checked
+            goog_hash = dict(p.strip().split("=", 1) for p in body.headers.get_all("x-goog-hash") or []
                              for p in p.split(",") if "=" in p)
-            md5, size = hashlib.md5(), 0
-            while chunk := resp.read(1 << 20):
+            md5 = hashlib.md5()
+            while chunk := body.read(1 << 20):
                 out.write(chunk)
                 md5.update(chunk)
-                size += len(chunk)
-        if expected_size is not None and size != int(expected_size):
-            raise WeightsUnavailable(f"Download of {url} stopped after {size} of {expected_size} bytes; try again.")
         if "md5" in goog_hash and base64.b64encode(md5.digest()).decode() != goog_hash["md5"]:
-            raise CheckpointError(f"Download of {url} does not match the MD5 the server published; try again.")
+            raise CheckpointError(f"Download of {public_url(url)} does not match the MD5 the server published; try again.")
 
     try:
         atomic_write(dest, fetch)
-    except (urllib.error.URLError, OSError) as e:
+    except SourceError as e:
+        raise WeightsUnavailable(f"Could not download {e.source} ({e.why}). Fetch it on a machine with internet and put "
+                                 f"it at {dest}.") from None
+    except OSError as e:
         raise WeightsUnavailable(
-            f"Could not download {url} ({e}). Fetch it on a machine with internet and put it at {dest}."
+            f"Could not download {public_url(url)} ({e}). Fetch it on a machine with internet and put it at {dest}."
         ) from None
     return dest
 

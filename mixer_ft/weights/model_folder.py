@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from mixer_ft.atomic import atomic_write, atomic_write_text, json_text
+from mixer_ft.bounded import read_text
 from mixer_ft.errors import CheckpointError, ConfigError
-from mixer_ft.gate import read_text
 from mixer_ft.model.config import timm_name
+from mixer_ft.publish import public_source, published
 
 if TYPE_CHECKING:
     from mixer_ft.model.config import MixerConfig
@@ -60,23 +61,11 @@ def read_config(folder: Path) -> dict[str, Any]:
         raise CheckpointError(f"{cfg_file} is not valid JSON ({e}); repair or remove it.") from None
 
 
-_PUBLIC_PREFIXES = ("hf-hub:", "timm:", "hf:", "http://", "https://")
-_PUBLIC_NAMES = ("in1k", "in21k", "none", "cifar10", "cifar100")
-
-
-def public(source: Any) -> Any:
-    """A weight or data source as a model folder may publish it: names and Hub ids as they are; a local
-    path only by its file or folder name (``local:photos``), never the machine's folders."""
-    if not isinstance(source, str) or source in _PUBLIC_NAMES or source.startswith(_PUBLIC_PREFIXES):
-        return source
-    path = Path(source)
-    name = path.parent.name if path.name == "model" and path.parent.name else path.name
-    return f"local:{name or 'data'}"
-
-
 def public_provenance(provenance: dict[str, Any]) -> dict[str, Any]:
-    """``provenance`` with every source in it made :func:`public` (it is pushed with the folder)."""
-    return {k: public(v) if k in ("upstream", "dataset", "data_source") else v for k, v in provenance.items()}
+    """``provenance`` as a model folder publishes it (it is pushed with the folder): each source by its public name
+    (:func:`mixer_ft.publish.public_source`), and every other string's URLs without their tokens."""
+    return published({k: public_source(v) if k in ("upstream", "dataset", "data_source") else v
+                      for k, v in provenance.items()})
 
 
 def _timm_fields(cfg: MixerConfig) -> dict[str, Any]:
@@ -123,7 +112,7 @@ def save_pretrained(model: MlpMixer, directory: str | Path, *, classes: list[str
     if classes:
         config["label_names"] = list(classes)
     provenance = public_provenance(provenance or {})
-    config["mixer_ft"] = {"config": cfg.to_dict(), "evaluation": evaluation or {}, "provenance": provenance}
+    config["mixer_ft"] = published({"config": cfg.to_dict(), "evaluation": evaluation or {}, "provenance": provenance})
     directory = Path(directory)
     tensors = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     atomic_write(directory / "model.safetensors", lambda p: save_file(tensors, str(p)))
@@ -144,6 +133,14 @@ _REMOTE_CODE = {
 }
 
 
+def model_files(directory: Path) -> list[Path]:
+    """The files :func:`save_pretrained` writes that are in ``directory`` (a user's own files there are not)."""
+    from mixer_ft.weights.remote_code import FILES
+
+    names = ("model.safetensors", "config.json", "README.md", "preprocessor_config.json", *FILES)
+    return [directory / n for n in names if (directory / n).is_file()]
+
+
 def _write_remote_code(directory: Path, cfg: MixerConfig) -> None:
     """The model code and the image processor's settings (the whole image resized, as ours)."""
     from mixer_ft.weights.remote_code import FILES, HERE
@@ -157,4 +154,4 @@ def _write_remote_code(directory: Path, cfg: MixerConfig) -> None:
     atomic_write_text(directory / "preprocessor_config.json", json_text(processor, indent=2) + "\n")
 
 
-__all__ = ["CHECKPOINT_NAME", "WEIGHT_FILES", "model_folder", "read_config", "save_pretrained", "weights_in"]
+__all__ = ["CHECKPOINT_NAME", "WEIGHT_FILES", "model_files", "model_folder", "read_config", "save_pretrained", "weights_in"]

@@ -7,18 +7,18 @@ whole push ends within :data:`DEADLINE_S`).
 
 from __future__ import annotations
 
-import os
 import threading
 from pathlib import Path
 from typing import Any
 
 from mixer_ft.errors import ConfigError, WeightsUnavailable
 from mixer_ft.gate import special
+from mixer_ft.settings import setting
 from mixer_ft.weights.downloads import offline
 from mixer_ft.weights.model_folder import model_folder
 
 # The whole push, retries included: a stalled server cannot hold the command longer ($MIXER_FT_PUSH_DEADLINE).
-DEADLINE_S = 60.0
+DEADLINE_S = 60.0  # MIXER_FT_PUSH_DEADLINE's default (settings)
 _TIMEOUT = {"timeout": 20.0, "connect": 10.0}  # each request
 
 
@@ -114,7 +114,7 @@ def push(path: str | Path, repo_id: str, *, private: bool = False) -> str:
 
     worker = threading.Thread(target=upload, daemon=True)  # a daemon: a server that never answers cannot keep us
     worker.start()
-    deadline = float(os.environ.get("MIXER_FT_PUSH_DEADLINE", DEADLINE_S))
+    deadline = setting("MIXER_FT_PUSH_DEADLINE")
     worker.join(deadline)
     if worker.is_alive():
         raise WeightsUnavailable(f"The Hugging Face Hub did not finish the push to {repo_id} within {deadline:g} s; "

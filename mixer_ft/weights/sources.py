@@ -24,7 +24,6 @@ this toolkit carries its own.
 from __future__ import annotations
 
 import json
-import os
 import re
 import urllib.parse
 from pathlib import Path
@@ -33,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 from mixer_ft.errors import CheckpointError, ConfigError, WeightsUnavailable
 from mixer_ft.gate import check_path, looks_local, no_such
 from mixer_ft.model.config import VARIANTS, canonical_variant, timm_name
+from mixer_ft.publish import public_url
 from mixer_ft.weights.downloads import cached_path, download, hub_download_advice, hub_offline, offline_reason, url_reachable
 
 if TYPE_CHECKING:
@@ -44,7 +44,7 @@ UPSTREAMS = ("in1k", "in21k")
 # Hub copy of "in1k", not a 21k model fine-tuned on 1k.
 _UPSTREAM_PLACES = {"in1k": ("imagenet1k", "goog_in21k_ft_in1k"), "in21k": ("imagenet21k", "goog_in21k")}
 _UPSTREAM_VARIANTS = ("B/16", "L/16")  # the only variants Google published in these folders
-GOOGLE_BASE_URL = "https://storage.googleapis.com/mixer_models"
+GOOGLE_BASE_URL = "https://storage.googleapis.com/mixer_models"  # MIXER_FT_GOOGLE_BASE_URL's default (settings)
 
 
 def upstream_sources(upstream: str, variant: str) -> list[str]:
@@ -62,7 +62,9 @@ def upstream_sources(upstream: str, variant: str) -> list[str]:
             f"not {v}. Pick one of those, or train {v} from scratch (no pretrained weights)."
         )
     folder, tag = _UPSTREAM_PLACES[upstream]
-    base = os.environ.get("MIXER_FT_GOOGLE_BASE_URL", GOOGLE_BASE_URL).rstrip("/")
+    from mixer_ft.settings import setting
+
+    base = setting("MIXER_FT_GOOGLE_BASE_URL")
     return [f"hf-hub:timm/{timm_name(v)}.{tag}", f"{base}/{folder}/Mixer-{v.replace('/', '_')}.npz"]
 
 
@@ -201,13 +203,14 @@ class Url(WeightSource):
     def missing(self, source: str, variant: str | None, online: bool) -> str | None:
         # Its own host decides, not the Hub's (``online``): a mirror may answer where the Hub does not
         return None if cached_path(source).is_file() or url_reachable(source) else (
-            f"the weights {source}: not cached, and {_host(source)} cannot be reached now; fetch it on a machine with "
+            f"the weights {public_url(source)}: not cached, and {_host(source)} cannot be reached now; fetch it on a "
+            "machine with "
             f"internet and put it at {cached_path(source)}")
 
     def load(self, source: str, variant: str | None) -> Checkpoint:
         from mixer_ft.weights.weight_file import load_file
 
-        return load_file(download(source), source)
+        return load_file(download(source), public_url(source))
 
 
 class LocalPath(WeightSource):
@@ -265,7 +268,8 @@ def source_of(source: str) -> WeightSource:
 
 
 def _host(url: str) -> str:
-    return urllib.parse.urlsplit(url).netloc or url
+    parts = urllib.parse.urlsplit(url)
+    return (parts.hostname or "") + (f":{parts.port}" if parts.port else "") or public_url(url)
 
 
 def missing_weights(source: str, variant: str | None, online: bool) -> str | None:
