@@ -307,12 +307,20 @@ def test_a_run_whose_data_lost_more_than_max_data_loss_stops_naming_it_and_recor
     shard = cut / "train-00001.tar"
     shard.write_bytes(shard.read_bytes()[: shard.stat().st_size // 2])  # about 10 of 60 training samples lost
     line = one_error_line(finetune(tmp_path, cut, "stopped"))
-    assert "train-00001.tar" in line and "max_data_loss (2.0%)" in line and "--set max_data_loss=" in line
+    assert "train-00001.tar" in line and "max_data_loss (5.0%)" in line and "--set max_data_loss=" in line
     out = finetune(tmp_path, cut, "allowed", "--set", "max_data_loss=0.25")
     assert out.returncode == 0, out.stderr[-2000:]
     lost = json.loads((tmp_path / "results" / "allowed.json").read_text())["data_loss"]
     assert lost["sources"][0]["source"].endswith("train-00001.tar") and lost["sources"][0]["why"].startswith("cut short")
     assert 0.1 < lost["fraction"] < 0.25 and lost["samples_lost"] >= 9
+
+
+def test_a_photo_folders_few_broken_photos_are_counted_as_a_share_of_its_photos_and_the_run_goes_on(tmp_path):
+    data = photo_folder(tmp_path / "photos", per_class=10)
+    (data / "cat" / "broken.jpg").write_bytes(b"\xff\xd8 not a whole jpeg")
+    lost = json.loads(run_cli("data", data, "--json").stdout)["data_loss"]
+    assert lost["samples_read"] == 21 and lost["samples_lost"] == 1 and lost["fraction"] == round(1 / 21, 6)
+    assert finetune(tmp_path, data, "photos").returncode == 0  # 4.8%, within the default 5%
 
 
 def test_a_streamed_run_past_max_data_loss_stops_and_within_it_records_every_processs_loss(shards, tmp_path, monkeypatch):

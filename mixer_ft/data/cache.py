@@ -183,6 +183,7 @@ def _report(reader: Reader, labels: dict[str, list], skipped: list[str]) -> None
         log.warning("skipped %d image(s) that could not be decoded: %s%s", len(skipped),
                     ", ".join(skipped[:5]), ", ..." if len(skipped) > 5 else "")
         reader.loss.skip("image(s) that could not be decoded", len(skipped))
+    reader.loss.read = max(reader.loss.read, sum(map(len, labels.values())) + len(skipped))  # a shard counts its own
     for split in ("train", "test"):
         if not labels[split]:
             bad = f" ({len(skipped)} could not be decoded)" if skipped else ""

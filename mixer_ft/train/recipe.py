@@ -59,7 +59,7 @@ class Recipe:
     label_column: str | None = None
     val_fraction: float = 0.02
     test_fraction: float = TEST_FRACTION  # of a folder without split folders: each class's share held out as test
-    max_data_loss: float = 0.02  # the share of the data's samples that may be lost (cut-short shards, undecodable
+    max_data_loss: float = 0.05  # the share of the data's samples that may be lost (cut-short shards, undecodable
     # images, bad labels) before the run stops, naming them (data/loss.py)
     steps: int = 10_000
     epochs: float | None = None  # instead of steps: passes over train[:98%]
