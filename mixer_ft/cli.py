@@ -250,7 +250,7 @@ def evaluate(
     import logging
 
     from mixer_ft.data.cache import load_data
-    from mixer_ft.use.evaluate import evaluate_split, plot_confusion
+    from mixer_ft.use.evaluate import evaluate_split, plot_confusion, summary_text
     from mixer_ft.use.infer import Classifier
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
@@ -267,13 +267,7 @@ def evaluate(
                             seed=made.get("seed", default("seed")))
     if plot:
         typer.echo(f"plot: {plot_confusion(result, plot)}", err=True)
-    if as_json:
-        typer.echo(json_text(result))
-        return
-    typer.echo(f"{result['dataset']} {split}: {100 * result['accuracy']:.2f}% of {result['images']:,} images")
-    width = max(len(c) for c in result["classes"])
-    for name, acc in result["per_class"].items():
-        typer.echo(f"  {name:<{width}}  " + ("-" if acc is None else f"{100 * acc:.2f}%"))
+    typer.echo(json_text(result) if as_json else summary_text(result))
 
 
 @app.command(short_help='Upload a model folder to the Hugging Face Hub.')
@@ -312,7 +306,7 @@ def fewshot(
     images per class (big_vision's fewshot_lsr, l2 = 1024), accuracy per K over several draws."""
     import logging
 
-    from mixer_ft.use.fewshot import parse_shots, run_fewshot
+    from mixer_ft.use.fewshot import fewshot_text, parse_shots, run_fewshot
 
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s: %(message)s")
     _check_folder(results, "--results")
@@ -321,14 +315,8 @@ def fewshot(
     check_outside_data(dataset, results, "results folder")
     rec = run_fewshot(upstream, dataset, variant=model, shots=parse_shots(shots), seeds=seeds, split=split,
                       img_size=img_size, resize=resize, device=device, results_dir=results)
-    if as_json:
-        typer.echo(json_text({k: rec[k] for k in ("upstream", "model", "dataset", "split", "test_images",
-                                                   "seeds", "l2_reg", "shots")}))
-    else:
-        typer.echo(f"{rec['model']} features of {upstream} on {rec['dataset']} ({rec['split']}, "
-                   f"{rec['test_images']:,} images), {rec['seeds']} seeds:")
-        for k, r in rec["shots"].items():
-            typer.echo(f"  {k:>3}-shot  {100 * r['mean']:.2f}% +- {100 * r['std']:.2f}")
+    typer.echo(json_text({k: rec[k] for k in ("upstream", "model", "dataset", "split", "test_images", "seeds", "l2_reg",
+                                               "shots")}) if as_json else fewshot_text(rec, upstream))
     typer.echo(f"record: {rec['file']}", err=True)
 
 
@@ -350,6 +338,17 @@ def table(
                              sweeps=tables.sweep_runs(results)), nl=False)
     if plot:
         typer.echo(f"plot: {tables.plot(rows, plot)}", err=True)
+
+
+@app.command(short_help="Draw a run's learning curve.")
+def plot(run: Annotated[str, typer.Argument(metavar="RUN", help="A run folder, or a run record (results/<name>.json).")],
+         output: Annotated[Optional[str], typer.Option(help="The PNG (default: curve.png in the run folder, or the "
+                                                           "record's name with .png).")] = None) -> None:
+    """Draw a run's learning curve: training loss and accuracy, minival accuracy and the learning rate, by step."""
+    from mixer_ft.report.curves import plot_curve
+
+    _check_plot(output)
+    typer.echo(f"plot: {plot_curve(run, output)}")
 
 
 @app.command(short_help="Run the table's rows with their recipes.")
@@ -380,12 +379,14 @@ def bench(
     steps: Annotated[int, typer.Option(help="Timed steps of each model, taken in alternation (after 3 warm-up steps).")] = 20,
     fast: Annotated[bool, typer.Option(help="Our fast path: token-major layout, fused optimizer, torch.compile "
                                             "on CUDA (--no-fast: the plain model and optimizer).")] = True,
+    compile: Annotated[str, typer.Option(help="auto (compiled on CUDA, as finetune), eager, or a torch.compile mode; "
+                                              "where ours is compiled, timm is timed compiled too.")] = "auto",
     finetune_data: Annotated[Optional[str], typer.Option(help="Also time `mixer-ft finetune` on this data set.")] = None,
     out: Annotated[Optional[str], typer.Option(help="Save the record in this folder, e.g. results/bench.")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False,
 ) -> None:
     """Training-step images/s of our Mixer against timm's, in one run (and MFU on CUDA)."""
-    from mixer_ft.report.bench import run_bench, save, summary_text
+    from mixer_ft.report.bench import JSON_KEYS, run_bench, save, summary_text
 
     if batch < 1 or steps < 1:
         from mixer_ft.errors import ConfigError
@@ -393,11 +394,11 @@ def bench(
         raise ConfigError("--batch and --steps must be positive.")
     if out is not None:
         _check_folder(out, "--out")
-    rec = run_bench(model, batch, device, img_size, precision, steps, fast=fast, finetune_data=finetune_data)
+    rec = run_bench(model, batch, device, img_size, precision, steps, fast=fast, finetune_data=finetune_data,
+                    compile_mode=compile)
     where = save(rec, out) if out else None
     if as_json:
-        typer.echo(json_text({k: rec[k] for k in ("model", "batch", "device", "ours_images_per_s",
-                                                   "timm_images_per_s", "ratio", "peak_memory_bytes", "mfu")}))
+        typer.echo(json_text({k: rec[k] for k in JSON_KEYS}))
     else:
         typer.echo(summary_text(rec), nl=False)
     if where:

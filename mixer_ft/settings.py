@@ -122,6 +122,10 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in [
     Setting("MIXER_FT_GOOGLE_BASE_URL", url, "https://storage.googleapis.com/mixer_models",
             "where Google's .npz files are fetched from (a mirror)"),
     Setting("MIXER_FT_PUSH_DEADLINE", seconds, 60.0, "the most seconds `mixer-ft push` may take"),
+    Setting("OMP_NUM_THREADS", whole, None, "the threads torch computes with on a CPU (default: one a core this process "
+            "may use)"),
+    Setting("OMP_WAIT_POLICY", choice("active", "passive"), None, "how OpenMP's threads wait: passive sleeps at once, "
+            "active spins"),
     Setting("MIXER_FT_HUB_UNREACHABLE", flag, False, "set by the tool itself: this process found the Hub "
             "unreachable and put its clients offline"),
     Setting("MIXER_FT_LAUNCH_STATUS", folder, None, "set by `mixer-ft launch` for the processes it starts: where "

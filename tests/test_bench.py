@@ -39,10 +39,35 @@ def test_bench_command_prints_the_documented_json():
     assert out.returncode == 0, out.stderr
     rec = json.loads(out.stdout)
     assert list(rec) == ["model", "batch", "device", "ours_images_per_s", "timm_images_per_s", "ratio",
-                         "peak_memory_bytes", "mfu"]
+                         "timm_compiled_images_per_s", "ratio_vs_timm_compiled", "peak_memory_bytes", "mfu"]
     assert rec["model"] == "S/32" and rec["batch"] == 16 and rec["mfu"] is None and rec["device"].startswith("CPU")
+    assert rec["timm_compiled_images_per_s"] is None and rec["ratio_vs_timm_compiled"] is None  # ours eager on a CPU
     assert rec["ours_images_per_s"] > 0 and rec["timm_images_per_s"] > 0
     assert rec["ratio"] == pytest.approx(rec["ours_images_per_s"] / rec["timm_images_per_s"], rel=0.01)
+
+
+def test_where_ours_is_compiled_timm_is_timed_compiled_too_and_each_ratio_names_its_peer(monkeypatch):
+    """--compile max-autotune on the CPU: three steps timed in alternation, timm's compiled in the same mode as
+    ours. (torch.compile itself is left out here, its inductor build takes a minute a model on this CPU: the
+    compiled step is tested in tests/test_compile.py; here, what is compiled and how, and what is recorded.)"""
+    from mixer_ft.report.bench import run_bench, summary_text
+
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda model, mode=None: compiled.append((type(model).__module__, mode)) or model)
+    rec = run_bench("S/32", 2, "cpu", img_size=64, steps=2, warmup=1, compile_mode="max-autotune")
+    assert compiled == [("mixer_ft.model.mixer", "max-autotune"), ("timm.models.mlp_mixer", "max-autotune")]
+    assert rec["ours_compiled"] and rec["timm_compiled_images_per_s"] > 0
+    assert rec["ratio_vs_timm_compiled"] == pytest.approx(rec["ours_images_per_s"] / rec["timm_compiled_images_per_s"],
+                                                          rel=0.01)
+    text = summary_text(rec)
+    assert "ours (compiled)" in text and "timm eager" in text and "timm compiled" in text
+    assert "--compile must be auto, eager or one of" in one_line_error(run_cli("bench", "--compile", "fast"))
+
+
+def one_line_error(out):
+    lines = [line for line in out.stderr.splitlines() if line.startswith("error:")]
+    assert out.returncode == 2 and len(lines) == 1, out.stderr[-2000:]
+    return lines[0]
 
 
 def test_bench_refuses_a_missing_gpu():

@@ -116,8 +116,23 @@ def test_a_long_cpu_run_tells_its_time_left_and_what_would_be_faster(tmp_path):
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=120)
     text = "".join(lines)
-    assert "the 9,999,996 steps left take about" in text and " h" in text, text[-2000:]
-    assert "a smaller model (--model S/32), fewer steps (--steps), or a GPU" in text
+    # Told after the first step (an eager run's first is timed: no compile to leave out), not after four
+    assert "the 9,999,999 steps left take about" in text and " h" in text, text[-2000:]
+    # A custom model has no smaller variant to name: never "the model you use" as the faster choice
+    assert "that is long for a CPU: fewer steps (--steps) or a GPU shortens it" in text and "--model" not in text
+
+
+def test_the_time_left_suggests_only_a_model_faster_than_the_one_in_use():
+    from mixer_ft.model.config import VARIANTS
+    from mixer_ft.train.progress import SMALLER
+
+    assert "S/32" not in SMALLER  # the smallest: a run of S/32 is never told to try S/32
+    def cost(name):  # a forward's multiply-adds at 224: tokens x (channel MLP) + channels x (token MLP), per block
+        patch, width, blocks, tokens_mlp, channels_mlp = VARIANTS[name]
+        tokens = (224 // patch) ** 2
+        return blocks * (tokens * width * channels_mlp * 2 + width * tokens * tokens_mlp * 2)
+
+    assert all(cost(small) < cost(big) / 2 for big, small in SMALLER.items())  # each suggestion at least halves it
 
 
 def test_predict_evaluate_and_the_card_score_the_image_alone_as_the_pipeline_does(tmp_path, cifar_subset):

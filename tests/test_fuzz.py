@@ -170,7 +170,7 @@ def test_hostile_flags_of_every_command_are_one_message(tmp_path, capsys, smoke_
         (["finetune", "--dataset", cut, "--set", "epochs=inf"], "epochs must be a finite number"),
         (["finetune", "--dataset", cut, "--set", "momentum=-0.5"], "momentum must be in [0, 1)"),
         (["finetune", "--dataset", cut, "--set", 'tracker="nope"', "--set", 'upstream="none"', "--model", "S/32"],
-         "Unknown tracker 'nope'"),
+         "The tracker 'nope': unknown"),
         (["finetune", "--dataset", cut, "--set", "architecture.num_blocks=1000000", "--set", 'upstream="none"',
           "--model", "S/32"], "parameters, more than"),
         (["inspect", "B/16", "--img-size", "3200"], "tokens, more than"),

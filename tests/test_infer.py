@@ -61,13 +61,13 @@ def test_predict_labels_with_class_names_and_agrees_with_evaluate(smoke_run):
     assert len(rows) == 200 and {r["label"] for r in rows} <= set(rec["classes"])
     for r in rows:
         assert r["label"] == r["top_k"][0]["label"] == rec["classes"][r["index"]] and len(r["top_k"]) == 3
-        probs = [t["probability"] for t in r["top_k"]]
+        probs = [t["score"] for t in r["top_k"]]  # the Python API's word (Classifier) and transformers' pipeline's
         assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1 + 1e-6
     right = np.mean([r["label"] == os.path.basename(os.path.dirname(r["path"])) for r in rows])
     assert right == pytest.approx(rec["test_accuracy"], abs=1e-9)
     # CSV: one row per image and rank; the readable table: one line per image.
     csv_rows = ok("predict", run / "model", data / "test" / "cat", "--csv", "--top-k", 2).splitlines()
-    assert csv_rows[0] == "path,rank,label,index,probability" and len(csv_rows) == 1 + 2 * 20
+    assert csv_rows[0] == "path,rank,label,index,score" and len(csv_rows) == 1 + 2 * 20
     assert len(ok("predict", run / "model", data / "test" / "cat").splitlines()) == 20
 
 

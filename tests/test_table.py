@@ -28,7 +28,7 @@ def record(name, upstream, model, dataset, acc, hours, count=1, recipe=None, **e
     recipe = recipe or (f"{upstream}_{model.replace('/', '').lower()}_{dataset}" if upstream != "none" else
                         "scratch_cifar10")
     config = protocol(recipe, dataset=dataset, seed=len(name), output_dir=f"runs/{name}", name=name)
-    return {"name": name, "upstream": upstream, "model": model, "dataset": dataset, "test_accuracy": acc,
+    return {"record_version": 2, "name": name, "upstream": upstream, "model": model, "dataset": dataset, "test_accuracy": acc,
             "test_images": 10_000, "classes": CIFAR10_CLASSES, "wall_clock_s": hours * 3600,
             "hardware": {"device": "NVIDIA H200", "type": "cuda", "count": count}, "config": config, **extra}
 

@@ -282,6 +282,43 @@ def test_a_signal_stops_at_a_checkpoint_and_the_resumed_run_ends_as_the_uninterr
     assert all(torch.equal(a[k], b[k]) for k in a), "bit-for-bit equal on CPU"
 
 
+@pytest.mark.slow
+def test_a_second_ctrl_c_stops_at_once_keeping_the_last_finished_step_and_the_resumed_run_is_the_uninterrupted_one(
+        tmp_path, cut):
+    """Steps of about half a second (16 micro-batches a step): the first Ctrl-C is answered at once, the second, a
+    moment later, lands inside a step; the run ends there with a checkpoint of the step before (or of the step whose
+    update it let finish), and resumed from it ends with the uninterrupted run's weights."""
+    slow = [f"architecture.{k}={v}" for k, v in (("patch_size", 4), ("img_size", 64), ("hidden_dim", 128),
+                                                  ("num_blocks", 4), ("tokens_mlp_dim", 128), ("channels_mlp_dim", 512))]
+    common = ["finetune", "--upstream", "none", "--set", 'model="custom"', *(x for kv in slow for x in ("--set", kv)),
+              "--steps", 8, "--batch", 32, "--micro-batch", 2, "--lr", 0.01, "--warmup", 2, "--eval-every", 0,
+              "--mixed-precision", "no", "--set", "checkpoint_every=2", "--set", "val_fraction=0"]
+    assert run_cli(*common, *run_args(tmp_path, cut, "whole"), cwd=REPO).returncode == 0
+    cmd = [sys.executable, "-m", "mixer_ft", *map(str, common), *map(str, run_args(tmp_path, cut, "stopped"))]
+    with open(tmp_path / "stderr.txt", "w") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, cwd=REPO)
+        first = tmp_path / "stopped" / "checkpoints" / "step_00000002.pt"
+        deadline = time.time() + 300
+        while not first.exists() and proc.poll() is None and time.time() < deadline:
+            time.sleep(0.01)
+        time.sleep(0.2)  # into step 3
+        proc.send_signal(signal.SIGINT)
+        time.sleep(0.1)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
+    text = (tmp_path / "stderr.txt").read_text()
+    assert proc.returncode == 130 and "Traceback" not in text, text[-2000:]
+    assert text.count("Ctrl-C: stopping after this step, then writing a checkpoint") == 1
+    stopped_at = int(text.split("stopped at once at step ")[1].split()[0])
+    assert 2 <= stopped_at < 8 and f"the same command resumes from step {stopped_at}" in text, text[-2000:]
+    saved = torch.load(tmp_path / "stopped" / "checkpoints" / f"step_{stopped_at:08d}.pt", weights_only=False)
+    assert saved["step"] == stopped_at and saved["schedules"][0]["last_epoch"] == stopped_at  # step, weights, schedule agree
+    assert run_cli(*common, *run_args(tmp_path, cut, "stopped"), cwd=REPO).returncode == 0
+    a = load_file(tmp_path / "whole" / "model" / "model.safetensors")
+    b = load_file(tmp_path / "stopped" / "model" / "model.safetensors")
+    assert all(torch.equal(a[k], b[k]) for k in a), "bit-for-bit equal on CPU"
+
+
 def test_offline_a_run_that_cannot_start_says_everything_it_misses_at_once(tmp_path):
     t0 = time.perf_counter()
     out = subprocess.run([sys.executable, "-m", "mixer_ft", "finetune", "--upstream", "in21k", "--model", "L/16",

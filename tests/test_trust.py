@@ -362,6 +362,7 @@ NOT_SOURCES = {
     ("train/records.py", "metadata.distribution('mixer_ft').read_text"): "pip's record of this package",
     ("train/hardware.py", "Path('/proc/cpuinfo').read_text"): "the kernel's description of this machine",
     ("train/hardware.py", "Path(path).read_text"): "the kernel's cgroup limits",
+    ("train/hardware.py", "Path('/sys/fs/cgroup/cpu.max').read_text"): "the kernel's CPU quota for this container",
     ("train/hardware.py", "Path('/proc/self/status').read_text"): "the kernel's account of this process",
     ("train/hardware.py", "Path('/proc/meminfo').read_text"): "the kernel's account of memory",
 }

@@ -15,6 +15,7 @@ folders and archives alike (docs/data.md, "What counts as an image"):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 import tarfile
@@ -37,6 +38,24 @@ from mixer_ft.text import get_logger
 
 log = get_logger(__name__)
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
+HEIF_SUFFIXES = {".heic", ".heif"}  # a phone's photos: read where pillow-heif is installed (mixer_ft[heif])
+
+
+@functools.cache
+def heif_readable() -> bool:
+    """Whether HEIC/HEIF photos can be read here: pillow-heif is installed, and its opener is registered with PIL
+    (before any decode worker is forked, so the workers have it too)."""
+    try:
+        from pillow_heif import register_heif_opener
+    except ImportError:
+        return False
+    register_heif_opener()
+    return True
+
+
+def image_suffixes() -> set[str]:
+    """The file suffixes read as images: :data:`IMAGE_SUFFIXES`, and HEIC/HEIF where :func:`heif_readable`."""
+    return IMAGE_SUFFIXES | (HEIF_SUFFIXES if heif_readable() else set())
 LITTER = {"__macosx", "thumbs.db", "desktop.ini", "$recycle.bin", "system volume information"}  # compared casefolded
 
 
@@ -108,7 +127,13 @@ def _layout(names: list[str], test_fraction: float, where: str) -> tuple[dict[st
     is the first folder under the split folder (or under the folder all images share): images in
     sub-folders of a class belong to it.
     """
-    images = [n for n in names if Path(n).suffix.lower() in IMAGE_SUFFIXES and not is_litter(n)]
+    suffixes = image_suffixes()
+    images = [n for n in names if Path(n).suffix.lower() in suffixes and not is_litter(n)]
+    others = sorted(printable(n) for n in names if not n.endswith("/") and not is_litter(n) and
+                    Path(n).suffix.lower() not in suffixes)
+    heif = any(Path(n).suffix.lower() in HEIF_SUFFIXES for n in others)
+    _named("files that are not images it reads are", others, where, "HEIC/HEIF photos are read once pillow-heif is "
+           "installed: pip install 'mixer_ft[heif]'" if heif else f"images are {', '.join(sorted(suffixes))} files")
     split_of = {}
     for n in images:
         parts = Path(n).parts
@@ -120,8 +145,8 @@ def _layout(names: list[str], test_fraction: float, where: str) -> tuple[dict[st
         if test is None:
             raise DataError(f"{where} has a train/ folder but no test/, val/ or validation/ folder to report on; "
                             "add one, or put the class folders at the top to have a test split held out.")
-        if outside := len(images) - len(split_of):
-            log.warning("%s: %d image(s) outside the split folders are not used", where, outside)
+        _named("images outside the split folders are", sorted(printable(n) for n in images if n not in split_of), where,
+               "move them into train/<class>/ or test/<class>/")
         check_folder_classes({c for _, c in split_of.values()}, where)
         split_of = {n: (s, class_name(c)) for n, (s, c) in split_of.items()}
         why = "its test/ folder" if test == "test" else "its validation folder (there is no test/ folder)"
@@ -138,8 +163,8 @@ def _layout(names: list[str], test_fraction: float, where: str) -> tuple[dict[st
     for n, d in zip(images, dirs):
         if len(d) > common:
             by_folder.setdefault(d[common], []).append(n)
-    if loose := sum(len(d) == common for d in dirs):
-        log.warning("%s: %d image(s) outside the class folders are not used", where, loose)
+    _named("images outside the class folders are", sorted(printable(n) for n, d in zip(images, dirs) if len(d) == common),
+           where, "move each into the folder of its class")
     check_folder_classes(set(by_folder), where)
     by_class = {class_name(folder): files for folder, files in by_folder.items()}
     rng, out = np.random.default_rng(0), {}
@@ -259,4 +284,5 @@ class FolderReader(Reader):
             raise self._damaged(e) from None
 
 
-__all__ = ["IMAGE_SUFFIXES", "LITTER", "FolderReader", "is_litter", "walk"]
+__all__ = ["HEIF_SUFFIXES", "IMAGE_SUFFIXES", "LITTER", "FolderReader", "heif_readable", "image_suffixes", "is_litter",
+           "walk"]

@@ -24,6 +24,7 @@ FORMATS = ("table", "markdown", "csv", "json")
 COLUMNS = ("upstream", "model", "dataset", "published_accuracy", "published_wall_clock_h", "published_hardware",
            "accuracy", "delta_points", "wall_clock_h", "hardware", "device_hours", "runs", "mean_accuracy",
            "min_accuracy")
+OTHER_RUNS = "Other runs (no published row, or scored only with test-time views):"
 MAX_RECORD_BYTES = 16 << 20  # a record is a few kB; anything this large is not one
 _REQUIRED = {"upstream": str, "model": str, "test_accuracy": float, "wall_clock_s": float, "hardware": dict}
 
@@ -155,7 +156,16 @@ def _run_record(run: Any, path: Path) -> dict[str, Any] | None:
     run["dataset_id"] = canonical_dataset(str(run.get("dataset", "")), run.get("classes") or [],
                                           int(run.get("test_images") or 0))
     run["file"] = str(path)
+    run["views"] = views_only(run)
     return run
+
+
+def views_only(run: dict[str, Any]) -> bool:
+    """Whether a record's test_accuracy is its recipe's test-time views' (a record before version 2 of a recipe with
+    views, which kept no single-view score), not the image alone's: it ranks for no row, and shows as views'."""
+    config = run.get("config") if isinstance(run.get("config"), dict) else {}
+    has_views = bool(config.get("eval_flip") or config.get("eval_translate"))
+    return has_views and int(run.get("record_version") or 1) < 2 and "test_accuracy_views" not in run
 
 
 def _fewshot_record(run: Any, path: Path) -> dict[str, Any] | None:
@@ -218,14 +228,16 @@ def build(results: str | Path = "results") -> tuple[list[dict[str, Any]], list[d
     runs, rows, used = load_runs(results), [], set()
     for pub in published_rows():
         protocol = pub.protocol()
-        mine = [r for r in runs if pub.matches(r, protocol)]
+        matching = [r for r in runs if pub.matches(r, protocol)]
+        mine = [r for r in matching if not r["views"]]  # one meaning: the image alone's accuracy
         used.update(r["file"] for r in mine)
         best = max(mine, key=lambda r: r["test_accuracy"], default=None)
         row = {"id": pub.id, "upstream": pub.upstream, "model": pub.model, "dataset": pub.dataset,
                "published_accuracy": pub.accuracy, "published_wall_clock_h": pub.wall_clock_h,
                "published_hardware": pub.hardware, "accuracy": None, "delta_points": None,
                "wall_clock_h": None, "hardware": None, "device_hours": None, "runs": len(mine),
-               "mean_accuracy": None, "min_accuracy": None, "command": pub.command}
+               "mean_accuracy": None, "min_accuracy": None, "command": pub.command,
+               "views_runs": len(matching) - len(mine)}
         if best:
             hours = best["wall_clock_s"] / 3600
             row |= {"accuracy": best["test_accuracy"],
@@ -238,7 +250,7 @@ def build(results: str | Path = "results") -> tuple[list[dict[str, Any]], list[d
         rows.append(row)
     other = [{"upstream": r["upstream"], "model": _model(r), "dataset": r["dataset_id"],
               "accuracy": r["test_accuracy"], "wall_clock_h": round(r["wall_clock_s"] / 3600, 3),
-              "hardware": _hardware(r), "record": r["file"]} for r in runs if r["file"] not in used]
+              "hardware": _hardware(r), "record": r["file"], "views": r["views"]} for r in runs if r["file"] not in used]
     return rows, other
 
 
@@ -308,12 +320,15 @@ def _cells(rows: list[dict[str, Any]], other: list[dict[str, Any]]) -> tuple[lis
         body.append([r["upstream"], r["model"], r["dataset"], _pct(r["published_accuracy"]),
                      _num(r["published_wall_clock_h"], " h"), r["published_hardware"], _pct(r["accuracy"]), diff,
                      _num(r["wall_clock_h"], " h"), r["hardware"] or "-", _num(r["device_hours"])])
-    notes = [f"no run yet for {r['id']}: {r['command']}" for r in rows if r["accuracy"] is None]
+    notes = [f"no run yet for {r['id']}: {r['command']}" if not r.get("views_runs") else
+             f"{r['id']}: its {r['views_runs']} run(s) below were scored only with test-time views (records before "
+             f"version 2), which a row does not compare; a run of today's scores both: {r['command']}"
+             for r in rows if r["accuracy"] is None]
     notes += [f"{r['id']}: best of {r['runs']} runs shown ({Path(r['record']).name}); mean {_pct(r['mean_accuracy'])}, "
               f"lowest {_pct(r['min_accuracy'])}" for r in rows if r["runs"] > 1]
     # The record's file tells two runs of one model and data apart (a user's beside the shipped ones, say).
-    extra = [[r["upstream"], r["model"], r["dataset"], _pct(r["accuracy"]), _num(r["wall_clock_h"], " h"),
-              r["hardware"], Path(r["record"]).name] for r in other]
+    extra = [[r["upstream"], r["model"], r["dataset"], _pct(r["accuracy"]) + (" (with test-time views)" if r["views"] else ""),
+              _num(r["wall_clock_h"], " h"), r["hardware"], Path(r["record"]).name] for r in other]
     return body, notes, extra
 
 
@@ -322,7 +337,7 @@ def _markdown(body: list, notes: list[str], extra: list) -> list[str]:
     lines += ["| " + " | ".join(map(md_cell, row)) + " |" for row in body]
     lines += [""] + [f"- {md_cell(m)}" for m in notes]
     if extra:
-        lines += ["", "Other runs:", "", "| upstream | model | dataset | accuracy | time | hardware | record |",
+        lines += ["", OTHER_RUNS, "", "| upstream | model | dataset | accuracy | time | hardware | record |",
                   "|---|---|---|---|---|---|---|"] + ["| " + " | ".join(map(md_cell, e)) + " |" for e in extra]
     return lines
 
@@ -337,7 +352,7 @@ def _text(body: list, notes: list[str], extra: list) -> list[str]:
     lines += [""] + notes
     if extra:
         ew = [max(len(str(x)) for x in col) for col in zip(*extra)]
-        lines += ["", "Other runs (no published row):"] + ["  ".join(f"{x:<{w}}" for x, w in zip(e, ew)) for e in extra]
+        lines += ["", OTHER_RUNS] + ["  ".join(f"{x:<{w}}" for x, w in zip(e, ew)) for e in extra]
     return lines
 
 

@@ -212,5 +212,45 @@ def precision(recipe: Recipe, device: torch.device) -> str:
     return recipe.mixed_precision
 
 
-__all__ = ["compile_mode", "dynamo_plugin", "micro_batch", "precision", "probe_micro_batch", "quiet_compiler",
-           "resolve_device", "synchronize", "use_cpu"]
+def set_threads(device: torch.device, processes: int) -> dict[str, Any] | None:
+    """On a CPU: torch's intra-op threads, one a core this process may use (:func:`~mixer_ft.train.hardware.cpu_budget`:
+    affinity, a container's quota, shared among the run's processes on this host), unless ``OMP_NUM_THREADS`` set
+    them; how its OpenMP threads wait (``OMP_WAIT_POLICY``, set by :mod:`mixer_ft.exits` before torch starts). Returns
+    what the record keeps (None on a GPU)."""
+    if device.type != "cpu":
+        return None
+    from mixer_ft.settings import setting
+    from mixer_ft.train.hardware import cpu_budget
+
+    cores, why = cpu_budget(processes)
+    given = setting("OMP_NUM_THREADS")
+    if given is None:
+        torch.set_num_threads(cores)
+        why = f"{why}; OMP_NUM_THREADS sets another"
+    else:
+        why = "OMP_NUM_THREADS"
+    return {"threads": torch.get_num_threads(), "why": why, "wait_policy": setting("OMP_WAIT_POLICY")}
+
+
+def threads_said(threads: dict[str, Any]) -> str:
+    """The line a CPU run says of its threads."""
+    wait = ("passively (OMP_WAIT_POLICY=PASSIVE: a waiting thread sleeps)" if threads["wait_policy"] == "passive" else
+            "as OpenMP does by default (they spin a while first)")
+    return f"threads: {threads['threads']} ({threads['why']}); OpenMP threads wait {wait}"
+
+
+def precision_said(recipe: Recipe, device: torch.device, chosen: str) -> str | None:
+    """The line a run says when ``mixed_precision = "auto"`` chose for it: what, and why (None: it was asked)."""
+    if recipe.mixed_precision != "auto":
+        return None
+    from mixer_ft.train.hardware import cpu_isa
+
+    where = f"this CPU computes bf16 natively ({cpu_isa()})" if device.type == "cpu" else f"this {device.type} device"
+    why = f"{where} has bf16" if chosen == "bf16" and device.type != "cpu" else where if chosen == "bf16" else \
+        f"this {'CPU' if device.type == 'cpu' else device.type + ' device'} has no native bf16"
+    return (f"mixed precision: {'bf16' if chosen == 'bf16' else 'fp32'} (auto: {why}; --mixed-precision no or bf16 "
+            "sets it)")
+
+
+__all__ = ["compile_mode", "dynamo_plugin", "micro_batch", "precision", "precision_said", "probe_micro_batch",
+           "quiet_compiler", "resolve_device", "set_threads", "synchronize", "threads_said", "use_cpu"]

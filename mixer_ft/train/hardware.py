@@ -104,6 +104,27 @@ def _status(key: str) -> int:
     return 0
 
 
+def cpu_budget(processes: int = 1) -> tuple[int, str]:
+    """Cores this process may use, and what bounds them: the host's cores, the CPUs it may run on (its affinity:
+    taskset, a container's cpuset), the container's CPU quota (cgroup cpu.max), shared among ``processes`` of the
+    run on this host."""
+    bounds = [(os.cpu_count() or 1, "the host's cores")]
+    if hasattr(os, "sched_getaffinity"):
+        bounds.append((len(os.sched_getaffinity(0)), "the CPUs this process may run on"))
+    try:
+        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()[:2]
+        if quota != "max":
+            bounds.append((max(1, int(quota) // int(period)), "the container's CPU quota"))
+    except (OSError, ValueError):
+        quota_us, period_us = _read_int("/sys/fs/cgroup/cpu/cpu.cfs_quota_us"), _read_int("/sys/fs/cgroup/cpu/cpu.cfs_period_us")
+        if quota_us and period_us:
+            bounds.append((max(1, quota_us // period_us), "the container's CPU quota"))
+    cores, why = min(bounds, key=lambda b: b[0])  # the first of equals: the plainest reason
+    if processes > 1:
+        return max(1, cores // processes), f"{why}, shared by {processes} processes"
+    return cores, why
+
+
 def memory_free() -> tuple[int, str]:
     """Bytes this process may still take on the host, and what bounds it: the memory the kernel reports
     available, the container's (cgroup) limit, or the process's own limits (ulimit -d, -v)."""
@@ -131,5 +152,5 @@ def memory_free() -> tuple[int, str]:
     return max(free, 0), why
 
 
-__all__ = ["bf16_slowdown", "cpu_flags", "cpu_isa", "cpu_name", "cpu_native_bf16", "hardware", "memory_free",
+__all__ = ["bf16_slowdown", "cpu_budget", "cpu_flags", "cpu_isa", "cpu_name", "cpu_native_bf16", "hardware", "memory_free",
            "native_bf16"]

@@ -17,6 +17,7 @@ import json
 import os
 import platform
 import shutil
+import signal
 import time
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -40,13 +41,14 @@ from mixer_ft.train.checkpoints import Checkpoints
 from mixer_ft.train.evaluation import check_shift
 from mixer_ft.train.feed import device_images
 from mixer_ft.train.guards import check_fresh_deletes_only_ours, check_fresh_removes_no_input, check_same_classes
+from mixer_ft.train.metrics import write_metrics
 from mixer_ft.train.optim import make_optimizers, make_schedules
 from mixer_ft.train.progress import Progress
 from mixer_ft.train.recipe import Recipe, resume_conflicts
 from mixer_ft.train.records import check_record_is_ours, record_path, record_text, run_record, write_record
 from mixer_ft.train.run import NonFinite, Run
 from mixer_ft.train.run_data import count_share, data_loss, make_feed, open_run_data
-from mixer_ft.train.signals import StopSignals
+from mixer_ft.train.signals import SAVE_BOUND_S, StopSignals
 from mixer_ft.train.stream_feed import StreamFeed
 
 log = get_logger(__name__)
@@ -73,6 +75,7 @@ def setup(recipe: Recipe, *, fresh: bool = False) -> Run:
         for inside in ("checkpoints", "model"):  # found now, not when the finished model is saved
             if (out / inside).exists() and not (out / inside).is_dir():
                 raise ConfigError(f"{out / inside} is a file where the run keeps its {inside} folder; move it away.")
+    threads = devices.set_threads(state.device, setting("LOCAL_WORLD_SIZE"))  # before any work: the data's too
     data, splits, steps_per_epoch, total = open_run_data(recipe, state)
 
     torch.manual_seed(recipe.seed)  # the same initial weights on every process
@@ -101,11 +104,14 @@ def setup(recipe: Recipe, *, fresh: bool = False) -> Run:
         checkpoints.manifest.delete_all()
     accelerator.wait_for_everyone()
     accelerator.print(head)
+    for said in (devices.precision_said(recipe, state.device, precision), threads and devices.threads_said(threads)):
+        if said:
+            accelerator.print(said)
     run = Run(recipe, accelerator, out, data, splits, model, net, optimizers, schedules,
               Preprocess.for_model(net.config, recipe.crop_area_min, recipe.translate), checkpoints, total,
               steps_per_epoch, micro, per_process // micro, precision, head)
     run.feed = make_feed(run, per_process, on_device)
-    run.loss_check, run.fresh = NonFinite(run.device), fresh
+    run.loss_check, run.fresh, run.threads = NonFinite(run.device), fresh, threads
     return run
 
 
@@ -173,16 +179,19 @@ def optimizer_step(run: Run, batches: Iterable[tuple[torch.Tensor, torch.Tensor]
             logits = run.model(x)
             loss = F.cross_entropy(logits.float(), y, label_smoothing=r.label_smoothing)
             accel.backward(loss)
-            if accel.sync_gradients and r.grad_clip:
-                accel.clip_grad_norm_(run.model.parameters(), r.grad_clip)
-            for optimizer in run.optimizers:
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+            if accel.sync_gradients:  # the last micro-batch: the update (an optimizer steps only then under Accelerate)
+                with run.signals.update() if run.signals else contextlib.nullcontext():  # done whole, or not begun
+                    if r.grad_clip:
+                        accel.clip_grad_norm_(run.model.parameters(), r.grad_clip)
+                    for optimizer in run.optimizers:
+                        optimizer.step()
+                        optimizer.zero_grad(set_to_none=True)
+                    for schedule in run.schedules:
+                        schedule.step()
+                    run.step += 1
         step_loss += loss.detach() / run.accum
         correct += (logits.argmax(1) == y).sum()
         seen += len(y)
-    for schedule in run.schedules:
-        schedule.step()
     return accel.reduce(step_loss, "mean"), correct, seen
 
 
@@ -247,6 +256,33 @@ def stop(run: Run, signum: int, checkpointed: bool) -> None:
                      announce=run.accelerator.is_main_process)
 
 
+def stop_at_once(run: Run) -> None:
+    """A second Ctrl-C: keep the last finished step (``run.step``) in a checkpoint where one takes no longer than
+    :data:`~mixer_ft.train.signals.SAVE_BOUND_S` (estimated from the checkpoints written, else from the state's
+    size at 100 MB/s), then end; with several processes, end at once (a checkpoint needs them all).
+
+    Raises:
+        RunStopped: exit status 130, saying which step the same command resumes from.
+    """
+    last = run.checkpoints.all()
+    kept = int(last[-1].name[5:13]) if last else 0
+    state = sum(p.numel() * p.element_size() for p in run.net.parameters())
+    seconds = run.checkpoint_s / max(kept // max(run.recipe.checkpoint_every, 1), 1) if kept else 3 * state / 100e6
+    if run.step > kept and run.accelerator.num_processes == 1 and seconds <= SAVE_BOUND_S:
+        save_checkpoint(run)
+        kept = run.step
+        said = f"stopped at once at step {run.step} of {run.total}, its checkpoint written"
+    elif run.step > kept:
+        why = "a checkpoint needs every process" if run.accelerator.num_processes > 1 else \
+            f"a checkpoint would take about {seconds:.0f} s, more than the {SAVE_BOUND_S:.0f} s a second Ctrl-C waits"
+        said = f"stopped at once at step {run.step} of {run.total}, not saved ({why})"
+    else:
+        said = f"stopped at once at step {run.step} of {run.total}, which its checkpoint holds"
+    where = f"resumes from step {kept}" if kept else "starts over (no checkpoint was written)"
+    raise RunStopped(f"{said}; the same command {where}", 128 + signal.SIGINT,
+                     announce=run.accelerator.is_main_process)
+
+
 # --------------------------------------------------------------------------- the end
 
 
@@ -281,7 +317,7 @@ def finish(run: Run) -> dict[str, Any]:
                                 provenance=provenance)
         path = write_record(record_path(run.recipe), record)
         kept = atomic_write_text(run.out / "record.json", record_text(record))
-        run.checkpoints.manifest.add(*model_files(model), kept)
+        run.checkpoints.manifest.add(*model_files(model), kept, write_metrics(run.out, run.history))
         views = f" (with the recipe's test-time views: {with_views[1][0]:.4f})" if with_views else ""
         scored = f"minival {minival[0]:.4f}" if minival[1] else "no minival images"  # 0 of 0 is not an accuracy
         accel.print(f"test accuracy {test[0]:.4f} ({test[1]} images){views}, {scored}; "
@@ -297,7 +333,7 @@ def finetune(recipe: Recipe, *, resume: bool = True) -> dict[str, Any]:
 
     With ``resume``, a run whose output folder holds checkpoints continues from the newest.
     """
-    preflight.check(recipe.upstream, recipe.variant, recipe.dataset)
+    preflight.check(recipe.upstream, recipe.variant, recipe.dataset, recipe.tracker)
     out = run_folder(recipe)
     for folder, what in ((out, "output folder"), (Path(recipe.results_dir), "results folder")):
         check_path(folder, what)
@@ -324,14 +360,22 @@ def _run(recipe: Recipe, resume: bool) -> dict[str, Any]:
     if resume:
         restore(run)
     check_record_is_ours(run)
-    progress = Progress(recipe, run.accelerator, run.total, run.step, run.history)
+    progress = Progress(recipe, run.accelerator, run.total, run.step, run.history,
+                        compiled=devices.compile_mode(recipe, run.device) is not None, folder=run.out)
     if recipe.eval_every >= run.total and run.step == 0:
         run.accelerator.print(f"eval_every {recipe.eval_every:,} is not shorter than the run's {run.total:,} steps: "
                               "minival is scored at the end")
     run.model.train()
     try:
-        with StopSignals() as signals:
-            _train(run, progress, signals)
+        with StopSignals(announce=run.accelerator.is_main_process) as signals:
+            run.signals = signals
+            try:
+                _train(run, progress, signals)
+            except KeyboardInterrupt:  # a second Ctrl-C: the weights are those of run.step, whole
+                progress.bar.close()
+                stop_at_once(run)
+            finally:
+                run.signals = None
         progress.bar.close()
         return finish(run)
     except RuntimeError as e:  # the device or host ran out of memory: one line, the checkpoints kept
@@ -362,9 +406,8 @@ def _train(run: Run, progress: Progress, signals: StopSignals) -> None:
     start = run.step
     for step in range(start, run.total):
         t0 = time.perf_counter()
-        loss, correct, images = train_step(run, step)
+        loss, correct, images = train_step(run, step)  # run.step is step + 1 once its update is made
         losses.watch(loss, step)
-        run.step = step + 1
         warmup = step == start
         evaluate_now = bool(r.eval_every) and run.step % r.eval_every == 0 and run.step < run.total
         checkpoint_now = bool(r.checkpoint_every and run.step % r.checkpoint_every == 0) or run.step == run.total

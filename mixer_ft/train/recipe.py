@@ -30,6 +30,7 @@ from mixer_ft.train.optim import OPTIMIZERS
 
 PRECISIONS = ("auto", "no", "bf16", "fp16")
 MOMENTUM_DTYPES = ("float32", "bfloat16")
+LR_SCALINGS = ("linear", "sqrt", "none")
 DECODE_PLACES = ("host", "device")  # where a batch's encoded images are decoded (mixer_ft.data.device_decode)
 # torch.compile's modes: "reduce-overhead" launches the step's kernels as CUDA graphs (none on a CPU).
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -64,6 +65,7 @@ class Recipe:
     steps: int = 10_000
     epochs: float | None = None  # instead of steps: passes over train[:98%]
     global_batch: int = 512
+    lr_scaling: str = "linear"  # how lr follows a global batch cut to a small set's size (train/resolve.fit_batch)
     micro_batch: int | str | None = None  # per process and forward pass; None = no accumulation; "auto"
     optimizer: str = "sgd"
     lr: float = 0.03
@@ -124,6 +126,7 @@ class Recipe:
               "momentum_dtype = \"bfloat16\" is for optimizer = \"sgd\" (vit_jax's momentum buffer).")
         check(not isinstance(self.compile, str) or self.compile in COMPILE_MODES,
               f"compile must be true, false or one of {COMPILE_MODES}, got {self.compile!r}.")
+        check(self.lr_scaling in LR_SCALINGS, f"lr_scaling must be one of {LR_SCALINGS}, got {self.lr_scaling!r}.")
         check(self.decode in DECODE_PLACES, f"decode must be one of {DECODE_PLACES}, got {self.decode!r}.")
         check(self.mixed_precision in PRECISIONS,
               f"mixed_precision must be one of {PRECISIONS}, got {self.mixed_precision!r}.")

@@ -10,6 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from mixer_ft.bounded import read_text
+from mixer_ft.data.stream import is_streamed
+from mixer_ft.errors import MixerFtError
 from mixer_ft.train.recipe import Recipe, check_keys, from_dict, load_recipe, parse_override
 
 
@@ -23,29 +25,58 @@ def hyper_rule(n_train: int) -> tuple[int, int, str]:
     return steps, warmup, f"BiT-HyperRule: {n_train:,} training images, {band}: {steps:,} steps, warm-up {warmup}"
 
 
-def apply_hyper_rule(r: Recipe, origin: dict[str, str], count_only: bool) -> tuple[Recipe, dict[str, str], str | None]:
-    """The recipe with the BiT-HyperRule's steps (and warm-up, unless given) for its data set's size;
-    the origins updated; what was chosen and why. ``count_only``: never load the data to count it."""
+def train_split_size(r: Recipe, count_only: bool) -> int | None:
+    """Images in the run's train split (train less its minival), counted without decoding where the source allows
+    (a folder's listing, CIFAR's published 50,000); a Hub set is loaded (and so cached) to count it, unless
+    ``count_only``. None where it cannot be known before the run: a stream, or a Hub set with ``count_only``."""
     from mixer_ft.data.sources import listed_train_images
-    from mixer_ft.data.stream import is_streamed
 
     if is_streamed(r.dataset, r.streaming):
-        origin["steps"] = f"{origin['steps']} (a streamed set is not counted before it is read: no BiT-HyperRule)"
-        return r, origin, None
-    n = listed_train_images(r.dataset, r.test_fraction)
+        return None
+    try:
+        n = listed_train_images(r.dataset, r.test_fraction)
+    except MixerFtError:  # not there, or not readable: the check before the run names it with all else it lacks
+        return None
     if n is None and not count_only:  # a Hub data set: loading it (cached for the run) counts it
         from mixer_ft.data.cache import load_data
         from mixer_ft.train import preflight
 
-        preflight.check(r.upstream, r.variant, r.dataset)  # what the run lacks, all in one message
+        preflight.check(r.upstream, r.variant, r.dataset, r.tracker)  # what the run lacks, all in one message
         n = len(load_data(r.dataset, image_column=r.image_column, label_column=r.label_column).labels["train"])
+    return None if n is None else n - int(round(n * r.val_fraction))
+
+
+def apply_hyper_rule(r: Recipe, origin: dict[str, str], n: int | None) -> tuple[Recipe, dict[str, str], str | None]:
+    """The recipe with the BiT-HyperRule's steps (and warm-up, unless given) for a train split of ``n`` images;
+    the origins updated; what was chosen and why."""
+    if is_streamed(r.dataset, r.streaming):
+        origin["steps"] = f"{origin['steps']} (a streamed set is not counted before it is read: no BiT-HyperRule)"
+        return r, origin, None
     if n is None:
         origin["steps"] = "rule (BiT-HyperRule; the data set's size is known once it is loaded)"
         return r, origin, None
-    steps, warmup, why = hyper_rule(n - int(round(n * r.val_fraction)))
+    steps, warmup, why = hyper_rule(n)
     changes = {"steps": steps} | ({} if origin["warmup_steps"] != "default" else {"warmup_steps": warmup})
     origin = origin | {k: f"rule ({why})" for k in changes}
     return r.replace(**changes), origin, f"steps {steps:,}, warm-up {changes.get('warmup_steps', r.warmup_steps)}: {why}"
+
+
+def fit_batch(r: Recipe, origin: dict[str, str], n: int | None) -> tuple[Recipe, dict[str, str], str | None]:
+    """A global batch larger than the train split (the protocol's 512 on a folder of 95 photos) becomes the largest
+    power of two not above it, and the learning rate follows it by ``lr_scaling`` (linear: Goyal et al.'s rule
+    for SGD; unless ``--lr`` was given, which is then the rate for the batch the run has)."""
+    if n is None or n < 1 or r.global_batch <= n:
+        return r, origin, None
+    batch = 1 << (n.bit_length() - 1)
+    factor = {"linear": batch / r.global_batch, "sqrt": (batch / r.global_batch) ** 0.5, "none": 1.0}[r.lr_scaling]
+    changes = {"global_batch": batch} | ({} if origin["lr"] == "flag" else {"lr": r.lr * factor})
+    why = f"the global batch {r.global_batch} is more than the {n:,} training images: the largest power of two not above"
+    origin = origin | {"global_batch": f"rule ({why})"}
+    if "lr" in changes:
+        origin["lr"] = f"rule ({r.lr:g} scaled with the batch, {batch}/{r.global_batch}: lr_scaling = \"{r.lr_scaling}\")"
+    said = f"global batch {batch} (of {r.global_batch}: the {n:,} training images are fewer)" + (
+        f", lr {changes['lr']:.3g} (scaled {r.lr_scaling}ly from {r.lr:g})" if "lr" in changes and factor != 1 else "")
+    return r.replace(**changes), origin, said
 
 
 def from_command_line(path: str | None, flags: dict[str, Any], set_items: list[str]) -> tuple[Recipe, dict[str, Any]]:
@@ -74,12 +105,14 @@ def resolve(path: str | None, flags: dict[str, Any], set_items: list[str],
 
     if is_url(r.dataset) and not r.streaming:  # said as it is: a shard URL is never cached
         r, origin = r.replace(streaming=True), origin | {"streaming": "rule (a shard URL is always streamed)"}
+    n = train_split_size(r, count_only)
+    r, origin, fitted = fit_batch(r, origin, n)
     if {"steps", "epochs"} & {k for k, v in origin.items() if v != "default"}:
         said = None
     else:
-        r, origin, said = apply_hyper_rule(r, origin, count_only)
+        r, origin, said = apply_hyper_rule(r, origin, n)
     r, origin, shorter = short_warmup(r, origin)
-    return r, origin, "; ".join(s for s in (said, shorter) if s) or None
+    return r, origin, "; ".join(s for s in (fitted, said, shorter) if s) or None
 
 
 def short_warmup(r: Recipe, origin: dict[str, str]) -> tuple[Recipe, dict[str, str], str | None]:
@@ -100,4 +133,4 @@ def origins(path: str | Path | None, overrides: dict[str, Any]) -> dict[str, str
             for f in dataclasses.fields(Recipe)}
 
 
-__all__ = ["apply_hyper_rule", "from_command_line", "hyper_rule", "origins", "resolve", "short_warmup"]
+__all__ = ["apply_hyper_rule", "fit_batch", "train_split_size", "from_command_line", "hyper_rule", "origins", "resolve", "short_warmup"]

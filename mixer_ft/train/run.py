@@ -91,6 +91,8 @@ class Run:
     feed: Feed | None = None  # each step's data, prepared ahead (see mixer_ft.train.feed)
     fresh: bool = False  # started with --fresh (a stop says how to resume without starting over again)
     loss_check: NonFinite | None = None
+    threads: dict[str, Any] | None = None  # on a CPU: torch's threads, why that many, how they wait
+    signals: Any = None  # the run's StopSignals while it trains: a step's update is finished before a second Ctrl-C
 
     @property
     def device(self) -> torch.device:

@@ -33,9 +33,12 @@ log = get_logger(__name__)
 def schedule_length(recipe: Recipe, n_train: int) -> tuple[int, int]:
     """(steps per epoch, total steps): ``epochs`` passes over train, or ``steps``."""
     steps_per_epoch = n_train // recipe.global_batch
-    if steps_per_epoch == 0:
-        raise ConfigError(f"global batch {recipe.global_batch} is larger than the {n_train} training "
-                          "images; lower it.")
+    if steps_per_epoch == 0:  # the command line fits the batch to the set (train/resolve.fit_batch); a recipe
+        # run from Python may not have
+        batch = 1 << (n_train.bit_length() - 1) if n_train else 0
+        raise ConfigError(f"global batch {recipe.global_batch} is larger than the {n_train} training images; "
+                          + (f"use {batch} (--batch {batch}), the largest power of two not above them." if batch else
+                             "the train split is empty."))
     return steps_per_epoch, math.ceil(recipe.epochs * steps_per_epoch) if recipe.epochs else recipe.steps
 
 
@@ -47,6 +50,12 @@ def open_run_data(recipe: Recipe, state: Any) -> tuple[ImageData | StreamedSet, 
             raise ConfigError(f"{recipe.dataset} is streamed: its size is not known before it is read, so a run is measured "
                               "in steps. Give --steps instead of epochs.")
         train_shards, minival_shards = data.cut(recipe.val_fraction)
+        share = len(minival_shards) / len(data.train)
+        if state.is_main_process and share > max(2 * recipe.val_fraction, 0.05):
+            log.warning("the minival is %d whole train shard(s) of %d: %.0f%% of the train shards held out for "
+                        "val_fraction %g (a stream holds out whole shards). --set val_fraction=0 trains on all of them; "
+                        "more, smaller shards hold out less.", len(minival_shards), len(data.train), 100 * share,
+                        recipe.val_fraction)
         # No epochs: one nominal "epoch" of the run's steps
         return data, {"train": train_shards, "minival": minival_shards, "test": data.test}, recipe.steps, recipe.steps
     with state.main_process_first():  # one process decodes into the cache, the others read it

@@ -2,28 +2,54 @@
 
 from __future__ import annotations
 
+import contextlib
 import signal
+import sys
+from collections.abc import Iterator
 from typing import Any
 
 import torch
+
+SAVE_BOUND_S = 20.0  # the longest a second Ctrl-C waits for a checkpoint of the last finished step
 
 
 class StopSignals:
     """SIGINT and SIGTERM (Ctrl-C, a cloud's preemption) ask the run to stop after the current step.
 
-    The step finishes, a checkpoint is written and the run ends with 128 + the signal's number; a
-    second Ctrl-C stops at once. All processes of a run agree on the step they stop at.
+    The first Ctrl-C is answered at once (``announce``: on the process that speaks for the run); the step
+    finishes, a checkpoint is written and the run ends with 128 + the signal's number. A second Ctrl-C stops at
+    once, and the run keeps the last finished step (:func:`mixer_ft.train.loop.stop_at_once`): it is raised as
+    KeyboardInterrupt anywhere but inside a step's update (:meth:`update`), which it lets finish, so the weights,
+    the optimizer, the schedule and the step count always agree. All processes agree on the step they stop at.
     """
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
-    def __init__(self) -> None:
-        self.signum, self.previous = 0, {}
+    def __init__(self, announce: bool = False) -> None:
+        self.signum, self.previous, self.announce = 0, {}, announce
+        self.updating = self.pending = False
 
     def _handle(self, signum: int, frame: Any) -> None:
         if signum == signal.SIGINT and self.signum == signal.SIGINT:
+            if self.updating:  # the weights are half-way through their update: let it end, then stop
+                self.pending = True
+                return
             raise KeyboardInterrupt
         self.signum = signum
+        if signum == signal.SIGINT and self.announce:
+            print("\nCtrl-C: stopping after this step, then writing a checkpoint to resume from (Ctrl-C again: stop now, "
+                  "keeping the last finished step)", file=sys.stderr, flush=True)
+
+    @contextlib.contextmanager
+    def update(self) -> Iterator[None]:
+        """A step's update (weights, optimizer, schedule, step count), which a second Ctrl-C lets finish."""
+        self.updating = True
+        try:
+            yield
+        finally:
+            self.updating = False
+        if self.pending:
+            raise KeyboardInterrupt
 
     def __enter__(self) -> StopSignals:
         self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
@@ -42,4 +68,4 @@ class StopSignals:
         return int(flag.item())
 
 
-__all__ = ["StopSignals"]
+__all__ = ["SAVE_BOUND_S", "StopSignals"]

@@ -82,6 +82,17 @@ def evaluate_split(clf: Classifier, data: ImageData, split: str = "test", *, val
     }
 
 
+def summary_text(result: dict[str, Any]) -> str:
+    """``mixer-ft evaluate``'s text: the accuracy, then each class's."""
+    from mixer_ft.text import one_line
+
+    names = [one_line(c) for c in result["classes"]]
+    lines = [f"{one_line(result['dataset'])} {result['split']}: {100 * result['accuracy']:.2f}% of {result['images']:,} images"]
+    lines += [f"  {name:<{max(map(len, names))}}  " + ("-" if acc is None else f"{100 * acc:.2f}%")
+              for name, acc in zip(names, result["per_class"].values())]
+    return "\n".join(lines)
+
+
 def plot_confusion(result: dict[str, Any], path: str | Path) -> Path:
     """The confusion matrix as a PNG, rows normalised, counts written in the cells when there are few classes."""
     try:
@@ -114,4 +125,4 @@ def plot_confusion(result: dict[str, Any], path: str | Path) -> Path:
     return path
 
 
-__all__ = ["SPLITS", "check_classes", "evaluate_split", "plot_confusion"]
+__all__ = ["SPLITS", "check_classes", "evaluate_split", "plot_confusion", "summary_text"]

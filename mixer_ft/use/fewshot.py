@@ -185,4 +185,12 @@ def run_fewshot(upstream: str, dataset: str, *, variant: str | None = None, shot
     return record
 
 
-__all__ = ["L2_REG", "SHOTS", "evaluate_fewshot", "lsr_accuracy", "lsr_weights", "parse_shots", "run_fewshot"]
+def fewshot_text(rec: dict[str, Any], upstream: str) -> str:
+    """``mixer-ft fewshot``'s text: each K's mean accuracy and spread over the seeds."""
+    lines = [f"{rec['model']} features of {upstream} on {rec['dataset']} ({rec['split']}, {rec['test_images']:,} images), "
+             f"{rec['seeds']} seeds:"]
+    lines += [f"  {k:>3}-shot  {100 * r['mean']:.2f}% +- {100 * r['std']:.2f}" for k, r in rec["shots"].items()]
+    return "\n".join(lines)
+
+
+__all__ = ["L2_REG", "SHOTS", "evaluate_fewshot", "fewshot_text", "lsr_accuracy", "lsr_weights", "parse_shots", "run_fewshot"]

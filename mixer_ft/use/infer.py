@@ -165,11 +165,11 @@ def collect_images(inputs: list[str]) -> list[Path]:
     """
     import glob
 
-    from mixer_ft.data.folder import IMAGE_SUFFIXES, is_litter, walk
+    from mixer_ft.data.folder import image_suffixes, is_litter, walk
     from mixer_ft.gate import check_path, no_such
 
     def images_in(paths: list[Path]) -> list[Path]:
-        return sorted(p for p in paths if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not is_litter(p.name))
+        return sorted(p for p in paths if p.is_file() and p.suffix.lower() in image_suffixes() and not is_litter(p.name))
 
     found: list[Path] = []
     for text in inputs:
@@ -184,7 +184,7 @@ def collect_images(inputs: list[str]) -> list[Path]:
         else:
             raise ConfigError(no_such(text, "image file or folder"))
         if not files:
-            raise ConfigError(f"{text} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))}).")
+            raise ConfigError(f"{text} holds no images ({', '.join(sorted(image_suffixes()))}).")
         found += files
     return found
 
@@ -221,16 +221,15 @@ def format_prediction(fmt: str, path: str, top: list[dict], header: bool, width:
     """One image's top-k as ``mixer-ft predict`` prints it: a table row, a JSON line or CSV rows (one per rank)."""
     if fmt == "json":
         first = top[0]
-        return json_text({"path": path, "label": first["label"], "index": first["index"], "probability": first["score"],
-                           "top_k": [{"label": t["label"], "index": t["index"], "probability": t["score"]}
-                                     for t in top]}) + "\n"
+        return json_text({"path": path, "label": first["label"], "index": first["index"], "score": first["score"],
+                           "top_k": [{"label": t["label"], "index": t["index"], "score": t["score"]} for t in top]}) + "\n"
     if fmt == "csv":
         import csv
 
         buf = io.StringIO()
         writer = csv.writer(buf, lineterminator="\n")
         if header:
-            writer.writerow(["path", "rank", "label", "index", "probability"])
+            writer.writerow(["path", "rank", "label", "index", "score"])
         writer.writerows([one_line(path), r + 1, one_line(t["label"]), t["index"], f"{t['score']:.6f}"]
                          for r, t in enumerate(top))
         return buf.getvalue()
