@@ -7,6 +7,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from mixer_ft import cli_tools
 from mixer_ft.atomic import json_text
 from mixer_ft.cli_checks import check_folder as _check_folder
 from mixer_ft.cli_checks import check_plot as _check_plot
@@ -340,17 +341,6 @@ def table(
         typer.echo(f"plot: {tables.plot(rows, plot)}", err=True)
 
 
-@app.command(short_help="Draw a run's learning curve.")
-def plot(run: Annotated[str, typer.Argument(metavar="RUN", help="A run folder, or a run record (results/<name>.json).")],
-         output: Annotated[Optional[str], typer.Option(help="The PNG (default: curve.png in the run folder, or the "
-                                                           "record's name with .png).")] = None) -> None:
-    """Draw a run's learning curve: training loss and accuracy, minival accuracy and the learning rate, by step."""
-    from mixer_ft.report.curves import plot_curve
-
-    _check_plot(output)
-    typer.echo(f"plot: {plot_curve(run, output)}")
-
-
 @app.command(short_help="Run the table's rows with their recipes.")
 def reproduce(
     rows: Annotated[Optional[str], typer.Option(help="Comma-separated row ids (default: the CIFAR rows), e.g. "
@@ -405,28 +395,6 @@ def bench(
         typer.echo(f"record: {where}", err=True)
 
 
-cache_app = typer.Typer(help="The data cache: list its entries, or clean them.", no_args_is_help=False)
-app.add_typer(cache_app, name="cache", short_help="List or clean the data cache's entries.")
-
-
-@cache_app.callback(invoke_without_command=True)
-def cache(ctx: typer.Context, as_json: Annotated[bool, typer.Option("--json", help="Print one JSON object.")] = False) -> None:
-    """List the data cache's entries (MIXER_FT_CACHE/data): source, size, images, last use; `clean` removes them."""
-    from mixer_ft.data.cache_entries import listing
-
-    if ctx.invoked_subcommand is None:
-        typer.echo(listing(as_json))
-
-
-@cache_app.command("clean", short_help="Remove entries: those named, or every one.")
-def cache_clean(keys: Annotated[Optional[list[str]], typer.Argument(help="Entries to remove (their keys, as "
-                                                                         "`mixer-ft cache` lists them); none: all.")] = None) -> None:
-    """Remove data cache entries: those named, or every one (only entries this tool made; one in use is left)."""
-    from mixer_ft.data.cache_entries import clean
-
-    typer.echo(clean(keys or []))
-
-
 @app.command(short_help="accelerate launch, with one message and mixer-ft's exit status.",
              context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
              options_metavar="[ACCELERATE LAUNCH OPTIONS] COMMAND [ARGS]")
@@ -441,6 +409,11 @@ def launch(ctx: typer.Context) -> None:
 
     commands = {c.name or c.callback.__name__ for c in app.registered_commands if c.callback is not None}
     sys.exit(launcher.run(launcher.command_line(list(ctx.args), commands)))
+
+
+# The commands on the files runs leave behind (the data cache, a run's curve), in mixer_ft/cli_tools.py
+app.add_typer(cli_tools.cache_app, name="cache", short_help="List or clean the data cache's entries.")
+app.command(short_help="Draw a run's learning curve.")(cli_tools.plot)
 
 
 def main() -> None:

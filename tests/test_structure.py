@@ -18,7 +18,7 @@ PACKAGE = REPO / "mixer_ft"
 # layer's, not even for type hints (README, "Code map"; each subpackage's __init__ says the same).
 LAYERS = {"errors": 0, "atomic": 0, "gate": 0, "text": 0, "settings": 0, "publish": 0, "bounded": 0,
           "model": 1, "weights": 2, "data": 3, "train": 4, "use": 5, "report": 6,
-          "cli": 7, "cli_checks": 7, "exits": 7, "launch": 7, "__init__": 7, "__main__": 8}
+          "cli": 7, "cli_checks": 7, "cli_tools": 7, "exits": 7, "launch": 7, "__init__": 7, "__main__": 8}
 
 
 def modules() -> dict[str, Path]:

@@ -62,6 +62,7 @@ class Progress:
         self.start, self.timed, self.timed_s, self.told = start, 0, 0.0, False
         self.first_s, self.compiled = 0.0, compiled
         self.folder = folder if accelerator.is_main_process else None  # where metrics.csv goes (the main process's)
+        self._listed = False  # metrics.csv in the run folder's manifest
 
     def due(self, done: int) -> bool:
         """Whether step ``done`` ends a window (a line in the history)."""
@@ -150,7 +151,7 @@ class Progress:
         from mixer_ft.train.metrics import write_metrics
 
         path = write_metrics(self.folder, self.history)
-        if not getattr(self, "_listed", False):
+        if not self._listed:
             Manifest(self.folder).add(path)
             self._listed = True
 
