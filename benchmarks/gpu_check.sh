@@ -26,7 +26,7 @@ RUN_DIR="$(mktemp -d "${TMPDIR:-/tmp}/gpu-check-run.XXXXXX")"
 
 if [ -n "${GPU_CHECK_DRY:-}" ]; then
   DEV=cpu; B16="--model S/32 --batch 4 --steps 2"; L16="--model S/32 --batch 4 --steps 2"; FT_STEPS=2; FT_BATCH=8
-  FT_MODEL="--model S/32 --set architecture.img_size=64"   # a small final evaluation on the CPU
+  FT_MODEL="$DRY_MODEL"   # a small final evaluation on the CPU
   RES="--model S/32 --batch 2 --steps 1 --device cpu"
   DD="--images 120 --batch 16 --batches 1 --device cpu"; DD_TESTS="-k orientation"  # the suite runs the rest here
 else

@@ -20,7 +20,7 @@ SET="$RUNS/set"
 export MIXER_FT_CACHE="$RUNS/cache"  # the set's compact store: built by the first run, read by the second
 if [ -n "${GPU_CHECK_DRY:-}" ]; then
   DEV=cpu; IMAGES=200; BENCH="--model S/32 --batch 8 --steps 2"
-  STEPS=4; MODEL="--model S/32 --set architecture.img_size=64"; BATCH=8; EVAL=0; LOGE=2
+  STEPS=4; MODEL="$DRY_MODEL"; BATCH=8; EVAL=0; LOGE=2
 else
   DEV=cuda; IMAGES=20000; BENCH="--model B/16 --batch 256"
   STEPS=300; MODEL="--model B/16"; BATCH=256; EVAL=0; LOGE=25

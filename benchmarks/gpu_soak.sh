@@ -21,7 +21,7 @@ source "$(dirname "$0")/gpu_common.sh" /tmp/gpu-soak-out soak_log.txt
 RUNS="$(mktemp -d "${TMPDIR:-/tmp}/gpu-soak-runs.XXXXXX")"
 if [ -n "${GPU_CHECK_DRY:-}" ]; then
   SOAK_STEPS="${SOAK_STEPS:-12}"; EVAL=4; CKPT=6; LOGE=2; BATCH=8; SOAK_MODEL="--model S/32 --set architecture.img_size=64"
-  EQ_STEPS=8; EQ_MODEL="--model S/32 --set architecture.img_size=64"; EQ_BATCH=8
+  EQ_STEPS=8; EQ_MODEL="--model S/32 --set architecture.img_size=64"; EQ_BATCH=8  # slow enough to stop mid-run
 else
   SOAK_STEPS="${SOAK_STEPS:-900}"; EVAL=200; CKPT=$(( SOAK_STEPS >= 900 ? 300 : SOAK_STEPS / 3 )); LOGE=25; BATCH=512
   SOAK_MODEL="--model L/16"

@@ -24,14 +24,14 @@ source "$(dirname "$0")/gpu_common.sh" /tmp/gpu-speed-out speed_log.txt
 RUNS="$(mktemp -d "${TMPDIR:-/tmp}/gpu-speed-runs.XXXXXX")"
 BEFORE="$(realpath -m "${GPU_SPEED_BEFORE:-.gpu/before}")"
 if [ -n "${GPU_CHECK_DRY:-}" ]; then
-  DEV=cpu; HOST="--model S/32 --batch 16 --images 2000 --repeats 3"; BENCH="--model S/32 --batch 8 --steps 2"
-  EQ_STEPS=12; EQ_MODEL="--model S/32 --set architecture.img_size=64"
-  GRAPHS_MODEL="--set model=\"custom\" --set architecture.patch_size=8 --set architecture.hidden_dim=32 --set architecture.num_blocks=2 --set architecture.tokens_mlp_dim=16 --set architecture.channels_mlp_dim=64 --set architecture.img_size=32"  # compiles in seconds on a CPU
+  DEV=cpu; HOST="--model S/32 --batch 16 --images 500 --repeats 3"; BENCH="--model S/32 --batch 8 --steps 2"
+  EQ_STEPS=12; EQ_MODEL="--model S/32 --set architecture.img_size=64"  # slow enough to stop after its checkpoint
+  BEFORE_MODEL="$DRY_MODEL"; GRAPHS_MODEL="$DRY_MODEL"  # compiles in seconds on a CPU
   EQ_BATCH=8; EVAL=4; LOGE=2
   L16="--model S/32 --batch 4 --img-size 64 --steps 2 --warmup 1 --device cpu"; PROFILED=eager; GRAPHS=""
 else
   DEV=cuda; HOST="--model B/16 --batch 256"; BENCH="--model B/16 --batch 256"
-  EQ_STEPS=240; EQ_MODEL="--model B/16"; EQ_BATCH=256; EVAL=200; LOGE=25; GRAPHS_MODEL="$EQ_MODEL"
+  EQ_STEPS=240; EQ_MODEL="--model B/16"; EQ_BATCH=256; EVAL=200; LOGE=25; GRAPHS_MODEL="$EQ_MODEL"; BEFORE_MODEL="$EQ_MODEL"
   L16="--model L/16 --batch 128"; PROFILED=compile; GRAPHS=reduce-overhead
   nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>&1 | tee -a "$LOG"
 fi
@@ -44,7 +44,7 @@ export FT_WATCH=1 FT_LIMIT=150
 finetune straight "$EQ_STEPS" "$EQ_MODEL" "$EQ_BATCH" $((EQ_STEPS / 2))
 finetune resumed "$EQ_STEPS" "$EQ_MODEL" "$EQ_BATCH" $((EQ_STEPS / 2)) $((EQ_STEPS / 2))
 if [ -d "$BEFORE/mixer_ft" ]; then  # the same run by 0.1.0's code: its package first on the path
-  PYTHONPATH="$BEFORE" FT_PYFLAGS=-P finetune before "$EQ_STEPS" "$EQ_MODEL" "$EQ_BATCH" $((EQ_STEPS / 2))
+  PYTHONPATH="$BEFORE" FT_PYFLAGS=-P finetune before "$EQ_STEPS" "$BEFORE_MODEL" "$EQ_BATCH" $((EQ_STEPS / 2))
 else
   echo "no 0.1.0 code in $BEFORE: the before run is left out (see the top of this file)" | tee -a "$LOG"
 fi

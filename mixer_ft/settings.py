@@ -126,6 +126,8 @@ SETTINGS: dict[str, Setting] = {s.name: s for s in [
             "may use)"),
     Setting("OMP_WAIT_POLICY", choice("active", "passive"), None, "how OpenMP's threads wait: passive sleeps at once, "
             "active spins"),
+    Setting("GOMP_SPINCOUNT", count, None, "how many times an idle OpenMP (libgomp) thread spins before it sleeps "
+            "(mixer-ft sets 10000 unless this or OMP_WAIT_POLICY is set: benchmarks/threads.py)"),
     Setting("MIXER_FT_HUB_UNREACHABLE", flag, False, "set by the tool itself: this process found the Hub "
             "unreachable and put its clients offline"),
     Setting("MIXER_FT_LAUNCH_STATUS", folder, None, "set by `mixer-ft launch` for the processes it starts: where "
@@ -149,8 +151,9 @@ def setting(name: str) -> Any:
         return spec.parse(raw)
     except ValueError as e:
         shown = raw if len(raw) <= 60 else raw[:60] + "..."
+        default = "" if spec.default is None else f" for the default ({spec.default})"
         raise ConfigError(f"The environment variable {name}={shown!r} is not {e}: it sets {spec.meaning}. Set it to "
-                          f"one, or unset it for the default ({spec.default}).") from None
+                          f"one, or unset it{default}.") from None
 
 
 __all__ = ["SETTINGS", "Setting", "choice", "count", "flag", "folder", "hf_flag", "seconds", "setting", "size", "url",

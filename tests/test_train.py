@@ -285,13 +285,13 @@ def test_a_signal_stops_at_a_checkpoint_and_the_resumed_run_ends_as_the_uninterr
 @pytest.mark.slow
 def test_a_second_ctrl_c_stops_at_once_keeping_the_last_finished_step_and_the_resumed_run_is_the_uninterrupted_one(
         tmp_path, cut):
-    """Steps of about half a second (16 micro-batches a step): the first Ctrl-C is answered at once, the second, a
-    moment later, lands inside a step; the run ends there with a checkpoint of the step before (or of the step whose
-    update it let finish), and resumed from it ends with the uninterrupted run's weights."""
+    """Steps of half a second or more (64 micro-batches a step): the first Ctrl-C is answered at once, the second, a
+    moment later, lands inside the same step; the run ends there with a checkpoint of the step before (or of the step
+    whose update it let finish), and resumed from it ends with the uninterrupted run's weights."""
     slow = [f"architecture.{k}={v}" for k, v in (("patch_size", 4), ("img_size", 64), ("hidden_dim", 128),
                                                   ("num_blocks", 4), ("tokens_mlp_dim", 128), ("channels_mlp_dim", 512))]
     common = ["finetune", "--upstream", "none", "--set", 'model="custom"', *(x for kv in slow for x in ("--set", kv)),
-              "--steps", 8, "--batch", 32, "--micro-batch", 2, "--lr", 0.01, "--warmup", 2, "--eval-every", 0,
+              "--steps", 8, "--batch", 64, "--micro-batch", 1, "--lr", 0.01, "--warmup", 2, "--eval-every", 0,
               "--mixed-precision", "no", "--set", "checkpoint_every=2", "--set", "val_fraction=0"]
     assert run_cli(*common, *run_args(tmp_path, cut, "whole"), cwd=REPO).returncode == 0
     cmd = [sys.executable, "-m", "mixer_ft", *map(str, common), *map(str, run_args(tmp_path, cut, "stopped"))]
@@ -301,9 +301,9 @@ def test_a_second_ctrl_c_stops_at_once_keeping_the_last_finished_step_and_the_re
         deadline = time.time() + 300
         while not first.exists() and proc.poll() is None and time.time() < deadline:
             time.sleep(0.01)
-        time.sleep(0.2)  # into step 3
+        time.sleep(0.05)  # into step 3
         proc.send_signal(signal.SIGINT)
-        time.sleep(0.1)
+        time.sleep(0.05)  # still in step 3
         proc.send_signal(signal.SIGINT)
         proc.wait(timeout=120)
     text = (tmp_path / "stderr.txt").read_text()

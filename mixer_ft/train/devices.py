@@ -229,13 +229,17 @@ def set_threads(device: torch.device, processes: int) -> dict[str, Any] | None:
         why = f"{why}; OMP_NUM_THREADS sets another"
     else:
         why = "OMP_NUM_THREADS"
-    return {"threads": torch.get_num_threads(), "why": why, "wait_policy": setting("OMP_WAIT_POLICY")}
+    spin = setting("GOMP_SPINCOUNT")
+    policy = setting("OMP_WAIT_POLICY") or (f"spin {spin:,}" if spin is not None else None)
+    return {"threads": torch.get_num_threads(), "why": why, "wait_policy": policy}
 
 
 def threads_said(threads: dict[str, Any]) -> str:
     """The line a CPU run says of its threads."""
-    wait = ("passively (OMP_WAIT_POLICY=PASSIVE: a waiting thread sleeps)" if threads["wait_policy"] == "passive" else
-            "as OpenMP does by default (they spin a while first)")
+    policy = threads["wait_policy"] or ""
+    wait = ("passively (OMP_WAIT_POLICY=PASSIVE: a waiting thread sleeps)" if policy == "passive" else
+            f"{policy.removeprefix('spin ')} spins, then sleep (GOMP_SPINCOUNT)" if policy.startswith("spin") else
+            "actively (OMP_WAIT_POLICY=ACTIVE)" if policy == "active" else "as OpenMP does by default")
     return f"threads: {threads['threads']} ({threads['why']}); OpenMP threads wait {wait}"
 
 
