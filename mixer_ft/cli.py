@@ -166,7 +166,9 @@ def finetune(
     if said and not dry_run:  # a dry run's TOML says it in its comments
         typer.echo(said)
     if dry_run:
-        typer.echo(to_toml(r, origin), nl=False)
+        from mixer_ft.train.methods import trainable_said
+
+        typer.echo(to_toml(r, origin) + f"# {trainable_said(r, r.variant, r.architecture)}")
         return
     run(r, resume=not fresh)
 
@@ -414,6 +416,7 @@ def launch(ctx: typer.Context) -> None:
 # The commands on the files runs leave behind (the data cache, a run's curve), in mixer_ft/cli_tools.py
 app.add_typer(cli_tools.cache_app, name="cache", short_help="List or clean the data cache's entries.")
 app.command(short_help="Draw a run's learning curve.")(cli_tools.plot)
+app.command(short_help="Export a model to ONNX for deployment.")(cli_tools.export)
 
 
 def main() -> None:

@@ -21,6 +21,19 @@ def check_plot(path: str | None) -> None:
     check_folder(str(Path(path).parent), "--plot's folder")
 
 
+def check_export(fmt: str, formats: tuple[str, ...], output: str) -> None:
+    """``mixer-ft export``'s options, before the model is read: a known format, an output file that is a file's
+    name (not a folder), in a folder that can be there."""
+    if fmt not in formats:
+        raise ConfigError(f"--format {fmt!r}: the formats are {', '.join(formats)}.")
+    check_name(output, "--output")
+    if not output.strip() or Path(output).is_dir() or output.endswith(("/", "\\")):
+        raise ConfigError(f"--output {output!r} names a folder; name the file to write, e.g. model.onnx.")
+    if Path(output).suffix.lower() != ".onnx":
+        raise ConfigError(f"--output {output}: an ONNX file's name ends in .onnx.")
+    check_folder(str(Path(output).parent), "--output's folder")
+
+
 def check_folder(path: str, flag: str) -> None:
     """A folder an option names: given, and not a file."""
     if not path.strip():

@@ -1,13 +1,15 @@
-"""The `mixer-ft` commands on what runs leave behind: the data cache (`cache`, `cache clean`) and a run's learning
-curve (`plot`). Registered on the app in :mod:`mixer_ft.cli`; each is a thin layer over the library."""
+"""The `mixer-ft` commands on what runs leave behind: the data cache (`cache`, `cache clean`), a run's learning
+curve (`plot`) and a model as a file for deployment (`export`). Registered on the app in :mod:`mixer_ft.cli`;
+each is a thin layer over the library."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
 
-from mixer_ft.cli_checks import check_plot
+from mixer_ft.cli_checks import check_export, check_plot
 
 cache_app = typer.Typer(help="The data cache: list its entries, or clean them.", no_args_is_help=False)
 
@@ -40,4 +42,20 @@ def plot(run: Annotated[str, typer.Argument(metavar="RUN", help="A run folder, o
     typer.echo(f"plot: {plot_curve(run, output)}")
 
 
-__all__ = ["cache", "cache_app", "cache_clean", "plot"]
+def export(model_source: Annotated[str, typer.Argument(metavar="MODEL", help="A model or run folder, a weight file, "
+                                                                             "in1k, in21k, hf-hub:...")],
+           output: Annotated[str, typer.Option(help="The file to write, e.g. model.onnx; its preprocessing is "
+                                                    "written beside it (model.preprocess.json).")],
+           format_: Annotated[str, typer.Option("--format", help="onnx (opset 18, any batch size).")] = "onnx",
+           model: Annotated[Optional[str], typer.Option(help="The variant, for a weight file that does not say.")] = None,
+           ) -> None:
+    """Export a model for deployment: ONNX for onnxruntime, TensorRT or OpenVINO, its preprocessing beside it."""
+    from mixer_ft.use.export import FORMATS, export_onnx, preprocess_path
+
+    check_export(format_, FORMATS, output)
+    meta = export_onnx(model_source, output, variant=model)
+    typer.echo(f"export: {output} (ONNX opset {meta['opset']}, input {meta['input']} {meta['input_shape']}, "
+               f"{len(meta['labels'])} classes); preprocessing: {preprocess_path(Path(output))}")
+
+
+__all__ = ["cache", "cache_app", "cache_clean", "export", "plot"]

@@ -109,7 +109,7 @@ def test_with_no_network_and_no_offline_setting_commands_fail_at_once_saying_wha
 def test_help_screens_are_plain_and_whole():
     root = run("--help").stdout
     commands = root.split("Commands:")[1].strip().splitlines()
-    assert len(commands) == 14 and not any(line.rstrip().endswith("...") for line in commands)
+    assert len(commands) == 15 and not any(line.rstrip().endswith("...") for line in commands)
     for name in (line.split()[0] for line in commands):
         text = run(name, "--help").stdout
         assert "<bool>" not in text and "Usage:" in text, name

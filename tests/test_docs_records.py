@@ -43,6 +43,14 @@ def test_the_transfer_table_is_what_report_py_computes_from_its_records():
     assert len(rows) == 4 and all(row in text("docs/transfer.md") for row in rows), rows
 
 
+def test_the_methods_table_is_what_methods_report_computes_from_its_records():
+    out = subprocess.run([sys.executable, str(REPO / "benchmarks" / "methods_report.py"), "--results",
+                          str(REPO / "results" / "methods"), "--figure", ""], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    rows = [line for line in out.stdout.splitlines() if line.startswith("| ") and not line.startswith("| method")]
+    assert len(rows) == 7 and all(row in text("docs/methods.md") for row in rows), rows
+
+
 @pytest.mark.parametrize("record,row", [
     ("nvidia-h200_B16_b256_bf16.json", "| GPU: NVIDIA H200 (2026-11-26) | B/16 | 256 | bf16 |"),
     ("nvidia-h200_L16_b128_bf16.json", "| GPU: NVIDIA H200 (2026-11-26) | L/16 | 128 | bf16 |"),

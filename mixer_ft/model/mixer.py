@@ -23,6 +23,7 @@ from mixer_ft.model.config import (  # noqa: F401 - the model's facts, importabl
     canonical_variant,
     timm_name,
 )
+from mixer_ft.model.lora import LoRA, dense, dense_columns
 
 LAYER_NORM_EPS = 1e-6  # Flax's default, and timm's for Mixer.
 
@@ -35,9 +36,11 @@ class Mlp(nn.Module):
         self.fc1 = nn.Linear(dim, hidden)
         self.act = nn.GELU(approximate="tanh" if gelu == "tanh" else "none")
         self.fc2 = nn.Linear(hidden, dim)
+        self.lora1: LoRA | None = None  # low-rank updates of fc1 and fc2 (recipe method "lora"; mixer_ft.model.lora)
+        self.lora2: LoRA | None = None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc2(self.act(self.fc1(x)))
+        return dense(self.fc2, self.lora2, self.act(dense(self.fc1, self.lora1, x)))
 
 
 class MixerBlock(nn.Module):
@@ -57,10 +60,10 @@ class MixerBlock(nn.Module):
         # Token-major y (S, B, C) is a matrix (S, B*C): the dense layer along tokens is one
         # product W (D_S, S) @ y with the bias fused, for the whole batch at once. No transposed
         # copies, and the weight gradient is one product too instead of a sum of per-image ones.
+        # LoRA's update, where there is one, in the same layout: (D_S, r) @ (r, S) @ y.
         s, b, c = y.shape
-        h = torch.addmm(mlp.fc1.bias[:, None], mlp.fc1.weight, y.reshape(s, b * c))
-        h = torch.addmm(mlp.fc2.bias[:, None], mlp.fc2.weight, mlp.act(h))
-        return h.view(s, b, c)
+        h = mlp.act(dense_columns(mlp.fc1, mlp.lora1, y.reshape(s, b * c)))
+        return dense_columns(mlp.fc2, mlp.lora2, h).view(s, b, c)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """x: (batch, tokens, channels); token-major (tokens, batch, channels) on the fast path."""

@@ -13,7 +13,6 @@ intervals, then :func:`finish`. The steps share one :class:`Run`.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import platform
 import shutil
@@ -24,9 +23,8 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
-from mixer_ft.atomic import atomic_write_text, json_text, locked, sweep_partial_writes
+from mixer_ft.atomic import atomic_write_text, locked, sweep_partial_writes
 from mixer_ft.data.preprocess import Preprocess
 from mixer_ft.data.sources import check_outside_data
 from mixer_ft.data.stream import StreamedSet
@@ -36,20 +34,23 @@ from mixer_ft.model.mixer import MlpMixer
 from mixer_ft.settings import setting
 from mixer_ft.text import get_logger
 from mixer_ft.train import devices, preflight
+from mixer_ft.train.averaging import EMA, Best, swapped
 from mixer_ft.train.build import build_model
 from mixer_ft.train.checkpoints import Checkpoints
 from mixer_ft.train.evaluation import check_shift
 from mixer_ft.train.feed import device_images
-from mixer_ft.train.guards import check_fresh_deletes_only_ours, check_fresh_removes_no_input, check_same_classes
+from mixer_ft.train.guards import check_fresh_deletes_only_ours, check_fresh_removes_no_input
+from mixer_ft.train.methods import ADAPTER_NAME, apply_method, save_adapter, saved_model, trainable, trained
 from mixer_ft.train.metrics import write_metrics
+from mixer_ft.train.objective import Objective
 from mixer_ft.train.optim import make_optimizers, make_schedules
 from mixer_ft.train.progress import Progress
-from mixer_ft.train.recipe import Recipe, resume_conflicts
+from mixer_ft.train.recipe import Recipe
 from mixer_ft.train.records import check_record_is_ours, record_path, record_text, run_record, write_record
+from mixer_ft.train.resume import evaluation_views, restore, save_checkpoint
 from mixer_ft.train.run import NonFinite, Run
-from mixer_ft.train.run_data import count_share, data_loss, make_feed, open_run_data
+from mixer_ft.train.run_data import class_weights, count_share, data_loss, make_feed, open_run_data
 from mixer_ft.train.signals import SAVE_BOUND_S, StopSignals
-from mixer_ft.train.stream_feed import StreamFeed
 
 log = get_logger(__name__)
 
@@ -77,9 +78,11 @@ def setup(recipe: Recipe, *, fresh: bool = False) -> Run:
                 raise ConfigError(f"{out / inside} is a file where the run keeps its {inside} folder; move it away.")
     threads = devices.set_threads(state.device, setting("LOCAL_WORLD_SIZE"))  # before any work: the data's too
     data, splits, steps_per_epoch, total = open_run_data(recipe, state)
+    weights = class_weights(recipe, data, splits)
 
-    torch.manual_seed(recipe.seed)  # the same initial weights on every process
+    torch.manual_seed(recipe.seed)  # the same initial weights (and LoRA's) on every process
     model, head = build_model(recipe, data.classes)
+    apply_method(model, recipe)  # what trains: before the optimizers are built, which take only that
     check_shift(recipe.eval_translate, model.config.img_size)
     model.set_fast_path(recipe.fast_path)
     streamed = isinstance(data, StreamedSet)
@@ -111,45 +114,16 @@ def setup(recipe: Recipe, *, fresh: bool = False) -> Run:
               Preprocess.for_model(net.config, recipe.crop_area_min, recipe.translate), checkpoints, total,
               steps_per_epoch, micro, per_process // micro, precision, head)
     run.feed = make_feed(run, per_process, on_device)
+    run.objective = Objective(len(data.classes), seed=recipe.seed, label_smoothing=recipe.label_smoothing,
+                              mixup=recipe.mixup, cutmix=recipe.cutmix, weights=weights,
+                              process=accelerator.process_index, device=run.device)
+    run.ema = EMA(net, recipe.ema_decay) if recipe.ema_decay else None
+    run.best = Best(recipe.early_stop) if recipe.early_stop else None
+    if recipe.method != "full":
+        train, every = trainable(net)
+        accelerator.print(f"method {recipe.method}: {train:,} of {every:,} parameters train ({train / every:.2%})")
     run.loss_check, run.fresh, run.threads = NonFinite(run.device), fresh, threads
     return run
-
-
-def restore(run: Run) -> None:
-    """Continue from the newest checkpoint in the run folder, if there is one of this recipe."""
-    saved = run.checkpoints.latest()
-    if saved is None:
-        return
-    if "optimizers" not in saved:
-        raise TrainingError(f"{run.out} holds a checkpoint from an older mixer_ft that this one cannot resume. "
-                            "Use another --output-dir, or --fresh to start over.")
-    fresh = (f"Use another --output-dir, or --fresh to start over (it deletes the checkpoints, model and record "
-             f"in {run.out}).")
-    differ = resume_conflicts(saved["recipe"], run.recipe)
-    if differ:
-        raise TrainingError(f"{run.out} holds a checkpoint of another recipe (different {', '.join(differ)}). {fresh}")
-    check_same_classes(saved.get("classes"), run.data.classes, run.out, fresh)
-    if saved.get("manifest") and run.data.manifest and saved["manifest"] != run.data.manifest:
-        log.warning("%s: the data set's files changed since the checkpoint (same classes): the resumed run trains on "
-                    "the data as it is now", run.out)
-    run.net.load_state_dict(saved["model"])
-    for optimizer, schedule, o_state, s_state in zip(run.optimizers, run.schedules, saved["optimizers"],
-                                                     saved["schedules"], strict=True):
-        optimizer.load_state_dict(o_state)
-        schedule.load_state_dict(s_state)
-    torch.set_rng_state(saved["torch_rng"])
-    if isinstance(run.feed, StreamFeed):
-        cursors = saved.get("stream") or []
-        if len(cursors) != run.accelerator.num_processes:
-            raise TrainingError(f"{run.out} holds a checkpoint of a streamed run in {len(cursors)} process(es): each "
-                                f"process's place in its shards is kept, so resume it with {len(cursors)}, not "
-                                f"{run.accelerator.num_processes}. {fresh}")
-        run.feed.load(cursors[run.accelerator.process_index])
-    run.step, run.history, run.elapsed = saved["step"], json.loads(saved["history"]), saved["elapsed_s"]
-    run.run_id = saved.get("run_id") or run.run_id
-    run.warmup_s, run.warmup_steps = saved.get("warmup_s", 0.0), saved.get("warmup_steps", 0)
-    run.eval_s, run.checkpoint_s = saved.get("eval_s", 0.0), saved.get("checkpoint_s", 0.0)
-    run.accelerator.print(f"resuming {run.out} at step {run.step}/{run.total}")
 
 
 # --------------------------------------------------------------------------- steps
@@ -173,11 +147,12 @@ def optimizer_step(run: Run, batches: Iterable[tuple[torch.Tensor, torch.Tensor]
     """
     r, accel, device = run.recipe, run.accelerator, run.device
     step_loss, correct, seen = torch.zeros((), device=device), torch.zeros((), device=device), 0
-    run.lr = run.schedules[0].get_last_lr()[0]  # the rate this update uses: the schedule moves on after it
-    for x, y in batches:
+    run.lr = max(run.schedules[0].get_last_lr())  # the top rate this update uses: the schedule moves on after it
+    for part, (x, y) in enumerate(batches):
+        x, targets = run.objective.inputs(x, y, run.step, part)  # mixed, where the recipe mixes
         with accel.accumulate(run.model):
             logits = run.model(x)
-            loss = F.cross_entropy(logits.float(), y, label_smoothing=r.label_smoothing)
+            loss = run.objective.loss(logits, targets)
             accel.backward(loss)
             if accel.sync_gradients:  # the last micro-batch: the update (an optimizer steps only then under Accelerate)
                 with run.signals.update() if run.signals else contextlib.nullcontext():  # done whole, or not begun
@@ -188,6 +163,8 @@ def optimizer_step(run: Run, batches: Iterable[tuple[torch.Tensor, torch.Tensor]
                         optimizer.zero_grad(set_to_none=True)
                     for schedule in run.schedules:
                         schedule.step()
+                    if run.ema is not None:
+                        run.ema.update()
                     run.step += 1
         step_loss += loss.detach() / run.accum
         correct += (logits.argmax(1) == y).sum()
@@ -215,35 +192,6 @@ def evaluate(run: Run, split: str, views: bool = True) -> tuple[float, int]:
     run.net.train()
     counts = accel.reduce(torch.tensor([correct, seen], device=run.device), "sum")
     return float(counts[0] / max(int(counts[1]), 1)), int(counts[1])
-
-
-def evaluation_views(run: Run) -> dict[str, Any]:
-    """How the run scores images, as its model folder and checkpoints record it."""
-    return {"flip": run.recipe.eval_flip, "translate": run.recipe.eval_translate, "precision": run.precision}
-
-
-def save_checkpoint(run: Run) -> None:
-    """Everything a resume needs, written atomically by the main process; never after a diverged step."""
-    accel = run.accelerator
-    if run.loss_check is not None:
-        run.loss_check.check(run.checkpoints, run.recipe.lr)
-    accel.wait_for_everyone()
-    # A streamed run: each process's place in its shards (gathered onto the main process, which writes)
-    from accelerate.utils import gather_object
-
-    cursors = gather_object([run.feed.state(run.step)]) if isinstance(run.feed, StreamFeed) else None
-    if accel.is_main_process:
-        run.checkpoints.save({
-            "step": run.step, "model": run.net.state_dict(), "optimizers": [o.state_dict() for o in run.optimizers],
-            "schedules": [s.state_dict() for s in run.schedules], "torch_rng": torch.get_rng_state(),
-            "recipe": run.recipe.to_dict(), "history": json_text(run.history), "elapsed_s": run.elapsed,
-            "warmup_s": run.warmup_s, "warmup_steps": run.warmup_steps, "run_id": run.run_id,
-            "eval_s": run.eval_s, "checkpoint_s": run.checkpoint_s,
-            # So that the checkpoint alone is a usable model (`mixer-ft predict runs/<name>`):
-            "model_config": run.net.config.to_dict(), "classes": run.data.classes, "evaluation": evaluation_views(run),
-            "manifest": run.data.manifest, "stream": cursors,
-        })
-    accel.wait_for_everyone()
 
 
 def stop(run: Run, signum: int, checkpointed: bool) -> None:
@@ -286,8 +234,23 @@ def stop_at_once(run: Run) -> None:
 # --------------------------------------------------------------------------- the end
 
 
+def final_weights(run: Run) -> tuple[dict[str, torch.Tensor] | None, str]:
+    """The weights a run scores and saves at its end, and which they are: the best on minival (early_stop), else the
+    moving average (ema_decay), else the last step's (None: as they are)."""
+    if run.best is not None and run.best.weights:
+        return run.best.weights, f"best minival (step {run.best.step})"
+    return (run.ema.tensors(), "moving average") if run.ema is not None else (None, "last step")
+
+
 def finish(run: Run) -> dict[str, Any]:
     """Score minival and test, save the model and write the run record; returns the record."""
+    weights, which = final_weights(run)
+    with swapped(run.net, weights):
+        return _finish(run, which)
+
+
+def _finish(run: Run, which: str) -> dict[str, Any]:
+    """:func:`finish` with the final weights in place (``which`` says which they are)."""
     from mixer_ft.data.sources import hub_dataset_id
     from mixer_ft.weights.model_folder import model_files, save_pretrained
 
@@ -298,12 +261,16 @@ def finish(run: Run) -> dict[str, Any]:
         run.data.test_images = test[1]  # counted as it was read: what tells the data set it is (dataset_id)
     has_views = run.recipe.eval_flip or bool(run.recipe.eval_translate)
     with_views = (evaluate(run, "minival"), evaluate(run, "test")) if has_views else None
-    run.history["minival"].append({"step": run.total, "accuracy": round((with_views or (minival,))[0][0], 5)})
+    run.history["minival"].append({"step": run.step, "accuracy": round((with_views or (minival,))[0][0], 5)})
     accel, record = run.accelerator, {}
     lost = data_loss(run)  # every process's part, gathered
     accel.wait_for_everyone()
     if accel.is_main_process:
-        record = run_record(run, test, minival) | {"data_loss": lost}
+        train, every = trainable(run.net)
+        record = run_record(run, test, minival) | {"data_loss": lost, "weights": which,
+                                                   "parameters": {"trained": train, "model": every}}
+        if run.best is not None:
+            record["early_stop"] = run.best.said()
         if with_views:
             record |= {"minival_accuracy_views": round(with_views[0][0], 5), "test_accuracy_views": round(with_views[1][0], 5)}
         provenance = {k: record[k] for k in ("name", "upstream", "dataset", "data_source", "test_accuracy", "test_images",
@@ -313,11 +280,13 @@ def finish(run: Run) -> dict[str, Any]:
                        "seed": run.recipe.seed,
                        "test_fraction": run.recipe.test_fraction, "train_images": run.train_images,
                        "license": run.recipe.license}
-        model = save_pretrained(run.net, run.out / "model", classes=run.data.classes, evaluation=evaluation_views(run),
+        model = save_pretrained(saved_model(run.net), run.out / "model", classes=run.data.classes, evaluation=evaluation_views(run),
                                 provenance=provenance)
         path = write_record(record_path(run.recipe), record)
         kept = atomic_write_text(run.out / "record.json", record_text(record))
         run.checkpoints.manifest.add(*model_files(model), kept, write_metrics(run.out, run.history))
+        if run.recipe.method != "full":  # what the method trained, alone (methods.load_adapter)
+            run.checkpoints.manifest.add(save_adapter(run.net, run.recipe, run.out / ADAPTER_NAME))
         views = f" (with the recipe's test-time views: {with_views[1][0]:.4f})" if with_views else ""
         scored = f"minival {minival[0]:.4f}" if minival[1] else "no minival images"  # 0 of 0 is not an accuracy
         accel.print(f"test accuracy {test[0]:.4f} ({test[1]} images){views}, {scored}; "
@@ -404,6 +373,8 @@ def _train(run: Run, progress: Progress, signals: StopSignals) -> None:
     r, losses = run.recipe, run.loss_check
     assert losses is not None, "setup() gives every run its loss check"
     start = run.step
+    if run.best is not None and run.best.stopped_at:  # stopped early already: only the end is left
+        return
     for step in range(start, run.total):
         t0 = time.perf_counter()
         loss, correct, images = train_step(run, step)  # run.step is step + 1 once its update is made
@@ -420,14 +391,26 @@ def _train(run: Run, progress: Progress, signals: StopSignals) -> None:
         run.elapsed += seconds
         run.warmup_s, run.warmup_steps = run.warmup_s + warmup * seconds, run.warmup_steps + warmup
         progress.step(run.step, run.lr, loss, correct, images, seconds, warmup)
+        stop_early = False
         if evaluate_now:
             t0 = time.perf_counter()
-            progress.minival(run.step, *evaluate(run, "minival"))
+            with swapped(run.net, run.ema and run.ema.tensors()):  # the weights the run would save
+                accuracy, scored = evaluate(run, "minival")
+                stop_early = run.best is not None and run.best.update(run.step, accuracy, trained(run.net))
+            progress.minival(run.step, accuracy, scored)
             run.eval_s += time.perf_counter() - t0
+        checkpoint_now = checkpoint_now or stop_early
         if checkpoint_now:
             t0 = time.perf_counter()
             save_checkpoint(run)  # always at the end: running the finished run again only re-evaluates
             run.checkpoint_s += time.perf_counter() - t0
+        if stop_early:
+            progress.last(run.step, run.lr)
+            progress.bar.close()
+            run.accelerator.print(f"early stop at step {run.step}: minival has not beaten {run.best.accuracy:.4f} (step "
+                                  f"{run.best.step}) in {run.best.patience} evaluations; the model is step "
+                                  f"{run.best.step}'s")
+            return
         if (signum := signals.requested(run.accelerator)) and run.step < run.total:
             progress.bar.close()
             stop(run, signum, checkpointed=checkpoint_now)

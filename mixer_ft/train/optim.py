@@ -22,12 +22,33 @@ class OptimizerSettings(Protocol):
     momentum: float
     momentum_dtype: str
     weight_decay: float
+    layer_decay: float
+
+
+def layer_of(name: str, depth: int) -> int:
+    """A parameter's layer as timm's ``param_groups_layer_decay`` numbers a Mixer's: the stem 0, block i i + 1, the
+    final norm with the last block (``depth``), the head (and anything else) ``depth + 1``."""
+    if name.startswith("stem."):
+        return 0
+    if name.startswith("blocks."):
+        return int(name.split(".")[1]) + 1
+    return depth if name.startswith("norm.") else depth + 1
 
 
 def _groups(recipe: OptimizerSettings, params: list[tuple[str, nn.Parameter]]) -> list[dict]:
-    """Two parameter groups: matrices (decayed) and vectors (not)."""
-    return [{"params": [p for _, p in params if p.ndim >= 2], "weight_decay": recipe.weight_decay},
-            {"params": [p for _, p in params if p.ndim < 2], "weight_decay": 0.0}]
+    """The trained parameters in groups: matrices (decayed) and vectors (not), and with ``layer_decay`` below 1, by
+    layer, the rate of the layer k below the head ``lr * layer_decay**k`` (timm's ``param_groups_layer_decay``)."""
+    params = [(n, p) for n, p in params if p.requires_grad]
+    depth = 1 + max((int(n.split(".")[1]) for n, _ in params if n.startswith("blocks.")), default=-1)
+    groups: dict[tuple[int, bool], dict] = {}
+    for name, p in params:
+        layer = layer_of(name, depth) if recipe.layer_decay != 1 else 0
+        group = groups.setdefault((layer, p.ndim >= 2), {"params": [], "weight_decay": recipe.weight_decay
+                                                         if p.ndim >= 2 else 0.0})
+        if recipe.layer_decay != 1:
+            group["lr"] = recipe.lr * recipe.layer_decay ** (depth + 1 - layer)
+        group["params"].append(p)
+    return list(groups.values())
 
 
 def _sgd(recipe: OptimizerSettings, model: nn.Module, fused: bool) -> list[torch.optim.Optimizer]:
@@ -58,7 +79,7 @@ def _muon(recipe: OptimizerSettings, model: nn.Module, fused: bool) -> list[torc
     import torch
 
     named = list(model.named_parameters())
-    matrices = [p for n, p in named if n.startswith("blocks.") and p.ndim == 2]
+    matrices = [p for n, p in named if n.startswith("blocks.") and p.ndim == 2 and p.requires_grad]
     taken = {id(p) for p in matrices}
     rest = [(n, p) for n, p in named if id(p) not in taken]
     return [torch.optim.Muon(matrices, lr=recipe.lr, weight_decay=recipe.weight_decay, momentum=recipe.momentum,

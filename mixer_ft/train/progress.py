@@ -116,6 +116,11 @@ class Progress:
             self._line(done, lr)
         self.bar.update(1)
 
+    def last(self, done: int, lr: float) -> None:
+        """The run ends early at step ``done`` (early_stop): the line of the steps not yet told, if there are any."""
+        if self.steps:
+            self._line(done, lr)
+
     def _line(self, done: int, lr: float) -> None:
         accel = self.accelerator
         counts = torch.tensor([self.steps, self.images, self.timed_images], device=self.device, dtype=torch.float32)

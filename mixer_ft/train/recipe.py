@@ -26,11 +26,13 @@ from mixer_ft.errors import ConfigError
 from mixer_ft.gate import no_such
 from mixer_ft.model.config import AREA_RANGE, GELU_FLAVOURS, RESIZE_METHODS, TEST_FRACTION, WEIGHT_SUFFIXES, MixerConfig
 from mixer_ft.publish import public_text
+from mixer_ft.train.methods import LORA_LAYERS, METHODS
 from mixer_ft.train.optim import OPTIMIZERS
 
 PRECISIONS = ("auto", "no", "bf16", "fp16")
 MOMENTUM_DTYPES = ("float32", "bfloat16")
 LR_SCALINGS = ("linear", "sqrt", "none")
+CLASS_WEIGHTS = ("balanced",)  # or a list of one weight a class (train/objective.py)
 DECODE_PLACES = ("host", "device")  # where a batch's encoded images are decoded (mixer_ft.data.device_decode)
 # torch.compile's modes: "reduce-overhead" launches the step's kernels as CUDA graphs (none on a CPU).
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -75,6 +77,18 @@ class Recipe:
     warmup_steps: int = 500
     grad_clip: float = 1.0
     label_smoothing: float = 0.0
+    # What trains, and how (docs/finetune.md, "Methods"); each is off by default, which is the upstream protocol.
+    method: str = "full"  # full | lora | bitfit | head (train/methods.py)
+    lora_rank: int = 8  # method = "lora": the update's rank, its alpha (scale alpha / rank), dropout on its input,
+    lora_alpha: float = 16.0  # and which MLPs get one: "tokens", "channels" or "both"
+    lora_dropout: float = 0.0
+    lora_layers: str = "both"
+    layer_decay: float = 1.0  # lr of the layer k below the head: lr * layer_decay**k (BEiT's, timm's); 1: none
+    class_weights: str | list[float] | None = None  # "balanced" (n / (classes * n_c)) or one weight per class
+    mixup: float = 0.0  # timm's mixup_alpha and cutmix_alpha: 0 is off; both set: each micro-batch one or the other
+    cutmix: float = 0.0
+    ema_decay: float = 0.0  # evaluate and save the moving average of the weights (e.g. 0.9998); 0: off
+    early_stop: int = 0  # stop after this many minival evaluations without a better one, keeping the best; 0: off
     crop_area_min: float = AREA_RANGE[0]  # Inception crop: smallest share of the image kept
     translate: int = 0  # random shift of the crop box, up to this many source pixels each way (edges repeat)
     eval_flip: bool = False  # evaluate on the mean logits of each image and its mirror image
@@ -133,6 +147,7 @@ class Recipe:
         check(self.lr > 0 and self.warmup_steps >= 0 and self.grad_clip >= 0 and self.weight_decay >= 0,
               "lr must be positive; warmup_steps, grad_clip and weight_decay non-negative.")
         check(0 <= self.label_smoothing < 1, f"label_smoothing must be in [0, 1), got {self.label_smoothing}.")
+        self._check_method(check)
         check(0 < self.crop_area_min <= 1, f"crop_area_min must be in (0, 1], got {self.crop_area_min}.")
         for key in ("translate", "eval_translate"):
             pixels = getattr(self, key)
@@ -166,6 +181,33 @@ class Recipe:
             check(need <= set(self.architecture), f"model = \"custom\" needs architecture.{{{', '.join(sorted(need))}}}.")
             check(self.upstream == "none", "model = \"custom\" trains the architecture in `architecture` from scratch: "
                   "set upstream = \"none\", or leave model unset to fine-tune the architecture of the upstream weights.")
+
+    def _check_method(self, check: Any) -> None:
+        """The keys of what trains and how (``method`` and on)."""
+        check(self.method in METHODS, f"method must be one of {tuple(METHODS)}, got {self.method!r}.")
+        check(self.lora_rank >= 1 and self.lora_alpha > 0 and 0 <= self.lora_dropout < 1,
+              "lora_rank must be at least 1, lora_alpha positive and lora_dropout in [0, 1).")
+        check(self.lora_layers in LORA_LAYERS, f"lora_layers must be one of {LORA_LAYERS}, got {self.lora_layers!r}.")
+        check(0 < self.layer_decay <= 1, f"layer_decay must be in (0, 1] (1: none), got {self.layer_decay}.")
+        check(self.layer_decay == 1 or self.optimizer != "muon", "layer_decay is for optimizer sgd or adamw; muon "
+              "sizes each matrix's step itself.")
+        weights = self.class_weights
+        if isinstance(weights, (list, tuple)):
+            check(all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) and w > 0
+                      for w in weights), f"class_weights must be positive numbers, one a "
+                  f"class in the data set's order, got {weights}.")
+            object.__setattr__(self, "class_weights", [float(w) for w in weights])
+        else:
+            check(weights in (None, *CLASS_WEIGHTS), f"class_weights must be \"balanced\" or a list of one weight "
+                  f"a class, got {weights!r}.")
+        for key in ("mixup", "cutmix", "lora_alpha", "lora_dropout", "layer_decay", "ema_decay"):
+            check(math.isfinite(getattr(self, key)) and getattr(self, key) >= 0,
+                  f"{key} must be a finite number, at least 0, got {getattr(self, key)}.")
+        check(self.ema_decay < 1, f"ema_decay must be in [0, 1) (0: off), got {self.ema_decay}.")
+        check(self.early_stop >= 0, f"early_stop must be a number of minival evaluations, at least 0 (0: off), got "
+              f"{self.early_stop}.")
+        check(not self.early_stop or (self.eval_every and self.val_fraction), "early_stop counts minival evaluations: "
+              "it needs eval_every above 0 and val_fraction above 0.")
 
     @property
     def variant(self) -> str | None:

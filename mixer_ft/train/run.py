@@ -92,6 +92,9 @@ class Run:
     fresh: bool = False  # started with --fresh (a stop says how to resume without starting over again)
     loss_check: NonFinite | None = None
     threads: dict[str, Any] | None = None  # on a CPU: torch's threads, why that many, how they wait
+    objective: Any = None  # the loss of a micro-batch, its images mixed where the recipe says (train/objective.py)
+    ema: Any = None  # the moving average of the weights, where the recipe keeps one (train/averaging.py)
+    best: Any = None  # the best minival so far, where the recipe stops early (train/averaging.py)
     signals: Any = None  # the run's StopSignals while it trains: a step's update is finished before a second Ctrl-C
 
     @property

@@ -99,6 +99,23 @@ def _decoded_on_host(recipe: Recipe, main: bool, why: str) -> None:
         log.warning("decode = \"device\" does not apply: %s. Its images are decoded on the host.", why)
 
 
+def class_weights(recipe: Recipe, data: ImageData | StreamedSet, splits: dict[str, Any]) -> list[float] | None:
+    """The loss's weight of each class (recipe key ``class_weights``): as given, or balanced on the train split."""
+    from mixer_ft.train.objective import balanced_weights
+
+    given, k = recipe.class_weights, len(data.classes)
+    if isinstance(given, list) and len(given) != k:
+        raise ConfigError(f"class_weights has {len(given)} weight(s); the data set has {k} classes: give one a class, "
+                          f"in this order: {', '.join(data.classes[:20])}{', ...' if k > 20 else ''}.")
+    if given != "balanced":
+        return given
+    if isinstance(data, StreamedSet):
+        raise ConfigError("class_weights = \"balanced\" counts the train split's classes, which a streamed set does "
+                          "not know before it is read: give one weight a class instead.")
+    array, idx = splits["train"]
+    return balanced_weights(np.bincount(np.asarray(data.labels[array])[idx], minlength=k).tolist())
+
+
 def data_loss(run: Run) -> dict[str, Any]:
     """What reading the run's data lost (``data_loss`` in its record): the cache's, or every process's reads of a
     stream put together (call it on every process)."""
@@ -127,4 +144,4 @@ def count_share(run: Run, split: str, process: tuple[int, int], batch: int, **sc
                          run.device, batch=batch, extents=run.data.extents.get(array), **scored)
 
 
-__all__ = ["count_share", "data_loss", "make_feed", "open_run_data", "schedule_length"]
+__all__ = ["class_weights", "count_share", "data_loss", "make_feed", "open_run_data", "schedule_length"]

@@ -102,6 +102,11 @@ def load_file(path: Path, source: str) -> Checkpoint:
             f"Don't know how to read {path}: expected .npz (Google), .safetensors, or .pth/.pt/.bin (PyTorch)."
         )
     sd, wrapper = _read_torch(path)
+    recipe = wrapper.get("recipe") if isinstance(wrapper.get("recipe"), dict) else {}
+    if recipe.get("method") == "lora":  # a LoRA run's checkpoint: its updates merged, as the run saves its model
+        from mixer_ft.model.lora import merged_state
+
+        sd = merged_state(sd, float(recipe["lora_alpha"]) / int(recipe["lora_rank"]))
     ckpt = Checkpoint(sd, source, str(path))
     if isinstance(wrapper.get("model_config"), dict):  # a mixer_ft training checkpoint describes its model
         apply_metadata(ckpt, {"label_names": wrapper.get("classes"),
