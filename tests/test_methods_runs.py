@@ -3,6 +3,7 @@ resumed ends as the uninterrupted one; its model folder is a plain Mixer and its
 stopping keeps the best; an exported ONNX file computes torch's logits in onnxruntime."""
 
 import json
+import re
 import signal
 import sys
 
@@ -39,15 +40,12 @@ def args(tmp, cut, name, *extra):
             "--set", f'name="{name}"', "--mixed-precision", "no", *map(str, extra)]
 
 
-def test_a_lora_run_with_every_regulariser_killed_and_resumed_ends_as_the_uninterrupted_one(tmp_path, cut, upstream):
-    common = ["--upstream", upstream, "--steps", 24, "--batch", 32, "--lr", 0.05, "--warmup", 2, "--eval-every", 4,
-              "--set", "checkpoint_every=8", "--set", "log_every=4", "--set", 'method="lora"', "--set", "lora_rank=2",
-              "--set", "ema_decay=0.8",
-              "--set", "mixup=0.8", "--set", "cutmix=1.0", "--set", 'class_weights="balanced"', "--set",
-              "layer_decay=0.8", "--set", "early_stop=50", "--set", "lora_dropout=0.1", "--set", "val_fraction=0.1"]
+def killed_and_resumed(tmp_path, cut, common: list) -> dict:
+    """Run ``common`` whole, and again SIGKILLed after its step-16 checkpoint and resumed; assert both end alike
+    (model, adapter, losses, minival, test accuracy, bit for bit); return the whole run's record."""
     whole = run_cli(*args(tmp_path, cut, "whole", *common))
     assert whole.returncode == 0, whole.stderr[-2000:]
-    assert "method lora:" in whole.stdout + whole.stderr
+    assert re.search(r"method \w+: [\d,]+ of [\d,]+ parameters train \(", whole.stdout + whole.stderr)
     ckpt = tmp_path / "killed" / "checkpoints" / "step_00000016.pt"
     signal_once_written([sys.executable, "-m", "mixer_ft", *args(tmp_path, cut, "killed", *common)], ckpt,
                         signal.SIGKILL)
@@ -61,6 +59,29 @@ def test_a_lora_run_with_every_regulariser_killed_and_resumed_ends_as_the_uninte
     kept = ("step", "loss", "train_accuracy", "lr")  # not the rate or the clock
     assert [{k: e[k] for k in kept} for e in ra["history"]["loss"]] == [{k: e[k] for k in kept} for e in rb["history"]["loss"]]
     assert ra["history"]["minival"] == rb["history"]["minival"] and ra["test_accuracy"] == rb["test_accuracy"]
+    return ra
+
+
+STEPS = ["--steps", 24, "--batch", 32, "--warmup", 2, "--eval-every", 4, "--set", "checkpoint_every=8", "--set",
+         "log_every=4", "--set", "val_fraction=0.1"]
+
+
+@pytest.mark.parametrize("method", ["bitfit", "head"])
+def test_a_frozen_backbone_run_killed_and_resumed_ends_as_the_uninterrupted_one(tmp_path, cut, upstream, method):
+    record = killed_and_resumed(tmp_path, cut, ["--upstream", upstream, "--lr", 0.3, *STEPS, "--set", f'method="{method}"'])
+    assert record["weights"] == "last step" and record["parameters"]["trained"] < record["parameters"]["model"] / 10
+    frozen, saved = load_file(upstream), load_file(tmp_path / "whole" / "model" / "model.safetensors")
+    assert torch.equal(saved["blocks.0.mlp_tokens.fc1.weight"], frozen["blocks.0.mlp_tokens.fc1.weight"])
+    moved = not torch.equal(saved["blocks.0.norm1.bias"], frozen["blocks.0.norm1.bias"])
+    assert moved == (method == "bitfit")
+
+
+def test_a_lora_run_with_every_regulariser_killed_and_resumed_ends_as_the_uninterrupted_one(tmp_path, cut, upstream):
+    common = ["--upstream", upstream, "--lr", 0.05, *STEPS, "--set", 'method="lora"', "--set", "lora_rank=2",
+              "--set", "ema_decay=0.8", "--set", "mixup=0.8", "--set", "cutmix=1.0", "--set",
+              'class_weights="balanced"', "--set", "layer_decay=0.8", "--set", "early_stop=50", "--set",
+              "lora_dropout=0.1"]
+    ra = killed_and_resumed(tmp_path, cut, common)
     assert ra["weights"].startswith("best minival (step ") and ra["early_stop"]["stopped_at"] is None
 
     # The model folder is a plain Mixer (timm loads it strictly); the upstream weights with the adapter are it.
