@@ -413,7 +413,7 @@ def launch(ctx: typer.Context) -> None:
     sys.exit(launcher.run(launcher.command_line(list(ctx.args), commands)))
 
 
-# The commands on the files runs leave behind (the data cache, a run's curve), in mixer_ft/cli_tools.py
+# The commands on what runs leave behind (the data cache, a run's curve, a model to export), in mixer_ft/cli_tools.py
 app.add_typer(cli_tools.cache_app, name="cache", short_help="List or clean the data cache's entries.")
 app.command(short_help="Draw a run's learning curve.")(cli_tools.plot)
 app.command(short_help="Export a model to ONNX for deployment.")(cli_tools.export)

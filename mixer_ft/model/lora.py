@@ -20,6 +20,12 @@ from torch import nn
 from torch.nn import functional as F
 
 
+def weight_update(lora_A: torch.Tensor, lora_B: torch.Tensor, scale: float) -> torch.Tensor:
+    """What an adapter adds to its layer's weight, (out, in): ``scale * B @ A``; merging a model
+    (:func:`merge`) and a state dict (:func:`merged_state`) both add this."""
+    return scale * (lora_B @ lora_A)
+
+
 class LoRA(nn.Module):
     """The low-rank update of one dense layer of ``in_features`` -> ``out_features``."""
 
@@ -33,7 +39,7 @@ class LoRA(nn.Module):
 
     def delta(self) -> torch.Tensor:
         """The update of the weight, (out, in): what :func:`merge` adds to it."""
-        return self.scale * (self.lora_B @ self.lora_A)
+        return weight_update(self.lora_A, self.lora_B, self.scale)
 
     def rows(self, x: torch.Tensor) -> torch.Tensor:
         """The update of the layer's output for ``x`` (..., in) -> (..., out): the textbook path."""
@@ -90,8 +96,8 @@ def merged_state(state: dict[str, torch.Tensor], scale: float) -> dict[str, torc
             adapter = key.removesuffix(".lora_A")  # blocks.0.mlp_tokens.lora1
             mlp, i = adapter.rsplit(".lora", 1)
             weight = f"{mlp}.fc{i}.weight"
-            out[weight] = out[weight] + (scale * (state[f"{adapter}.lora_B"] @ state[key])).to(out[weight].dtype)
+            out[weight] = out[weight] + weight_update(state[key], state[f"{adapter}.lora_B"], scale).to(out[weight].dtype)
     return out
 
 
-__all__ = ["LoRA", "add_lora", "dense", "dense_columns", "merge", "merged_state"]
+__all__ = ["LoRA", "add_lora", "dense", "dense_columns", "merge", "merged_state", "weight_update"]

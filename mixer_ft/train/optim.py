@@ -40,13 +40,13 @@ def _groups(recipe: OptimizerSettings, params: list[tuple[str, nn.Parameter]]) -
     layer, the rate of the layer k below the head ``lr * layer_decay**k`` (timm's ``param_groups_layer_decay``)."""
     params = [(n, p) for n, p in params if p.requires_grad]
     depth = 1 + max((int(n.split(".")[1]) for n, _ in params if n.startswith("blocks.")), default=-1)
+    by_layer = recipe.layer_decay != 1
     groups: dict[tuple[int, bool], dict] = {}
     for name, p in params:
-        layer = layer_of(name, depth) if recipe.layer_decay != 1 else 0
+        layer = layer_of(name, depth) if by_layer else 0
         group = groups.setdefault((layer, p.ndim >= 2), {"params": [], "weight_decay": recipe.weight_decay
-                                                         if p.ndim >= 2 else 0.0})
-        if recipe.layer_decay != 1:
-            group["lr"] = recipe.lr * recipe.layer_decay ** (depth + 1 - layer)
+                                                         if p.ndim >= 2 else 0.0}
+                                  | ({"lr": recipe.lr * recipe.layer_decay ** (depth + 1 - layer)} if by_layer else {}))
         group["params"].append(p)
     return list(groups.values())
 
